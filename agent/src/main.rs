@@ -1,0 +1,165 @@
+//! `obr-agent`: the Pairing Tool. `run` presents the virtual security key
+//! and keeps the tunnel to the relay; `login`, `status` and
+//! `back-to-normal` drive a running agent through its control socket.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use obr_agent::control::{self, ControlReply, ControlRequest};
+use obr_agent::daemon::{Agent, AgentConfig};
+use obr_agent::status::ModeView;
+use obr_agent::tunnel::{DEFAULT_CTAP_BUDGET, TunnelConfig};
+
+/// How long `obr-agent login` waits for the code to be approved.
+const LOGIN_WAIT: Duration = Duration::from_secs(600);
+const LOGIN_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Parser, Debug)]
+#[command(name = "obr-agent", version, about = "obr Pairing Tool: a virtual FIDO2 security key tunnelled to the obr relay")]
+struct Args {
+    /// The agent's control socket.
+    #[arg(long, global = true, env = "OBR_AGENT_CONTROL", default_value = "obr-agent.ctl")]
+    control: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the agent: the HID socket, the tunnel and the control socket.
+    Run {
+        /// Relay URL: http(s)://host:port or ws(s)://host:port/agent/ws.
+        #[arg(long, env = "OBR_AGENT_RELAY", default_value = "http://127.0.0.1:8080")]
+        relay: String,
+        /// SOCK_SEQPACKET socket that CTAPHID clients connect to.
+        #[arg(long, env = "OBR_AGENT_HID_SOCKET", default_value = "obr-agent.hid")]
+        hid_socket: PathBuf,
+        /// Where the agent keeps its id and login token.
+        #[arg(long, env = "OBR_AGENT_STATE", default_value = "obr-agent.json")]
+        state_file: PathBuf,
+        /// Extra CA certificates (PEM) to trust for a wss:// relay.
+        #[arg(long, env = "OBR_AGENT_CA_FILE")]
+        ca_file: Option<PathBuf>,
+        /// Budget for each CTAP request at the relay, in milliseconds.
+        #[arg(long, env = "OBR_AGENT_CTAP_BUDGET_MS", default_value_t = DEFAULT_CTAP_BUDGET.as_millis() as u64)]
+        ctap_budget_ms: u64,
+    },
+    /// Log in ("Ctrl+I"): print a code to approve in the admin panel, wait.
+    Login {
+        /// Print the code and return without waiting for approval.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the agent's mode.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// End the on-behalf registration in progress.
+    BackToNormal,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match args.command {
+        Cmd::Run {
+            relay,
+            hid_socket,
+            state_file,
+            ca_file,
+            ctap_budget_ms,
+        } => {
+            let config = AgentConfig {
+                tunnel: TunnelConfig {
+                    url: TunnelConfig::normalize_url(&relay),
+                    ca_file,
+                    state_file,
+                    ctap_budget: Duration::from_millis(ctap_budget_ms),
+                },
+                hid_socket: hid_socket.clone(),
+                control_socket: args.control.clone(),
+                engine: Default::default(),
+            };
+            let agent = Agent::start(config).context("cannot start the agent")?;
+            println!(
+                "obr-agent running: HID socket {}, control {}",
+                hid_socket.display(),
+                args.control.display()
+            );
+            agent.run(shutdown_signal()).await?;
+            Ok(())
+        }
+        Cmd::Login { no_wait } => login(&args.control, no_wait).await,
+        Cmd::Status { json } => {
+            match control::request(&args.control, &ControlRequest::Status).await? {
+                ControlReply::Status { status, display } => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&status)?);
+                    } else {
+                        println!("{display}");
+                    }
+                    Ok(())
+                }
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Cmd::BackToNormal => {
+            match control::request(&args.control, &ControlRequest::BackToNormal).await? {
+                ControlReply::Done => {
+                    println!("back to normal mode");
+                    Ok(())
+                }
+                ControlReply::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+    }
+}
+
+async fn login(control_path: &std::path::Path, no_wait: bool) -> anyhow::Result<()> {
+    let login = match control::request(control_path, &ControlRequest::Login).await? {
+        ControlReply::Login { login } => login,
+        ControlReply::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    println!(
+        "To log in, approve code {} in the admin panel: {}",
+        login.user_code, login.verification_uri
+    );
+    if no_wait {
+        return Ok(());
+    }
+    let started = Instant::now();
+    while started.elapsed() < LOGIN_WAIT {
+        tokio::time::sleep(LOGIN_POLL).await;
+        if let ControlReply::Status { status, display } =
+            control::request(control_path, &ControlRequest::Status).await?
+            && !matches!(status.mode, ModeView::NotLoggedIn)
+        {
+            println!("{display}");
+            return Ok(());
+        }
+    }
+    bail!("the code was not approved within {} s", LOGIN_WAIT.as_secs())
+}
+
+async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,126 @@
+//! [`TunnelForwarder`]: the CTAPHID engine's view of the relay.
+//!
+//! Each CBOR request becomes a `CtapRequest` frame with a fresh id; the
+//! answer comes back by id. If the engine drops the future (the browser
+//! sent CTAPHID_CANCEL, or re-INITed the channel) a `CtapCancel` follows so
+//! the relay and signer stop too. The getInfo answer is cached until the
+//! mode changes — the first fast path: it never leaves the workstation twice.
+
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::{Command, TunnelHandle};
+use crate::ctaphid::CborForwarder;
+
+/// CTAP 2.1 §6: authenticatorGetInfo.
+const CTAP_GET_INFO: u8 = 0x04;
+const CTAP2_OK: u8 = 0x00;
+const CTAP1_ERR_OTHER: u8 = 0x7F;
+const CTAP2_ERR_TIMEOUT: u8 = 0x2F;
+/// Slack past the relay's budget before the agent gives up by itself.
+const LOCAL_DEADLINE_SLACK: Duration = Duration::from_secs(2);
+
+pub struct TunnelForwarder {
+    tunnel: TunnelHandle,
+    budget: Duration,
+    next_id: AtomicU64,
+    /// (mode generation, getInfo response)
+    get_info: Arc<Mutex<Option<(u64, Vec<u8>)>>>,
+}
+
+impl TunnelForwarder {
+    pub(super) fn new(tunnel: TunnelHandle, budget: Duration) -> Self {
+        Self {
+            tunnel,
+            budget,
+            next_id: AtomicU64::new(1),
+            get_info: Arc::default(),
+        }
+    }
+
+    fn cached_get_info(&self, generation: u64) -> Option<Vec<u8>> {
+        let cache = self.get_info.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .as_ref()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, r)| r.clone())
+    }
+}
+
+impl CborForwarder for TunnelForwarder {
+    fn forward(&self, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+        let generation = self.tunnel.status.borrow().generation;
+        let is_get_info = request.first() == Some(&CTAP_GET_INFO) && request.len() == 1;
+        if is_get_info && let Some(cached) = self.cached_get_info(generation) {
+            return futures_util::future::ready(cached).boxed();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let commands = self.tunnel.commands().clone();
+        let deadline = self.budget + LOCAL_DEADLINE_SLACK;
+        let (reply, rx) = oneshot::channel();
+        let send = commands.clone();
+        let fut = async move {
+            if send
+                .send(Command::Ctap {
+                    id,
+                    payload: request,
+                    reply,
+                })
+                .await
+                .is_err()
+            {
+                return vec![CTAP1_ERR_OTHER];
+            }
+            let guard = CancelOnDrop {
+                id,
+                commands,
+                armed: true,
+            };
+            let answer = match tokio::time::timeout(deadline, rx).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => vec![CTAP1_ERR_OTHER],
+                Err(_) => vec![CTAP2_ERR_TIMEOUT],
+            };
+            guard.disarm();
+            answer
+        };
+        if !is_get_info {
+            return fut.boxed();
+        }
+        let cache = self.get_info.clone();
+        async move {
+            let answer = fut.await;
+            if answer.first() == Some(&CTAP2_OK) {
+                *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, answer.clone()));
+            }
+            answer
+        }
+        .boxed()
+    }
+}
+
+/// Withdraws a request at the relay if its future is dropped unanswered.
+struct CancelOnDrop {
+    id: u64,
+    commands: tokio::sync::mpsc::Sender<Command>,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.commands.try_send(Command::Cancel { id: self.id });
+        }
+    }
+}

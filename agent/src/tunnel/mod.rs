@@ -1,0 +1,146 @@
+//! The tunnel: the agent's one WebSocket to the relay.
+//!
+//! [`Tunnel::spawn`] starts a task that connects (TLS via rustls for
+//! `wss://`), says `Hello` with the saved token, and then carries frames
+//! both ways; on loss it reconnects with jittered exponential backoff.
+//! Callers talk to it through [`TunnelHandle`]: CTAP requests (the
+//! [`CborForwarder`](crate::ctaphid::CborForwarder) the CTAPHID engine
+//! uses), login, and "Back to normal mode". It never parses CTAP: payloads
+//! pass through untouched, except that getInfo answers are cached per mode.
+
+mod connection;
+
+pub use self::connection::SetupError;
+mod forwarder;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use obr_proto::agent::LoginPending;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use self::forwarder::TunnelForwarder;
+use crate::status::AgentStatus;
+
+/// Budget a CTAP request gets at the relay (browsers wait ~30 s or more).
+pub const DEFAULT_CTAP_BUDGET: Duration = Duration::from_secs(30);
+/// Commands queued towards the connection task.
+const COMMAND_QUEUE: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct TunnelConfig {
+    /// `ws://…/agent/ws` or `wss://…/agent/ws`.
+    pub url: String,
+    /// Extra PEM CA certificates to trust for `wss://` (else web PKI roots).
+    pub ca_file: Option<PathBuf>,
+    /// Where the agent id and its login token are kept between runs.
+    pub state_file: PathBuf,
+    pub ctap_budget: Duration,
+}
+
+impl TunnelConfig {
+    /// Accept `http(s)://relay` as well as the WebSocket URL itself.
+    pub fn normalize_url(relay: &str) -> String {
+        let trimmed = relay.trim_end_matches('/');
+        let url = if let Some(rest) = trimmed.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = trimmed.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            trimmed.to_owned()
+        };
+        if url.ends_with("/agent/ws") {
+            url
+        } else {
+            format!("{url}/agent/ws")
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("the agent is not connected to the relay")]
+    NotConnected,
+    #[error("the agent is not logged in")]
+    NotLoggedIn,
+    #[error("the relay refused: {0}")]
+    Refused(String),
+    #[error("the agent is shutting down")]
+    Stopped,
+}
+
+pub(crate) enum Command {
+    Ctap {
+        id: u64,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    Cancel {
+        id: u64,
+    },
+    Login {
+        reply: oneshot::Sender<Result<LoginPending, TunnelError>>,
+    },
+    EndObr {
+        reply: oneshot::Sender<Result<(), TunnelError>>,
+    },
+}
+
+/// A cheap, cloneable handle on the tunnel task.
+#[derive(Clone)]
+pub struct TunnelHandle {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<AgentStatus>,
+}
+
+pub struct Tunnel;
+
+impl Tunnel {
+    /// Start the connection task; it runs until every handle is dropped.
+    pub fn spawn(config: TunnelConfig) -> Result<TunnelHandle, SetupError> {
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (status_tx, status) = watch::channel(AgentStatus::default());
+        let task = connection::Connection::new(config, rx, status_tx)?;
+        tokio::spawn(task.run());
+        Ok(TunnelHandle { commands, status })
+    }
+}
+
+impl TunnelHandle {
+    pub fn status(&self) -> AgentStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<AgentStatus> {
+        self.status.clone()
+    }
+
+    /// Start a device-code login; the relay answers with the code to approve.
+    pub async fn login(&self) -> Result<LoginPending, TunnelError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Login { reply })
+            .await
+            .map_err(|_| TunnelError::Stopped)?;
+        rx.await.map_err(|_| TunnelError::Stopped)?
+    }
+
+    /// "Back to normal mode": end the OBR session this agent is in.
+    pub async fn back_to_normal(&self) -> Result<(), TunnelError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::EndObr { reply })
+            .await
+            .map_err(|_| TunnelError::Stopped)?;
+        rx.await.map_err(|_| TunnelError::Stopped)?
+    }
+
+    pub fn forwarder(&self, budget: Duration) -> Arc<TunnelForwarder> {
+        Arc::new(TunnelForwarder::new(self.clone(), budget))
+    }
+
+    pub(crate) fn commands(&self) -> &mpsc::Sender<Command> {
+        &self.commands
+    }
+}

@@ -1,0 +1,66 @@
+//! [`AgentRegistry`]: agent id → the local actor holding its socket.
+//!
+//! Events reach an agent through the session store's pub/sub, so the pod
+//! that changes an OBR session need not be the pod holding the agent's
+//! socket. An agent that reconnects replaces its older registration; the
+//! older actor's unregistration then leaves the newer one in place.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix::{Message, Recipient};
+use futures_util::StreamExt;
+
+use crate::sessions::{AgentEvent, SessionStore};
+
+/// An event for one agent's actor.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct Deliver(pub AgentEvent);
+
+#[derive(Clone, Default)]
+pub struct AgentRegistry {
+    local: Arc<Mutex<HashMap<String, (u64, Recipient<Deliver>)>>>,
+}
+
+impl AgentRegistry {
+    pub fn register(&self, agent_id: &str, connection: u64, recipient: Recipient<Deliver>) {
+        self.lock()
+            .insert(agent_id.to_owned(), (connection, recipient));
+    }
+
+    pub fn unregister(&self, agent_id: &str, connection: u64) {
+        let mut local = self.lock();
+        if local.get(agent_id).is_some_and(|(c, _)| *c == connection) {
+            local.remove(agent_id);
+        }
+    }
+
+    pub fn is_connected(&self, agent_id: &str) -> bool {
+        self.lock().contains_key(agent_id)
+    }
+
+    fn deliver(&self, event: AgentEvent) {
+        if let Some((_, recipient)) = self.lock().get(event.agent_id()) {
+            recipient.do_send(Deliver(event));
+        }
+    }
+
+    /// Forward every event from the store to local actors, until the
+    /// store's stream ends (it re-subscribes by itself on loss).
+    pub async fn pump(self, store: Arc<dyn SessionStore>) {
+        match store.subscribe().await {
+            Ok(mut events) => {
+                while let Some(event) = events.next().await {
+                    self.deliver(event);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot subscribe to agent events"),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Recipient<Deliver>)>> {
+        // Only single inserts/removes happen under the lock: never torn.
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,175 @@
+//! The relay's HTTP API: JSON over `/api/*`, used by the admin panel, the
+//! user app and scripts. Every handler authenticates first (bearer token of
+//! the right scope), then calls into [`crate::obr`], the directory or the
+//! router; errors leave through one type, [`ApiError`], with a stable
+//! machine-readable `error` code and a sentence for people.
+
+mod admin;
+mod device;
+mod obr;
+pub(crate) mod users;
+
+pub(crate) use self::users::{accept, invite_user};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde::Serialize;
+
+use crate::auth;
+use crate::directory::{DirectoryError, Person};
+use crate::obr::ObrError;
+use crate::routing::LinkError;
+use crate::sessions::{Principal, StoreError, TokenScope};
+use crate::state::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api")
+            .app_data(web::JsonConfig::default().limit(16 * 1024).error_handler(|e, _| {
+                ApiError::BadRequest(format!("invalid JSON body: {e}")).into()
+            }))
+            .route("/admin/login", web::post().to(admin::login))
+            .route("/users", web::get().to(users::list))
+            .route("/users", web::post().to(users::invite))
+            .route("/users/{id}/passkeys", web::get().to(users::passkeys))
+            .route("/users/{id}/obr", web::post().to(obr::select))
+            .route("/invitations/accept", web::post().to(users::accept_invitation))
+            .route("/agents", web::get().to(obr::agents))
+            .route("/agents/{id}/obr", web::delete().to(obr::end))
+            .route("/agent-logins/approve", web::post().to(obr::approve_login))
+            .route("/audit", web::get().to(admin::audit))
+            .route("/me/notifications", web::get().to(device::notifications)),
+    );
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(%detail, "internal error answering an API call");
+        }
+        HttpResponse::build(self.status_code()).json(ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<DirectoryError> for ApiError {
+    fn from(e: DirectoryError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<auth::SecretError> for ApiError {
+    fn from(e: auth::SecretError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<LinkError> for ApiError {
+    fn from(e: LinkError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<ObrError> for ApiError {
+    fn from(e: ObrError) -> Self {
+        match e {
+            ObrError::UserNotFound => ApiError::NotFound(e.to_string()),
+            ObrError::SelfObr | ObrError::AgentNotYours(_) => ApiError::Forbidden(e.to_string()),
+            ObrError::KeyNotActive(_)
+            | ObrError::NoAgent
+            | ObrError::AgentAmbiguous(_)
+            | ObrError::AlreadyActive { .. }
+            | ObrError::NotActive(_) => ApiError::Conflict(e.to_string()),
+            ObrError::Store(e) => e.into(),
+            ObrError::Directory(e) => e.into(),
+        }
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The admin this request's bearer token belongs to.
+async fn require_admin(req: &HttpRequest, state: &AppState) -> Result<Principal, ApiError> {
+    let token = bearer(req).ok_or(ApiError::Unauthorized)?;
+    match state.store.get_token(&auth::token_hash(token)).await? {
+        Some(p) if p.scope == TokenScope::Admin && p.is_admin => Ok(p),
+        Some(_) => Err(ApiError::Forbidden("this token is not an admin token".into())),
+        None => Err(ApiError::Unauthorized),
+    }
+}
+
+/// The user whose device (user app) token this request carries.
+async fn require_device(req: &HttpRequest, state: &AppState) -> Result<Person, ApiError> {
+    let token = bearer(req).ok_or(ApiError::Unauthorized)?;
+    state
+        .directory
+        .device_token_owner(&auth::token_hash(token))
+        .await?
+        .ok_or(ApiError::Unauthorized)
+}

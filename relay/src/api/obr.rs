@@ -1,0 +1,148 @@
+//! On-behalf registration from the panel: approve an agent's login code,
+//! list your agents, "Select as OBR", and "Done" (end the session).
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, bearer, require_admin, require_device};
+use crate::auth;
+use crate::obr::EndReason;
+use crate::sessions::{AgentEvent, Principal, TokenScope};
+use crate::state::AppState;
+
+/// How long an agent stays logged in without logging in again.
+pub const AGENT_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Deserialize)]
+pub struct ApproveRequest {
+    user_code: String,
+}
+
+#[derive(Serialize)]
+pub struct Approved {
+    agent_id: String,
+    principal: String,
+}
+
+/// `POST /api/agent-logins/approve`: the device-code grant (RFC 8628).
+/// With an admin token the agent becomes that admin's ("ready for on
+/// behalf registration"); with a user's device token, that user's own key.
+pub async fn approve_login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ApproveRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let approver = match require_admin(&req, &state).await {
+        Ok(admin) => admin,
+        Err(ApiError::Unauthorized | ApiError::Forbidden(_)) if bearer(&req).is_some() => {
+            let person = require_device(&req, &state).await?;
+            Principal {
+                person_id: person.id,
+                email: person.email,
+                is_admin: false,
+                scope: TokenScope::Agent,
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let code = auth::normalize_user_code(&body.user_code);
+    let grant = state
+        .store
+        .take_grant(&code)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("unknown or expired login code".into()))?;
+    let principal = Principal {
+        scope: TokenScope::Agent,
+        ..approver
+    };
+    let token = auth::new_token()?;
+    state
+        .store
+        .put_token(&auth::token_hash(&token), &principal, AGENT_TOKEN_TTL)
+        .await?;
+    state
+        .store
+        .put_agent_login(&grant.agent_id, &principal, AGENT_TOKEN_TTL)
+        .await?;
+    let action = if principal.is_admin { "obr.ready" } else { "agent.login" };
+    state
+        .directory
+        .audit(
+            &principal.email,
+            action,
+            &grant.agent_id,
+            serde_json::json!({ "agent": grant.agent_id }),
+        )
+        .await?;
+    state
+        .store
+        .publish(&AgentEvent::LoginApproved {
+            agent_id: grant.agent_id.clone(),
+            token,
+            principal: principal.clone(),
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(Approved {
+        agent_id: grant.agent_id,
+        principal: principal.email,
+    }))
+}
+
+#[derive(Serialize)]
+struct AgentView {
+    agent_id: String,
+    connected_here: bool,
+    obr: Option<crate::sessions::ObrSession>,
+}
+
+/// `GET /api/agents`: the caller's logged-in agents and their OBR sessions.
+pub async fn agents(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&req, &state).await?;
+    let mut views = Vec::new();
+    for agent_id in state.store.agents_of(&admin.person_id).await? {
+        let obr = state.store.get_obr(&agent_id).await?;
+        views.push(AgentView {
+            connected_here: state.agents.is_connected(&agent_id),
+            agent_id,
+            obr,
+        });
+    }
+    Ok(HttpResponse::Ok().json(views))
+}
+
+#[derive(Deserialize, Default)]
+pub struct SelectRequest {
+    agent_id: Option<String>,
+}
+
+/// `POST /api/users/{id}/obr`: "Select as OBR".
+pub async fn select(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Option<web::Json<SelectRequest>>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&req, &state).await?;
+    let body = body.map(web::Json::into_inner).unwrap_or_default();
+    let session = state
+        .obr
+        .select(&admin, &path.into_inner(), body.agent_id.as_deref())
+        .await?;
+    Ok(HttpResponse::Created().json(session))
+}
+
+/// `DELETE /api/agents/{id}/obr`: "Done" — back to normal mode.
+pub async fn end(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&req, &state).await?;
+    let session = state
+        .obr
+        .end(&admin, &path.into_inner(), EndReason::Done)
+        .await?;
+    Ok(HttpResponse::Ok().json(session))
+}

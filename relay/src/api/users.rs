@@ -1,0 +1,184 @@
+//! Users & security keys: list, invite, accept an invitation (which makes
+//! the key `active`), and a user's passkeys as their signer holds them.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, require_admin};
+use crate::auth;
+use crate::directory::{KeyStatus, Person};
+use crate::obr::base64_url;
+use crate::state::AppState;
+
+pub const INVITATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The user app's token: long-lived, revocable by deleting its row.
+pub const DEVICE_TOKEN_TTL: Duration = Duration::from_secs(180 * 24 * 3600);
+const MAX_EMAIL_LEN: usize = 254;
+const MAX_NAME_LEN: usize = 128;
+
+/// `GET /api/users`.
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state).await?;
+    Ok(HttpResponse::Ok().json(state.directory.people().await?))
+}
+
+#[derive(Deserialize)]
+pub struct InviteRequest {
+    email: String,
+    display_name: String,
+}
+
+#[derive(Serialize)]
+pub struct Invited {
+    user: Person,
+    /// Sent to the user (by email in production); shown once.
+    invitation_token: String,
+}
+
+/// `POST /api/users`: add a user with an `invited` key.
+pub async fn invite(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<InviteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&req, &state).await?;
+    let email = body.email.trim();
+    if email.is_empty() || email.len() > MAX_EMAIL_LEN || !email.contains('@') {
+        return Err(ApiError::BadRequest("email must look like name@domain".into()));
+    }
+    if body.display_name.trim().is_empty() || body.display_name.len() > MAX_NAME_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "display_name must be 1-{MAX_NAME_LEN} characters"
+        )));
+    }
+    let (user, invitation_token) = invite_user(&state, &admin.email, email, body.display_name.trim())
+        .await
+        .map_err(|e| match e {
+            crate::directory::DirectoryError::Db(sqlx::Error::Database(db))
+                if db.is_unique_violation() =>
+            {
+                ApiError::Conflict(format!("a user with email {email} already exists"))
+            }
+            other => other.into(),
+        })?;
+    Ok(HttpResponse::Created().json(Invited {
+        user,
+        invitation_token,
+    }))
+}
+
+/// Create an invited user and their invitation; returns the invitation token.
+pub async fn invite_user(
+    state: &AppState,
+    actor: &str,
+    email: &str,
+    display_name: &str,
+) -> Result<(Person, String), crate::directory::DirectoryError> {
+    let user = state
+        .directory
+        .create_person(email, display_name, false, None, KeyStatus::Invited)
+        .await?;
+    let token = auth::new_token().map_err(|e| crate::directory::DirectoryError::Corrupt(e.to_string()))?;
+    state
+        .directory
+        .create_invitation(&user.id, &auth::token_hash(&token), INVITATION_TTL)
+        .await?;
+    state
+        .directory
+        .audit(actor, "user.invited", email, serde_json::json!({ "user_id": user.id }))
+        .await?;
+    Ok((user, token))
+}
+
+#[derive(Deserialize)]
+pub struct AcceptRequest {
+    token: String,
+}
+
+#[derive(Serialize)]
+pub struct Accepted {
+    user: Person,
+    /// The user app keeps this to read notifications.
+    device_token: String,
+}
+
+/// `POST /api/invitations/accept`: the user accepts; their key is active.
+pub async fn accept_invitation(
+    state: web::Data<AppState>,
+    body: web::Json<AcceptRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (user, device_token) = accept(&state, &body.token)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("unknown, expired or already used invitation".into()))?;
+    Ok(HttpResponse::Ok().json(Accepted { user, device_token }))
+}
+
+/// Accept an invitation; `None` if it is not valid.
+pub async fn accept(state: &AppState, invitation: &str) -> Result<Option<(Person, String)>, ApiError> {
+    let device_token = auth::new_token()?;
+    let Some(user) = state
+        .directory
+        .accept_invitation(
+            &auth::token_hash(invitation),
+            &auth::token_hash(&device_token),
+            DEVICE_TOKEN_TTL,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    debug_assert_eq!(user.key_status, KeyStatus::Active);
+    state
+        .directory
+        .audit(&user.email, "user.key_activated", &user.email, serde_json::json!({ "user_id": user.id }))
+        .await?;
+    Ok(Some((user, device_token)))
+}
+
+#[derive(Serialize)]
+struct Passkey {
+    credential_id: String,
+    rp_id: String,
+    user_name: String,
+    user_display_name: String,
+    discoverable: bool,
+    created_at_ms: i64,
+    created_by_admin: String,
+    obr_session_id: String,
+    sign_count: u32,
+    last_used_at_ms: i64,
+    algorithm: String,
+}
+
+/// `GET /api/users/{id}/passkeys`: what the user's key holds.
+pub async fn passkeys(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state).await?;
+    let user_id = path.into_inner();
+    if state.directory.person(&user_id).await?.is_none() {
+        return Err(ApiError::NotFound("no such user".into()));
+    }
+    let credentials = state.router.list_credentials(&user_id).await?;
+    let passkeys: Vec<Passkey> = credentials
+        .into_iter()
+        .map(|c| Passkey {
+            credential_id: base64_url(&c.credential_id),
+            rp_id: c.rp_id,
+            user_name: c.user_name,
+            user_display_name: c.user_display_name,
+            discoverable: c.discoverable,
+            created_at_ms: c.created_at_ms,
+            created_by_admin: c.created_by_admin,
+            obr_session_id: c.obr_session_id,
+            sign_count: c.sign_count,
+            last_used_at_ms: c.last_used_at_ms,
+            algorithm: c.algorithm,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(passkeys))
+}

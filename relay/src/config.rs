@@ -1,0 +1,46 @@
+//! [`RelayConfig`]: everything a relay process is told at start-up, with
+//! the defaults of the embedded single-machine mode.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How often each relay looks for OBR sessions past their TTL.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// The URL people and agents reach this relay at (used in login links).
+    pub public_url: String,
+    /// Where the SQLite databases (and, embedded, the signer's KEK) live.
+    pub data_dir: PathBuf,
+    /// `redis://…`; `None` keeps sessions in this process's memory.
+    pub redis_url: Option<String>,
+    /// Namespace for every Redis key of this deployment.
+    pub redis_prefix: String,
+    /// Signer endpoints (`http://host:port`); empty runs one in-process.
+    pub signers: Vec<String>,
+    pub obr_ttl: Duration,
+    pub sweep_interval: Duration,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Create a demo organisation when the directory is empty.
+    pub demo_org: bool,
+}
+
+impl RelayConfig {
+    /// Embedded defaults: in-memory sessions, SQLite in `data_dir`, an
+    /// in-process signer.
+    pub fn embedded(data_dir: PathBuf, public_url: String) -> Self {
+        Self {
+            public_url,
+            data_dir,
+            redis_url: None,
+            redis_prefix: "obr:".to_owned(),
+            signers: Vec::new(),
+            obr_ttl: crate::obr::DEFAULT_OBR_TTL,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            workers: 0,
+            demo_org: false,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The demo organisation created by `obr-relay --demo-org` on an empty
+//! directory: one admin and two users whose keys are active (their
+//! invitations accepted through the same code path as the API), plus one
+//! user still `invited`. Its secrets are written to `demo-org.json` in the
+//! data directory, readable only by the owner, so scripts can log in.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{accept, invite_user};
+use crate::auth;
+use crate::directory::KeyStatus;
+use crate::state::AppState;
+
+pub const DEMO_FILE: &str = "demo-org.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoOrg {
+    pub admin_email: String,
+    pub admin_password: String,
+    pub admin_id: String,
+    pub users: Vec<DemoUser>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoUser {
+    pub id: String,
+    pub email: String,
+    pub key_status: KeyStatus,
+    /// The user app's token (active users).
+    pub device_token: Option<String>,
+    /// The unaccepted invitation (invited users).
+    pub invitation_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot seed the demo organisation: {0}")]
+    Seed(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Seed the demo organisation if the directory is empty; otherwise read
+/// the file written when it was seeded (if any).
+pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
+    let path = state.config.data_dir.join(DEMO_FILE);
+    let seed_err = |e: &dyn std::fmt::Display| DemoError::Seed(e.to_string());
+    if !state.directory.is_empty().await.map_err(|e| seed_err(&e))? {
+        return Ok(std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()));
+    }
+    let admin_password = auth::new_token().map_err(|e| seed_err(&e))?[..20].to_owned();
+    let hash = auth::hash_password(&admin_password).map_err(|e| seed_err(&e))?;
+    let admin = state
+        .directory
+        .create_person("admin@demo.obr", "Ada Admin", true, Some(&hash), KeyStatus::Active)
+        .await
+        .map_err(|e| seed_err(&e))?;
+    let mut users = Vec::new();
+    for (email, name, activate) in [
+        ("bob@demo.obr", "Bob User", true),
+        ("carol@demo.obr", "Carol User", true),
+        ("dave@demo.obr", "Dave Newcomer", false),
+    ] {
+        let (user, invitation) = invite_user(state, &admin.email, email, name)
+            .await
+            .map_err(|e| seed_err(&e))?;
+        let (key_status, device_token, invitation_token) = if activate {
+            let (_, device) = accept(state, &invitation)
+                .await
+                .map_err(|e| seed_err(&e))?
+                .ok_or_else(|| DemoError::Seed("fresh invitation refused".into()))?;
+            (KeyStatus::Active, Some(device), None)
+        } else {
+            (KeyStatus::Invited, None, Some(invitation))
+        };
+        users.push(DemoUser {
+            id: user.id,
+            email: email.to_owned(),
+            key_status,
+            device_token,
+            invitation_token,
+        });
+    }
+    let org = DemoOrg {
+        admin_email: admin.email,
+        admin_password,
+        admin_id: admin.id,
+        users,
+    };
+    write_private(&path, &serde_json::to_vec_pretty(&org).map_err(|e| seed_err(&e))?)?;
+    Ok(Some(org))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DemoError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let write_err = |source| DemoError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(write_err)?;
+    file.write_all(bytes).map_err(write_err)
+}

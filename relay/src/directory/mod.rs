@@ -1,0 +1,306 @@
+//! The directory: the relay's durable state (SQLite file or, later,
+//! PostgreSQL), behind typed methods.
+//!
+//! Owns people (admins and users) with their key status, invitations,
+//! device tokens, the audit log ([`audit`]) and each user's notification
+//! inbox ([`notifications`]). It never holds key material or credentials:
+//! those live in the signer's own database.
+
+pub mod audit;
+pub mod notifications;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use futures_util::future::BoxFuture;
+use sqlx::Row;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tokio::sync::Mutex;
+
+use crate::clock::now_ms;
+
+/// How long SQLite waits on a locked database before failing a statement.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_DB_CONNECTIONS: u32 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+pub type DirResult<T> = Result<T, DirectoryError>;
+
+/// A user's security key, as the admin panel sees it (seed: "User security
+/// key status must be active").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    Invited,
+    Active,
+    Suspended,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Invited => "invited",
+            KeyStatus::Active => "active",
+            KeyStatus::Suspended => "suspended",
+        }
+    }
+}
+
+impl FromStr for KeyStatus {
+    type Err = DirectoryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "invited" => Ok(KeyStatus::Invited),
+            "active" => Ok(KeyStatus::Active),
+            "suspended" => Ok(KeyStatus::Suspended),
+            other => Err(DirectoryError::Corrupt(format!("key status {other:?}"))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Person {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    pub is_admin: bool,
+    pub key_status: KeyStatus,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct Directory {
+    pool: SqlitePool,
+    /// Serialises audit appends in this process so the hash chain stays
+    /// linear (the chain head is read and extended in one transaction).
+    audit_lock: std::sync::Arc<Mutex<()>>,
+}
+
+impl Directory {
+    /// Open (creating if missing) the SQLite database at `path` and migrate it.
+    pub async fn open(path: &Path) -> DirResult<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_DB_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
+        Ok(Self {
+            pool,
+            audit_lock: Default::default(),
+        })
+    }
+
+    pub async fn is_empty(&self) -> DirResult<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM people")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n == 0)
+    }
+
+    /// Create a person. Admins get a password hash and an active key (they
+    /// enrolled themselves); users start `invited`.
+    pub async fn create_person(
+        &self,
+        email: &str,
+        display_name: &str,
+        is_admin: bool,
+        password_hash: Option<&str>,
+        key_status: KeyStatus,
+    ) -> DirResult<Person> {
+        let person = Person {
+            id: uuid::Uuid::new_v4().to_string(),
+            email: email.to_owned(),
+            display_name: display_name.to_owned(),
+            is_admin,
+            key_status,
+            created_at_ms: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO people (id, email, display_name, is_admin, password_hash, key_status, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&person.id)
+        .bind(&person.email)
+        .bind(&person.display_name)
+        .bind(i64::from(is_admin))
+        .bind(password_hash)
+        .bind(key_status.as_str())
+        .bind(person.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(person)
+    }
+
+    pub async fn person(&self, id: &str) -> DirResult<Option<Person>> {
+        let row = sqlx::query(
+            "SELECT id, email, display_name, is_admin, key_status, created_at_ms FROM people WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| person_from_row(&r)).transpose()
+    }
+
+    pub async fn people(&self) -> DirResult<Vec<Person>> {
+        let rows = sqlx::query(
+            "SELECT id, email, display_name, is_admin, key_status, created_at_ms FROM people ORDER BY email",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(person_from_row).collect()
+    }
+
+    /// The admin with this email and their password hash, for login.
+    pub async fn admin_credentials(&self, email: &str) -> DirResult<Option<(Person, String)>> {
+        let row = sqlx::query(
+            "SELECT id, email, display_name, is_admin, key_status, created_at_ms, password_hash \
+             FROM people WHERE email = $1 AND is_admin = 1 AND password_hash IS NOT NULL",
+        )
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(Some((person_from_row(&r)?, r.try_get("password_hash")?))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn create_invitation(
+        &self,
+        person_id: &str,
+        token_hash: &str,
+        ttl: Duration,
+    ) -> DirResult<()> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO invitations (token_hash, person_id, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(person_id)
+        .bind(now)
+        .bind(now + duration_ms(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Accept an invitation: mark it used, make the key `active`, and issue
+    /// a device token, all in one transaction. `None` if the invitation is
+    /// unknown, expired or already used.
+    pub async fn accept_invitation(
+        &self,
+        invitation_hash: &str,
+        device_token_hash: &str,
+        device_token_ttl: Duration,
+    ) -> DirResult<Option<Person>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let person_id: Option<String> = sqlx::query_scalar(
+            "UPDATE invitations SET accepted_at_ms = $1 \
+             WHERE token_hash = $2 AND accepted_at_ms IS NULL AND expires_at_ms > $1 RETURNING person_id",
+        )
+        .bind(now)
+        .bind(invitation_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(person_id) = person_id else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE people SET key_status = 'active' WHERE id = $1 AND key_status = 'invited'")
+            .bind(&person_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO device_tokens (token_hash, person_id, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(device_token_hash)
+        .bind(&person_id)
+        .bind(now)
+        .bind(now + duration_ms(device_token_ttl))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.person(&person_id).await
+    }
+
+    /// The person a device (user app) token belongs to, if it is valid.
+    pub async fn device_token_owner(&self, token_hash: &str) -> DirResult<Option<Person>> {
+        let person_id: Option<String> = sqlx::query_scalar(
+            "SELECT person_id FROM device_tokens WHERE token_hash = $1 AND expires_at_ms > $2",
+        )
+        .bind(token_hash)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        match person_id {
+            Some(id) => self.person(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(crate) fn audit_lock(&self) -> &Mutex<()> {
+        &self.audit_lock
+    }
+}
+
+fn person_from_row(r: &sqlx::sqlite::SqliteRow) -> DirResult<Person> {
+    Ok(Person {
+        id: r.try_get("id")?,
+        email: r.try_get("email")?,
+        display_name: r.try_get("display_name")?,
+        is_admin: r.try_get::<i64, _>("is_admin")? != 0,
+        key_status: r.try_get::<String, _>("key_status")?.parse()?,
+        created_at_ms: r.try_get("created_at_ms")?,
+    })
+}
+
+/// The migrations, compiled into the binary (sqlx's `migrate!` macro would
+/// pull in sqlx-macros and its compile time for this one job).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "directory",
+    include_str!("../../migrations/0001_directory.sql"),
+)];
+
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl MigrationSource<'static> for EmbeddedMigrations {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, name, sql)| {
+                    Migration::new(*version, (*name).into(), MigrationType::Simple, (*sql).into(), false)
+                })
+                .collect())
+        })
+    }
+}
+
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

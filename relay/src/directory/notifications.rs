@@ -1,0 +1,72 @@
+//! Each user's notification inbox: durable, so a phone that was offline
+//! sees what happened on its key when it comes back. Written whenever an
+//! admin acts on the user's key; read by the user's device.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{DirResult, Directory};
+use crate::clock::now_ms;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Notification {
+    pub id: i64,
+    pub at_ms: i64,
+    /// Machine-readable kind, e.g. `obr.registration`.
+    pub kind: String,
+    /// What the phone shows.
+    pub message: String,
+    pub detail: serde_json::Value,
+}
+
+impl Directory {
+    pub async fn notify(
+        &self,
+        person_id: &str,
+        kind: &str,
+        message: &str,
+        detail: serde_json::Value,
+    ) -> DirResult<Notification> {
+        let at_ms = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO notifications (person_id, at_ms, kind, message, detail) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(person_id)
+        .bind(at_ms)
+        .bind(kind)
+        .bind(message)
+        .bind(detail.to_string())
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Notification {
+            id,
+            at_ms,
+            kind: kind.to_owned(),
+            message: message.to_owned(),
+            detail,
+        })
+    }
+
+    /// The person's notifications with `id > after`, oldest first.
+    pub async fn notifications(&self, person_id: &str, after: i64) -> DirResult<Vec<Notification>> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, kind, message, detail FROM notifications WHERE person_id = $1 AND id > $2 ORDER BY id",
+        )
+        .bind(person_id)
+        .bind(after)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(Notification {
+                    id: r.try_get("id")?,
+                    at_ms: r.try_get("at_ms")?,
+                    kind: r.try_get("kind")?,
+                    message: r.try_get("message")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,194 @@
+//! obr-relay: the hub between admins' agents and users' signers.
+//!
+//! Stateless itself: durable state is in the directory (SQLite/PostgreSQL),
+//! ephemeral state in the session store (memory/Redis), keys in signers.
+//! Run as many relays as you like behind a load balancer.
+//!
+//! Layout:
+//! - [`agents`] — the agent WebSocket (`/agent/ws`): one actor per agent.
+//! - [`routing`] — which signer holds a user's key; the multiplexed links.
+//! - [`obr`] — the OBR rules and the record of every transition.
+//! - [`api`] — the admin/user HTTP API (`/api/*`).
+//! - [`sessions`] — the session store trait, memory and Redis.
+//! - [`directory`] — people, invitations, audit log, notifications.
+//! - [`auth`] — tokens, codes, password hashes.
+//! - [`demo`] — the demo organisation for the first README command.
+
+pub mod agents;
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod directory;
+pub mod obr;
+pub mod routing;
+pub mod sessions;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use actix_web::{App, HttpResponse, web};
+
+pub use crate::config::RelayConfig;
+use crate::agents::AgentRegistry;
+use crate::directory::Directory;
+use crate::obr::Obr;
+use crate::routing::Router;
+use crate::sessions::{MemoryStore, RedisStore, SessionStore};
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Directory(#[from] directory::DirectoryError),
+    #[error(transparent)]
+    Store(#[from] sessions::StoreError),
+    #[error(transparent)]
+    Routing(#[from] routing::LinkError),
+    #[error("embedded signer: {0}")]
+    Signer(String),
+    #[error(transparent)]
+    Demo(#[from] demo::DemoError),
+    #[error("http server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// A relay that has opened its stores and is about to serve.
+pub struct Relay {
+    state: web::Data<AppState>,
+    /// The in-process signer, when no external one was configured.
+    embedded_signer: Option<obr_signer::SignerCore>,
+    demo: Option<demo::DemoOrg>,
+}
+
+impl Relay {
+    /// Open the directory and session store, start an in-process signer if
+    /// none is configured, and seed the demo organisation if asked.
+    pub async fn open(config: RelayConfig) -> Result<Self, RelayError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let directory = Directory::open(&config.data_dir.join("relay.db")).await?;
+        let store: Arc<dyn SessionStore> = match &config.redis_url {
+            Some(url) => Arc::new(RedisStore::connect(url, &config.redis_prefix).await?),
+            None => Arc::new(MemoryStore::new()),
+        };
+        let mut config = config;
+        let embedded_signer = if config.signers.is_empty() {
+            let (core, endpoint) = start_embedded_signer(&config).await?;
+            config.signers.push(endpoint);
+            Some(core)
+        } else {
+            None
+        };
+        let router = Router::new(&config.signers)?;
+        let config = Arc::new(config);
+        let state = web::Data::new(AppState {
+            obr: Obr::new(directory.clone(), store.clone(), config.obr_ttl),
+            config,
+            directory,
+            store,
+            router,
+            agents: AgentRegistry::default(),
+        });
+        let demo = if state.config.demo_org {
+            demo::ensure(&state).await?
+        } else {
+            None
+        };
+        Ok(Self {
+            state,
+            embedded_signer,
+            demo,
+        })
+    }
+
+    pub fn demo_org(&self) -> Option<&demo::DemoOrg> {
+        self.demo.as_ref()
+    }
+
+    /// Serve on `listener` until `shutdown` resolves.
+    pub async fn run(
+        self,
+        listener: std::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RelayError> {
+        let state = self.state;
+        let pump = tokio::spawn(state.agents.clone().pump(state.store.clone()));
+        let sweeper = tokio::spawn(sweep(state.clone()));
+        let workers = match state.config.workers {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
+        let app_state = state.clone();
+        listener.set_nonblocking(true)?;
+        let server = actix_web::HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
+                .route("/agent/ws", web::get().to(agents::agent_socket))
+                .configure(api::configure)
+        })
+        .workers(workers)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        tracing::info!(url = %state.config.public_url, "obr-relay serving");
+        tokio::select! {
+            result = server => result?,
+            () = shutdown => handle.stop(true).await,
+        }
+        pump.abort();
+        sweeper.abort();
+        drop(self.embedded_signer);
+        Ok(())
+    }
+}
+
+async fn start_embedded_signer(
+    config: &RelayConfig,
+) -> Result<(obr_signer::SignerCore, String), RelayError> {
+    let signer_err = |e: &dyn std::fmt::Display| RelayError::Signer(e.to_string());
+    let kek = obr_signer::Kek::load_or_create(&config.data_dir.join("signer-kek.key"))
+        .map_err(|e| signer_err(&e))?;
+    let signer_config = obr_signer::SignerConfig::embedded(
+        format!("sqlite://{}?mode=rwc", config.data_dir.join("signer.db").display()),
+        kek,
+    );
+    let core = obr_signer::SignerCore::open(signer_config)
+        .await
+        .map_err(|e| signer_err(&e))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let serving = core.clone();
+    tokio::spawn(async move {
+        if let Err(e) = obr_signer::serve(serving, listener, std::future::pending()).await {
+            tracing::error!(error = %e, "embedded signer stopped");
+        }
+    });
+    tracing::info!(%endpoint, "embedded signer started");
+    Ok((core, endpoint))
+}
+
+/// Expire OBR sessions past their TTL, forever.
+async fn sweep(state: web::Data<AppState>) {
+    let mut tick = tokio::time::interval(state.config.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.obr.expire_due().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "OBR sessions expired"),
+            Err(e) => tracing::warn!(error = %e, "OBR expiry sweep failed"),
+        }
+    }
+}

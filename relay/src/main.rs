@@ -1,0 +1,86 @@
+//! `obr-relay`: parse configuration, open the relay, serve until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use obr_relay::{Relay, RelayConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "obr-relay", version, about = "obr relay: agents <-> signers, admin API")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "OBR_RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// URL people and agents use to reach this relay (default: http://LISTEN).
+    #[arg(long, env = "OBR_RELAY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Directory for the SQLite databases and the embedded signer's KEK.
+    #[arg(long, env = "OBR_RELAY_DATA_DIR", default_value = "obr-data")]
+    data_dir: PathBuf,
+    /// Redis URL for shared session state; omit to keep it in memory.
+    #[arg(long, env = "OBR_RELAY_REDIS_URL")]
+    redis_url: Option<String>,
+    #[arg(long, env = "OBR_RELAY_REDIS_PREFIX", default_value = "obr:")]
+    redis_prefix: String,
+    /// Signer endpoint (repeat for several); none runs one in-process.
+    #[arg(long = "signer", env = "OBR_RELAY_SIGNERS", value_delimiter = ',')]
+    signers: Vec<String>,
+    /// Hard lifetime of an OBR session, in seconds.
+    #[arg(long, env = "OBR_RELAY_OBR_TTL_S", default_value_t = 900)]
+    obr_ttl_s: u64,
+    /// HTTP worker threads (0 = one per core).
+    #[arg(long, env = "OBR_RELAY_WORKERS", default_value_t = 0)]
+    workers: usize,
+    /// Create a demo organisation if the directory is empty.
+    #[arg(long, env = "OBR_RELAY_DEMO_ORG")]
+    demo_org: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let mut config = RelayConfig::embedded(
+        args.data_dir,
+        args.public_url.unwrap_or_else(|| format!("http://{addr}")),
+    );
+    config.redis_url = args.redis_url;
+    config.redis_prefix = args.redis_prefix;
+    config.signers = args.signers;
+    config.obr_ttl = Duration::from_secs(args.obr_ttl_s);
+    config.workers = args.workers;
+    config.demo_org = args.demo_org;
+    let relay = Relay::open(config).await.context("cannot start the relay")?;
+    if let Some(org) = relay.demo_org() {
+        println!("demo organisation: admin {} password {}", org.admin_email, org.admin_password);
+    }
+    println!("obr-relay listening on {addr}");
+    relay.run(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl+C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,294 @@
+//! On-behalf registration: the rules and the record of every transition.
+//!
+//! [`Obr`] is the only place that starts, ends or expires an OBR session.
+//! Each transition is one compare-and-set in the session store, then an
+//! audit record, then (when it concerns a user) a notification in that
+//! user's inbox, then an [`AgentEvent`] so the agent's socket hears of it
+//! wherever it is connected. It never talks to signers or sockets itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use obr_proto::signer::CredentialCreated;
+use serde_json::json;
+
+use crate::clock::now_ms;
+use crate::directory::{DirectoryError, Directory, KeyStatus};
+use crate::directory::Person;
+use crate::sessions::{AgentEvent, ObrSession, Principal, SessionStore, StoreError};
+
+/// DESIGN: "A session has a hard TTL (default 15 min)".
+pub const DEFAULT_OBR_TTL: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObrError {
+    #[error("no such user")]
+    UserNotFound,
+    #[error("the user's security key is {0}, not active: the user must accept the invitation first")]
+    KeyNotActive(&'static str),
+    #[error("an admin cannot act on behalf of themself")]
+    SelfObr,
+    #[error("no agent is logged in as you: run `obr-agent login` and approve its code first")]
+    NoAgent,
+    #[error("several agents are logged in as you ({0}): say which one with agent_id")]
+    AgentAmbiguous(String),
+    #[error("agent {0} is not logged in as you")]
+    AgentNotYours(String),
+    #[error("agent {agent} is already acting for {user}: end that session first")]
+    AlreadyActive { agent: String, user: String },
+    #[error("agent {0} has no on-behalf registration in progress")]
+    NotActive(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug)]
+pub enum EndReason {
+    /// "Back to normal mode" in the agent.
+    BackToNormal,
+    /// "Done" in the panel.
+    Done,
+    /// The hard TTL passed.
+    Expired,
+}
+
+impl EndReason {
+    fn action(self) -> &'static str {
+        match self {
+            EndReason::BackToNormal | EndReason::Done => "obr.ended",
+            EndReason::Expired => "obr.expired",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            EndReason::BackToNormal => "back_to_normal",
+            EndReason::Done => "done",
+            EndReason::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Obr {
+    directory: Directory,
+    store: Arc<dyn SessionStore>,
+    ttl: Duration,
+}
+
+impl Obr {
+    pub fn new(directory: Directory, store: Arc<dyn SessionStore>, ttl: Duration) -> Self {
+        Self {
+            directory,
+            store,
+            ttl,
+        }
+    }
+
+    /// The panel's "Select as OBR": `admin` will act for `user_id` through
+    /// `agent_id` (or their only logged-in agent).
+    pub async fn select(
+        &self,
+        admin: &Principal,
+        user_id: &str,
+        agent_id: Option<&str>,
+    ) -> Result<ObrSession, ObrError> {
+        let user = self
+            .directory
+            .person(user_id)
+            .await?
+            .ok_or(ObrError::UserNotFound)?;
+        check_target(admin, &user)?;
+        let agent_id = self.admin_agent(admin, agent_id).await?;
+        let now = now_ms();
+        let session = ObrSession {
+            id: uuid::Uuid::new_v4().to_string(),
+            agent_id: agent_id.clone(),
+            admin_id: admin.person_id.clone(),
+            admin_email: admin.email.clone(),
+            user_id: user.id.clone(),
+            user_email: user.email.clone(),
+            started_at_ms: now,
+            expires_at_ms: now + crate::directory::duration_ms(self.ttl),
+        };
+        if !self.store.create_obr(&session).await? {
+            let user = match self.store.get_obr(&agent_id).await? {
+                Some(existing) => existing.user_email,
+                None => "another user".to_owned(),
+            };
+            return Err(ObrError::AlreadyActive {
+                agent: agent_id,
+                user,
+            });
+        }
+        self.directory
+            .audit(
+                &admin.email,
+                "obr.started",
+                &user.email,
+                json!({ "session": session.id, "agent": agent_id, "user_id": user.id,
+                        "expires_at_ms": session.expires_at_ms }),
+            )
+            .await?;
+        self.directory
+            .notify(
+                &user.id,
+                "obr.started",
+                &format!(
+                    "{} started an on-behalf registration on your security key",
+                    admin.email
+                ),
+                json!({ "admin": admin.email, "session": session.id, "agent": agent_id }),
+            )
+            .await?;
+        self.store
+            .publish(&AgentEvent::ModeChanged { agent_id })
+            .await?;
+        Ok(session)
+    }
+
+    /// End the agent's session (by its admin, from the panel or the agent).
+    pub async fn end(
+        &self,
+        actor: &Principal,
+        agent_id: &str,
+        reason: EndReason,
+    ) -> Result<ObrSession, ObrError> {
+        let session = self
+            .store
+            .get_obr(agent_id)
+            .await?
+            .ok_or_else(|| ObrError::NotActive(agent_id.to_owned()))?;
+        if session.admin_id != actor.person_id {
+            return Err(ObrError::AgentNotYours(agent_id.to_owned()));
+        }
+        let ended = self
+            .store
+            .end_obr(agent_id, &session.id)
+            .await?
+            .ok_or_else(|| ObrError::NotActive(agent_id.to_owned()))?;
+        self.record_end(&actor.email, &ended, reason).await?;
+        Ok(ended)
+    }
+
+    /// Claim and record every session past its TTL. Run periodically by
+    /// every relay pod; the store hands each expired session to one of them.
+    pub async fn expire_due(&self) -> Result<usize, ObrError> {
+        let expired = self.store.claim_expired(now_ms()).await?;
+        for session in &expired {
+            self.record_end("system", session, EndReason::Expired).await?;
+        }
+        Ok(expired.len())
+    }
+
+    /// A credential was created on the user's key during `session`.
+    pub async fn registration_done(
+        &self,
+        session: &ObrSession,
+        created: &CredentialCreated,
+    ) -> Result<(), ObrError> {
+        let credential_id = base64_url(&created.credential_id);
+        self.directory
+            .audit(
+                &session.admin_email,
+                "obr.registration",
+                &session.user_email,
+                json!({ "session": session.id, "agent": session.agent_id, "rp_id": created.rp_id,
+                        "account": created.user_name, "credential_id": credential_id,
+                        "discoverable": created.discoverable }),
+            )
+            .await?;
+        self.directory
+            .notify(
+                &session.user_id,
+                "obr.registration",
+                &format!(
+                    "{} registered a passkey for {} ({}) on your security key",
+                    session.admin_email, created.rp_id, created.user_name
+                ),
+                json!({ "admin": session.admin_email, "rp_id": created.rp_id,
+                        "account": created.user_name, "credential_id": credential_id,
+                        "session": session.id }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn record_end(
+        &self,
+        actor: &str,
+        session: &ObrSession,
+        reason: EndReason,
+    ) -> Result<(), ObrError> {
+        self.directory
+            .audit(
+                actor,
+                reason.action(),
+                &session.user_email,
+                json!({ "session": session.id, "agent": session.agent_id, "reason": reason.label() }),
+            )
+            .await?;
+        let message = match reason {
+            EndReason::Expired => format!(
+                "The on-behalf registration by {} expired; your key is no longer attached to their computer",
+                session.admin_email
+            ),
+            _ => format!(
+                "{} ended the on-behalf registration; your key is no longer attached to their computer",
+                session.admin_email
+            ),
+        };
+        self.directory
+            .notify(
+                &session.user_id,
+                reason.action(),
+                &message,
+                json!({ "admin": session.admin_email, "session": session.id, "reason": reason.label() }),
+            )
+            .await?;
+        self.store
+            .publish(&AgentEvent::ModeChanged {
+                agent_id: session.agent_id.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn admin_agent(
+        &self,
+        admin: &Principal,
+        agent_id: Option<&str>,
+    ) -> Result<String, ObrError> {
+        if let Some(agent_id) = agent_id {
+            return match self.store.agent_login(agent_id).await? {
+                Some(p) if p.person_id == admin.person_id => Ok(agent_id.to_owned()),
+                _ => Err(ObrError::AgentNotYours(agent_id.to_owned())),
+            };
+        }
+        let mut agents = self.store.agents_of(&admin.person_id).await?;
+        match agents.len() {
+            0 => Err(ObrError::NoAgent),
+            1 => Ok(agents.remove(0)),
+            _ => Err(ObrError::AgentAmbiguous(agents.join(", "))),
+        }
+    }
+}
+
+/// The seed's prerequisites for OBR, checked before anything changes.
+fn check_target(admin: &Principal, user: &Person) -> Result<(), ObrError> {
+    if user.id == admin.person_id {
+        return Err(ObrError::SelfObr);
+    }
+    match user.key_status {
+        KeyStatus::Active => Ok(()),
+        other => Err(ObrError::KeyNotActive(other.as_str())),
+    }
+}
+
+pub(crate) fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

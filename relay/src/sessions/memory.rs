@@ -1,0 +1,204 @@
+//! [`MemoryStore`]: the session store for a single relay process.
+//!
+//! A mutex over plain maps, with lazily enforced TTLs, and a tokio broadcast
+//! channel for events. It gives the same answers as the Redis store (the
+//! contract suite checks it), but nothing is shared with other processes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{AgentEvent, DeviceGrant, ObrSession, Principal, SessionStore, StoreResult};
+
+/// Events buffered per subscriber before a slow one starts losing them.
+const EVENT_BUFFER: usize = 1024;
+
+pub struct MemoryStore {
+    state: Mutex<State>,
+    events: broadcast::Sender<AgentEvent>,
+}
+
+#[derive(Default)]
+struct State {
+    tokens: HashMap<String, (Principal, Instant)>,
+    grants: HashMap<String, (DeviceGrant, Instant)>,
+    agent_logins: HashMap<String, (Principal, Instant)>,
+    /// agent id -> session
+    obr: HashMap<String, ObrSession>,
+    /// (expires_at_ms, agent id) of every live session
+    expiring: BTreeSet<(i64, String)>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Self {
+            state: Mutex::new(State::default()),
+            events,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-update of
+        // plain maps; every update here leaves them consistent, so go on.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut state)
+    }
+}
+
+fn live<T: Clone>(map: &mut HashMap<String, (T, Instant)>, key: &str) -> Option<T> {
+    match map.get(key) {
+        Some((value, until)) if *until > Instant::now() => Some(value.clone()),
+        Some(_) => {
+            map.remove(key);
+            None
+        }
+        None => None,
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn put_token(
+        &self,
+        token_hash: &str,
+        principal: &Principal,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.with(|s| {
+            s.tokens
+                .insert(token_hash.to_owned(), (principal.clone(), Instant::now() + ttl))
+        });
+        Ok(())
+    }
+
+    async fn get_token(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
+        Ok(self.with(|s| live(&mut s.tokens, token_hash)))
+    }
+
+    async fn put_grant(&self, grant: &DeviceGrant, ttl: Duration) -> StoreResult<()> {
+        self.with(|s| {
+            s.grants
+                .insert(grant.user_code.clone(), (grant.clone(), Instant::now() + ttl))
+        });
+        Ok(())
+    }
+
+    async fn take_grant(&self, user_code: &str) -> StoreResult<Option<DeviceGrant>> {
+        Ok(self.with(|s| {
+            let grant = live(&mut s.grants, user_code);
+            s.grants.remove(user_code);
+            grant
+        }))
+    }
+
+    async fn put_agent_login(
+        &self,
+        agent_id: &str,
+        principal: &Principal,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.with(|s| {
+            s.agent_logins
+                .insert(agent_id.to_owned(), (principal.clone(), Instant::now() + ttl))
+        });
+        Ok(())
+    }
+
+    async fn agent_login(&self, agent_id: &str) -> StoreResult<Option<Principal>> {
+        Ok(self.with(|s| live(&mut s.agent_logins, agent_id)))
+    }
+
+    async fn agents_of(&self, person_id: &str) -> StoreResult<Vec<String>> {
+        Ok(self.with(|s| {
+            let now = Instant::now();
+            let mut agents: Vec<String> = s
+                .agent_logins
+                .iter()
+                .filter(|(_, (p, until))| p.person_id == person_id && *until > now)
+                .map(|(agent, _)| agent.clone())
+                .collect();
+            agents.sort();
+            agents
+        }))
+    }
+
+    async fn create_obr(&self, session: &ObrSession) -> StoreResult<bool> {
+        Ok(self.with(|s| {
+            if s.obr.contains_key(&session.agent_id) {
+                return false;
+            }
+            s.obr.insert(session.agent_id.clone(), session.clone());
+            s.expiring
+                .insert((session.expires_at_ms, session.agent_id.clone()));
+            true
+        }))
+    }
+
+    async fn get_obr(&self, agent_id: &str) -> StoreResult<Option<ObrSession>> {
+        Ok(self.with(|s| s.obr.get(agent_id).cloned()))
+    }
+
+    async fn end_obr(&self, agent_id: &str, session_id: &str) -> StoreResult<Option<ObrSession>> {
+        Ok(self.with(|s| {
+            if s.obr.get(agent_id).is_none_or(|o| o.id != session_id) {
+                return None;
+            }
+            let session = s.obr.remove(agent_id)?;
+            s.expiring
+                .remove(&(session.expires_at_ms, session.agent_id.clone()));
+            Some(session)
+        }))
+    }
+
+    async fn claim_expired(&self, now_ms: i64) -> StoreResult<Vec<ObrSession>> {
+        Ok(self.with(|s| {
+            let due: Vec<(i64, String)> = s
+                .expiring
+                .iter()
+                .take_while(|(at, _)| *at <= now_ms)
+                .cloned()
+                .collect();
+            due.into_iter()
+                .filter_map(|key| {
+                    s.expiring.remove(&key);
+                    s.obr.remove(&key.1)
+                })
+                .collect()
+        }))
+    }
+
+    async fn publish(&self, event: &AgentEvent) -> StoreResult<()> {
+        // No subscriber is not an error: nobody holds that agent's socket.
+        let _ = self.events.send(event.clone());
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> StoreResult<BoxStream<'static, AgentEvent>> {
+        let rx = self.events.subscribe();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((event, rx)),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "agent event subscriber lagged");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(stream.boxed())
+    }
+}

@@ -1,0 +1,157 @@
+//! The session store: everything ephemeral that all relay pods share.
+//!
+//! Owns OBR sessions (one per agent, with a hard expiry), agent logins
+//! (which principal an agent acts as), device-code grants, bearer tokens,
+//! and the fan-out of [`AgentEvent`]s to whichever pod holds an agent's
+//! socket. Every key carries a TTL so that a crashed relay leaves nothing
+//! behind; state changes are compare-and-set so two pods never both win.
+//!
+//! Two implementations behind one trait, held to one contract suite
+//! (`relay/tests/session_store.rs`): [`MemoryStore`] for the single-process
+//! embedded mode and [`RedisStore`] for a horizontally scaled relay. This
+//! module never touches the durable database: losing the store loses only
+//! sessions, never users, credentials or audit records.
+
+mod memory;
+mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+/// Who a bearer token (or a logged-in agent) stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub person_id: String,
+    pub email: String,
+    pub is_admin: bool,
+    pub scope: TokenScope,
+}
+
+/// What a token may be used for; a token of one scope is refused elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// The admin panel and admin REST API.
+    Admin,
+    /// An agent's tunnel.
+    Agent,
+}
+
+/// An on-behalf registration in progress: `admin` acts for `user` through
+/// the agent `agent_id` until `expires_at_ms` or until it is ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObrSession {
+    pub id: String,
+    pub agent_id: String,
+    pub admin_id: String,
+    pub admin_email: String,
+    pub user_id: String,
+    pub user_email: String,
+    pub started_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// A pending device-code login, keyed by its `user_code` (RFC 8628 §3.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceGrant {
+    pub user_code: String,
+    pub agent_id: String,
+    pub created_at_ms: i64,
+}
+
+/// Something an agent's socket must hear about, wherever it is connected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// A device-code login was approved: the agent now acts as `principal`.
+    LoginApproved {
+        agent_id: String,
+        token: String,
+        principal: Principal,
+    },
+    /// The agent's OBR session started or ended: re-read it.
+    ModeChanged { agent_id: String },
+}
+
+impl AgentEvent {
+    pub fn agent_id(&self) -> &str {
+        match self {
+            AgentEvent::LoginApproved { agent_id, .. } | AgentEvent::ModeChanged { agent_id } => {
+                agent_id
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    #[error("session store returned malformed data: {0}")]
+    Corrupt(String),
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Ephemeral shared state. Every method is one atomic step.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Store `principal` under the token's hash for `ttl`.
+    async fn put_token(&self, token_hash: &str, principal: &Principal, ttl: Duration)
+    -> StoreResult<()>;
+    async fn get_token(&self, token_hash: &str) -> StoreResult<Option<Principal>>;
+
+    async fn put_grant(&self, grant: &DeviceGrant, ttl: Duration) -> StoreResult<()>;
+    /// Remove and return the grant: a code can be approved at most once.
+    async fn take_grant(&self, user_code: &str) -> StoreResult<Option<DeviceGrant>>;
+
+    /// Record that `agent_id` is logged in as `principal` for `ttl`.
+    async fn put_agent_login(
+        &self,
+        agent_id: &str,
+        principal: &Principal,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    async fn agent_login(&self, agent_id: &str) -> StoreResult<Option<Principal>>;
+    /// The agents currently logged in as `person_id`.
+    async fn agents_of(&self, person_id: &str) -> StoreResult<Vec<String>>;
+
+    /// Start `session` unless its agent already has one. Returns whether it
+    /// was created.
+    async fn create_obr(&self, session: &ObrSession) -> StoreResult<bool>;
+    /// The agent's OBR session, if one exists and has not been ended or
+    /// claimed as expired (it may be past `expires_at_ms` until claimed).
+    async fn get_obr(&self, agent_id: &str) -> StoreResult<Option<ObrSession>>;
+    /// End the agent's session if it is still `session_id`; returns it.
+    async fn end_obr(&self, agent_id: &str, session_id: &str) -> StoreResult<Option<ObrSession>>;
+    /// Remove and return sessions whose `expires_at_ms <= now_ms`. Each
+    /// expired session is returned to exactly one caller, across all pods.
+    async fn claim_expired(&self, now_ms: i64) -> StoreResult<Vec<ObrSession>>;
+
+    /// Deliver `event` to every subscriber (every relay pod).
+    async fn publish(&self, event: &AgentEvent) -> StoreResult<()>;
+    /// Events published from now on, by any pod.
+    async fn subscribe(&self) -> StoreResult<BoxStream<'static, AgentEvent>>;
+}
+
+/// How long a session's keys outlive its expiry, so the sweeper still finds
+/// (and audits) a session whose relay died.
+pub const EXPIRED_SESSION_GRACE: Duration = Duration::from_secs(300);

@@ -1,0 +1,303 @@
+//! [`RedisStore`]: the session store shared by every relay pod.
+//!
+//! Layout (all keys under a configurable prefix, all with TTLs):
+//! - `token:{hash}`, `grant:{code}`, `agent:{id}` — JSON values;
+//! - `agents_of:{person}` — a set of agent ids (members checked against
+//!   `agent:{id}` on read, so a stale member is harmless);
+//! - `obr:agent:{agent}` → session id, `obr:session:{id}` → JSON, and the
+//!   sorted set `obr:expiring` (score = expires_at_ms) that the sweeper
+//!   claims from. Multi-key changes are Lua scripts, so each is atomic.
+//! - events are published on the `events` channel.
+//!
+//! Connections: one `ConnectionManager` (multiplexed, reconnects by itself)
+//! and one pub/sub connection per subscriber, re-established on loss.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{
+    AgentEvent, DeviceGrant, EXPIRED_SESSION_GRACE, ObrSession, Principal, SessionStore,
+    StoreError, StoreResult,
+};
+
+/// Bound on every Redis round trip; the relay answers 503 past it.
+pub const DEFAULT_REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before re-subscribing after the pub/sub connection was lost.
+const RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(500);
+/// Sessions claimed per sweep; the sweeper runs again soon after.
+const CLAIM_BATCH: usize = 100;
+
+const CREATE_OBR: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+return 1
+"#;
+
+const GET_OBR: &str = r#"
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('GET', ARGV[1] .. id)
+"#;
+
+const END_OBR: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local session = redis.call('GET', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return session
+"#;
+
+const CLAIM_EXPIRED: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local skey = ARGV[2] .. 'obr:session:' .. id
+    local session = redis.call('GET', skey)
+    if session then
+      redis.call('DEL', skey)
+      local agent = cjson.decode(session)['agent_id']
+      local akey = ARGV[2] .. 'obr:agent:' .. agent
+      if redis.call('GET', akey) == id then redis.call('DEL', akey) end
+      table.insert(out, session)
+    end
+  end
+end
+return out
+"#;
+
+#[derive(Clone)]
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl RedisStore {
+    /// Connect to `url` (`redis://host:port/db`); keys are namespaced under
+    /// `prefix` so several deployments (or test runs) can share a server.
+    pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(DEFAULT_REDIS_RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(DEFAULT_REDIS_CONNECT_TIMEOUT));
+        let conn = client.get_connection_manager_with_config(config).await?;
+        Ok(Self {
+            client,
+            conn,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.prefix.clone();
+        key.push_str(&parts.concat());
+        key
+    }
+
+    async fn put_json<T: serde::Serialize>(
+        &self,
+        key: String,
+        value: &T,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let json = serde_json::to_string(value)?;
+        let mut conn = self.conn.clone();
+        let _: () = conn.pset_ex(key, json, ttl_ms(ttl)).await?;
+        Ok(())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> StoreResult<Option<T>> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.get(key).await?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn put_token(
+        &self,
+        token_hash: &str,
+        principal: &Principal,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.put_json(self.key(&["token:", token_hash]), principal, ttl)
+            .await
+    }
+
+    async fn get_token(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
+        self.get_json(self.key(&["token:", token_hash])).await
+    }
+
+    async fn put_grant(&self, grant: &DeviceGrant, ttl: Duration) -> StoreResult<()> {
+        self.put_json(self.key(&["grant:", &grant.user_code]), grant, ttl)
+            .await
+    }
+
+    async fn take_grant(&self, user_code: &str) -> StoreResult<Option<DeviceGrant>> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.get_del(self.key(&["grant:", user_code])).await?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    async fn put_agent_login(
+        &self,
+        agent_id: &str,
+        principal: &Principal,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.put_json(self.key(&["agent:", agent_id]), principal, ttl)
+            .await?;
+        let set = self.key(&["agents_of:", &principal.person_id]);
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .sadd(&set, agent_id)
+            .pexpire(&set, i64::try_from(ttl_ms(ttl)).unwrap_or(i64::MAX))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn agent_login(&self, agent_id: &str) -> StoreResult<Option<Principal>> {
+        self.get_json(self.key(&["agent:", agent_id])).await
+    }
+
+    async fn agents_of(&self, person_id: &str) -> StoreResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let set = self.key(&["agents_of:", person_id]);
+        let members: Vec<String> = conn.smembers(&set).await?;
+        let mut live = Vec::with_capacity(members.len());
+        for agent in members {
+            match self.agent_login(&agent).await? {
+                Some(p) if p.person_id == person_id => live.push(agent),
+                _ => {
+                    let _: () = conn.srem(&set, &agent).await?;
+                }
+            }
+        }
+        live.sort();
+        Ok(live)
+    }
+
+    async fn create_obr(&self, session: &ObrSession) -> StoreResult<bool> {
+        let ttl = Duration::from_millis(
+            u64::try_from(session.expires_at_ms - session.started_at_ms).unwrap_or(0),
+        ) + EXPIRED_SESSION_GRACE;
+        let mut conn = self.conn.clone();
+        let created: i64 = Script::new(CREATE_OBR)
+            .key(self.key(&["obr:agent:", &session.agent_id]))
+            .key(self.key(&["obr:session:", &session.id]))
+            .key(self.key(&["obr:expiring"]))
+            .arg(&session.id)
+            .arg(serde_json::to_string(session)?)
+            .arg(session.expires_at_ms)
+            .arg(ttl_ms(ttl))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(created == 1)
+    }
+
+    async fn get_obr(&self, agent_id: &str) -> StoreResult<Option<ObrSession>> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = Script::new(GET_OBR)
+            .key(self.key(&["obr:agent:", agent_id]))
+            .arg(self.key(&["obr:session:"]))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    async fn end_obr(&self, agent_id: &str, session_id: &str) -> StoreResult<Option<ObrSession>> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = Script::new(END_OBR)
+            .key(self.key(&["obr:agent:", agent_id]))
+            .key(self.key(&["obr:session:", session_id]))
+            .key(self.key(&["obr:expiring"]))
+            .arg(session_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
+    async fn claim_expired(&self, now_ms: i64) -> StoreResult<Vec<ObrSession>> {
+        let mut conn = self.conn.clone();
+        let sessions: Vec<String> = Script::new(CLAIM_EXPIRED)
+            .key(self.key(&["obr:expiring"]))
+            .arg(now_ms)
+            .arg(&self.prefix)
+            .arg(CLAIM_BATCH)
+            .invoke_async(&mut conn)
+            .await?;
+        sessions
+            .iter()
+            .map(|j| serde_json::from_str(j).map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn publish(&self, event: &AgentEvent) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .publish(self.key(&["events"]), serde_json::to_string(event)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> StoreResult<BoxStream<'static, AgentEvent>> {
+        let channel = self.key(&["events"]);
+        // Subscribe once now so that events published after this call
+        // returns are never missed; later losses re-subscribe.
+        let first = subscribe_once(&self.client, &channel).await?;
+        let client = self.client.clone();
+        let stream = futures_util::stream::unfold(
+            (Some(first), client, channel),
+            |(mut current, client, channel)| async move {
+                loop {
+                    if let Some(messages) = current.as_mut() {
+                        match messages.next().await {
+                            Some(msg) => {
+                                match serde_json::from_slice::<AgentEvent>(msg.get_payload_bytes()) {
+                                    Ok(event) => return Some((event, (current, client, channel))),
+                                    Err(e) => tracing::warn!(error = %e, "malformed agent event"),
+                                }
+                                continue;
+                            }
+                            None => {
+                                tracing::warn!("redis pub/sub connection lost; re-subscribing");
+                                current = None;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(RESUBSCRIBE_BACKOFF).await;
+                    match subscribe_once(&client, &channel).await {
+                        Ok(s) => current = Some(s),
+                        Err(e) => tracing::warn!(error = %e, "redis re-subscribe failed"),
+                    }
+                }
+            },
+        );
+        Ok(stream.boxed())
+    }
+}
+
+async fn subscribe_once(
+    client: &redis::Client,
+    channel: &str,
+) -> StoreResult<redis::aio::PubSubStream> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub.into_on_message())
+}

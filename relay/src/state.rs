@@ -1,0 +1,19 @@
+//! [`AppState`]: what every handler and actor of one relay process shares.
+
+use std::sync::Arc;
+
+use crate::agents::AgentRegistry;
+use crate::config::RelayConfig;
+use crate::directory::Directory;
+use crate::obr::Obr;
+use crate::routing::Router;
+use crate::sessions::SessionStore;
+
+pub struct AppState {
+    pub config: Arc<RelayConfig>,
+    pub directory: Directory,
+    pub store: Arc<dyn SessionStore>,
+    pub router: Router,
+    pub agents: AgentRegistry,
+    pub obr: Obr,
+}

@@ -1,0 +1,224 @@
+//! [`SignerCore`]: the signer's public face, what the gRPC service and an
+//! in-process relay call. Owns the actor runtime, the activation registry
+//! and the store, and the types that cross its API ([`CtapCall`],
+//! [`CtapReply`], [`CredentialInfo`], ...).
+//!
+//! Callable from any tokio task on any runtime: the actix machinery runs on
+//! its own threads. Never sees key material itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use passkey_types::ctap2::Ctap2Error;
+
+use crate::actor::{ActorRuntime, Registry};
+use crate::config::SignerConfig;
+use crate::ctap::Shared;
+use crate::error::SignerError;
+use crate::ids::{CredentialId, UserId};
+use crate::store::Store;
+
+/// The admin acting on the key owner's behalf (on-behalf registration).
+/// The relay has already checked that they may.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObrActing {
+    pub admin_id: String,
+    pub obr_session_id: String,
+}
+
+/// One CTAP message for a user's security key.
+#[derive(Clone, Debug)]
+pub struct CtapCall {
+    pub user_id: String,
+    /// Set when an admin acts for the user: the call counts as user-verified
+    /// and a created credential records who made it.
+    pub obr: Option<ObrActing>,
+    /// CTAP command byte + CBOR parameters.
+    pub payload: Vec<u8>,
+    /// When the caller stops waiting; past it the answer is
+    /// `CTAP2_ERR_USER_ACTION_TIMEOUT` (0x2F).
+    pub deadline: tokio::time::Instant,
+}
+
+/// The answer to a [`CtapCall`].
+#[derive(Clone, Debug)]
+pub struct CtapReply {
+    /// CTAP status byte + CBOR.
+    pub payload: Vec<u8>,
+    /// Set when the call created a credential.
+    pub created: Option<CreatedCredential>,
+    /// Time spent waiting for the user's actor.
+    pub queue: Duration,
+    /// Time the actor spent on the call.
+    pub work: Duration,
+}
+
+impl CtapReply {
+    /// The CTAP status byte.
+    pub fn status(&self) -> u8 {
+        self.payload
+            .first()
+            .copied()
+            .unwrap_or(Ctap2Error::Other.into())
+    }
+
+    /// A bare status answer after `queue` of waiting.
+    pub(crate) fn failure(status: Ctap2Error, queue: Duration) -> Self {
+        Self {
+            payload: vec![status.into()],
+            created: None,
+            queue,
+            work: Duration::ZERO,
+        }
+    }
+}
+
+/// What a makeCredential created (for the audit log and the user's
+/// notification).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedCredential {
+    pub credential_id: Vec<u8>,
+    pub rp_id: String,
+    pub user_name: String,
+    pub user_display_name: String,
+    pub discoverable: bool,
+}
+
+/// A credential as the panel lists it (public data only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialInfo {
+    pub credential_id: Vec<u8>,
+    pub rp_id: String,
+    pub user_handle: Vec<u8>,
+    pub user_name: String,
+    pub user_display_name: String,
+    pub discoverable: bool,
+    /// "ES256".
+    pub algorithm: String,
+    pub sign_count: u32,
+    pub created_at_ms: i64,
+    /// Set when an admin created it on the user's behalf.
+    pub created_by_admin: Option<String>,
+    pub obr_session_id: Option<String>,
+    pub last_used_at_ms: Option<i64>,
+}
+
+/// A running signer: every user's security key, activated on demand.
+/// Cheap to clone; the actor threads stop when the last clone is dropped
+/// (or on [`SignerCore::shutdown`]).
+#[derive(Clone, Debug)]
+pub struct SignerCore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Arc<Registry>,
+    store: Store,
+    runtime: ActorRuntime,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.registry.close();
+        self.runtime.stop();
+    }
+}
+
+impl SignerCore {
+    /// Open the database (running migrations) and start the actor threads.
+    pub async fn open(config: SignerConfig) -> Result<Self, SignerError> {
+        let store = Store::open(&config.database_url, config.db_max_connections).await?;
+        let kek_id = config.kek.id().to_owned();
+        let shared = Shared::new(store.clone(), config.kek, config.aaguid)
+            .map_err(|e| SignerError::Internal(e.to_string()))?;
+        let threads = match config.actor_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let runtime = ActorRuntime::start(threads).await?;
+        let registry = Registry::new(
+            Arc::new(shared),
+            runtime.arbiters().to_vec(),
+            config.idle_passivation,
+        );
+        tracing::info!(
+            actor_threads = threads,
+            %kek_id,
+            idle_passivation = ?config.idle_passivation,
+            "signer open"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry,
+                store,
+                runtime,
+            }),
+        })
+    }
+
+    /// Answer one CTAP message. Never fails: every failure is a CTAP status
+    /// byte in the reply (a malformed user id is
+    /// `CTAP1_ERR_INVALID_PARAMETER`, an oversized message
+    /// `CTAP1_ERR_INVALID_LENGTH`, a passed deadline
+    /// `CTAP2_ERR_USER_ACTION_TIMEOUT`, our own faults `CTAP1_ERR_OTHER`).
+    pub async fn ctap(&self, call: CtapCall) -> CtapReply {
+        let received = Instant::now();
+        let user = match UserId::new(call.user_id) {
+            Ok(user) => user,
+            Err(error) => {
+                tracing::debug!(%error, "CTAP call for an invalid user id");
+                return CtapReply::failure(Ctap2Error::InvalidParameter, Duration::ZERO);
+            }
+        };
+        // CTAP 2.1 §6: nothing longer than maxMsgSize is accepted.
+        if call.payload.len() > obr_proto::MAX_CTAP_MESSAGE {
+            return CtapReply::failure(Ctap2Error::InvalidLength, Duration::ZERO);
+        }
+        self.inner
+            .registry
+            .ctap(&user, call.payload, call.obr, received, call.deadline)
+            .await
+    }
+
+    /// `user_id`'s credentials, oldest first. A read: activates nothing.
+    pub async fn list_credentials(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<CredentialInfo>, SignerError> {
+        let user = UserId::new(user_id)?;
+        Ok(self.inner.store.list_credentials(&user).await?)
+    }
+
+    /// Delete one of `user_id`'s credentials; `Ok(false)` if there was no
+    /// such credential. The delete goes through the user's actor, fenced
+    /// like every other write.
+    pub async fn delete_credential(
+        &self,
+        user_id: &str,
+        credential_id: &[u8],
+    ) -> Result<bool, SignerError> {
+        let user = UserId::new(user_id)?;
+        let credential = CredentialId::new(credential_id.to_vec())?;
+        // Nothing to delete: do not claim the user for nothing.
+        if !self.inner.store.has_credential(&user, &credential).await? {
+            return Ok(false);
+        }
+        self.inner
+            .registry
+            .delete_credential(&user, credential)
+            .await
+    }
+
+    /// How many users have an active actor in this process.
+    pub fn active_users(&self) -> usize {
+        self.inner.registry.active_users()
+    }
+
+    /// Stop every actor and wait for the actor threads to finish. Calls made
+    /// afterwards answer `CTAP1_ERR_OTHER`.
+    pub async fn shutdown(&self) {
+        self.inner.registry.close();
+        self.inner.runtime.shutdown().await;
+    }
+}

@@ -1,0 +1,53 @@
+//! [`SignerConfig`]: everything a signer is told at start-up, with the
+//! defaults of the embedded single-machine mode. Holds no state and does no
+//! I/O (loading the KEK is [`crate::Kek`]'s job).
+
+use std::time::Duration;
+
+use crate::vault::Kek;
+
+/// How long a user's actor stays active without traffic before it
+/// passivates (forgets its claim, data key and signing keys).
+pub const DEFAULT_IDLE_PASSIVATION: Duration = Duration::from_secs(300);
+/// Pooled database connections (SQLite serializes writers anyway; readers
+/// run beside them in WAL mode).
+pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 8;
+/// The AAGUID obr's signers present unless configured otherwise
+/// (c363dbb3-2edd-4108-8402-98b094e82ee7, generated for obr).
+pub const DEFAULT_AAGUID: [u8; 16] = [
+    0xc3, 0x63, 0xdb, 0xb3, 0x2e, 0xdd, 0x41, 0x08, 0x84, 0x02, 0x98, 0xb0, 0x94, 0xe8, 0x2e, 0xe7,
+];
+
+/// How a signer process runs.
+#[derive(Clone, Debug)]
+pub struct SignerConfig {
+    /// `sqlite://path?mode=rwc` or `sqlite::memory:`. (PostgreSQL is not
+    /// implemented yet.)
+    pub database_url: String,
+    /// Wraps every user's data key.
+    pub kek: Kek,
+    /// The authenticator model id reported by getInfo and in attested
+    /// credential data.
+    pub aaguid: [u8; 16],
+    /// See [`DEFAULT_IDLE_PASSIVATION`].
+    pub idle_passivation: Duration,
+    /// Threads (actix arbiters) running user actors; 0 = one per core.
+    pub actor_threads: usize,
+    /// See [`DEFAULT_DB_MAX_CONNECTIONS`].
+    pub db_max_connections: u32,
+}
+
+impl SignerConfig {
+    /// A signer with every default but its database and KEK (what an
+    /// in-process signer in the relay needs).
+    pub fn embedded(database_url: impl Into<String>, kek: Kek) -> Self {
+        Self {
+            database_url: database_url.into(),
+            kek,
+            aaguid: DEFAULT_AAGUID,
+            idle_passivation: DEFAULT_IDLE_PASSIVATION,
+            actor_threads: 0,
+            db_max_connections: DEFAULT_DB_MAX_CONNECTIONS,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! authenticatorGetAssertion (CTAP 2.1 §6.2) and
+//! authenticatorGetNextAssertion (§6.3): find the user's credentials for an
+//! RP, commit the next signature counter, then sign authenticatorData ||
+//! clientDataHash with ring.
+//!
+//! The counter increment is committed to the database (fenced by this
+//! activation's epoch) before a signature is computed, so no signature ever
+//! leaves with a counter the database does not hold. Never logs keys,
+//! signatures or client data.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use passkey_types::ctap2::Ctap2Error;
+use passkey_types::ctap2::Flags;
+use passkey_types::ctap2::get_assertion::{Request, Response};
+use passkey_types::ctap2::make_credential::PublicKeyCredentialUserEntity;
+use passkey_types::webauthn::{PublicKeyCredentialDescriptor, PublicKeyCredentialType};
+use tokio::time::Instant;
+
+use crate::api::ObrActing;
+use crate::store::StoredCredential;
+
+use super::codec::{Kind, Param, Params, encode_ok, has_text_key};
+use super::keys;
+use super::{
+    Authenticator, CommandError, Success, authenticator_data, check_uv_option, claimed,
+    refuse_pin_uv_auth, response_flags,
+};
+
+/// CTAP 2.1 §6.2: authenticatorGetAssertion parameters.
+const RP_ID: u8 = 0x01;
+const CLIENT_DATA_HASH: u8 = 0x02;
+const ALLOW_LIST: u8 = 0x03;
+const EXTENSIONS: u8 = 0x04;
+const OPTIONS: u8 = 0x05;
+const PIN_UV_AUTH_PARAM: u8 = 0x06;
+const PIN_UV_AUTH_PROTOCOL: u8 = 0x07;
+
+const SCHEMA: &[Param] = &[
+    Param::required(RP_ID, Kind::Text),
+    Param::required(CLIENT_DATA_HASH, Kind::Bytes),
+    Param::optional(ALLOW_LIST, Kind::Array),
+    Param::optional(EXTENSIONS, Kind::Map),
+    Param::optional(OPTIONS, Kind::Map),
+    Param::optional(PIN_UV_AUTH_PARAM, Kind::Bytes),
+    Param::optional(PIN_UV_AUTH_PROTOCOL, Kind::Integer),
+];
+
+/// CTAP 2.1 §6.3: getNextAssertion must follow within 30 seconds of the
+/// previous getAssertion or getNextAssertion.
+pub(super) const NEXT_ASSERTION_WINDOW: Duration = Duration::from_secs(30);
+/// `numberOfCredentials` is one byte in passkey-types: a discoverable
+/// lookup enumerates at most this many credentials, most recent first.
+const MAX_ENUMERATED_CREDENTIALS: usize = u8::MAX as usize;
+
+/// What authenticatorGetNextAssertion continues (CTAP 2.1 §6.2.2: the
+/// authenticator remembers the request and the credentials not yet used).
+#[derive(Debug)]
+pub(super) struct PendingAssertions {
+    rp_id: String,
+    client_data_hash: Vec<u8>,
+    flags: Flags,
+    remaining: VecDeque<StoredCredential>,
+    pub(super) expires_at: Instant,
+}
+
+impl Authenticator {
+    pub(super) async fn get_assertion(
+        &mut self,
+        params: &[u8],
+        obr: Option<&ObrActing>,
+    ) -> Result<Success, CommandError> {
+        let params = Params::parse(params, SCHEMA)?;
+        // Options processing (§6.2.2): "If the "rk" option is present then:
+        // Return CTAP2_ERR_UNSUPPORTED_OPTION." passkey-types drops unknown
+        // option keys, so look before decoding.
+        if params.get(OPTIONS).is_some_and(|o| has_text_key(o, "rk")) {
+            return Err(Ctap2Error::UnsupportedOption.into());
+        }
+        let request: Request = params.decode()?;
+        refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
+        check_uv_option(request.options.uv, obr)?;
+        // "up": false asks for a silent assertion, without the UP flag.
+        let flags = response_flags(request.options.up, obr);
+
+        let stored = self
+            .shared
+            .store
+            .credentials_for_rp(&self.user, &request.rp_id)
+            .await?;
+        let allow_list = request.allow_list.filter(|list| !list.is_empty());
+        let mut candidates: VecDeque<StoredCredential> = match &allow_list {
+            // Only credentials the RP names, of this user, for this RP.
+            Some(list) => stored
+                .into_iter()
+                .filter(|c| {
+                    list.iter()
+                        .any(|d| d.is_known() && d.id.as_slice() == c.id.as_bytes())
+                })
+                .take(1)
+                .collect(),
+            // Discoverable credentials, most recently created first.
+            None => stored
+                .into_iter()
+                .filter(|c| c.discoverable)
+                .take(MAX_ENUMERATED_CREDENTIALS)
+                .collect(),
+        };
+        let Some(first) = candidates.pop_front() else {
+            return Err(Ctap2Error::NoCredentials.into());
+        };
+        let number_of_credentials = if allow_list.is_none() && !candidates.is_empty() {
+            Some(u8::try_from(candidates.len() + 1).unwrap_or(u8::MAX))
+        } else {
+            None
+        };
+
+        let payload = sign_assertion(
+            self,
+            &request.rp_id,
+            &request.client_data_hash,
+            flags,
+            &first,
+            number_of_credentials,
+        )
+        .await?;
+        if number_of_credentials.is_some() {
+            self.pending = Some(PendingAssertions {
+                rp_id: request.rp_id,
+                client_data_hash: request.client_data_hash.into(),
+                flags,
+                remaining: candidates,
+                expires_at: Instant::now() + NEXT_ASSERTION_WINDOW,
+            });
+        }
+        Ok(Success::payload(payload))
+    }
+
+    /// CTAP 2.1 §6.3: the next credential of the last getAssertion.
+    pub(super) async fn get_next_assertion(&mut self) -> Result<Success, CommandError> {
+        // "If authenticator does not remember any authenticatorGetAssertion
+        // parameters, return CTAP2_ERR_NOT_ALLOWED."
+        let Some(mut pending) = self.pending.take() else {
+            return Err(Ctap2Error::NotAllowed.into());
+        };
+        // "If timer since the last call to authenticatorGetAssertion/
+        // authenticatorGetNextAssertion is greater than 30 seconds, discard
+        // the current authenticatorGetAssertion state and return
+        // CTAP2_ERR_NOT_ALLOWED."
+        if Instant::now() > pending.expires_at {
+            return Err(Ctap2Error::NotAllowed.into());
+        }
+        // "If the credentialCounter is equal to or greater than
+        // numberOfCredentials, return CTAP2_ERR_NOT_ALLOWED."
+        let Some(next) = pending.remaining.pop_front() else {
+            return Err(Ctap2Error::NotAllowed.into());
+        };
+        let payload = sign_assertion(
+            self,
+            &pending.rp_id,
+            &pending.client_data_hash,
+            pending.flags,
+            &next,
+            None,
+        )
+        .await?;
+        if !pending.remaining.is_empty() {
+            pending.expires_at = Instant::now() + NEXT_ASSERTION_WINDOW;
+            self.pending = Some(pending);
+        }
+        Ok(Success::payload(payload))
+    }
+}
+
+/// Commit the next counter of `credential`, then sign and encode the
+/// assertion. `numberOfCredentials` is set only on the first answer of a
+/// discoverable enumeration (CTAP 2.1 §6.2.2).
+async fn sign_assertion(
+    authenticator: &mut Authenticator,
+    rp_id: &str,
+    client_data_hash: &[u8],
+    flags: Flags,
+    credential: &StoredCredential,
+    number_of_credentials: Option<u8>,
+) -> Result<Vec<u8>, CommandError> {
+    let Authenticator {
+        user,
+        shared,
+        owner,
+        ..
+    } = authenticator;
+    let owner = claimed(owner, user, shared).await?;
+    let counter = shared
+        .store
+        .increment_sign_count(user, owner.epoch, &credential.id)
+        .await?
+        .ok_or(Ctap2Error::NoCredentials)?;
+
+    let auth_data = authenticator_data(rp_id, counter, flags);
+    let mut signed = auth_data.to_vec();
+    signed.extend_from_slice(client_data_hash);
+    let key_pair = owner.signing_key(user, credential, &shared.rng)?;
+    let signature = keys::sign(key_pair, &signed, &shared.rng)?;
+
+    // A discoverable credential names its user (at least the id, CTAP 2.1
+    // §6.2.2); names only after user verification, which here means an OBR
+    // call.
+    let user_entity = credential.discoverable.then(|| {
+        let verified = flags.contains(Flags::UV);
+        PublicKeyCredentialUserEntity {
+            id: credential.user_handle.clone().into(),
+            name: verified
+                .then(|| credential.user_name.clone())
+                .filter(|name| !name.is_empty()),
+            display_name: verified
+                .then(|| credential.user_display_name.clone())
+                .filter(|name| !name.is_empty()),
+            icon_url: None,
+        }
+    });
+    let response = Response {
+        credential: Some(PublicKeyCredentialDescriptor {
+            ty: PublicKeyCredentialType::PublicKey,
+            id: credential.id.as_bytes().into(),
+            transports: None,
+        }),
+        auth_data,
+        signature: signature.into(),
+        user: user_entity,
+        number_of_credentials,
+        user_selected: None,
+        large_blob_key: None,
+        unsigned_extension_outputs: None,
+    };
+    Ok(encode_ok(&response)?)
+}

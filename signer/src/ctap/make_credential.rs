@@ -1,0 +1,233 @@
+//! authenticatorMakeCredential (CTAP 2.1 §6.1): create an ES256 credential,
+//! wrap its private key, store it fenced by this activation's epoch, and
+//! answer with "none" attestation.
+//!
+//! Follows the numbered steps of §6.1.2 where they apply to a key with no
+//! PIN/UV auth protocol, no display and no extensions. Never returns or
+//! logs the private key; its PKCS#8 form is dropped once wrapped.
+
+use ciborium::value::Value;
+use coset::iana::EnumI64 as _;
+use passkey_types::ctap2::make_credential::{Request, Response};
+use passkey_types::ctap2::{AttestedCredentialData, Ctap2Error};
+use passkey_types::webauthn::PublicKeyCredentialType;
+use ring::rand::SecureRandom;
+
+use crate::api::{CreatedCredential, ObrActing};
+use crate::ids::{CREDENTIAL_ID_LEN, CredentialId};
+use crate::store::{NewCredential, now_ms};
+
+use super::codec::{Kind, Param, Params, encode_ok};
+use super::keys::{self, ES256};
+use super::{
+    Authenticator, CommandError, Success, authenticator_data, check_uv_option, claimed,
+    refuse_pin_uv_auth, response_flags,
+};
+
+/// CTAP 2.1 §6.1: authenticatorMakeCredential parameters.
+const CLIENT_DATA_HASH: u8 = 0x01;
+const RP: u8 = 0x02;
+const USER: u8 = 0x03;
+const PUB_KEY_CRED_PARAMS: u8 = 0x04;
+const EXCLUDE_LIST: u8 = 0x05;
+const EXTENSIONS: u8 = 0x06;
+const OPTIONS: u8 = 0x07;
+const PIN_UV_AUTH_PARAM: u8 = 0x08;
+const PIN_UV_AUTH_PROTOCOL: u8 = 0x09;
+const ENTERPRISE_ATTESTATION: u8 = 0x0A;
+
+const SCHEMA: &[Param] = &[
+    Param::required(CLIENT_DATA_HASH, Kind::Bytes),
+    Param::required(RP, Kind::Map),
+    Param::required(USER, Kind::Map),
+    Param::required(PUB_KEY_CRED_PARAMS, Kind::Array),
+    Param::optional(EXCLUDE_LIST, Kind::Array),
+    Param::optional(EXTENSIONS, Kind::Map),
+    Param::optional(OPTIONS, Kind::Map),
+    Param::optional(PIN_UV_AUTH_PARAM, Kind::Bytes),
+    Param::optional(PIN_UV_AUTH_PROTOCOL, Kind::Integer),
+    Param::optional(ENTERPRISE_ATTESTATION, Kind::Integer),
+];
+
+/// WebAuthn L3 §5.4.3: "A user handle is an opaque byte sequence with a
+/// maximum size of 64 bytes" and must not be empty.
+const MAX_USER_HANDLE_LEN: usize = 64;
+/// An RP id is a domain name (at most 253 characters in DNS).
+const MAX_RP_ID_LEN: usize = 253;
+/// CTAP 2.1 §6.1.2 step 17 / WebAuthn L3 §6.4.1: authenticators may
+/// truncate user names and display names to 64 bytes.
+const MAX_STORED_NAME_LEN: usize = 64;
+/// The attestation statement format: no attestation (WebAuthn L3 §8.7).
+const ATTESTATION_NONE: &str = "none";
+
+impl Authenticator {
+    pub(super) async fn make_credential(
+        &mut self,
+        params: &[u8],
+        obr: Option<&ObrActing>,
+    ) -> Result<Success, CommandError> {
+        let mut params = Params::parse(params, SCHEMA)?;
+        // CTAP 2.1 §6.1.2 step 9: enterprise attestation is not supported.
+        if params.get(ENTERPRISE_ATTESTATION).is_some() {
+            return Err(Ctap2Error::InvalidParameter.into());
+        }
+        default_optional_user_names(&mut params);
+        let request: Request = params.decode()?;
+
+        // Steps 1–2: no PIN/UV auth protocol.
+        refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
+        // Step 3: the first supported entry, in the RP's order of preference.
+        if !request
+            .pub_key_cred_params
+            .iter()
+            .any(|p| p.ty == PublicKeyCredentialType::PublicKey && p.alg == ES256)
+        {
+            return Err(Ctap2Error::UnsupportedAlgorithm.into());
+        }
+        // Step 5: options. "rk" is supported (getInfo says so); "up" must
+        // not be false.
+        check_uv_option(request.options.uv, obr)?;
+        if !request.options.up {
+            return Err(Ctap2Error::InvalidOption.into());
+        }
+        let discoverable = request.options.rk;
+        let rp_id = request.rp.id.as_str();
+        let user_handle = request.user.id.as_slice();
+        if rp_id.is_empty() || rp_id.len() > MAX_RP_ID_LEN {
+            return Err(Ctap2Error::InvalidLength.into());
+        }
+        if user_handle.is_empty() || user_handle.len() > MAX_USER_HANDLE_LEN {
+            return Err(Ctap2Error::InvalidLength.into());
+        }
+
+        let owner = claimed(&mut self.owner, &self.user, &self.shared).await?;
+        // Step 12: a listed credential of this user bound to this RP.
+        if let Some(exclude_list) = request.exclude_list.as_ref().filter(|l| !l.is_empty()) {
+            let existing = self
+                .shared
+                .store
+                .credentials_for_rp(&self.user, rp_id)
+                .await?;
+            let excluded = exclude_list
+                .iter()
+                .filter(|d| d.is_known())
+                .any(|d| existing.iter().any(|c| c.id.as_bytes() == d.id.as_slice()));
+            if excluded {
+                return Err(Ctap2Error::CredentialExcluded.into());
+            }
+        }
+
+        // Step 16: a new key pair, wrapped before anything is stored.
+        let credential_id = new_credential_id(&self.shared.rng)?;
+        let (wrapped, key_pair) = keys::generate(&self.shared.rng, |pkcs8| {
+            owner
+                .data_key
+                .seal_private_key(&self.user, &credential_id, pkcs8, &self.shared.rng)
+                .map_err(CommandError::from)
+        })?;
+        let public_key = keys::cose_public_key(&key_pair)?;
+
+        // Steps 17–18: store it; a discoverable one replaces the previous
+        // discoverable credential of this RP and user handle.
+        let user_name = truncate_utf8(request.user.name.as_str(), MAX_STORED_NAME_LEN);
+        let user_display_name =
+            truncate_utf8(request.user.display_name.as_str(), MAX_STORED_NAME_LEN);
+        let replaced = self
+            .shared
+            .store
+            .insert_credential(
+                &self.user,
+                owner.epoch,
+                NewCredential {
+                    id: &credential_id,
+                    rp_id,
+                    user_handle,
+                    user_name,
+                    user_display_name,
+                    discoverable,
+                    algorithm: ES256.to_i64(),
+                    wrapped_private_key: &wrapped,
+                    created_at_ms: now_ms(),
+                    created_by: obr,
+                },
+            )
+            .await?;
+        // Keep the new key ready for the assertions that usually follow.
+        owner
+            .keys
+            .get_or_load(&credential_id, || Ok::<_, CommandError>(key_pair))?;
+
+        // Step 19: "none" attestation; step 14's presence is the browser
+        // action that reached us (up is never false here, see step 5).
+        let attested = AttestedCredentialData::new(
+            self.shared.aaguid,
+            credential_id.as_bytes().to_vec(),
+            public_key,
+        )
+        .map_err(|_| Ctap2Error::Other)?;
+        let response = Response {
+            fmt: ATTESTATION_NONE.to_owned(),
+            auth_data: authenticator_data(rp_id, 0, response_flags(true, obr))
+                .set_attested_credential_data(attested),
+            att_stmt: Value::Map(Vec::new()),
+            ep_att: None,
+            large_blob_key: None,
+            unsigned_extension_outputs: None,
+        };
+        let payload = encode_ok(&response)?;
+        tracing::info!(
+            user = %self.user,
+            rp_id,
+            discoverable,
+            replaced,
+            on_behalf_of = obr.map(|o| o.admin_id.as_str()),
+            "credential created"
+        );
+        Ok(Success {
+            payload,
+            created: Some(CreatedCredential {
+                credential_id: credential_id.into_bytes(),
+                rp_id: rp_id.to_owned(),
+                user_name: user_name.to_owned(),
+                user_display_name: user_display_name.to_owned(),
+                discoverable,
+            }),
+        })
+    }
+}
+
+/// A random credential id (CTAP 2.1 §6.1.2 step 18 leaves its form to the
+/// authenticator; ours only index the database).
+fn new_credential_id(rng: &dyn SecureRandom) -> Result<CredentialId, CommandError> {
+    let mut id = vec![0u8; CREDENTIAL_ID_LEN];
+    rng.fill(&mut id).map_err(|_| Ctap2Error::Other)?;
+    CredentialId::new(id).map_err(|_| Ctap2Error::Other.into())
+}
+
+/// CTAP 2.1 §6.1 makes the user entity's `name` and `displayName` optional;
+/// passkey-types decodes it as the WebAuthn dictionary, where they are
+/// required. Absent ones become empty strings before decoding.
+fn default_optional_user_names(params: &mut Params) {
+    if let Some(Value::Map(user)) = params.get_mut(USER) {
+        for member in ["name", "displayName"] {
+            let present = user
+                .iter()
+                .any(|(key, _)| matches!(key, Value::Text(text) if text == member));
+            if !present {
+                user.push((Value::Text(member.to_owned()), Value::Text(String::new())));
+            }
+        }
+    }
+}
+
+/// The longest prefix of `text` that fits `max` bytes without splitting a
+/// character.
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    // invariant: `end` is a char boundary no greater than `text.len()`
+    // (0 always is one, so the loop ends).
+    &text[..end]
+}

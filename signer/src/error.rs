@@ -1,0 +1,41 @@
+//! [`SignerError`]: why a signer operation outside the CTAP path failed
+//! (opening, serving, listing and deleting credentials). CTAP calls never
+//! fail this way: their failures are status bytes.
+
+use crate::ids::InvalidId;
+use crate::store::StoreError;
+use crate::vault::VaultError;
+
+/// Why a signer operation failed, by fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    /// The caller passed a malformed id.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(#[from] InvalidId),
+    /// Another signer has claimed the user since this one did; the user's
+    /// actor here has passivated.
+    #[error("another signer owns this user now (fencing epoch moved)")]
+    Fenced,
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("starting the actor runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the signer has shut down")]
+    ShutDown,
+    /// A fault of this signer (key handling, encoding): see the logs.
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<StoreError> for SignerError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Fenced => Self::Fenced,
+            other => Self::Store(other),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! `obr-signer`: every user's cloud-held FIDO2 security key.
+//!
+//! A signer answers CTAP2 for each user's key (getInfo, makeCredential,
+//! getAssertion, getNextAssertion, selection) on behalf of the relay. The
+//! credential private keys are created here with ring, wrapped with
+//! AES-256-GCM (per-user data key, itself wrapped by the KEK) before they
+//! touch the database, and never leave unwrapped. Exactly one signer may
+//! write a user's credentials at a time: each activation claims a fencing
+//! epoch in the database and every write carries it.
+//!
+//! # Layout
+//!
+//! - `api`: [`SignerCore`], the API the gRPC service and an in-process
+//!   relay call, and its call/reply types.
+//! - `actor`: one actix actor per active user (serializes that user's calls,
+//!   passivates when idle or fenced), the activation registry, and the
+//!   thread running the actix system.
+//! - `ctap`: the CTAP2 authenticator of one user: command dispatch, the
+//!   CBOR codec boundary (passkey-types + ciborium), getInfo,
+//!   makeCredential, getAssertion/getNextAssertion, ES256 keys.
+//! - `vault`: [`Kek`], per-user data keys and wrapped keys.
+//! - `store`: all SQL (SQLite; migrations in `signer/migrations/`), fenced
+//!   writes.
+//! - `service`: the tonic service and [`serve`].
+//! - [`config`]: [`SignerConfig`] and its defaults.
+//! - `ids`: [`UserId`] and [`CredentialId`] newtypes.
+//!
+//! The binary (`src/main.rs`) only parses flags and calls [`serve`].
+
+mod actor;
+mod api;
+pub mod config;
+mod ctap;
+mod error;
+mod ids;
+mod service;
+mod store;
+mod vault;
+
+pub use crate::api::{
+    CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing, SignerCore,
+};
+pub use crate::config::SignerConfig;
+pub use crate::error::SignerError;
+pub use crate::ids::{CredentialId, InvalidId, UserId};
+pub use crate::service::{
+    DEFAULT_CTAP_BUDGET, LINK_OUTBOUND_CAPACITY, MAX_CTAP_BUDGET, MAX_IN_FLIGHT_PER_LINK, serve,
+};
+pub use crate::store::StoreError;
+pub use crate::vault::{KEK_LEN, Kek, KekError, VaultError};
+
+#[cfg(test)]
+mod tests;

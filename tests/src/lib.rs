@@ -1,0 +1,20 @@
+//! obr-tests: what it takes to test obr from the outside, as a browser, an
+//! admin and an operator would — plus the scripted demo (`obr-demo`).
+//!
+//! Nothing here stands in for an obr component: every test drives the real
+//! relay, signer and agent (as processes, or in-process through their
+//! public `run` entry points), and plays only the parts that are *not*
+//! ours: the browser's CTAPHID client ([`hid_client`]), the relying party
+//! ([`rp`], with webauthn-rs), the admin's HTTP calls ([`api`]), a private
+//! `redis-server` ([`redis_server`]) and python-fido2 ([`python`]).
+//!
+//! - [`processes`] — start relay/signer/agent binaries on free ports in a
+//!   scratch directory, wait until they are ready, stop them on drop.
+
+pub mod api;
+pub mod hid_client;
+pub mod processes;
+pub mod python;
+pub mod redis_server;
+pub mod rp;
+pub mod scratch;

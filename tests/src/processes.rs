@@ -1,0 +1,303 @@
+//! Start obr's real binaries as child processes for a test: each on a free
+//! loopback port, in a scratch directory, ready when it prints its
+//! "listening"/"running" line, killed when dropped.
+//!
+//! Binaries are found next to the test executable (`target/<profile>/`),
+//! where `cargo test --workspace` / `cargo nextest run --workspace` put
+//! them; run with `--workspace` so they are built.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::scratch::Scratch;
+
+/// How long a process may take to say it is ready.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `target/<profile>/<name>`.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("test executable has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built: run the tests with `cargo nextest run --workspace` (or `cargo test --workspace`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A child process that is killed on drop.
+pub struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Spawn `command` and wait for a stdout line starting with `ready`;
+    /// returns the process and the rest of that line.
+    pub fn spawn(name: &str, mut command: Command, ready: &str) -> anyhow::Result<(Self, String)> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,h2=warn".into()));
+        let mut child = command.spawn().with_context(|| format!("cannot start {name}"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        let label = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[{label}] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut proc = Self {
+            name: name.to_owned(),
+            child,
+            lines,
+        };
+        let rest = proc.wait_for_line(ready, STARTUP_TIMEOUT)?;
+        Ok((proc, rest))
+    }
+
+    /// Wait for a stdout line starting with `prefix`; returns the remainder.
+    pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_owned());
+                    }
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        bail!("{} exited with {status} before printing {prefix:?}", self.name);
+                    }
+                    bail!("{} did not print {prefix:?} within {timeout:?}", self.name);
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait (SIGKILL after a grace period).
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A standalone `obr-signer` on a free port.
+pub struct SignerProc {
+    pub proc: Proc,
+    pub endpoint: String,
+}
+
+impl SignerProc {
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary("obr-signer")?);
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--database-url")
+            .arg(format!("sqlite://{}?mode=rwc", dir.join("signer.db").display()))
+            .arg("--kek-file")
+            .arg(dir.join("signer-kek.key"));
+        let (proc, addr) = Proc::spawn("signer", cmd, "obr-signer listening on ")?;
+        Ok(Self {
+            proc,
+            endpoint: format!("http://{addr}"),
+        })
+    }
+}
+
+/// An `obr-relay` with a demo organisation, embedded signer unless given.
+pub struct RelayProc {
+    pub proc: Proc,
+    pub url: String,
+    pub demo: obr_relay::demo::DemoOrg,
+}
+
+#[derive(Default, Clone)]
+pub struct RelayOptions {
+    pub signers: Vec<String>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub obr_ttl_s: Option<u64>,
+}
+
+impl RelayProc {
+    pub fn start(dir: &Path, options: &RelayOptions) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary("obr-relay")?);
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--demo-org")
+            .arg("--workers")
+            .arg("2");
+        for signer in &options.signers {
+            cmd.arg("--signer").arg(signer);
+        }
+        if let Some(url) = &options.redis_url {
+            cmd.arg("--redis-url").arg(url);
+        }
+        if let Some(prefix) = &options.redis_prefix {
+            cmd.arg("--redis-prefix").arg(prefix);
+        }
+        if let Some(ttl) = options.obr_ttl_s {
+            cmd.arg("--obr-ttl-s").arg(ttl.to_string());
+        }
+        let (proc, addr) = Proc::spawn("relay", cmd, "obr-relay listening on ")?;
+        let demo_path = dir.join(obr_relay::demo::DEMO_FILE);
+        let demo = serde_json::from_slice(
+            &std::fs::read(&demo_path).with_context(|| format!("reading {}", demo_path.display()))?,
+        )?;
+        Ok(Self {
+            proc,
+            url: format!("http://{addr}"),
+            demo,
+        })
+    }
+}
+
+/// An `obr-agent run` with its HID and control sockets in `dir`.
+pub struct AgentProc {
+    pub proc: Proc,
+    pub hid_socket: PathBuf,
+    pub control: PathBuf,
+}
+
+impl AgentProc {
+    pub fn start(dir: &Path, relay_url: &str) -> anyhow::Result<Self> {
+        let hid_socket = dir.join("hid.sock");
+        let control = dir.join("ctl.sock");
+        let mut cmd = Command::new(binary("obr-agent")?);
+        cmd.arg("--control")
+            .arg(&control)
+            .arg("run")
+            .arg("--relay")
+            .arg(relay_url)
+            .arg("--hid-socket")
+            .arg(&hid_socket)
+            .arg("--state-file")
+            .arg(dir.join("agent.json"));
+        let (proc, _) = Proc::spawn("agent", cmd, "obr-agent running")?;
+        Ok(Self {
+            proc,
+            hid_socket,
+            control,
+        })
+    }
+
+    /// Run `obr-agent <args>` against this agent's control socket.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new(binary("obr-agent")?)
+            .arg("--control")
+            .arg(&self.control)
+            .args(args)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "obr-agent {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+}
+
+/// A relay (embedded signer) and one agent, in one scratch directory.
+pub struct Stack {
+    pub agent: AgentProc,
+    pub relay: RelayProc,
+    pub scratch: Scratch,
+}
+
+impl Stack {
+    pub fn start(label: &str) -> anyhow::Result<Self> {
+        let scratch = Scratch::new(label)?;
+        let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
+        std::fs::create_dir_all(scratch.join("agent"))?;
+        let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
+        Ok(Self {
+            agent,
+            relay,
+            scratch,
+        })
+    }
+}
+
+impl AgentProc {
+    /// `obr-agent status` until its line contains `needle`.
+    pub fn wait_status(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status = self.cli(&["status"])?;
+            if status.contains(needle) {
+                return Ok(status.trim().to_owned());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("agent status is {status:?}, waited {timeout:?} for {needle:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// "Ctrl+I": start a login and approve its code with `token` (an admin
+    /// token, or a user's device token). Returns the agent's status line.
+    pub fn login(&self, api: &crate::api::Api, token: &str) -> anyhow::Result<String> {
+        let out = self.cli(&["login", "--no-wait"])?;
+        let code = crate::api::login_code(&out)?;
+        api.approve_login(token, &code)?.ok()?;
+        self.wait_status("normal mode", Duration::from_secs(10))
+    }
+
+    /// The agent's id, from `obr-agent status --json`.
+    pub fn agent_id(&self) -> anyhow::Result<String> {
+        let status: serde_json::Value = serde_json::from_str(&self.cli(&["status", "--json"])?)?;
+        Ok(status["agent_id"].as_str().context("no agent_id")?.to_owned())
+    }
+}
+
+impl RelayProc {
+    pub fn user(&self, email: &str) -> anyhow::Result<&obr_relay::demo::DemoUser> {
+        self.demo
+            .users
+            .iter()
+            .find(|u| u.email == email)
+            .with_context(|| format!("no demo user {email}"))
+    }
+}
