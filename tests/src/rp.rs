@@ -138,7 +138,12 @@ pub fn make_credential(options: &CreationChallengeResponse, resident_key: bool) 
     if !exclude.is_empty() {
         map.push((int(5), Cbor::Array(exclude)));
     }
-    map.push((int(7), Cbor::Map(vec![(text("rk"), Cbor::Bool(resident_key))])));
+    // As a browser does: ask the key to verify the user when the RP requires it.
+    let mut options = vec![(text("rk"), Cbor::Bool(resident_key))];
+    if pk["authenticatorSelection"]["userVerification"] == "required" {
+        options.push((text("uv"), Cbor::Bool(true)));
+    }
+    map.push((int(7), Cbor::Map(options)));
     Ok(PendingRegistration {
         ctap_request: encode(CTAP_MAKE_CREDENTIAL, map)?,
         client_data,
@@ -205,6 +210,9 @@ pub fn get_assertion(options: &RequestChallengeResponse) -> anyhow::Result<Pendi
     ];
     if !allow.is_empty() {
         map.push((int(3), Cbor::Array(allow)));
+    }
+    if pk["userVerification"] == "required" {
+        map.push((int(5), Cbor::Map(vec![(text("uv"), Cbor::Bool(true))])));
     }
     Ok(PendingAssertion {
         ctap_request: encode(CTAP_GET_ASSERTION, map)?,

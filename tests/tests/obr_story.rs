@@ -47,7 +47,7 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
     let round_trip = started.elapsed();
     eprintln!("makeCredential round trip agent→relay→signer→back: {round_trip:?}");
     let flags = rp::auth_data_flags(&response)?;
-    assert_eq!(flags & (FLAG_UP | FLAG_UV), FLAG_UP | FLAG_UV, "OBR sets UP and UV");
+    assert_eq!(flags & (FLAG_UP | FLAG_UV), FLAG_UP, "UP set; UV only when the RP asks");
     let key = webauthn.finish_securitykey_registration(&request.credential(&response)?, &reg_state)?;
 
     // 6: bob is told at once: who, which RP.
@@ -128,6 +128,8 @@ fn passkey_with_user_verification_and_excluded_credentials() -> anyhow::Result<(
     let request = rp::make_credential(&options, true)?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
     let response = hid.cbor(&request.ctap_request)?;
+    let flags = rp::auth_data_flags(&response)?;
+    assert_eq!(flags & FLAG_UV, FLAG_UV, "asked for UV in OBR: the session stands for it");
     let passkey = webauthn.finish_passkey_registration(&request.credential(&response)?, &state)?;
 
     // Registering again with the credential excluded is refused.

@@ -315,12 +315,22 @@ impl AgentSession {
             ms => Duration::from_millis(u64::from(ms)).min(MAX_CTAP_BUDGET),
         };
         let obr = self.obr.clone();
-        let router = self.state.router.clone();
+        let state = self.state.clone();
         let received = Instant::now();
         let call = async move {
-            router
+            let response = state
+                .router
                 .ctap(&user_id, request.payload, budget, acting)
-                .await
+                .await?;
+            // Record the registration before the browser hears of it: the
+            // audit log and the user's inbox never miss a credential the
+            // RP has seen.
+            if let (Some(created), Some(obr)) = (&response.created, &obr)
+                && let Err(e) = state.obr.registration_done(obr, created).await
+            {
+                tracing::error!(error = %e, session = %obr.id, "failed to record OBR registration");
+            }
+            Ok::<_, LinkError>(response)
         };
         let handle = ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
             act.in_flight.remove(&id);
@@ -332,14 +342,6 @@ impl AgentSession {
                         signer_queue_us: response.queue_us,
                         signer_us: response.work_us,
                     };
-                    if let (Some(created), Some(obr)) = (response.created, obr) {
-                        let state = act.state.clone();
-                        actix_rt::spawn(async move {
-                            if let Err(e) = state.obr.registration_done(&obr, &created).await {
-                                tracing::error!(error = %e, session = %obr.id, "failed to record OBR registration");
-                            }
-                        });
-                    }
                     act.answer(ctx, id, response.payload, Some(timings));
                 }
                 Err(e) => {

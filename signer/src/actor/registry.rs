@@ -26,7 +26,7 @@ use super::{Ctap, DeleteCredential, UserKey};
 /// lookup and delivery) is delivered once more, to a fresh activation.
 const MAX_DELIVERY_ATTEMPTS: usize = 2;
 /// How long the panel's delete waits for the user's actor.
-pub(crate) const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
+const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The users active in this process.
 #[derive(Debug)]

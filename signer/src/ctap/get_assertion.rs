@@ -82,7 +82,7 @@ impl Authenticator {
         refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
         check_uv_option(request.options.uv, obr)?;
         // "up": false asks for a silent assertion, without the UP flag.
-        let flags = response_flags(request.options.up, obr);
+        let flags = response_flags(request.options.up, request.options.uv, obr);
 
         let stored = self
             .shared

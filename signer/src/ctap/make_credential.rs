@@ -76,7 +76,9 @@ impl Authenticator {
 
         // Steps 1–2: no PIN/UV auth protocol.
         refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
-        // Step 3: the first supported entry, in the RP's order of preference.
+        // Step 3: the first supported entry, in the RP's order of preference;
+        // ES256 is the only algorithm supported, so it is that one or none.
+        // (passkey-types already dropped entries it cannot decode.)
         if !request
             .pub_key_cred_params
             .iter()
@@ -167,7 +169,7 @@ impl Authenticator {
         .map_err(|_| Ctap2Error::Other)?;
         let response = Response {
             fmt: ATTESTATION_NONE.to_owned(),
-            auth_data: authenticator_data(rp_id, 0, response_flags(true, obr))
+            auth_data: authenticator_data(rp_id, 0, response_flags(true, request.options.uv, obr))
                 .set_attested_credential_data(attested),
             att_stmt: Value::Map(Vec::new()),
             ep_att: None,
@@ -196,7 +198,7 @@ impl Authenticator {
     }
 }
 
-/// A random credential id (CTAP 2.1 §6.1.2 step 18 leaves its form to the
+/// A random credential id (CTAP 2.1 §6.1.2 leaves its form to the
 /// authenticator; ours only index the database).
 fn new_credential_id(rng: &dyn SecureRandom) -> Result<CredentialId, CommandError> {
     let mut id = vec![0u8; CREDENTIAL_ID_LEN];

@@ -322,7 +322,7 @@ fn authenticator_data(rp_id: &str, counter: u32, flags: Flags) -> AuthenticatorD
 }
 
 /// The authenticatorData flags of a makeCredential or getAssertion answer.
-fn response_flags(user_present: bool, obr: Option<&ObrActing>) -> Flags {
+fn response_flags(user_present: bool, uv_requested: bool, obr: Option<&ObrActing>) -> Flags {
     // BE | BS: the key is held by the cloud signer and its wrapped form sits
     // in the replicated durable database, so it is backup-eligible and
     // backed up (WebAuthn L3 §6.1, "multi-device credential"); RPs should
@@ -332,8 +332,11 @@ fn response_flags(user_present: bool, obr: Option<&ObrActing>) -> Flags {
         flags |= Flags::UP;
     }
     // On-behalf registration: the admin's authenticated, audited OBR session
-    // stands for user verification. Nothing else sets UV yet.
-    if obr.is_some() {
+    // stands for user verification when the platform asks for it (the "uv"
+    // option). Unasked, UV stays clear: the flag says what was verified, and
+    // an RP that saw UV at registration demands it at every later sign-in.
+    // Nothing else sets UV yet.
+    if uv_requested && obr.is_some() {
         flags |= Flags::UV;
     }
     flags

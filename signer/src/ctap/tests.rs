@@ -1,3 +1,7 @@
+//! The codec's error classification and canonical encoding, and
+//! authenticator state that the public API cannot reach (the getNextAssertion
+//! window, name truncation).
+
 use std::time::Duration;
 
 use ciborium::value::Value;

@@ -1,3 +1,6 @@
+//! The store against an in-memory SQLite database: claims, fenced writes,
+//! counters, discoverable-credential replacement.
+
 use super::*;
 
 async fn store() -> Store {

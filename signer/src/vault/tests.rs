@@ -1,3 +1,6 @@
+//! Envelope encryption: round trips, bindings to user and credential, KEK
+//! ids, malformed blobs, KEK files, and `Debug` output.
+
 use ring::rand::SystemRandom;
 
 use super::*;

@@ -417,7 +417,7 @@ async fn on_behalf_calls_set_uv_and_record_the_admin() {
         .ctap(obr_call("alice", get_assertion_message(RP, &[3; 32], &[])))
         .await;
     let response = decode_get_assertion(&reply);
-    assert!(response.auth_data.flags.contains(Flags::UV));
+    assert!(response.auth_data.flags.contains(Flags::UV), "{:?} {:02X?}", response.auth_data.flags, reply.payload);
     let user = response.user.unwrap();
     assert_eq!(user.name.as_deref(), Some("alice@example.com"));
     assert_eq!(user.display_name.as_deref(), Some("Alice"));
@@ -525,4 +525,45 @@ async fn idle_actors_passivate() {
     assert_eq!(core.active_users(), 1);
     core.shutdown().await;
     assert_eq!(core.ctap(call("alice", vec![0x04])).await.status(), 0x7F);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_from_many_tasks_are_serialized_per_user() {
+    let db = TempDb::new();
+    let core = open(&db).await;
+    let (id, public_key) = make_credential(&core, "alice", &Mc::new(RP, b"user-1")).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0u8..16 {
+        let (core, id, public_key) = (core.clone(), id.clone(), public_key.clone());
+        tasks.spawn(async move {
+            let cdh = [round; 32];
+            let reply = core
+                .ctap(call("alice", get_assertion_message(RP, &cdh, &[id])))
+                .await;
+            verify_assertion(&public_key, &reply, &cdh);
+            decode_get_assertion(&reply).auth_data.counter.unwrap()
+        });
+    }
+    for user in 0..8 {
+        let core = core.clone();
+        tasks.spawn(async move {
+            let reply = core
+                .ctap(call(
+                    &format!("user-{user}"),
+                    Mc::new(RP, b"handle").message(),
+                ))
+                .await;
+            assert_ok(&reply);
+            0
+        });
+    }
+    let mut counters: Vec<u32> = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|&c| c > 0)
+        .collect();
+    counters.sort_unstable();
+    assert_eq!(counters, (1..=16).collect::<Vec<u32>>());
 }
