@@ -30,8 +30,9 @@ pub struct ObrActing {
 #[derive(Clone, Debug)]
 pub struct CtapCall {
     pub user_id: String,
-    /// Set when an admin acts for the user: the call counts as user-verified
-    /// and a created credential records who made it.
+    /// Set when an admin acts for the user: a request asking for user
+    /// verification (option `uv`) is verified by the admin's session, and a
+    /// created credential records who made it.
     pub obr: Option<ObrActing>,
     /// CTAP command byte + CBOR parameters.
     pub payload: Vec<u8>,

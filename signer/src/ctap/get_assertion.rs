@@ -205,7 +205,7 @@ async fn sign_assertion(
 
     // A discoverable credential names its user (at least the id, CTAP 2.1
     // §6.2.2); names only after user verification, which here means an OBR
-    // call.
+    // call that asked for it.
     let user_entity = credential.discoverable.then(|| {
         let verified = flags.contains(Flags::UV);
         PublicKeyCredentialUserEntity {

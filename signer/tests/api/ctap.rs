@@ -387,7 +387,7 @@ async fn options_the_key_cannot_honour() {
 }
 
 #[tokio::test]
-async fn on_behalf_calls_set_uv_and_record_the_admin() {
+async fn on_behalf_calls_verify_the_user_when_asked_and_record_the_admin() {
     let db = TempDb::new();
     let core = open(&db).await;
     let mut mc = Mc::new(RP, b"user-1").rk();
@@ -400,7 +400,19 @@ async fn on_behalf_calls_set_uv_and_record_the_admin() {
     );
     let created = reply.created.expect("created");
     assert!(created.discoverable);
-    make_credential(&core, "alice", &Mc::new("self.example.com", b"user-1")).await;
+    // Unasked, an OBR call does not claim UV.
+    let reply = core
+        .ctap(obr_call(
+            "alice",
+            Mc::new("self.example.com", b"user-1").message(),
+        ))
+        .await;
+    assert!(
+        !decode_make_credential(&reply)
+            .auth_data
+            .flags
+            .contains(Flags::UV)
+    );
 
     let listed = core.list_credentials("alice").await.unwrap();
     assert_eq!(listed.len(), 2);
@@ -409,28 +421,42 @@ async fn on_behalf_calls_set_uv_and_record_the_admin() {
     assert_eq!(listed[0].obr_session_id.as_deref(), Some("obr-session-42"));
     assert!(listed[0].discoverable);
     assert_eq!(listed[0].user_handle, b"user-1");
-    assert_eq!(listed[1].created_by_admin, None);
-    assert_eq!(listed[1].obr_session_id, None);
+    make_credential(&core, "alice", &Mc::new("own.example.com", b"user-1")).await;
+    let listed = core.list_credentials("alice").await.unwrap();
+    assert_eq!(
+        listed[2].created_by_admin, None,
+        "the owner's own credential"
+    );
+    assert_eq!(listed[2].obr_session_id, None);
 
-    // An OBR assertion is verified and names the user.
-    let reply = core
-        .ctap(obr_call("alice", get_assertion_message(RP, &[3; 32], &[])))
-        .await;
+    // An OBR assertion that asks for UV is verified and names the user.
+    let uv_assertion = message(
+        0x02,
+        vec![
+            (int(1), text(RP)),
+            (int(2), Value::Bytes(vec![3; 32])),
+            (int(5), Value::Map(vec![(text("uv"), Value::Bool(true))])),
+        ],
+    );
+    let reply = core.ctap(obr_call("alice", uv_assertion.clone())).await;
     let response = decode_get_assertion(&reply);
-    assert!(response.auth_data.flags.contains(Flags::UV), "{:?} {:02X?}", response.auth_data.flags, reply.payload);
+    assert!(response.auth_data.flags.contains(Flags::UV));
     let user = response.user.unwrap();
     assert_eq!(user.name.as_deref(), Some("alice@example.com"));
     assert_eq!(user.display_name.as_deref(), Some("Alice"));
-    // The same assertion outside OBR is not.
-    let reply = core
-        .ctap(call("alice", get_assertion_message(RP, &[3; 32], &[])))
-        .await;
-    assert!(
-        !decode_get_assertion(&reply)
-            .auth_data
-            .flags
-            .contains(Flags::UV)
-    );
+    // Outside OBR the same request is refused: no built-in UV.
+    assert_eq!(core.ctap(call("alice", uv_assertion)).await.status(), 0x2C);
+    // Without the uv option, neither an OBR nor an own assertion has UV.
+    for reply in [
+        core.ctap(obr_call("alice", get_assertion_message(RP, &[3; 32], &[])))
+            .await,
+        core.ctap(call("alice", get_assertion_message(RP, &[3; 32], &[])))
+            .await,
+    ] {
+        let response = decode_get_assertion(&reply);
+        assert!(!response.auth_data.flags.contains(Flags::UV));
+        assert_eq!(response.user.unwrap().name, None);
+    }
 }
 
 #[tokio::test]
