@@ -32,10 +32,17 @@ pub enum ControlRequest {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ControlReply {
-    Status { status: AgentStatus, display: String },
-    Login { login: LoginView },
+    Status {
+        status: AgentStatus,
+        display: String,
+    },
+    Login {
+        login: LoginView,
+    },
     Done,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +169,8 @@ pub async fn request(path: &Path, request: &ControlRequest) -> Result<ControlRep
             path: path.display().to_string(),
             source,
         })?;
-    let mut line = serde_json::to_vec(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    let mut line =
+        serde_json::to_vec(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
     line.push(b'\n');
     stream
         .write_all(&line)

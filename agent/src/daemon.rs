@@ -55,9 +55,7 @@ impl Agent {
 
     /// Serve until `shutdown` resolves or the HID backend fails.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-        let forwarder = self
-            .tunnel
-            .forwarder(crate::tunnel::DEFAULT_CTAP_BUDGET);
+        let forwarder = self.tunnel.forwarder(crate::tunnel::DEFAULT_CTAP_BUDGET);
         let control = tokio::spawn(self.control.serve(self.tunnel.clone()));
         let result = ctaphid::run(self.hid, forwarder, self.engine, shutdown).await;
         control.abort();

@@ -17,10 +17,19 @@ const LOGIN_WAIT: Duration = Duration::from_secs(600);
 const LOGIN_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Parser, Debug)]
-#[command(name = "obr-agent", version, about = "obr Pairing Tool: a virtual FIDO2 security key tunnelled to the obr relay")]
+#[command(
+    name = "obr-agent",
+    version,
+    about = "obr Pairing Tool: a virtual FIDO2 security key tunnelled to the obr relay"
+)]
 struct Args {
     /// The agent's control socket.
-    #[arg(long, global = true, env = "OBR_AGENT_CONTROL", default_value = "obr-agent.ctl")]
+    #[arg(
+        long,
+        global = true,
+        env = "OBR_AGENT_CONTROL",
+        default_value = "obr-agent.ctl"
+    )]
     control: PathBuf,
     #[command(subcommand)]
     command: Cmd,
@@ -149,7 +158,10 @@ async fn login(control_path: &std::path::Path, no_wait: bool) -> anyhow::Result<
             return Ok(());
         }
     }
-    bail!("the code was not approved within {} s", LOGIN_WAIT.as_secs())
+    bail!(
+        "the code was not approved within {} s",
+        LOGIN_WAIT.as_secs()
+    )
 }
 
 async fn shutdown_signal() {

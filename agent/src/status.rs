@@ -87,7 +87,11 @@ impl ModeView {
 
 impl AgentStatus {
     pub fn display(&self) -> String {
-        let link = if self.connected { "connected" } else { "disconnected" };
+        let link = if self.connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
         format!("{} [{link} to {}]", self.mode.display(), self.relay)
     }
 }

@@ -4,8 +4,8 @@
 //! Tokens are 256-bit random values shown once; only their SHA-256 is ever
 //! stored, so a leaked store or database does not leak usable tokens.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -107,7 +107,10 @@ mod tests {
     fn user_codes_normalise() {
         let code = new_user_code().unwrap();
         assert_eq!(code.len(), 9);
-        assert_eq!(normalize_user_code(&code.to_lowercase().replace('-', "")), code);
+        assert_eq!(
+            normalize_user_code(&code.to_lowercase().replace('-', "")),
+            code
+        );
     }
 
     #[test]

@@ -59,7 +59,13 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
     let hash = auth::hash_password(&admin_password).map_err(|e| seed_err(&e))?;
     let admin = state
         .directory
-        .create_person("admin@demo.obr", "Ada Admin", true, Some(&hash), KeyStatus::Active)
+        .create_person(
+            "admin@demo.obr",
+            "Ada Admin",
+            true,
+            Some(&hash),
+            KeyStatus::Active,
+        )
         .await
         .map_err(|e| seed_err(&e))?;
     let mut users = Vec::new();
@@ -94,7 +100,10 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
         admin_id: admin.id,
         users,
     };
-    write_private(&path, &serde_json::to_vec_pretty(&org).map_err(|e| seed_err(&e))?)?;
+    write_private(
+        &path,
+        &serde_json::to_vec_pretty(&org).map_err(|e| seed_err(&e))?,
+    )?;
     Ok(Some(org))
 }
 

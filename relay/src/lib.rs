@@ -31,8 +31,8 @@ use std::sync::Arc;
 
 use actix_web::{App, HttpResponse, web};
 
-pub use crate::config::RelayConfig;
 use crate::agents::AgentRegistry;
+pub use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::obr::Obr;
 use crate::routing::Router;
@@ -133,7 +133,10 @@ impl Relay {
         let server = actix_web::HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
+                .route(
+                    "/healthz",
+                    web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+                )
                 .route("/agent/ws", web::get().to(agents::agent_socket))
                 .configure(api::configure)
         })
@@ -161,7 +164,10 @@ async fn start_embedded_signer(
     let kek = obr_signer::Kek::load_or_create(&config.data_dir.join("signer-kek.key"))
         .map_err(|e| signer_err(&e))?;
     let signer_config = obr_signer::SignerConfig::embedded(
-        format!("sqlite://{}?mode=rwc", config.data_dir.join("signer.db").display()),
+        format!(
+            "sqlite://{}?mode=rwc",
+            config.data_dir.join("signer.db").display()
+        ),
         kek,
     );
     let core = obr_signer::SignerCore::open(signer_config)

@@ -9,7 +9,11 @@ use clap::Parser;
 use obr_relay::{Relay, RelayConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "obr-relay", version, about = "obr relay: agents <-> signers, admin API")]
+#[command(
+    name = "obr-relay",
+    version,
+    about = "obr relay: agents <-> signers, admin API"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "OBR_RELAY_LISTEN", default_value = "127.0.0.1:8080")]
@@ -61,9 +65,14 @@ async fn main() -> anyhow::Result<()> {
     config.obr_ttl = Duration::from_secs(args.obr_ttl_s);
     config.workers = args.workers;
     config.demo_org = args.demo_org;
-    let relay = Relay::open(config).await.context("cannot start the relay")?;
+    let relay = Relay::open(config)
+        .await
+        .context("cannot start the relay")?;
     if let Some(org) = relay.demo_org() {
-        println!("demo organisation: admin {} password {}", org.admin_email, org.admin_password);
+        println!(
+            "demo organisation: admin {} password {}",
+            org.admin_email, org.admin_password
+        );
     }
     println!("obr-relay listening on {addr}");
     relay.run(listener, shutdown_signal()).await?;

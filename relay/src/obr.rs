@@ -13,8 +13,8 @@ use obr_proto::signer::CredentialCreated;
 use serde_json::json;
 
 use crate::clock::now_ms;
-use crate::directory::{DirectoryError, Directory, KeyStatus};
 use crate::directory::Person;
+use crate::directory::{Directory, DirectoryError, KeyStatus};
 use crate::sessions::{AgentEvent, ObrSession, Principal, SessionStore, StoreError};
 
 /// DESIGN: "A session has a hard TTL (default 15 min)".
@@ -24,7 +24,9 @@ pub const DEFAULT_OBR_TTL: Duration = Duration::from_secs(15 * 60);
 pub enum ObrError {
     #[error("no such user")]
     UserNotFound,
-    #[error("the user's security key is {0}, not active: the user must accept the invitation first")]
+    #[error(
+        "the user's security key is {0}, not active: the user must accept the invitation first"
+    )]
     KeyNotActive(&'static str),
     #[error("an admin cannot act on behalf of themself")]
     SelfObr,
@@ -179,7 +181,8 @@ impl Obr {
     pub async fn expire_due(&self) -> Result<usize, ObrError> {
         let expired = self.store.claim_expired(now_ms()).await?;
         for session in &expired {
-            self.record_end("system", session, EndReason::Expired).await?;
+            self.record_end("system", session, EndReason::Expired)
+                .await?;
         }
         Ok(expired.len())
     }

@@ -39,12 +39,22 @@ impl Api {
         }
     }
 
-    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> anyhow::Result<Answer> {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<Answer> {
         let url = format!("{}{path}", self.base);
         let auth = token.map(|t| format!("Bearer {t}"));
         let response = match method {
             "GET" | "DELETE" => {
-                let mut req = if method == "GET" { self.agent.get(&url) } else { self.agent.delete(&url) };
+                let mut req = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);
                 }
@@ -72,21 +82,41 @@ impl Api {
 
     pub fn admin_login(&self, email: &str, password: &str) -> anyhow::Result<String> {
         let body = self
-            .call("POST", "/api/admin/login", None, Some(json!({ "email": email, "password": password })))?
+            .call(
+                "POST",
+                "/api/admin/login",
+                None,
+                Some(json!({ "email": email, "password": password })),
+            )?
             .ok()?;
         Ok(body["token"].as_str().context("no token")?.to_owned())
     }
 
     pub fn approve_login(&self, token: &str, user_code: &str) -> anyhow::Result<Answer> {
-        self.call("POST", "/api/agent-logins/approve", Some(token), Some(json!({ "user_code": user_code })))
+        self.call(
+            "POST",
+            "/api/agent-logins/approve",
+            Some(token),
+            Some(json!({ "user_code": user_code })),
+        )
     }
 
     pub fn select_obr(&self, token: &str, user_id: &str) -> anyhow::Result<Answer> {
-        self.call("POST", &format!("/api/users/{user_id}/obr"), Some(token), Some(json!({})))
+        self.call(
+            "POST",
+            &format!("/api/users/{user_id}/obr"),
+            Some(token),
+            Some(json!({})),
+        )
     }
 
     pub fn end_obr(&self, token: &str, agent_id: &str) -> anyhow::Result<Answer> {
-        self.call("DELETE", &format!("/api/agents/{agent_id}/obr"), Some(token), None)
+        self.call(
+            "DELETE",
+            &format!("/api/agents/{agent_id}/obr"),
+            Some(token),
+            None,
+        )
     }
 
     pub fn users(&self, token: &str) -> anyhow::Result<Vec<Value>> {
@@ -96,7 +126,12 @@ impl Api {
 
     pub fn passkeys(&self, token: &str, user_id: &str) -> anyhow::Result<Vec<Value>> {
         let body = self
-            .call("GET", &format!("/api/users/{user_id}/passkeys"), Some(token), None)?
+            .call(
+                "GET",
+                &format!("/api/users/{user_id}/passkeys"),
+                Some(token),
+                None,
+            )?
             .ok()?;
         Ok(body.as_array().cloned().unwrap_or_default())
     }

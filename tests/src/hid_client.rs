@@ -82,7 +82,9 @@ impl HidClient {
     pub fn cbor(&mut self, payload: &[u8]) -> io::Result<Vec<u8>> {
         let reply = self.transact(CMD_CBOR, payload)?;
         if reply.cmd != CMD_CBOR {
-            return Err(io::Error::other(format!("expected CBOR reply, got {reply:?}")));
+            return Err(io::Error::other(format!(
+                "expected CBOR reply, got {reply:?}"
+            )));
         }
         Ok(reply.payload)
     }
@@ -114,7 +116,8 @@ impl HidClient {
 
     /// The next report, or `None` after `timeout`.
     pub fn recv_report(&self, timeout: Duration) -> io::Result<Option<[u8; REPORT]>> {
-        self.socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); REPORT];
         match self.socket.recv(&mut buf) {
             Ok(REPORT) => {
@@ -125,9 +128,17 @@ impl HidClient {
                 }
                 Ok(Some(report))
             }
-            Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "agent closed the HID socket")),
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "agent closed the HID socket",
+            )),
             Ok(n) => Err(io::Error::other(format!("report of {n} bytes"))),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -142,7 +153,10 @@ impl HidClient {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply from the agent"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no reply from the agent",
+                ));
             }
             let Some(report) = self.recv_report(left)? else {
                 continue;
@@ -168,7 +182,10 @@ impl HidClient {
                     continue;
                 }
                 if cont[4] != seq {
-                    return Err(io::Error::other(format!("reply sequence {} != {seq}", cont[4])));
+                    return Err(io::Error::other(format!(
+                        "reply sequence {} != {seq}",
+                        cont[4]
+                    )));
                 }
                 seq += 1;
                 let want = len - payload.len();

@@ -51,8 +51,13 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,h2=warn".into()));
-        let mut child = command.spawn().with_context(|| format!("cannot start {name}"))?;
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,h2=warn".into()),
+            );
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, lines) = mpsc::channel();
         let label = name.to_owned();
@@ -86,7 +91,10 @@ impl Proc {
                 }
                 Err(_) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
-                        bail!("{} exited with {status} before printing {prefix:?}", self.name);
+                        bail!(
+                            "{} exited with {status} before printing {prefix:?}",
+                            self.name
+                        );
                     }
                     bail!("{} did not print {prefix:?} within {timeout:?}", self.name);
                 }
@@ -132,7 +140,10 @@ impl SignerProc {
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--database-url")
-            .arg(format!("sqlite://{}?mode=rwc", dir.join("signer.db").display()))
+            .arg(format!(
+                "sqlite://{}?mode=rwc",
+                dir.join("signer.db").display()
+            ))
             .arg("--kek-file")
             .arg(dir.join("signer-kek.key"));
         let (proc, addr) = Proc::spawn("signer", cmd, "obr-signer listening on ")?;
@@ -183,7 +194,8 @@ impl RelayProc {
         let (proc, addr) = Proc::spawn("relay", cmd, "obr-relay listening on ")?;
         let demo_path = dir.join(obr_relay::demo::DEMO_FILE);
         let demo = serde_json::from_slice(
-            &std::fs::read(&demo_path).with_context(|| format!("reading {}", demo_path.display()))?,
+            &std::fs::read(&demo_path)
+                .with_context(|| format!("reading {}", demo_path.display()))?,
         )?;
         Ok(Self {
             proc,
@@ -288,7 +300,10 @@ impl AgentProc {
     /// The agent's id, from `obr-agent status --json`.
     pub fn agent_id(&self) -> anyhow::Result<String> {
         let status: serde_json::Value = serde_json::from_str(&self.cli(&["status", "--json"])?)?;
-        Ok(status["agent_id"].as_str().context("no agent_id")?.to_owned())
+        Ok(status["agent_id"]
+            .as_str()
+            .context("no agent_id")?
+            .to_owned())
     }
 }
 

@@ -12,7 +12,9 @@ fn requirements() -> PathBuf {
 }
 
 pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
 }
 
 fn cache_dir() -> PathBuf {
@@ -27,7 +29,9 @@ fn cache_dir() -> PathBuf {
 pub fn venv_python() -> anyhow::Result<PathBuf> {
     let reqs = std::fs::read_to_string(requirements())?;
     // A venv per requirements content: changing a pin makes a new one.
-    let tag: u64 = reqs.bytes().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    let tag: u64 = reqs.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
     let venv = cache_dir().join(format!("venv-{tag:016x}"));
     let python = venv.join("bin/python");
     if venv.join(".complete").exists() {

@@ -23,7 +23,9 @@ pub const CTAP_GET_INFO: u8 = 0x04;
 
 pub fn webauthn() -> anyhow::Result<Webauthn> {
     let origin = Url::parse(ORIGIN)?;
-    Ok(WebauthnBuilder::new(RP_ID, &origin)?.rp_name("obr test RP").build()?)
+    Ok(WebauthnBuilder::new(RP_ID, &origin)?
+        .rp_name("obr test RP")
+        .build()?)
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -36,7 +38,10 @@ fn unb64(value: &Value) -> anyhow::Result<Vec<u8>> {
 }
 
 fn client_data(kind: &str, challenge: &Value) -> anyhow::Result<Vec<u8>> {
-    let challenge = challenge.as_str().context("challenge")?.trim_end_matches('=');
+    let challenge = challenge
+        .as_str()
+        .context("challenge")?
+        .trim_end_matches('=');
     Ok(serde_json::to_vec(&json!({
         "type": kind,
         "challenge": challenge,
@@ -92,7 +97,10 @@ pub struct PendingRegistration {
 }
 
 /// authenticatorMakeCredential for `options` (a CreationChallengeResponse).
-pub fn make_credential(options: &CreationChallengeResponse, resident_key: bool) -> anyhow::Result<PendingRegistration> {
+pub fn make_credential(
+    options: &CreationChallengeResponse,
+    resident_key: bool,
+) -> anyhow::Result<PendingRegistration> {
     let o = serde_json::to_value(options)?;
     let pk = &o["publicKey"];
     let client_data = client_data("webauthn.create", &pk["challenge"])?;
@@ -112,7 +120,12 @@ pub fn make_credential(options: &CreationChallengeResponse, resident_key: bool) 
         .map(|list| {
             list.iter()
                 .filter_map(|c| unb64(&c["id"]).ok())
-                .map(|id| Cbor::Map(vec![(text("id"), Cbor::Bytes(id)), (text("type"), text("public-key"))]))
+                .map(|id| {
+                    Cbor::Map(vec![
+                        (text("id"), Cbor::Bytes(id)),
+                        (text("type"), text("public-key")),
+                    ])
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -122,15 +135,24 @@ pub fn make_credential(options: &CreationChallengeResponse, resident_key: bool) 
             int(2),
             Cbor::Map(vec![
                 (text("id"), text(pk["rp"]["id"].as_str().unwrap_or(RP_ID))),
-                (text("name"), text(pk["rp"]["name"].as_str().unwrap_or(RP_ID))),
+                (
+                    text("name"),
+                    text(pk["rp"]["name"].as_str().unwrap_or(RP_ID)),
+                ),
             ]),
         ),
         (
             int(3),
             Cbor::Map(vec![
                 (text("id"), Cbor::Bytes(unb64(&pk["user"]["id"])?)),
-                (text("name"), text(pk["user"]["name"].as_str().unwrap_or_default())),
-                (text("displayName"), text(pk["user"]["displayName"].as_str().unwrap_or_default())),
+                (
+                    text("name"),
+                    text(pk["user"]["name"].as_str().unwrap_or_default()),
+                ),
+                (
+                    text("displayName"),
+                    text(pk["user"]["displayName"].as_str().unwrap_or_default()),
+                ),
             ]),
         ),
         (int(4), Cbor::Array(params)),
@@ -162,7 +184,10 @@ impl PendingRegistration {
             *auth_data.get(53).context("authData too short")?,
             *auth_data.get(54).context("authData too short")?,
         ]));
-        let credential_id = auth_data.get(55..55 + id_len).context("credential id")?.to_vec();
+        let credential_id = auth_data
+            .get(55..55 + id_len)
+            .context("credential id")?
+            .to_vec();
         let mut attestation_object = Vec::new();
         ciborium::ser::into_writer(
             &Cbor::Map(vec![
@@ -200,7 +225,12 @@ pub fn get_assertion(options: &RequestChallengeResponse) -> anyhow::Result<Pendi
         .map(|list| {
             list.iter()
                 .filter_map(|c| unb64(&c["id"]).ok())
-                .map(|id| Cbor::Map(vec![(text("id"), Cbor::Bytes(id)), (text("type"), text("public-key"))]))
+                .map(|id| {
+                    Cbor::Map(vec![
+                        (text("id"), Cbor::Bytes(id)),
+                        (text("type"), text("public-key")),
+                    ])
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -260,7 +290,9 @@ pub fn assertion_counter(ctap_response: &[u8]) -> anyhow::Result<u32> {
     let map = decode_response(ctap_response)?;
     let auth_data = bytes(get(&map, 2))?;
     let counter = auth_data.get(33..37).context("authData too short")?;
-    Ok(u32::from_be_bytes([counter[0], counter[1], counter[2], counter[3]]))
+    Ok(u32::from_be_bytes([
+        counter[0], counter[1], counter[2], counter[3],
+    ]))
 }
 
 /// The flags byte of a makeCredential or getAssertion response's authData.

@@ -18,13 +18,20 @@ const CTAP2_ERR_MISSING_PARAMETER: u8 = 0x14;
 fn still_serving(stack: &Stack) -> anyhow::Result<()> {
     let mut other = HidClient::open(&stack.agent.hid_socket)?;
     let reply = other.transact(CMD_PING, b"still here")?;
-    assert_eq!((reply.cmd, reply.payload.as_slice()), (CMD_PING, &b"still here"[..]));
+    assert_eq!(
+        (reply.cmd, reply.payload.as_slice()),
+        (CMD_PING, &b"still here"[..])
+    );
     Ok(())
 }
 
 fn expect_error(client: &HidClient, cid: u32, code: u8) -> anyhow::Result<()> {
     let reply = client.read_reply(cid, Duration::from_secs(5))?;
-    assert_eq!((reply.cmd, reply.payload.as_slice()), (CMD_ERROR, &[code][..]), "{reply:?}");
+    assert_eq!(
+        (reply.cmd, reply.payload.as_slice()),
+        (CMD_ERROR, &[code][..]),
+        "{reply:?}"
+    );
     Ok(())
 }
 
@@ -93,7 +100,10 @@ fn malformed_packets_get_the_spec_errors() -> anyhow::Result<()> {
 fn cancel_and_busy_while_a_request_is_away() -> anyhow::Result<()> {
     let stack = Stack::start("hidcancel")?;
     let api = Api::new(&stack.relay.url);
-    let admin = api.admin_login(&stack.relay.demo.admin_email, &stack.relay.demo.admin_password)?;
+    let admin = api.admin_login(
+        &stack.relay.demo.admin_email,
+        &stack.relay.demo.admin_password,
+    )?;
     stack.agent.login(&api, &admin)?;
     let mut client = HidClient::open(&stack.agent.hid_socket)?;
     // Warm the link (and the agent's getInfo cache) first.
@@ -109,7 +119,9 @@ fn cancel_and_busy_while_a_request_is_away() -> anyhow::Result<()> {
         // KEEPALIVEs at least every 100 ms while it is away.
         let mut keepalives = Vec::new();
         while keepalives.len() < 5 {
-            let report = client.recv_report(Duration::from_secs(1))?.expect("keepalive");
+            let report = client
+                .recv_report(Duration::from_secs(1))?
+                .expect("keepalive");
             assert_eq!(report[4], CMD_KEEPALIVE, "{report:?}");
             keepalives.push(Instant::now());
         }
@@ -120,19 +132,28 @@ fn cancel_and_busy_while_a_request_is_away() -> anyhow::Result<()> {
         // A second request on the busy channel: CHANNEL_BUSY.
         client.send_message(cid, CMD_PING, b"busy?")?;
         let reply = client.read_reply(cid, Duration::from_secs(2))?;
-        assert_eq!((reply.cmd, reply.payload.as_slice()), (CMD_ERROR, &[ERR_CHANNEL_BUSY][..]));
+        assert_eq!(
+            (reply.cmd, reply.payload.as_slice()),
+            (CMD_ERROR, &[ERR_CHANNEL_BUSY][..])
+        );
         // Other channels are served meanwhile.
         still_serving(&stack)?;
         // CANCEL: the pending request ends with KEEPALIVE_CANCEL.
         client.send_message(cid, CMD_CANCEL, &[])?;
         let reply = client.read_reply(cid, Duration::from_secs(2))?;
-        assert_eq!((reply.cmd, reply.payload), (CMD_CBOR, vec![CTAP2_ERR_KEEPALIVE_CANCEL]));
+        assert_eq!(
+            (reply.cmd, reply.payload),
+            (CMD_CBOR, vec![CTAP2_ERR_KEEPALIVE_CANCEL])
+        );
         Ok(())
     })();
     signal(relay_pid, "-CONT");
     result?;
     // The channel is free again and the link recovers: an empty
     // makeCredential reaches the signer, which names the missing parameter.
-    assert_eq!(client.cbor(&[0x01, 0xa0])?, vec![CTAP2_ERR_MISSING_PARAMETER]);
+    assert_eq!(
+        client.cbor(&[0x01, 0xa0])?,
+        vec![CTAP2_ERR_MISSING_PARAMETER]
+    );
     Ok(())
 }

@@ -40,7 +40,13 @@ fn python_fido2_registers_and_signs_in_through_obr() -> anyhow::Result<()> {
         .arg("--hid-socket")
         .arg(&agent.hid_socket)
         .args(["--user-name", "carol@rp.example", "--display-name", "Carol"])
-        .args(["--resident-key", "required", "--discoverable-login", "--assertions", "2"])
+        .args([
+            "--resident-key",
+            "required",
+            "--discoverable-login",
+            "--assertions",
+            "2",
+        ])
         .output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
@@ -50,7 +56,10 @@ fn python_fido2_registers_and_signs_in_through_obr() -> anyhow::Result<()> {
         .collect();
     assert!(output.status.success(), "python-fido2 run failed: {stdout}");
     let step = |name: &'static str| steps.iter().filter(move |s| s["step"] == name);
-    assert_eq!(step("done").next().map(|s| s["ok"].clone()), Some(Value::Bool(true)));
+    assert_eq!(
+        step("done").next().map(|s| s["ok"].clone()),
+        Some(Value::Bool(true))
+    );
     let registered = step("register").next().expect("register step");
     assert_eq!(registered["fmt"], "none");
     assert_eq!(step("authenticate").count(), 2);
@@ -60,9 +69,15 @@ fn python_fido2_registers_and_signs_in_through_obr() -> anyhow::Result<()> {
     let passkeys = api.passkeys(&admin, &carol.id)?;
     assert_eq!(passkeys.len(), 1, "{passkeys:?}");
     assert_eq!(passkeys[0]["credential_id"], registered["credential_id"]);
-    assert_eq!(passkeys[0]["created_by_admin"], relay.demo.admin_id.as_str());
+    assert_eq!(
+        passkeys[0]["created_by_admin"],
+        relay.demo.admin_id.as_str()
+    );
     assert_eq!(passkeys[0]["discoverable"], true);
     let inbox = api.notifications(carol.device_token.as_deref().unwrap())?;
-    assert!(inbox.iter().any(|n| n["kind"] == "obr.registration"), "{inbox:?}");
+    assert!(
+        inbox.iter().any(|n| n["kind"] == "obr.registration"),
+        "{inbox:?}"
+    );
     Ok(())
 }

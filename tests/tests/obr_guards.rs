@@ -24,25 +24,52 @@ fn refused_selections_change_nothing() -> anyhow::Result<()> {
     let refused = api.select_obr(&admin, &dave.id)?;
     assert_eq!(refused.status, 409, "{:?}", refused.body);
     assert_eq!(refused.body["error"], "conflict");
-    assert!(refused.body["message"].as_str().unwrap().contains("invited, not active"));
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("invited, not active")
+    );
 
     let myself = api.select_obr(&admin, &relay.demo.admin_id)?;
     assert_eq!(myself.status, 403, "{:?}", myself.body);
-    assert!(myself.body["message"].as_str().unwrap().contains("themself"));
+    assert!(
+        myself.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("themself")
+    );
 
     let nobody = api.select_obr(&admin, "no-such-user")?;
     assert_eq!(nobody.status, 404);
 
     // Nothing changed: no session, no audit record, the agent still ready.
     let agents = api.call("GET", "/api/agents", Some(&admin), None)?.ok()?;
-    assert!(agents.as_array().unwrap().iter().all(|a| a["obr"].is_null()), "{agents}");
-    assert_eq!(api.audit(&admin)?["records"].as_array().unwrap().len(), audit_before);
-    assert!(agent.cli(&["status"])?.contains("ready for on behalf registration"));
+    assert!(
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["obr"].is_null()),
+        "{agents}"
+    );
+    assert_eq!(
+        api.audit(&admin)?["records"].as_array().unwrap().len(),
+        audit_before
+    );
+    assert!(
+        agent
+            .cli(&["status"])?
+            .contains("ready for on behalf registration")
+    );
 
     // Tokens: none, garbage, and a user's device token on an admin route.
     let bob = relay.user("bob@demo.obr")?;
     assert_eq!(api.call("GET", "/api/users", None, None)?.status, 401);
-    assert_eq!(api.call("GET", "/api/users", Some("garbage"), None)?.status, 401);
+    assert_eq!(
+        api.call("GET", "/api/users", Some("garbage"), None)?.status,
+        401
+    );
     let as_user = api.select_obr(bob.device_token.as_deref().unwrap(), &bob.id)?;
     assert_eq!(as_user.status, 401, "{:?}", as_user.body);
     // A wrong password is a 401, not a hint.
@@ -54,7 +81,12 @@ fn refused_selections_change_nothing() -> anyhow::Result<()> {
     )?;
     assert_eq!(wrong.status, 401);
     // Malformed JSON is a 400 with a reason.
-    let bad = api.call("POST", "/api/admin/login", None, Some(serde_json::json!({ "email": 5 })))?;
+    let bad = api.call(
+        "POST",
+        "/api/admin/login",
+        None,
+        Some(serde_json::json!({ "email": 5 })),
+    )?;
     assert_eq!(bad.status, 400, "{:?}", bad.body);
 
     // Accepting dave's invitation makes his key active; then OBR works.
@@ -77,7 +109,12 @@ fn refused_selections_change_nothing() -> anyhow::Result<()> {
     // A second selection on the same agent is refused while one is active.
     let busy = api.select_obr(&admin, &bob.id)?;
     assert_eq!(busy.status, 409);
-    assert!(busy.body["message"].as_str().unwrap().contains("dave@demo.obr"));
+    assert!(
+        busy.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("dave@demo.obr")
+    );
     Ok(())
 }
 
@@ -100,10 +137,17 @@ fn a_session_expires_by_itself() -> anyhow::Result<()> {
     agent.wait_status("ready for on behalf registration", Duration::from_secs(10))?;
     let audit = api.audit(&admin)?;
     assert!(
-        audit["records"].as_array().unwrap().iter().any(|r| r["action"] == "obr.expired"),
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "obr.expired"),
         "{audit}"
     );
     let inbox = api.notifications(bob.device_token.as_deref().unwrap())?;
-    assert!(inbox.iter().any(|n| n["kind"] == "obr.expired"), "{inbox:?}");
+    assert!(
+        inbox.iter().any(|n| n["kind"] == "obr.expired"),
+        "{inbox:?}"
+    );
     Ok(())
 }

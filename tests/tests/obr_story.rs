@@ -26,20 +26,39 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
     let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
 
     // 1-3: Ctrl+I, approve in the panel, "Ready for on behalf registration".
-    assert_eq!(stack.agent.cli(&["status"])?.trim_start().split(" [").next(), Some("not logged in"));
+    assert_eq!(
+        stack
+            .agent
+            .cli(&["status"])?
+            .trim_start()
+            .split(" [")
+            .next(),
+        Some("not logged in")
+    );
     let status = stack.agent.login(&api, &admin)?;
-    assert!(status.contains("ready for on behalf registration"), "{status}");
+    assert!(
+        status.contains("ready for on behalf registration"),
+        "{status}"
+    );
 
     // 4: Users → bob → Action → Select as OBR.
     let session = api.select_obr(&admin, &bob.id)?.ok()?;
-    let status = stack.agent.wait_status("OBR: acting for bob@demo.obr", Duration::from_secs(5))?;
+    let status = stack
+        .agent
+        .wait_status("OBR: acting for bob@demo.obr", Duration::from_secs(5))?;
     assert!(status.contains("OBR"), "{status}");
 
     // 5: register a security key on bob's account at the RP.
     let webauthn = rp::webauthn()?;
     let bob_rp_id = Uuid::new_v4();
-    let (options, reg_state) =
-        webauthn.start_securitykey_registration(bob_rp_id, "bob", "Bob at the RP", None, None, None)?;
+    let (options, reg_state) = webauthn.start_securitykey_registration(
+        bob_rp_id,
+        "bob",
+        "Bob at the RP",
+        None,
+        None,
+        None,
+    )?;
     let request = rp::make_credential(&options, false)?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
     let started = Instant::now();
@@ -47,8 +66,13 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
     let round_trip = started.elapsed();
     eprintln!("makeCredential round trip agent→relay→signer→back: {round_trip:?}");
     let flags = rp::auth_data_flags(&response)?;
-    assert_eq!(flags & (FLAG_UP | FLAG_UV), FLAG_UP, "UP set; UV only when the RP asks");
-    let key = webauthn.finish_securitykey_registration(&request.credential(&response)?, &reg_state)?;
+    assert_eq!(
+        flags & (FLAG_UP | FLAG_UV),
+        FLAG_UP,
+        "UP set; UV only when the RP asks"
+    );
+    let key =
+        webauthn.finish_securitykey_registration(&request.credential(&response)?, &reg_state)?;
 
     // 6: bob is told at once: who, which RP.
     let inbox = api.notifications(bob.device_token.as_deref().unwrap())?;
@@ -68,11 +92,17 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
     assert_eq!(passkeys[0]["obr_session_id"], session["id"]);
 
     // Back to normal mode.
-    assert_eq!(stack.agent.cli(&["back-to-normal"])?.trim(), "back to normal mode");
-    stack.agent.wait_status("ready for on behalf registration", Duration::from_secs(5))?;
+    assert_eq!(
+        stack.agent.cli(&["back-to-normal"])?.trim(),
+        "back to normal mode"
+    );
+    stack
+        .agent
+        .wait_status("ready for on behalf registration", Duration::from_secs(5))?;
 
     // The admin's workstation no longer reaches bob's key.
-    let (auth_options, _) = webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
+    let (auth_options, _) =
+        webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
     let assertion = rp::get_assertion(&auth_options)?;
     let refused = hid.cbor(&assertion.ctap_request)?;
     assert_eq!(refused, vec![CTAP2_ERR_NO_CREDENTIALS]);
@@ -83,10 +113,12 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
     let status = bob_agent.login(&api, bob.device_token.as_deref().unwrap())?;
     assert!(status.contains("normal mode (bob@demo.obr)"), "{status}");
     let mut bob_hid = HidClient::open(&bob_agent.hid_socket)?;
-    let (auth_options, auth_state) = webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
+    let (auth_options, auth_state) =
+        webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
     let assertion = rp::get_assertion(&auth_options)?;
     let response = bob_hid.cbor(&assertion.ctap_request)?;
-    let result = webauthn.finish_securitykey_authentication(&assertion.credential(&response)?, &auth_state)?;
+    let result = webauthn
+        .finish_securitykey_authentication(&assertion.credential(&response)?, &auth_state)?;
     assert!(result.counter() >= 1);
 
     // Every transition is in the audit log, and the chain holds.
@@ -99,7 +131,10 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
         .filter_map(|r| r["action"].as_str())
         .collect();
     for expected in ["obr.ready", "obr.started", "obr.registration", "obr.ended"] {
-        assert!(actions.contains(&expected), "{expected} missing from {actions:?}");
+        assert!(
+            actions.contains(&expected),
+            "{expected} missing from {actions:?}"
+        );
     }
     assert!(
         api.notifications(bob.device_token.as_deref().unwrap())?
@@ -118,7 +153,9 @@ fn passkey_with_user_verification_and_excluded_credentials() -> anyhow::Result<(
     let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
     stack.agent.login(&api, &admin)?;
     api.select_obr(&admin, &carol.id)?.ok()?;
-    stack.agent.wait_status("OBR: acting for carol@demo.obr", Duration::from_secs(5))?;
+    stack
+        .agent
+        .wait_status("OBR: acting for carol@demo.obr", Duration::from_secs(5))?;
 
     // webauthn-rs passkeys require user verification: the OBR session
     // stands for it, so the key sets UV.
@@ -129,25 +166,39 @@ fn passkey_with_user_verification_and_excluded_credentials() -> anyhow::Result<(
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
     let response = hid.cbor(&request.ctap_request)?;
     let flags = rp::auth_data_flags(&response)?;
-    assert_eq!(flags & FLAG_UV, FLAG_UV, "asked for UV in OBR: the session stands for it");
+    assert_eq!(
+        flags & FLAG_UV,
+        FLAG_UV,
+        "asked for UV in OBR: the session stands for it"
+    );
     let passkey = webauthn.finish_passkey_registration(&request.credential(&response)?, &state)?;
 
     // Registering again with the credential excluded is refused.
-    let (options, _) =
-        webauthn.start_passkey_registration(user, "carol", "Carol", Some(vec![passkey.cred_id().clone()]))?;
+    let (options, _) = webauthn.start_passkey_registration(
+        user,
+        "carol",
+        "Carol",
+        Some(vec![passkey.cred_id().clone()]),
+    )?;
     let again = rp::make_credential(&options, true)?;
-    assert_eq!(hid.cbor(&again.ctap_request)?, vec![0x19], "CTAP2_ERR_CREDENTIAL_EXCLUDED");
+    assert_eq!(
+        hid.cbor(&again.ctap_request)?,
+        vec![0x19],
+        "CTAP2_ERR_CREDENTIAL_EXCLUDED"
+    );
 
     // Two sign-ins; the counter strictly increases.
     let mut last = 0;
     for _ in 0..2 {
-        let (options, state) = webauthn.start_passkey_authentication(std::slice::from_ref(&passkey))?;
+        let (options, state) =
+            webauthn.start_passkey_authentication(std::slice::from_ref(&passkey))?;
         let assertion = rp::get_assertion(&options)?;
         let response = hid.cbor(&assertion.ctap_request)?;
         let counter = rp::assertion_counter(&response)?;
         assert!(counter > last, "counter {counter} after {last}");
         last = counter;
-        let result = webauthn.finish_passkey_authentication(&assertion.credential(&response)?, &state)?;
+        let result =
+            webauthn.finish_passkey_authentication(&assertion.credential(&response)?, &state)?;
         assert!(result.user_verified());
     }
     Ok(())

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use obr_relay::sessions::{
-    AgentEvent, DeviceGrant, MemoryStore, ObrSession, Principal, RedisStore, SessionStore, TokenScope,
+    AgentEvent, DeviceGrant, MemoryStore, ObrSession, Principal, RedisStore, SessionStore,
+    TokenScope,
 };
 use obr_tests::redis_server::RedisServer;
 
@@ -37,11 +38,18 @@ fn session(id: &str, agent: &str, expires_at_ms: i64) -> ObrSession {
 async fn contract(store: Arc<dyn SessionStore>) {
     // Tokens expire by themselves.
     let admin = principal("admin", TokenScope::Admin);
-    store.put_token("t1", &admin, Duration::from_millis(200)).await.unwrap();
+    store
+        .put_token("t1", &admin, Duration::from_millis(200))
+        .await
+        .unwrap();
     assert_eq!(store.get_token("t1").await.unwrap(), Some(admin.clone()));
     assert_eq!(store.get_token("unknown").await.unwrap(), None);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(store.get_token("t1").await.unwrap(), None, "token outlived its TTL");
+    assert_eq!(
+        store.get_token("t1").await.unwrap(),
+        None,
+        "token outlived its TTL"
+    );
 
     // A device-code grant is taken at most once.
     let grant = DeviceGrant {
@@ -49,23 +57,46 @@ async fn contract(store: Arc<dyn SessionStore>) {
         agent_id: "agent-1".into(),
         created_at_ms: 1,
     };
-    store.put_grant(&grant, Duration::from_secs(60)).await.unwrap();
+    store
+        .put_grant(&grant, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(store.take_grant("BCDF-GHJK").await.unwrap(), Some(grant));
     assert_eq!(store.take_grant("BCDF-GHJK").await.unwrap(), None);
 
     // Agent logins, and the agents of a person.
     let agent_principal = principal("admin", TokenScope::Agent);
-    store.put_agent_login("agent-1", &agent_principal, Duration::from_secs(60)).await.unwrap();
-    store.put_agent_login("agent-2", &agent_principal, Duration::from_secs(60)).await.unwrap();
     store
-        .put_agent_login("agent-3", &principal("other", TokenScope::Agent), Duration::from_secs(60))
+        .put_agent_login("agent-1", &agent_principal, Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(store.agent_login("agent-1").await.unwrap(), Some(agent_principal.clone()));
-    assert_eq!(store.agents_of("admin").await.unwrap(), vec!["agent-1", "agent-2"]);
+    store
+        .put_agent_login("agent-2", &agent_principal, Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .put_agent_login(
+            "agent-3",
+            &principal("other", TokenScope::Agent),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.agent_login("agent-1").await.unwrap(),
+        Some(agent_principal.clone())
+    );
+    assert_eq!(
+        store.agents_of("admin").await.unwrap(),
+        vec!["agent-1", "agent-2"]
+    );
     // Re-login as someone else moves the agent.
     store
-        .put_agent_login("agent-2", &principal("other", TokenScope::Agent), Duration::from_secs(60))
+        .put_agent_login(
+            "agent-2",
+            &principal("other", TokenScope::Agent),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     assert_eq!(store.agents_of("admin").await.unwrap(), vec!["agent-1"]);
@@ -74,37 +105,78 @@ async fn contract(store: Arc<dyn SessionStore>) {
     let far = 4_000_000_000_000;
     let s1 = session("s1", "agent-1", far);
     assert!(store.create_obr(&s1).await.unwrap());
-    assert!(!store.create_obr(&session("s2", "agent-1", far)).await.unwrap(), "second session on one agent");
+    assert!(
+        !store
+            .create_obr(&session("s2", "agent-1", far))
+            .await
+            .unwrap(),
+        "second session on one agent"
+    );
     assert_eq!(store.get_obr("agent-1").await.unwrap(), Some(s1.clone()));
-    assert_eq!(store.end_obr("agent-1", "not-s1").await.unwrap(), None, "wrong id must not end it");
-    assert_eq!(store.end_obr("agent-1", "s1").await.unwrap(), Some(s1.clone()));
+    assert_eq!(
+        store.end_obr("agent-1", "not-s1").await.unwrap(),
+        None,
+        "wrong id must not end it"
+    );
+    assert_eq!(
+        store.end_obr("agent-1", "s1").await.unwrap(),
+        Some(s1.clone())
+    );
     assert_eq!(store.get_obr("agent-1").await.unwrap(), None);
-    assert_eq!(store.end_obr("agent-1", "s1").await.unwrap(), None, "ended twice");
+    assert_eq!(
+        store.end_obr("agent-1", "s1").await.unwrap(),
+        None,
+        "ended twice"
+    );
 
     // Expiry: each expired session is claimed exactly once.
     let now = 1_000_000;
-    store.create_obr(&session("e1", "agent-7", now - 10)).await.unwrap();
-    store.create_obr(&session("e2", "agent-8", now)).await.unwrap();
-    store.create_obr(&session("live", "agent-9", far)).await.unwrap();
+    store
+        .create_obr(&session("e1", "agent-7", now - 10))
+        .await
+        .unwrap();
+    store
+        .create_obr(&session("e2", "agent-8", now))
+        .await
+        .unwrap();
+    store
+        .create_obr(&session("live", "agent-9", far))
+        .await
+        .unwrap();
     let (a, b) = tokio::join!(store.claim_expired(now), store.claim_expired(now));
-    let mut claimed: Vec<String> = a.unwrap().into_iter().chain(b.unwrap()).map(|s| s.id).collect();
+    let mut claimed: Vec<String> = a
+        .unwrap()
+        .into_iter()
+        .chain(b.unwrap())
+        .map(|s| s.id)
+        .collect();
     claimed.sort();
     assert_eq!(claimed, vec!["e1", "e2"]);
     assert!(store.claim_expired(now).await.unwrap().is_empty());
     assert_eq!(store.get_obr("agent-7").await.unwrap(), None);
-    assert_eq!(store.get_obr("agent-9").await.unwrap().map(|s| s.id), Some("live".into()));
+    assert_eq!(
+        store.get_obr("agent-9").await.unwrap().map(|s| s.id),
+        Some("live".into())
+    );
     // An ended session is never claimed as expired later.
-    store.create_obr(&session("ended", "agent-10", now)).await.unwrap();
+    store
+        .create_obr(&session("ended", "agent-10", now))
+        .await
+        .unwrap();
     store.end_obr("agent-10", "ended").await.unwrap();
     assert!(store.claim_expired(now + 1).await.unwrap().is_empty());
 
     // Events reach every subscriber.
     let mut first = store.subscribe().await.unwrap();
     let mut second = store.subscribe().await.unwrap();
-    let event = AgentEvent::ModeChanged { agent_id: "agent-1".into() };
+    let event = AgentEvent::ModeChanged {
+        agent_id: "agent-1".into(),
+    };
     store.publish(&event).await.unwrap();
     for sub in [&mut first, &mut second] {
-        let got = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap();
         assert_eq!(got, Some(event.clone()));
     }
 }
@@ -119,13 +191,22 @@ async fn redis_store_meets_the_contract() {
     let server = RedisServer::start()
         .expect("redis-server failed to start")
         .expect("redis-server is not installed: `apt-get install -y redis-server` (.ci/run does)");
-    let store = RedisStore::connect(&server.url(), "contract:").await.unwrap();
+    let store = RedisStore::connect(&server.url(), "contract:")
+        .await
+        .unwrap();
     contract(Arc::new(store)).await;
 }
 
 #[tokio::test]
 async fn redis_store_reports_an_unreachable_server() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let result = RedisStore::connect(&format!("redis://127.0.0.1:{port}/"), "x:").await;
-    assert!(result.is_err(), "connecting to a closed port must fail, not hang");
+    assert!(
+        result.is_err(),
+        "connecting to a closed port must fail, not hang"
+    );
 }

@@ -6,8 +6,8 @@
 //! the relay and signer stop too. The getInfo answer is cached until the
 //! mode changes — the first fast path: it never leaves the workstation twice.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -25,12 +25,14 @@ const CTAP2_ERR_TIMEOUT: u8 = 0x2F;
 /// Slack past the relay's budget before the agent gives up by itself.
 const LOCAL_DEADLINE_SLACK: Duration = Duration::from_secs(2);
 
+/// (mode generation, getInfo response)
+type CachedGetInfo = (u64, Vec<u8>);
+
 pub struct TunnelForwarder {
     tunnel: TunnelHandle,
     budget: Duration,
     next_id: AtomicU64,
-    /// (mode generation, getInfo response)
-    get_info: Arc<Mutex<Option<(u64, Vec<u8>)>>>,
+    get_info: Arc<Mutex<Option<CachedGetInfo>>>,
 }
 
 impl TunnelForwarder {
@@ -96,7 +98,8 @@ impl CborForwarder for TunnelForwarder {
         async move {
             let answer = fut.await;
             if answer.first() == Some(&CTAP2_OK) {
-                *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, answer.clone()));
+                *cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((generation, answer.clone()));
             }
             answer
         }

@@ -18,9 +18,12 @@ use crate::sessions::{AgentEvent, SessionStore};
 #[rtype(result = "()")]
 pub struct Deliver(pub AgentEvent);
 
+/// agent id → (connection number, the actor holding that connection)
+type Local = HashMap<String, (u64, Recipient<Deliver>)>;
+
 #[derive(Clone, Default)]
 pub struct AgentRegistry {
-    local: Arc<Mutex<HashMap<String, (u64, Recipient<Deliver>)>>>,
+    local: Arc<Mutex<Local>>,
 }
 
 impl AgentRegistry {
@@ -59,7 +62,7 @@ impl AgentRegistry {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Recipient<Deliver>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
         // Only single inserts/removes happen under the lock: never torn.
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }

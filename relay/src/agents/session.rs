@@ -157,7 +157,9 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for AgentSession {
                 Ok(AgentFrame { kind: None }) => self.refuse(ctx, "empty frame"),
                 Err(e) => self.refuse(ctx, &format!("malformed frame: {e}")),
             },
-            Ok(AggregatedMessage::Text(_)) => self.refuse(ctx, "text frames are not part of the protocol"),
+            Ok(AggregatedMessage::Text(_)) => {
+                self.refuse(ctx, "text frames are not part of the protocol")
+            }
             Ok(AggregatedMessage::Ping(_)) | Ok(AggregatedMessage::Pong(_)) => {
                 // actix-ws answers pings itself; both count as liveness.
             }
@@ -246,7 +248,10 @@ impl AgentSession {
                 Err(e) => tracing::warn!(error = %e, "cannot restore agent login"),
             }
             let mode = act.mode();
-            act.send(ctx, relay_frame::Kind::Welcome(Welcome { mode: Some(mode) }));
+            act.send(
+                ctx,
+                relay_frame::Kind::Welcome(Welcome { mode: Some(mode) }),
+            );
         }));
     }
 
@@ -268,7 +273,10 @@ impl AgentSession {
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(LoginPending {
-                verification_uri: format!("{}/panel/#approve={}", state.config.public_url, user_code),
+                verification_uri: format!(
+                    "{}/panel/#approve={}",
+                    state.config.public_url, user_code
+                ),
                 user_code,
                 expires_in_s: u32::try_from(LOGIN_CODE_TTL.as_secs()).unwrap_or(u32::MAX),
             })
@@ -296,7 +304,11 @@ impl AgentSession {
             // Not logged in: this key belongs to nobody yet.
             return self.answer(ctx, id, vec![CTAP2_ERR_OPERATION_DENIED], None);
         };
-        if self.obr.as_ref().is_some_and(|o| o.expires_at_ms <= now_ms()) {
+        if self
+            .obr
+            .as_ref()
+            .is_some_and(|o| o.expires_at_ms <= now_ms())
+        {
             // Past its TTL: the sweeper records the expiry; act normal now.
             self.obr = None;
         }
@@ -338,7 +350,8 @@ impl AgentSession {
                 Ok(response) => {
                     let total_us = duration_us(received.elapsed());
                     let timings = HopTimings {
-                        relay_us: total_us.saturating_sub(response.queue_us + response.work_us),
+                        relay_us: total_us
+                            .saturating_sub(response.queue_us.saturating_add(response.work_us)),
                         signer_queue_us: response.queue_us,
                         signer_us: response.work_us,
                     };

@@ -68,7 +68,12 @@ pub async fn login(
         .await?;
     state
         .directory
-        .audit(&person.email, "admin.login", &person.email, serde_json::json!({}))
+        .audit(
+            &person.email,
+            "admin.login",
+            &person.email,
+            serde_json::json!({}),
+        )
         .await?;
     Ok(HttpResponse::Ok().json(LoginResponse {
         token,
@@ -79,8 +84,7 @@ pub async fn login(
 
 /// An argon2id hash of a random password, verified against when the email
 /// is unknown so that both paths cost the same.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2ebC7Dv9oS3BgmNFrSv1zk5Y3v7QJc5c5ZQeuDcZJ6A";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2ebC7Dv9oS3BgmNFrSv1zk5Y3v7QJc5c5ZQeuDcZJ6A";
 
 #[derive(Deserialize)]
 pub struct AuditQuery {
@@ -96,7 +100,10 @@ pub async fn audit(
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state).await?;
-    let limit = query.limit.unwrap_or(MAX_AUDIT_PAGE).clamp(1, MAX_AUDIT_PAGE);
+    let limit = query
+        .limit
+        .unwrap_or(MAX_AUDIT_PAGE)
+        .clamp(1, MAX_AUDIT_PAGE);
     let records = state.directory.audit_records(query.after, limit).await?;
     let broken_at = state.directory.verify_audit_chain().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({

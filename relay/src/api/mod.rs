@@ -25,15 +25,22 @@ use crate::state::AppState;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api")
-            .app_data(web::JsonConfig::default().limit(16 * 1024).error_handler(|e, _| {
-                ApiError::BadRequest(format!("invalid JSON body: {e}")).into()
-            }))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(16 * 1024)
+                    .error_handler(|e, _| {
+                        ApiError::BadRequest(format!("invalid JSON body: {e}")).into()
+                    }),
+            )
             .route("/admin/login", web::post().to(admin::login))
             .route("/users", web::get().to(users::list))
             .route("/users", web::post().to(users::invite))
             .route("/users/{id}/passkeys", web::get().to(users::passkeys))
             .route("/users/{id}/obr", web::post().to(obr::select))
-            .route("/invitations/accept", web::post().to(users::accept_invitation))
+            .route(
+                "/invitations/accept",
+                web::post().to(users::accept_invitation),
+            )
             .route("/agents", web::get().to(obr::agents))
             .route("/agents/{id}/obr", web::delete().to(obr::end))
             .route("/agent-logins/approve", web::post().to(obr::approve_login))
@@ -159,7 +166,9 @@ async fn require_admin(req: &HttpRequest, state: &AppState) -> Result<Principal,
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
     match state.store.get_token(&auth::token_hash(token)).await? {
         Some(p) if p.scope == TokenScope::Admin && p.is_admin => Ok(p),
-        Some(_) => Err(ApiError::Forbidden("this token is not an admin token".into())),
+        Some(_) => Err(ApiError::Forbidden(
+            "this token is not an admin token".into(),
+        )),
         None => Err(ApiError::Unauthorized),
     }
 }

@@ -66,7 +66,11 @@ pub async fn approve_login(
         .store
         .put_agent_login(&grant.agent_id, &principal, AGENT_TOKEN_TTL)
         .await?;
-    let action = if principal.is_admin { "obr.ready" } else { "agent.login" };
+    let action = if principal.is_admin {
+        "obr.ready"
+    } else {
+        "agent.login"
+    };
     state
         .directory
         .audit(
@@ -98,7 +102,10 @@ struct AgentView {
 }
 
 /// `GET /api/agents`: the caller's logged-in agents and their OBR sessions.
-pub async fn agents(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn agents(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&req, &state).await?;
     let mut views = Vec::new();
     for agent_id in state.store.agents_of(&admin.person_id).await? {

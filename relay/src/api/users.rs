@@ -46,23 +46,26 @@ pub async fn invite(
     let admin = require_admin(&req, &state).await?;
     let email = body.email.trim();
     if email.is_empty() || email.len() > MAX_EMAIL_LEN || !email.contains('@') {
-        return Err(ApiError::BadRequest("email must look like name@domain".into()));
+        return Err(ApiError::BadRequest(
+            "email must look like name@domain".into(),
+        ));
     }
     if body.display_name.trim().is_empty() || body.display_name.len() > MAX_NAME_LEN {
         return Err(ApiError::BadRequest(format!(
             "display_name must be 1-{MAX_NAME_LEN} characters"
         )));
     }
-    let (user, invitation_token) = invite_user(&state, &admin.email, email, body.display_name.trim())
-        .await
-        .map_err(|e| match e {
-            crate::directory::DirectoryError::Db(sqlx::Error::Database(db))
-                if db.is_unique_violation() =>
-            {
-                ApiError::Conflict(format!("a user with email {email} already exists"))
-            }
-            other => other.into(),
-        })?;
+    let (user, invitation_token) =
+        invite_user(&state, &admin.email, email, body.display_name.trim())
+            .await
+            .map_err(|e| match e {
+                crate::directory::DirectoryError::Db(sqlx::Error::Database(db))
+                    if db.is_unique_violation() =>
+                {
+                    ApiError::Conflict(format!("a user with email {email} already exists"))
+                }
+                other => other.into(),
+            })?;
     Ok(HttpResponse::Created().json(Invited {
         user,
         invitation_token,
@@ -80,14 +83,20 @@ pub async fn invite_user(
         .directory
         .create_person(email, display_name, false, None, KeyStatus::Invited)
         .await?;
-    let token = auth::new_token().map_err(|e| crate::directory::DirectoryError::Corrupt(e.to_string()))?;
+    let token =
+        auth::new_token().map_err(|e| crate::directory::DirectoryError::Corrupt(e.to_string()))?;
     state
         .directory
         .create_invitation(&user.id, &auth::token_hash(&token), INVITATION_TTL)
         .await?;
     state
         .directory
-        .audit(actor, "user.invited", email, serde_json::json!({ "user_id": user.id }))
+        .audit(
+            actor,
+            "user.invited",
+            email,
+            serde_json::json!({ "user_id": user.id }),
+        )
         .await?;
     Ok((user, token))
 }
@@ -116,7 +125,10 @@ pub async fn accept_invitation(
 }
 
 /// Accept an invitation; `None` if it is not valid.
-pub async fn accept(state: &AppState, invitation: &str) -> Result<Option<(Person, String)>, ApiError> {
+pub async fn accept(
+    state: &AppState,
+    invitation: &str,
+) -> Result<Option<(Person, String)>, ApiError> {
     let device_token = auth::new_token()?;
     let Some(user) = state
         .directory
@@ -132,7 +144,12 @@ pub async fn accept(state: &AppState, invitation: &str) -> Result<Option<(Person
     debug_assert_eq!(user.key_status, KeyStatus::Active);
     state
         .directory
-        .audit(&user.email, "user.key_activated", &user.email, serde_json::json!({ "user_id": user.id }))
+        .audit(
+            &user.email,
+            "user.key_activated",
+            &user.email,
+            serde_json::json!({ "user_id": user.id }),
+        )
         .await?;
     Ok(Some((user, device_token)))
 }

@@ -100,7 +100,8 @@ impl Directory {
                     actor: r.try_get("actor")?,
                     action: r.try_get("action")?,
                     subject: r.try_get("subject")?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+                    detail: serde_json::from_str(&detail)
+                        .unwrap_or(serde_json::Value::String(detail)),
                     prev_hash: r.try_get("prev_hash")?,
                     hash: r.try_get("hash")?,
                 })

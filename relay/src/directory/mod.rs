@@ -13,8 +13,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -225,10 +225,12 @@ impl Directory {
         let Some(person_id) = person_id else {
             return Ok(None);
         };
-        sqlx::query("UPDATE people SET key_status = 'active' WHERE id = $1 AND key_status = 'invited'")
-            .bind(&person_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE people SET key_status = 'active' WHERE id = $1 AND key_status = 'invited'",
+        )
+        .bind(&person_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO device_tokens (token_hash, person_id, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)",
         )
@@ -294,7 +296,13 @@ impl MigrationSource<'static> for EmbeddedMigrations {
             Ok(MIGRATIONS
                 .iter()
                 .map(|(version, name, sql)| {
-                    Migration::new(*version, (*name).into(), MigrationType::Simple, (*sql).into(), false)
+                    Migration::new(
+                        *version,
+                        (*name).into(),
+                        MigrationType::Simple,
+                        (*sql).into(),
+                        false,
+                    )
                 })
                 .collect())
         })

@@ -64,7 +64,8 @@ impl Directory {
                     at_ms: r.try_get("at_ms")?,
                     kind: r.try_get("kind")?,
                     message: r.try_get("message")?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+                    detail: serde_json::from_str(&detail)
+                        .unwrap_or(serde_json::Value::String(detail)),
                 })
             })
             .collect()

@@ -111,9 +111,12 @@ fn rendezvous_weight(endpoint: &str, user_id: &str) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rendezvous_spreads_and_is_stable() {
-        let endpoints: Vec<String> = (0..3).map(|i| format!("http://127.0.0.1:{}", 7400 + i)).collect();
+    // Channels are created lazily but need a runtime to exist.
+    #[tokio::test]
+    async fn rendezvous_spreads_and_is_stable() {
+        let endpoints: Vec<String> = (0..3)
+            .map(|i| format!("http://127.0.0.1:{}", 7400 + i))
+            .collect();
         let router = Router::new(&endpoints).unwrap();
         let mut counts = [0usize; 3];
         for u in 0..3000 {
@@ -137,8 +140,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn no_signers_is_an_error() {
+    #[tokio::test]
+    async fn no_signers_is_an_error() {
         assert!(matches!(Router::new(&[]), Err(LinkError::NoSigners)));
     }
 }

@@ -78,8 +78,10 @@ impl SessionStore for MemoryStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         self.with(|s| {
-            s.tokens
-                .insert(token_hash.to_owned(), (principal.clone(), Instant::now() + ttl))
+            s.tokens.insert(
+                token_hash.to_owned(),
+                (principal.clone(), Instant::now() + ttl),
+            )
         });
         Ok(())
     }
@@ -90,8 +92,10 @@ impl SessionStore for MemoryStore {
 
     async fn put_grant(&self, grant: &DeviceGrant, ttl: Duration) -> StoreResult<()> {
         self.with(|s| {
-            s.grants
-                .insert(grant.user_code.clone(), (grant.clone(), Instant::now() + ttl))
+            s.grants.insert(
+                grant.user_code.clone(),
+                (grant.clone(), Instant::now() + ttl),
+            )
         });
         Ok(())
     }
@@ -111,8 +115,10 @@ impl SessionStore for MemoryStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         self.with(|s| {
-            s.agent_logins
-                .insert(agent_id.to_owned(), (principal.clone(), Instant::now() + ttl))
+            s.agent_logins.insert(
+                agent_id.to_owned(),
+                (principal.clone(), Instant::now() + ttl),
+            )
         });
         Ok(())
     }

@@ -115,8 +115,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Store `principal` under the token's hash for `ttl`.
-    async fn put_token(&self, token_hash: &str, principal: &Principal, ttl: Duration)
-    -> StoreResult<()>;
+    async fn put_token(
+        &self,
+        token_hash: &str,
+        principal: &Principal,
+        ttl: Duration,
+    ) -> StoreResult<()>;
     async fn get_token(&self, token_hash: &str) -> StoreResult<Option<Principal>>;
 
     async fn put_grant(&self, grant: &DeviceGrant, ttl: Duration) -> StoreResult<()>;

@@ -115,7 +115,10 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String) -> StoreResult<Option<T>> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+    ) -> StoreResult<Option<T>> {
         let mut conn = self.conn.clone();
         let json: Option<String> = conn.get(key).await?;
         Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
@@ -269,7 +272,8 @@ impl SessionStore for RedisStore {
                     if let Some(messages) = current.as_mut() {
                         match messages.next().await {
                             Some(msg) => {
-                                match serde_json::from_slice::<AgentEvent>(msg.get_payload_bytes()) {
+                                match serde_json::from_slice::<AgentEvent>(msg.get_payload_bytes())
+                                {
                                     Ok(event) => return Some((event, (current, client, channel))),
                                     Err(e) => tracing::warn!(error = %e, "malformed agent event"),
                                 }
