@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-obr-cluster}
 mkdir -p "$data/relay" "$data/signer"
-cargo build --release -q -p obr-relay -p obr-signer -p obr-agent
-bin=${CARGO_TARGET_DIR:-target}/release
+# Debug builds by default (fast to build); OBR_PROFILE=release for speed.
+profile=${OBR_PROFILE:-dev}
+cargo build -q --profile "$profile" -p obr-relay -p obr-signer -p obr-agent
+dir=$profile; [ "$profile" = dev ] && dir=debug
+bin=${CARGO_TARGET_DIR:-target}/$dir
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
