@@ -58,6 +58,23 @@ fn text(s: &str) -> Cbor {
     Cbor::Text(s.to_owned())
 }
 
+/// A WebAuthn JSON credential list as CTAP PublicKeyCredentialDescriptors.
+fn descriptors(list: &Value) -> Vec<Cbor> {
+    list.as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|c| unb64(&c["id"]).ok())
+                .map(|id| {
+                    Cbor::Map(vec![
+                        (text("id"), Cbor::Bytes(id)),
+                        (text("type"), text("public-key")),
+                    ])
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn encode(command: u8, map: Vec<(Cbor, Cbor)>) -> anyhow::Result<Vec<u8>> {
     let mut out = vec![command];
     ciborium::ser::into_writer(&Cbor::Map(map), &mut out)?;
@@ -115,20 +132,7 @@ pub fn make_credential(
             ])
         })
         .collect();
-    let exclude: Vec<Cbor> = pk["excludeCredentials"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|c| unb64(&c["id"]).ok())
-                .map(|id| {
-                    Cbor::Map(vec![
-                        (text("id"), Cbor::Bytes(id)),
-                        (text("type"), text("public-key")),
-                    ])
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let exclude = descriptors(&pk["excludeCredentials"]);
     let mut map = vec![
         (int(1), Cbor::Bytes(Sha256::digest(&client_data).to_vec())),
         (
@@ -220,20 +224,7 @@ pub fn get_assertion(options: &RequestChallengeResponse) -> anyhow::Result<Pendi
     let o = serde_json::to_value(options)?;
     let pk = &o["publicKey"];
     let client_data = client_data("webauthn.get", &pk["challenge"])?;
-    let allow: Vec<Cbor> = pk["allowCredentials"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|c| unb64(&c["id"]).ok())
-                .map(|id| {
-                    Cbor::Map(vec![
-                        (text("id"), Cbor::Bytes(id)),
-                        (text("type"), text("public-key")),
-                    ])
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let allow = descriptors(&pk["allowCredentials"]);
     let mut map = vec![
         (int(1), text(pk["rpId"].as_str().unwrap_or(RP_ID))),
         (int(2), Cbor::Bytes(Sha256::digest(&client_data).to_vec())),
