@@ -167,13 +167,15 @@ pub struct RelayOptions {
     pub redis_url: Option<String>,
     pub redis_prefix: Option<String>,
     pub obr_ttl_s: Option<u64>,
+    /// Listen address (default: a free port).
+    pub listen: Option<String>,
 }
 
 impl RelayProc {
     pub fn start(dir: &Path, options: &RelayOptions) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary("obr-relay")?);
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(options.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")
             .arg(dir)
             .arg("--demo-org")
