@@ -10,7 +10,7 @@ use crate::vault::Kek;
 /// passivates (forgets its claim, data key and signing keys).
 pub const DEFAULT_IDLE_PASSIVATION: Duration = Duration::from_secs(300);
 /// Pooled database connections (SQLite serializes writers anyway; readers
-/// run beside them in WAL mode).
+/// run beside them in WAL mode; PostgreSQL runs them in parallel).
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 8;
 /// The AAGUID obr's signers present unless configured otherwise
 /// (c363dbb3-2edd-4108-8402-98b094e82ee7, generated for obr).
@@ -21,10 +21,12 @@ pub const DEFAULT_AAGUID: [u8; 16] = [
 /// How a signer process runs.
 #[derive(Clone, Debug)]
 pub struct SignerConfig {
-    /// `sqlite://path?mode=rwc` or `sqlite::memory:`. (PostgreSQL is not
-    /// implemented yet.)
+    /// `sqlite://path?mode=rwc`, `sqlite::memory:` or
+    /// `postgres://user@host:port/database`.
     pub database_url: String,
-    /// Wraps every user's data key.
+    /// The key-encryption keys: the current one wraps every new data key;
+    /// previous ones still unwrap the data keys a rotation has not yet
+    /// re-wrapped.
     pub kek: Kek,
     /// The authenticator model id reported by getInfo and in attested
     /// credential data.

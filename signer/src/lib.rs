@@ -18,9 +18,11 @@
 //! - `ctap`: the CTAP2 authenticator of one user: command dispatch, the
 //!   CBOR codec boundary (passkey-types + ciborium), getInfo,
 //!   makeCredential, getAssertion/getNextAssertion, ES256 keys.
-//! - `vault`: [`Kek`], per-user data keys and wrapped keys.
-//! - `store`: all SQL (SQLite; migrations in `signer/migrations/`), fenced
-//!   writes.
+//! - `vault`: [`Kek`] (the current and previous key-encryption keys),
+//!   per-user data keys and wrapped keys.
+//! - `store`: all SQL, one interface over SQLite and PostgreSQL (shared
+//!   migrations in `signer/migrations/`), fenced writes, and
+//!   [`rotate_kek`], which re-wraps every data key under a new KEK.
 //! - `service`: the tonic service and [`serve`].
 //! - [`config`]: [`SignerConfig`] and its defaults.
 //! - `ids`: [`UserId`] and [`CredentialId`] newtypes.
@@ -46,7 +48,9 @@ pub use crate::ids::{CredentialId, InvalidId, UserId};
 pub use crate::service::{
     DEFAULT_CTAP_BUDGET, LINK_OUTBOUND_CAPACITY, MAX_CTAP_BUDGET, MAX_IN_FLIGHT_PER_LINK, serve,
 };
-pub use crate::store::StoreError;
+pub use crate::store::{
+    DEFAULT_ROTATION_BATCH, RotationError, RotationProgress, RotationReport, StoreError, rotate_kek,
+};
 pub use crate::vault::{KEK_LEN, Kek, KekError, VaultError};
 
 #[cfg(test)]

@@ -1,15 +1,17 @@
 //! `obr-signer`: parse flags (or `OBR_SIGNER_*` environment variables), open
 //! the signer, bind, print `obr-signer listening on ADDR`, and serve until
-//! SIGINT or SIGTERM. Everything else lives in the library.
+//! SIGINT or SIGTERM. Two maintenance subcommands: `new-kek` creates a KEK
+//! file, `rotate-kek` re-wraps every data key under a new KEK while signers
+//! run. Everything else lives in the library.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use obr_signer::config::{DEFAULT_AAGUID, DEFAULT_DB_MAX_CONNECTIONS, DEFAULT_IDLE_PASSIVATION};
-use obr_signer::{Kek, SignerConfig, SignerCore};
+use obr_signer::{DEFAULT_ROTATION_BATCH, Kek, RotationProgress, SignerConfig, SignerCore};
 use tracing_subscriber::EnvFilter;
 
 /// Environment variable that may hold the KEK itself (hex), overriding
@@ -18,12 +20,35 @@ const KEK_ENV: &str = "OBR_SIGNER_KEK";
 
 /// Every user's cloud-held FIDO2 security key, served over gRPC.
 #[derive(Debug, Parser)]
-#[command(name = "obr-signer", version)]
-struct Args {
+#[command(name = "obr-signer", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new random KEK file (hex, mode 0600) and print its id.
+    NewKek {
+        /// Where to write it; an existing file is never overwritten.
+        #[arg(long)]
+        kek_file: PathBuf,
+    },
+    /// Re-wrap every user's data key under a new KEK, in small batches,
+    /// while signers keep serving. Idempotent: run it again to resume.
+    RotateKek(RotateArgs),
+}
+
+/// Serve gRPC (the default command).
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
     /// Address to serve gRPC on.
     #[arg(long, env = "OBR_SIGNER_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
-    /// `sqlite://path?mode=rwc` (created if missing) or `sqlite::memory:`.
+    /// `sqlite://path?mode=rwc` (created if missing), `sqlite::memory:` or
+    /// `postgres://user@host:port/database`.
     #[arg(
         long,
         env = "OBR_SIGNER_DATABASE_URL",
@@ -34,6 +59,14 @@ struct Args {
     /// OBR_SIGNER_KEK is set.
     #[arg(long, env = "OBR_SIGNER_KEK_FILE", default_value = "obr-signer.kek")]
     kek_file: PathBuf,
+    /// A previous KEK (hex file) whose data keys this signer still unwraps;
+    /// repeatable. Never wraps new keys.
+    #[arg(
+        long = "previous-kek-file",
+        env = "OBR_SIGNER_PREVIOUS_KEK_FILES",
+        value_delimiter = ','
+    )]
+    previous_kek_files: Vec<PathBuf>,
     /// AAGUID reported to browsers (default: obr's own).
     #[arg(long, env = "OBR_SIGNER_AAGUID")]
     aaguid: Option<uuid::Uuid>,
@@ -48,6 +81,28 @@ struct Args {
     db_max_connections: u32,
 }
 
+/// `obr-signer rotate-kek`.
+#[derive(Debug, clap::Args)]
+struct RotateArgs {
+    /// The signers' database.
+    #[arg(long, env = "OBR_SIGNER_DATABASE_URL")]
+    database_url: String,
+    /// The new KEK (hex file, must exist: see `new-kek`). Running signers
+    /// must already hold it (as --kek-file or --previous-kek-file).
+    #[arg(long, env = "OBR_SIGNER_KEK_FILE")]
+    kek_file: PathBuf,
+    /// A KEK data keys may still be wrapped under; repeatable.
+    #[arg(
+        long = "previous-kek-file",
+        env = "OBR_SIGNER_PREVIOUS_KEK_FILES",
+        value_delimiter = ','
+    )]
+    previous_kek_files: Vec<PathBuf>,
+    /// Data keys re-wrapped per transaction.
+    #[arg(long, default_value_t = DEFAULT_ROTATION_BATCH)]
+    batch_size: u32,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -56,13 +111,25 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::NewKek { kek_file }) => {
+            let kek = Kek::create_new(&kek_file)?;
+            println!("created KEK {} in {}", kek.id(), kek_file.display());
+            Ok(())
+        }
+        Some(Command::RotateKek(args)) => rotate(args).await,
+    }
+}
 
-    let kek = if std::env::var_os(KEK_ENV).is_some() {
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let current = if std::env::var_os(KEK_ENV).is_some() {
         Kek::from_env(KEK_ENV)?
     } else {
         Kek::load_or_create(&args.kek_file)?
     };
+    let kek = with_previous(current, &args.previous_kek_files)?;
     let config = SignerConfig {
         aaguid: args.aaguid.map_or(DEFAULT_AAGUID, |u| *u.as_bytes()),
         idle_passivation: Duration::from_secs(args.idle_passivation_secs),
@@ -80,6 +147,57 @@ async fn main() -> anyhow::Result<()> {
     core.shutdown().await;
     tracing::info!("obr-signer stopped");
     Ok(())
+}
+
+async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+    let kek = with_previous(Kek::load(&args.kek_file)?, &args.previous_kek_files)?;
+    println!(
+        "rotate-kek: re-wrapping data keys under KEK {} in batches of {}",
+        kek.id(),
+        args.batch_size
+    );
+    let report = obr_signer::rotate_kek(&args.database_url, &kek, args.batch_size, |p| {
+        println!("rotate-kek: {}", progress_line(p));
+    })
+    .await?;
+    println!(
+        "rotate-kek: done: {}; {} data keys under KEK {}",
+        progress_line(&report.totals),
+        report.current,
+        report.kek_id
+    );
+    let mut left = 0;
+    for (kek_id, users) in &report.remaining {
+        println!(
+            "rotate-kek: {users} data keys remain under KEK {kek_id}{}",
+            if kek.ids().any(|id| id == kek_id) {
+                " (changed during the run, or do not open: see the log; run again)"
+            } else {
+                " (not held: add it with --previous-kek-file)"
+            }
+        );
+        left += users;
+    }
+    if left > 0 {
+        anyhow::bail!("{left} data keys are not under KEK {} yet", report.kek_id);
+    }
+    Ok(())
+}
+
+fn progress_line(p: &RotationProgress) -> String {
+    format!(
+        "{} re-wrapped, {} changed meanwhile (retried), {} skipped",
+        p.rewrapped, p.raced, p.skipped
+    )
+}
+
+/// `current` plus the KEKs in `previous` (existing files), logged by id.
+fn with_previous(current: Kek, previous: &[PathBuf]) -> anyhow::Result<Kek> {
+    let kek = previous.iter().try_fold(current, |kek, path: &PathBuf| {
+        Ok::<_, anyhow::Error>(kek.with_previous(Kek::load(Path::new(path))?))
+    })?;
+    tracing::info!(kek_ids = ?kek.ids().collect::<Vec<_>>(), "KEKs loaded (current first)");
+    Ok(kek)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,17 +1,26 @@
 //! The durable store: users' wrapped data keys, their credentials and sign
 //! counters, and the fencing epoch that decides which signer may write.
 //!
-//! All SQL of the signer lives in this module (SQLite today; statements use
-//! `$n` placeholders, `RETURNING` and `ON CONFLICT` so they also run on
-//! PostgreSQL). Fencing: [`Store::claim`] increments a user's `owner_epoch`
-//! and every write afterwards carries the claimed epoch in its `WHERE`
-//! clause; a write that matches no row because the epoch moved fails with
-//! [`StoreError::Fenced`]. On SQLite every write statement holds the
-//! database's single write lock, so the epoch check and the write are one
-//! atomic step. (A PostgreSQL backend must lock the `user_keys` row `FOR
-//! SHARE` in the same transaction to keep that property.)
+//! All SQL of the signer lives in this module, written once for both
+//! backends: SQLite (the embedded default) and PostgreSQL (a cluster), which
+//! share the migrations in `signer/migrations/`. Statements use `$n`
+//! placeholders, `RETURNING` and `ON CONFLICT`, which both accept;
+//! [`with_pool!`] runs the same code on whichever pool is open, and the one
+//! place the SQL must differ (the row lock of a fenced write) is a
+//! [`Fenced`] pair built by [`fenced_write!`].
 //!
-//! Never sees a plaintext key: private keys arrive and leave wrapped.
+//! Fencing: [`Store::claim`] increments a user's `owner_epoch` and every
+//! write afterwards carries the claimed epoch in its `WHERE` clause; a write
+//! that matches no row because the epoch moved fails with
+//! [`StoreError::Fenced`]. The check and the write must be one atomic step
+//! with respect to a concurrent claim: on SQLite every write statement holds
+//! the database's single write lock; on PostgreSQL the write locks the
+//! user's `user_keys` row (`FOR SHARE`, or by updating it) in its own
+//! transaction, so a claim waits for the write to commit, and a write that
+//! waited for a claim re-reads the new epoch and is refused.
+//!
+//! `rotation` re-wraps the data keys under a new KEK in batches. Never sees
+//! a plaintext key: private keys and data keys arrive and leave wrapped.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -19,13 +28,14 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::Row;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
+use sqlx::{Decode, Row, Type};
 
 use crate::api::{CredentialInfo, ObrActing};
 use crate::ids::{CredentialId, UserId};
@@ -35,23 +45,99 @@ use crate::vault::WrappedKey;
 /// (another signer process on the same file, or this one's other
 /// connections) before failing.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a caller waits for a free pooled connection.
+/// How long a caller waits for a free pooled connection (and for a new
+/// PostgreSQL connection to be established).
 pub const DB_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// URL schemes of each backend.
+const SQLITE_SCHEME: &str = "sqlite:";
+const POSTGRES_SCHEMES: [&str; 2] = ["postgres:", "postgresql:"];
 
 /// The schema, embedded so the binary needs no migrations directory.
 const MIGRATIONS: &[(i64, &str, &str)] =
     &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
 
+/// Run `$body` with `$pool` bound to the concrete pool inside `$pools` (a
+/// [`Pool`]): the code is written once and type-checked against each
+/// backend.
+macro_rules! with_pool {
+    ($pools:expr, $pool:ident => $body:expr) => {
+        match &$pools {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// A fenced write: `$write` may test `EXISTS (SELECT 1 FROM owner)`, which
+/// holds while `$2` (user id) still has owner epoch `$3`. On PostgreSQL the
+/// `owner` CTE takes `FOR SHARE` on the user's `user_keys` row: a concurrent
+/// claim (which updates that row) cannot commit between the check and the
+/// write, and a check that waited for a claim sees the claim's new epoch
+/// (READ COMMITTED re-reads a locked row's latest version). On SQLite the
+/// statement runs under the database's single write lock, so no claim can
+/// interleave and no row lock exists to take.
+macro_rules! fenced_write {
+    ($write:literal) => {
+        Fenced {
+            sqlite: concat!(
+                "WITH owner AS (SELECT 1 FROM user_keys \
+                 WHERE user_keys.user_id = $2 AND user_keys.owner_epoch = $3) ",
+                $write
+            ),
+            postgres: concat!(
+                "WITH owner AS (SELECT 1 FROM user_keys \
+                 WHERE user_keys.user_id = $2 AND user_keys.owner_epoch = $3 FOR SHARE) ",
+                $write
+            ),
+        }
+    };
+}
+
+mod rotation;
+
+pub use self::rotation::{
+    DEFAULT_ROTATION_BATCH, RotationError, RotationProgress, RotationReport, rotate_kek,
+};
+
+/// One fenced statement as each backend runs it (see [`fenced_write!`]).
+struct Fenced {
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+/// `$1` credential, `$2` user, `$3` epoch, `$4` now (ms).
+const INCREMENT_SIGN_COUNT: Fenced = fenced_write!(
+    "UPDATE credentials SET sign_count = sign_count + 1, last_used_at = $4 \
+     WHERE credential_id = $1 AND user_id = $2 AND EXISTS (SELECT 1 FROM owner) \
+     RETURNING sign_count"
+);
+
+/// `$1` credential, `$2` user, `$3` epoch.
+const DELETE_CREDENTIAL: Fenced = fenced_write!(
+    "DELETE FROM credentials \
+     WHERE credential_id = $1 AND user_id = $2 AND EXISTS (SELECT 1 FROM owner)"
+);
+
 /// The durable store of one signer process (a cheap handle: clone freely).
 #[derive(Clone, Debug)]
 pub(crate) struct Store {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+/// The open database, by backend.
+#[derive(Clone, Debug)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL {0:?}: only sqlite: URLs are implemented")]
+    #[error(
+        "unsupported database URL scheme in {0:?}: use sqlite:// (or sqlite::memory:) or postgres://"
+    )]
     Unsupported(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -99,72 +185,60 @@ pub(crate) struct NewCredential<'a> {
 }
 
 impl Store {
-    /// Connect (creating the SQLite file if the URL says `mode=rwc`) and
-    /// apply pending migrations.
+    /// Connect and apply pending migrations. `sqlite://path?mode=rwc`
+    /// creates the file if missing; `sqlite::memory:` is a private
+    /// in-memory database; `postgres://user@host/db` uses an existing
+    /// PostgreSQL database (concurrent signers starting at once are safe:
+    /// sqlx serializes migrations with an advisory lock).
     pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        if !url.starts_with("sqlite:") {
-            return Err(StoreError::Unsupported(url.to_owned()));
-        }
-        let options = SqliteConnectOptions::from_str(url)?
-            .busy_timeout(SQLITE_BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let pool = if in_memory {
-            // Each in-memory database lives as long as a connection to it:
-            // keep exactly one, forever.
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .acquire_timeout(DB_ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await?
+        let pool = if url.starts_with(SQLITE_SCHEME) {
+            Pool::Sqlite(open_sqlite(url, max_connections).await?)
+        } else if POSTGRES_SCHEMES
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(DB_ACQUIRE_TIMEOUT)
+                    .connect(url)
+                    .await?,
+            )
         } else {
-            // WAL lets readers run beside the writer; FULL sync makes every
-            // committed sign counter survive a power cut (a counter that
-            // went backwards would look like a cloned key to the RP).
-            let options = options
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full);
-            SqlitePoolOptions::new()
-                .max_connections(max_connections.max(1))
-                .acquire_timeout(DB_ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await?
+            return Err(StoreError::Unsupported(redact_url(url)));
         };
-        Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
+        let migrator = Migrator::new(EmbeddedMigrations).await?;
+        with_pool!(pool, open => migrator.run(open).await?);
         Ok(Self { pool })
     }
 
     /// Claim `user` for this activation: create the user's key row with
     /// `new_data_key` if there is none (epoch 1), else increment its epoch.
     /// Returns the epoch to carry in every later write, and the data key
-    /// actually stored.
+    /// actually stored (one statement, so the key and its KEK id are read
+    /// together even while a rotation re-wraps them).
     pub(crate) async fn claim(
         &self,
         user: &UserId,
         new_data_key: &WrappedKey,
         kek_id: &str,
     ) -> Result<Claim, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO user_keys \
+        const CLAIM: &str = "INSERT INTO user_keys \
                  (user_id, owner_epoch, wrapped_data_key, kek_id, credential_seq, created_at) \
              VALUES ($1, 1, $2, $3, 0, $4) \
              ON CONFLICT (user_id) DO UPDATE SET owner_epoch = user_keys.owner_epoch + 1 \
-             RETURNING owner_epoch, wrapped_data_key, kek_id",
-        )
-        .bind(user.as_str())
-        .bind(new_data_key.as_bytes())
-        .bind(kek_id)
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Claim {
-            epoch: row.try_get("owner_epoch")?,
-            wrapped_data_key: WrappedKey::from_stored(row.try_get("wrapped_data_key")?),
-            kek_id: row.try_get("kek_id")?,
-        })
+             RETURNING owner_epoch, wrapped_data_key, kek_id";
+        let columns = with_pool!(self.pool, pool => {
+            let row = sqlx::query(CLAIM)
+                .bind(user.as_str())
+                .bind(new_data_key.as_bytes())
+                .bind(kek_id)
+                .bind(now_ms())
+                .fetch_one(pool)
+                .await?;
+            claim_from(&row)?
+        });
+        Ok(columns)
     }
 
     /// `user`'s credentials for `rp_id`, most recently created first.
@@ -173,17 +247,18 @@ impl Store {
         user: &UserId,
         rp_id: &str,
     ) -> Result<Vec<StoredCredential>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT credential_id, user_handle, user_name, user_display_name, discoverable, \
-                    wrapped_private_key \
+        const SELECT: &str = "SELECT credential_id, user_handle, user_name, user_display_name, \
+                    discoverable, wrapped_private_key \
              FROM credentials WHERE user_id = $1 AND rp_id = $2 \
-             ORDER BY created_seq DESC",
-        )
-        .bind(user.as_str())
-        .bind(rp_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(stored_credential).collect()
+             ORDER BY created_seq DESC";
+        with_pool!(self.pool, pool => {
+            let rows = sqlx::query(SELECT)
+                .bind(user.as_str())
+                .bind(rp_id)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(stored_credential).collect()
+        })
     }
 
     /// Store a new credential under the claimed `epoch`. A discoverable
@@ -196,60 +271,61 @@ impl Store {
         epoch: i64,
         credential: NewCredential<'_>,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
         // The fencing check comes first and is itself a write, so the
-        // transaction holds the write lock (and, on PostgreSQL, the
-        // user_keys row) from here to commit.
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE user_keys SET credential_seq = credential_seq + 1 \
+        // transaction holds the write lock (SQLite) or the user_keys row
+        // (PostgreSQL: a claim waits for this commit, and an update that
+        // waited for a claim re-checks the new epoch and matches nothing)
+        // from here to commit.
+        const NEXT_SEQ: &str = "UPDATE user_keys SET credential_seq = credential_seq + 1 \
              WHERE user_id = $1 AND owner_epoch = $2 \
-             RETURNING credential_seq",
-        )
-        .bind(user.as_str())
-        .bind(epoch)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(seq) = seq else {
-            return Err(StoreError::Fenced);
-        };
-        let replaced = if credential.discoverable {
-            sqlx::query(
-                "DELETE FROM credentials \
-                 WHERE user_id = $1 AND rp_id = $2 AND user_handle = $3 AND discoverable = TRUE",
-            )
-            .bind(user.as_str())
-            .bind(credential.rp_id)
-            .bind(credential.user_handle)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-        } else {
-            0
-        };
-        sqlx::query(
-            "INSERT INTO credentials \
+             RETURNING credential_seq";
+        const REPLACE: &str = "DELETE FROM credentials \
+             WHERE user_id = $1 AND rp_id = $2 AND user_handle = $3 AND discoverable = TRUE";
+        const INSERT: &str = "INSERT INTO credentials \
                  (credential_id, user_id, rp_id, user_handle, user_name, user_display_name, \
                   discoverable, algorithm, wrapped_private_key, sign_count, created_seq, \
                   created_at, created_by_admin, obr_session_id, last_used_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13, NULL)",
-        )
-        .bind(credential.id.as_bytes())
-        .bind(user.as_str())
-        .bind(credential.rp_id)
-        .bind(credential.user_handle)
-        .bind(credential.user_name)
-        .bind(credential.user_display_name)
-        .bind(credential.discoverable)
-        .bind(credential.algorithm)
-        .bind(credential.wrapped_private_key.as_bytes())
-        .bind(seq)
-        .bind(credential.created_at_ms)
-        .bind(credential.created_by.map(|obr| obr.admin_id.as_str()))
-        .bind(credential.created_by.map(|obr| obr.obr_session_id.as_str()))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(replaced)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13, NULL)";
+        with_pool!(self.pool, pool => {
+            let mut tx = pool.begin().await?;
+            let seq: Option<i64> = sqlx::query_scalar(NEXT_SEQ)
+                .bind(user.as_str())
+                .bind(epoch)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(seq) = seq else {
+                return Err(StoreError::Fenced);
+            };
+            let replaced = if credential.discoverable {
+                sqlx::query(REPLACE)
+                    .bind(user.as_str())
+                    .bind(credential.rp_id)
+                    .bind(credential.user_handle)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            } else {
+                0
+            };
+            sqlx::query(INSERT)
+                .bind(credential.id.as_bytes())
+                .bind(user.as_str())
+                .bind(credential.rp_id)
+                .bind(credential.user_handle)
+                .bind(credential.user_name)
+                .bind(credential.user_display_name)
+                .bind(credential.discoverable)
+                .bind(credential.algorithm)
+                .bind(credential.wrapped_private_key.as_bytes())
+                .bind(seq)
+                .bind(credential.created_at_ms)
+                .bind(credential.created_by.map(|obr| obr.admin_id.as_str()))
+                .bind(credential.created_by.map(|obr| obr.obr_session_id.as_str()))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(replaced)
+        })
     }
 
     /// Increment and return a credential's signature counter under the
@@ -261,19 +337,15 @@ impl Store {
         epoch: i64,
         credential: &CredentialId,
     ) -> Result<Option<u32>, StoreError> {
-        let count: Option<i64> = sqlx::query_scalar(
-            "UPDATE credentials SET sign_count = sign_count + 1, last_used_at = $4 \
-             WHERE credential_id = $1 AND user_id = $2 \
-               AND EXISTS (SELECT 1 FROM user_keys \
-                           WHERE user_keys.user_id = $2 AND user_keys.owner_epoch = $3) \
-             RETURNING sign_count",
-        )
-        .bind(credential.as_bytes())
-        .bind(user.as_str())
-        .bind(epoch)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?;
+        let count: Option<i64> = with_pool!(self.pool, pool => {
+            sqlx::query_scalar(self.fenced(&INCREMENT_SIGN_COUNT))
+                .bind(credential.as_bytes())
+                .bind(user.as_str())
+                .bind(epoch)
+                .bind(now_ms())
+                .fetch_optional(pool)
+                .await?
+        });
         match count {
             Some(count) => u32::try_from(count)
                 .map(Some)
@@ -289,18 +361,15 @@ impl Store {
         epoch: i64,
         credential: &CredentialId,
     ) -> Result<bool, StoreError> {
-        let deleted = sqlx::query(
-            "DELETE FROM credentials \
-             WHERE credential_id = $1 AND user_id = $2 \
-               AND EXISTS (SELECT 1 FROM user_keys \
-                           WHERE user_keys.user_id = $2 AND user_keys.owner_epoch = $3)",
-        )
-        .bind(credential.as_bytes())
-        .bind(user.as_str())
-        .bind(epoch)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let deleted = with_pool!(self.pool, pool => {
+            sqlx::query(self.fenced(&DELETE_CREDENTIAL))
+                .bind(credential.as_bytes())
+                .bind(user.as_str())
+                .bind(epoch)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
         if deleted > 0 {
             return Ok(true);
         }
@@ -313,13 +382,15 @@ impl Store {
         user: &UserId,
         credential: &CredentialId,
     ) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM credentials WHERE credential_id = $1 AND user_id = $2",
-        )
-        .bind(credential.as_bytes())
-        .bind(user.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        const SELECT: &str =
+            "SELECT credential_id FROM credentials WHERE credential_id = $1 AND user_id = $2";
+        let found: Option<Vec<u8>> = with_pool!(self.pool, pool => {
+            sqlx::query_scalar(SELECT)
+                .bind(credential.as_bytes())
+                .bind(user.as_str())
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(found.is_some())
     }
 
@@ -328,29 +399,40 @@ impl Store {
         &self,
         user: &UserId,
     ) -> Result<Vec<CredentialInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT credential_id, rp_id, user_handle, user_name, user_display_name, \
-                    discoverable, algorithm, sign_count, created_at, created_by_admin, \
-                    obr_session_id, last_used_at \
-             FROM credentials WHERE user_id = $1 ORDER BY created_seq",
-        )
-        .bind(user.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(credential_info).collect()
+        const SELECT: &str = "SELECT credential_id, rp_id, user_handle, user_name, \
+                    user_display_name, discoverable, algorithm, sign_count, created_at, \
+                    created_by_admin, obr_session_id, last_used_at \
+             FROM credentials WHERE user_id = $1 ORDER BY created_seq";
+        with_pool!(self.pool, pool => {
+            let rows = sqlx::query(SELECT)
+                .bind(user.as_str())
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(credential_info).collect()
+        })
     }
 
     /// `Ok` if `epoch` is still `user`'s current one, else [`StoreError::Fenced`].
     async fn still_owner(&self, user: &UserId, epoch: i64) -> Result<(), StoreError> {
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT owner_epoch FROM user_keys WHERE user_id = $1")
+        const SELECT: &str = "SELECT owner_epoch FROM user_keys WHERE user_id = $1";
+        let current: Option<i64> = with_pool!(self.pool, pool => {
+            sqlx::query_scalar(SELECT)
                 .bind(user.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(pool)
+                .await?
+        });
         if current == Some(epoch) {
             Ok(())
         } else {
             Err(StoreError::Fenced)
+        }
+    }
+
+    /// This backend's text of a fenced statement.
+    fn fenced(&self, statement: &Fenced) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => statement.sqlite,
+            Pool::Postgres(_) => statement.postgres,
         }
     }
 }
@@ -362,6 +444,84 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let pool = if in_memory {
+        // Each in-memory database lives as long as a connection to it:
+        // keep exactly one, forever.
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(DB_ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?
+    } else {
+        // WAL lets readers run beside the writer; FULL sync makes every
+        // committed sign counter survive a power cut (a counter that
+        // went backwards would look like a cloned key to the RP).
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(DB_ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?
+    };
+    Ok(pool)
+}
+
+/// `url` without a password, fit for an error message.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://…{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A Rust value both backends decode from a column.
+trait Column:
+    for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
+{
+}
+
+impl<T> Column for T where
+    T: for<'r> Decode<'r, Sqlite> + Type<Sqlite> + for<'r> Decode<'r, Postgres> + Type<Postgres>
+{
+}
+
+/// A result row of either backend, read by column name.
+trait StoreRow {
+    fn column<T: Column>(&self, name: &str) -> Result<T, sqlx::Error>;
+}
+
+impl StoreRow for SqliteRow {
+    fn column<T: Column>(&self, name: &str) -> Result<T, sqlx::Error> {
+        self.try_get(name)
+    }
+}
+
+impl StoreRow for PgRow {
+    fn column<T: Column>(&self, name: &str) -> Result<T, sqlx::Error> {
+        self.try_get(name)
+    }
+}
+
+fn claim_from(row: &impl StoreRow) -> Result<Claim, StoreError> {
+    Ok(Claim {
+        epoch: row.column("owner_epoch")?,
+        wrapped_data_key: WrappedKey::from_stored(row.column("wrapped_data_key")?),
+        kek_id: row.column("kek_id")?,
+    })
+}
+
 /// COSE algorithm identifier → the name the panel shows.
 fn algorithm_name(cose: i64) -> String {
     match cose {
@@ -370,33 +530,33 @@ fn algorithm_name(cose: i64) -> String {
     }
 }
 
-fn stored_credential(row: &SqliteRow) -> Result<StoredCredential, StoreError> {
+fn stored_credential(row: &impl StoreRow) -> Result<StoredCredential, StoreError> {
     Ok(StoredCredential {
-        id: CredentialId::new(row.try_get("credential_id")?)
+        id: CredentialId::new(row.column("credential_id")?)
             .map_err(|_| StoreError::Corrupt("credential id"))?,
-        user_handle: row.try_get("user_handle")?,
-        user_name: row.try_get("user_name")?,
-        user_display_name: row.try_get("user_display_name")?,
-        discoverable: row.try_get("discoverable")?,
-        wrapped_private_key: WrappedKey::from_stored(row.try_get("wrapped_private_key")?),
+        user_handle: row.column("user_handle")?,
+        user_name: row.column("user_name")?,
+        user_display_name: row.column("user_display_name")?,
+        discoverable: row.column("discoverable")?,
+        wrapped_private_key: WrappedKey::from_stored(row.column("wrapped_private_key")?),
     })
 }
 
-fn credential_info(row: &SqliteRow) -> Result<CredentialInfo, StoreError> {
-    let sign_count: i64 = row.try_get("sign_count")?;
+fn credential_info(row: &impl StoreRow) -> Result<CredentialInfo, StoreError> {
+    let sign_count: i64 = row.column("sign_count")?;
     Ok(CredentialInfo {
-        credential_id: row.try_get("credential_id")?,
-        rp_id: row.try_get("rp_id")?,
-        user_handle: row.try_get("user_handle")?,
-        user_name: row.try_get("user_name")?,
-        user_display_name: row.try_get("user_display_name")?,
-        discoverable: row.try_get("discoverable")?,
-        algorithm: algorithm_name(row.try_get("algorithm")?),
+        credential_id: row.column("credential_id")?,
+        rp_id: row.column("rp_id")?,
+        user_handle: row.column("user_handle")?,
+        user_name: row.column("user_name")?,
+        user_display_name: row.column("user_display_name")?,
+        discoverable: row.column("discoverable")?,
+        algorithm: algorithm_name(row.column("algorithm")?),
         sign_count: u32::try_from(sign_count).map_err(|_| StoreError::Corrupt("sign counter"))?,
-        created_at_ms: row.try_get("created_at")?,
-        created_by_admin: row.try_get("created_by_admin")?,
-        obr_session_id: row.try_get("obr_session_id")?,
-        last_used_at_ms: row.try_get("last_used_at")?,
+        created_at_ms: row.column("created_at")?,
+        created_by_admin: row.column("created_by_admin")?,
+        obr_session_id: row.column("obr_session_id")?,
+        last_used_at_ms: row.column("last_used_at")?,
     })
 }
 

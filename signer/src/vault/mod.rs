@@ -1,12 +1,15 @@
 //! The vault: envelope encryption of credential private keys.
 //!
-//! Owns the key-encryption key ([`Kek`]), each user's data key
-//! ([`DataKey`]) and the wrapped form both take in the database
-//! ([`WrappedKey`]). A credential's PKCS#8 private key is sealed with
-//! AES-256-GCM under its user's data key; the data key is sealed under the
-//! KEK. The associated data binds every ciphertext to its user (and
-//! credential), so a row copied to another user or credential does not
-//! decrypt. Plaintext keys live only in [`Zeroizing`] buffers.
+//! Owns the key-encryption keys ([`Kek`]: the current KEK and any previous
+//! ones, each known by its id), each user's data key ([`DataKey`]) and the
+//! wrapped form both take in the database ([`WrappedKey`]). A credential's
+//! PKCS#8 private key is sealed with AES-256-GCM under its user's data key;
+//! the data key is sealed under the current KEK, and its row records that
+//! KEK's id, so after a rotation each data key is opened with the KEK that
+//! wrapped it ([`Kek::rewrap_data_key`] moves one to the current KEK). The
+//! associated data binds every ciphertext to its user (and credential), so
+//! a row copied to another user or credential does not decrypt. Plaintext
+//! keys live only in [`Zeroizing`] buffers.
 //!
 //! Never touches the database, never logs, and no `Debug` or error here
 //! prints key bytes.
@@ -23,9 +26,11 @@ use zeroize::Zeroizing;
 
 use crate::ids::{CredentialId, UserId};
 
-/// Length of a KEK and of a data key: AES-256.
-pub const KEK_LEN: usize = 32;
-const DATA_KEY_LEN: usize = 32;
+/// Length of an AES-256 key: every KEK and data key.
+const AES_256_KEY_LEN: usize = 32;
+/// Length of a KEK.
+pub const KEK_LEN: usize = AES_256_KEY_LEN;
+const DATA_KEY_LEN: usize = AES_256_KEY_LEN;
 /// AES-GCM's 96-bit nonce. Nonces are random: a data key seals one value per
 /// credential and the KEK one per user, far below the 2^32 messages NIST SP
 /// 800-38D §8.3 allows per key with random nonces.
@@ -42,10 +47,20 @@ const KEK_ID_LABEL: &[u8] = b"obr-signer/kek-id/v1";
 #[cfg(unix)]
 const KEK_FILE_MODE: u32 = 0o600;
 
-/// The key-encryption key: wraps every user's data key. `Debug` shows only
-/// its id.
+/// The signer's key-encryption keys (a keyring): the current KEK, which
+/// wraps every new data key, and any previous KEKs, which only unwrap the
+/// data keys still wrapped under them (until `obr-signer rotate-kek` has
+/// re-wrapped those). Each is known by its id. `Debug` shows only the ids.
 #[derive(Clone)]
 pub struct Kek {
+    current: KeyEncryptionKey,
+    /// Unwrap only; never the current key's id, never two with one id.
+    previous: Vec<KeyEncryptionKey>,
+}
+
+/// One key-encryption key and its public id.
+#[derive(Clone)]
+struct KeyEncryptionKey {
     key: Zeroizing<[u8; KEK_LEN]>,
     id: String,
 }
@@ -74,16 +89,18 @@ pub enum VaultError {
     Malformed,
     #[error("wrapped key does not authenticate (wrong key, user or credential)")]
     Authentication,
-    #[error("data key is wrapped under KEK {found}; this signer holds KEK {expected}")]
-    UnknownKek { found: String, expected: String },
+    #[error(
+        "data key is wrapped under KEK {found}, which this signer does not hold \
+         (it holds {held}); add that KEK with --previous-kek-file"
+    )]
+    UnknownKek { found: String, held: String },
 }
 
 impl Kek {
-    /// A KEK from raw bytes (the caller should zeroize its own copy).
+    /// A keyring of one KEK from raw bytes (the caller should zeroize its
+    /// own copy).
     pub fn from_bytes(bytes: [u8; KEK_LEN]) -> Self {
-        let key = Zeroizing::new(bytes);
-        let id = kek_id(&key);
-        Self { key, id }
+        Self::single(Zeroizing::new(bytes))
     }
 
     /// A fresh random KEK (tests, or a throw-away embedded signer).
@@ -92,8 +109,7 @@ impl Kek {
         ring::rand::SystemRandom::new()
             .fill(key.as_mut())
             .map_err(|_| KekError::Random)?;
-        let id = kek_id(&key);
-        Ok(Self { key, id })
+        Ok(Self::single(key))
     }
 
     /// The KEK held hex-encoded in environment variable `var`.
@@ -101,6 +117,22 @@ impl Kek {
         let text =
             Zeroizing::new(std::env::var(var).map_err(|_| KekError::MissingEnv(var.to_owned()))?);
         Self::from_hex(&text, || format!("${var}"))
+    }
+
+    /// Load the hex-encoded KEK in `path`, which must exist (a previous KEK,
+    /// or the target of a rotation).
+    pub fn load(path: &Path) -> Result<Self, KekError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KekError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_file_text(path, Zeroizing::new(text))
+    }
+
+    /// Create a new random KEK in `path` (hex, mode 0600); fails if the
+    /// file exists.
+    pub fn create_new(path: &Path) -> Result<Self, KekError> {
+        Self::create(path)
     }
 
     /// Load the hex-encoded KEK in `path`, or create one there (random, mode
@@ -129,14 +161,49 @@ impl Kek {
         }
     }
 
-    /// The KEK's public identifier, recorded next to every data key it wraps.
+    /// This keyring with `previous`'s keys added for unwrapping only (its
+    /// current and previous KEKs; keys already held are skipped).
+    #[must_use]
+    pub fn with_previous(mut self, previous: Kek) -> Self {
+        for key in std::iter::once(previous.current).chain(previous.previous) {
+            if self.find(&key.id).is_none() {
+                self.previous.push(key);
+            }
+        }
+        self
+    }
+
+    /// The current KEK's public identifier, recorded next to every data key
+    /// it wraps.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.current.id
+    }
+
+    /// The ids of every KEK held, the current one first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|key| key.id.as_str())
+    }
+
+    fn single(key: Zeroizing<[u8; KEK_LEN]>) -> Self {
+        let id = kek_id(&key);
+        Self {
+            current: KeyEncryptionKey { key, id },
+            previous: Vec::new(),
+        }
+    }
+
+    /// The KEK with id `id`, if held.
+    fn find(&self, id: &str) -> Option<&KeyEncryptionKey> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|key| key.id == id)
     }
 
     fn create(path: &Path) -> Result<Self, KekError> {
         let kek = Self::generate()?;
-        let text = Zeroizing::new(format!("{}\n", hex::encode(kek.key.as_ref())));
+        let text = Zeroizing::new(format!("{}\n", hex::encode(kek.current.key.as_ref())));
         let create_err = |source| KekError::Create {
             path: path.to_owned(),
             source,
@@ -148,7 +215,7 @@ impl Kek {
         let mut file = options.open(path).map_err(create_err)?;
         file.write_all(text.as_bytes()).map_err(create_err)?;
         file.sync_all().map_err(create_err)?;
-        tracing::info!(path = %path.display(), kek_id = %kek.id, "created a new KEK");
+        tracing::info!(path = %path.display(), kek_id = %kek.id(), "created a new KEK");
         Ok(kek)
     }
 
@@ -161,11 +228,10 @@ impl Kek {
         let mut key = Zeroizing::new([0u8; KEK_LEN]);
         hex::decode_to_slice(text.trim(), key.as_mut())
             .map_err(|_| KekError::Format { origin: origin() })?;
-        let id = kek_id(&key);
-        Ok(Self { key, id })
+        Ok(Self::single(key))
     }
 
-    /// Seal a user's data key under this KEK.
+    /// Seal a user's data key under the current KEK.
     pub(crate) fn wrap_data_key(
         &self,
         user: &UserId,
@@ -173,28 +239,26 @@ impl Kek {
         rng: &dyn SecureRandom,
     ) -> Result<WrappedKey, VaultError> {
         seal(
-            &self.key,
+            &self.current.key,
             &associated_data(DATA_KEY_AAD_LABEL, user, None),
             data_key.0.as_ref(),
             rng,
         )
     }
 
-    /// Open a user's data key, checking it was wrapped under this KEK.
+    /// Open a user's data key with the KEK its row names (`kek_id`).
     pub(crate) fn unwrap_data_key(
         &self,
         user: &UserId,
         kek_id: &str,
         wrapped: &WrappedKey,
     ) -> Result<DataKey, VaultError> {
-        if kek_id != self.id {
-            return Err(VaultError::UnknownKek {
-                found: kek_id.to_owned(),
-                expected: self.id.clone(),
-            });
-        }
+        let kek = self.find(kek_id).ok_or_else(|| VaultError::UnknownKek {
+            found: kek_id.to_owned(),
+            held: self.ids().collect::<Vec<_>>().join(", "),
+        })?;
         let plain = open(
-            &self.key,
+            &kek.key,
             &associated_data(DATA_KEY_AAD_LABEL, user, None),
             wrapped,
         )?;
@@ -205,13 +269,31 @@ impl Kek {
         key.copy_from_slice(&plain);
         Ok(DataKey(key))
     }
+
+    /// Re-wrap a user's data key, wrapped under the KEK `kek_id`, under the
+    /// current KEK (a rotation step). The plaintext data key never leaves
+    /// this function and is zeroized when it returns.
+    pub(crate) fn rewrap_data_key(
+        &self,
+        user: &UserId,
+        kek_id: &str,
+        wrapped: &WrappedKey,
+        rng: &dyn SecureRandom,
+    ) -> Result<WrappedKey, VaultError> {
+        let data_key = self.unwrap_data_key(user, kek_id, wrapped)?;
+        self.wrap_data_key(user, &data_key, rng)
+    }
 }
 
 impl fmt::Debug for Kek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Kek")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+            .field("id", &self.current.id)
+            .field(
+                "previous",
+                &self.previous.iter().map(|key| &key.id).collect::<Vec<_>>(),
+            )
+            .finish()
     }
 }
 
@@ -308,14 +390,16 @@ fn associated_data(label: &[u8], user: &UserId, credential: Option<&CredentialId
 }
 
 fn seal(
-    key: &[u8; 32],
+    key: &[u8; AES_256_KEY_LEN],
     aad: &[u8],
     plaintext: &[u8],
     rng: &dyn SecureRandom,
 ) -> Result<WrappedKey, VaultError> {
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill(&mut nonce).map_err(|_| VaultError::Random)?;
-    let cipher = Aes256Gcm::new(&(*key).into());
+    // By reference: no unzeroized copy of the key is left on the stack (the
+    // cipher's own key schedule is wiped on drop: aes-gcm's `zeroize`).
+    let cipher = Aes256Gcm::new(key.into());
     let ciphertext = cipher
         .encrypt(
             &nonce.into(),
@@ -333,7 +417,7 @@ fn seal(
 }
 
 fn open(
-    key: &[u8; 32],
+    key: &[u8; AES_256_KEY_LEN],
     aad: &[u8],
     wrapped: &WrappedKey,
 ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
@@ -344,7 +428,9 @@ fn open(
     let (nonce, ciphertext) = rest
         .split_first_chunk::<NONCE_LEN>()
         .ok_or(VaultError::Malformed)?;
-    let cipher = Aes256Gcm::new(&(*key).into());
+    // By reference: no unzeroized copy of the key is left on the stack (the
+    // cipher's own key schedule is wiped on drop: aes-gcm's `zeroize`).
+    let cipher = Aes256Gcm::new(key.into());
     cipher
         .decrypt(
             &(*nonce).into(),

@@ -1,5 +1,6 @@
 //! Envelope encryption: round trips, bindings to user and credential, KEK
-//! ids, malformed blobs, KEK files, and `Debug` output.
+//! ids, the keyring (previous KEKs, re-wrapping), malformed blobs, KEK
+//! files, and `Debug`/`Display` output that never shows key bytes.
 
 use ring::rand::SystemRandom;
 
@@ -124,7 +125,7 @@ fn kek_file_is_created_private_and_read_back() {
     let created = Kek::load_or_create(&path).unwrap();
     let loaded = Kek::load_or_create(&path).unwrap();
     assert_eq!(created.id(), loaded.id());
-    assert_eq!(*created.key, *loaded.key);
+    assert_eq!(*created.current.key, *loaded.current.key);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -138,6 +139,86 @@ fn kek_file_is_created_private_and_read_back() {
         Err(KekError::Format { .. })
     ));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_keyring_unwraps_under_every_kek_it_holds_and_wraps_under_the_current() {
+    let rng = SystemRandom::new();
+    let (a, b) = (Kek::from_bytes([1; KEK_LEN]), Kek::from_bytes([2; KEK_LEN]));
+    let data_key = DataKey::generate(&rng).unwrap();
+    let under_a = a.wrap_data_key(&user("alice"), &data_key, &rng).unwrap();
+
+    let ring = b.clone().with_previous(a.clone()).with_previous(b.clone());
+    assert_eq!(ring.id(), b.id());
+    assert_eq!(
+        ring.ids().collect::<Vec<_>>(),
+        [b.id(), a.id()],
+        "no duplicates"
+    );
+    let opened = ring
+        .unwrap_data_key(&user("alice"), a.id(), &under_a)
+        .unwrap();
+    assert_eq!(*opened.0, *data_key.0);
+
+    let under_b = ring
+        .rewrap_data_key(&user("alice"), a.id(), &under_a, &rng)
+        .unwrap();
+    assert_eq!(
+        *b.unwrap_data_key(&user("alice"), b.id(), &under_b)
+            .unwrap()
+            .0,
+        *data_key.0
+    );
+    assert_eq!(
+        a.unwrap_data_key(&user("alice"), b.id(), &under_b)
+            .unwrap_err(),
+        VaultError::UnknownKek {
+            found: b.id().to_owned(),
+            held: a.id().to_owned(),
+        }
+    );
+}
+
+#[test]
+fn keyrings_wrapped_keys_and_errors_never_show_key_bytes() {
+    let rng = SystemRandom::new();
+    let (current, previous) = ([0xC1; KEK_LEN], [0x9E; KEK_LEN]);
+    let ring = Kek::from_bytes(current).with_previous(Kek::from_bytes(previous));
+    let data_key = DataKey::generate(&rng).unwrap();
+    let wrapped = ring.wrap_data_key(&user("alice"), &data_key, &rng).unwrap();
+    let unknown = Kek::from_bytes([0x33; KEK_LEN])
+        .unwrap_data_key(&user("alice"), ring.id(), &wrapped)
+        .unwrap_err();
+    let dir = std::env::temp_dir().join(format!("obr-kek-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_file = dir.join("kek");
+    // Almost a KEK: one hex digit short.
+    let almost = &hex::encode(previous)[1..];
+    std::fs::write(&bad_file, almost).unwrap();
+    let format_error = Kek::load(&bad_file).unwrap_err();
+    let missing_error = Kek::load(&dir.join("missing")).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let shown = [
+        format!("{ring:?}"),
+        format!("{wrapped:?}"),
+        format!("{data_key:?}"),
+        format!("{unknown:?} {unknown}"),
+        format!("{format_error:?} {format_error}"),
+        format!("{missing_error:?} {missing_error}"),
+    ];
+    assert!(shown[0].contains(ring.id()), "{}", shown[0]);
+    for text in &shown {
+        let lower = text.to_lowercase();
+        for key in [current, previous, *data_key.0] {
+            assert!(!lower.contains(&hex::encode(key)[..8]), "{text}");
+            assert!(!contains(text.as_bytes(), &key[..4]), "{text}");
+            // `{:?}` of a byte array prints decimals: "193, 193, …".
+            let decimals = format!("{}, {}", key[0], key[1]);
+            assert!(!text.contains(&decimals), "{text}");
+        }
+        assert!(!lower.contains(&almost[..8]), "{text}");
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -1,8 +1,8 @@
-//! Helpers shared by the public-API tests: a throw-away SQLite file, a
-//! signer on it, and a minimal CTAP2 client (requests built as CBOR values,
-//! answers decoded with passkey-types).
+//! Helpers shared by the public-API tests: a throw-away database (SQLite
+//! file or PostgreSQL database, `test_db`), a signer on it, and a minimal
+//! CTAP2 client (requests built as CBOR values, answers decoded with
+//! passkey-types).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ciborium::value::Value;
@@ -14,32 +14,7 @@ pub const ES256: i64 = -7;
 pub const EDDSA: i64 = -8;
 pub const RS256: i64 = -257;
 
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDb {
-    dir: PathBuf,
-}
-
-impl TempDb {
-    pub fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("obr-signer-test-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self { dir }
-    }
-
-    pub fn file(&self) -> PathBuf {
-        self.dir.join("signer.db")
-    }
-
-    pub fn url(&self) -> String {
-        format!("sqlite://{}?mode=rwc", self.file().display())
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+pub use crate::test_db::{Backend, TempDb};
 
 pub const TEST_KEK: [u8; 32] = [0x5A; 32];
 

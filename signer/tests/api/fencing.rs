@@ -1,13 +1,23 @@
 //! Exactly one signer writes a user's credentials: two `SignerCore`s on one
-//! SQLite file stand for two signer pods that both believe they own a user.
+//! database stand for two signer pods that both believe they own a user.
+//! Run on SQLite (one file) and on PostgreSQL (one fresh database).
 
 use crate::common::*;
 
 const RP: &str = "login.example.com";
 
 #[tokio::test]
-async fn the_latest_activation_owns_the_user_and_the_older_one_is_refused() {
-    let db = TempDb::new();
+async fn the_latest_activation_owns_the_user_and_the_older_one_is_refused_sqlite() {
+    the_latest_activation_owns_the_user_and_the_older_one_is_refused(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_latest_activation_owns_the_user_and_the_older_one_is_refused_postgres() {
+    the_latest_activation_owns_the_user_and_the_older_one_is_refused(Backend::Postgres).await;
+}
+
+async fn the_latest_activation_owns_the_user_and_the_older_one_is_refused(backend: Backend) {
+    let db = TempDb::of(backend).await;
     let a = open(&db).await;
     let b = open(&db).await;
 

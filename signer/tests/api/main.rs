@@ -1,9 +1,12 @@
 //! The signer through its public API: [`obr_signer::SignerCore`] on a
-//! temporary SQLite file, two cores on one file (fencing), and the gRPC
-//! service over loopback.
+//! temporary SQLite file, two cores on one database (fencing, on SQLite and
+//! PostgreSQL), KEK rotation while a core signs (both backends), the
+//! `obr-signer` binary's KEK commands, and the gRPC service over loopback.
 
 mod common;
 mod ctap;
 mod fencing;
 mod grpc;
 mod keys;
+mod rotation;
+mod test_db;
