@@ -21,6 +21,8 @@ pub const POSTGRES_URL_ENV: &str = "OBR_TEST_POSTGRES_URL";
 /// The machine's own server, trust authentication, as Debian's
 /// `postgresql` package sets it up for the `postgres` user.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The SQLite database's file name in the test's directory.
+const SQLITE_FILE: &str = "signer.db";
 /// Bound on connecting to the server to create or drop a test database.
 const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -31,26 +33,24 @@ pub enum Backend {
     Postgres,
 }
 
-/// A database that exists for one test.
+/// A database that exists for one test, and a private directory beside it
+/// (the SQLite file's; on PostgreSQL, for the test's other files).
 pub struct TempDb {
     url: String,
-    cleanup: Cleanup,
-}
-
-enum Cleanup {
-    Dir(PathBuf),
-    Database { admin_url: String, name: String },
+    dir: PathBuf,
+    /// The PostgreSQL database to drop: `(admin URL, name)`.
+    postgres: Option<(String, String)>,
 }
 
 impl TempDb {
     /// A SQLite file in a new temporary directory.
     pub fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("obr-signer-test-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.join("signer.db").display());
+        let dir = private_dir();
+        let url = format!("sqlite://{}?mode=rwc", dir.join(SQLITE_FILE).display());
         Self {
             url,
-            cleanup: Cleanup::Dir(dir),
+            dir,
+            postgres: None,
         }
     }
 
@@ -68,7 +68,8 @@ impl TempDb {
         let _ = admin.close().await;
         Self {
             url: with_database(&admin_url, &name),
-            cleanup: Cleanup::Database { admin_url, name },
+            dir: private_dir(),
+            postgres: Some((admin_url, name)),
         }
     }
 
@@ -83,39 +84,48 @@ impl TempDb {
     pub fn url(&self) -> String {
         self.url.clone()
     }
+
+    /// The SQLite file; on PostgreSQL the same path in the private
+    /// directory, which tests use to place files beside the database.
+    pub fn file(&self) -> PathBuf {
+        self.dir.join(SQLITE_FILE)
+    }
 }
 
 impl Drop for TempDb {
     fn drop(&mut self) {
-        match &self.cleanup {
-            Cleanup::Dir(dir) => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Cleanup::Database { admin_url, name } => {
-                // Drop may run inside a runtime that must not block: drop
-                // the database from a thread with its own runtime. FORCE
-                // ends the connections the test's pools still hold.
-                let (admin_url, database) = (admin_url.clone(), name.clone());
-                let dropped = std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime");
-                    runtime.block_on(async {
-                        let mut admin = admin_connection(&admin_url).await;
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                            .execute(&mut admin)
-                            .await
-                            .map(|_| ())
-                    })
-                })
-                .join();
-                if !matches!(dropped, Ok(Ok(()))) {
-                    eprintln!("could not drop test database {name}: {dropped:?}");
-                }
-            }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let Some((admin_url, name)) = &self.postgres else {
+            return;
+        };
+        // Drop may run inside a runtime that must not block: drop the
+        // database from a thread with its own runtime. FORCE ends the
+        // connections the test's pools still hold.
+        let (admin_url, database) = (admin_url.clone(), name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut admin = admin_connection(&admin_url).await;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {name}: {dropped:?}");
         }
     }
+}
+
+fn private_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("obr-signer-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
 }
 
 async fn admin_connection(admin_url: &str) -> PgConnection {
