@@ -132,7 +132,21 @@ impl Kek {
     /// Create a new random KEK in `path` (hex, mode 0600); fails if the
     /// file exists.
     pub fn create_new(path: &Path) -> Result<Self, KekError> {
-        Self::create(path)
+        let kek = Self::generate()?;
+        let text = Zeroizing::new(format!("{}\n", hex::encode(kek.current.key.as_ref())));
+        let create_err = |source| KekError::Create {
+            path: path.to_owned(),
+            source,
+        };
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, KEK_FILE_MODE);
+        let mut file = options.open(path).map_err(create_err)?;
+        file.write_all(text.as_bytes()).map_err(create_err)?;
+        file.sync_all().map_err(create_err)?;
+        tracing::info!(path = %path.display(), kek_id = %kek.id(), "created a new KEK");
+        Ok(kek)
     }
 
     /// Load the hex-encoded KEK in `path`, or create one there (random, mode
@@ -140,7 +154,7 @@ impl Kek {
     pub fn load_or_create(path: &Path) -> Result<Self, KekError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_file_text(path, Zeroizing::new(text)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match Self::create(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match Self::create_new(path) {
                 Ok(kek) => Ok(kek),
                 // Another process created it first: use theirs.
                 Err(KekError::Create { source, .. })
@@ -199,24 +213,6 @@ impl Kek {
         std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|key| key.id == id)
-    }
-
-    fn create(path: &Path) -> Result<Self, KekError> {
-        let kek = Self::generate()?;
-        let text = Zeroizing::new(format!("{}\n", hex::encode(kek.current.key.as_ref())));
-        let create_err = |source| KekError::Create {
-            path: path.to_owned(),
-            source,
-        };
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, KEK_FILE_MODE);
-        let mut file = options.open(path).map_err(create_err)?;
-        file.write_all(text.as_bytes()).map_err(create_err)?;
-        file.sync_all().map_err(create_err)?;
-        tracing::info!(path = %path.display(), kek_id = %kek.id(), "created a new KEK");
-        Ok(kek)
     }
 
     fn from_file_text(path: &Path, text: Zeroizing<String>) -> Result<Self, KekError> {
