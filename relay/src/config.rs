@@ -17,8 +17,11 @@ pub struct RelayConfig {
     pub redis_url: Option<String>,
     /// Namespace for every Redis key of this deployment.
     pub redis_prefix: String,
-    /// Signer endpoints (`http://host:port`); empty runs one in-process.
+    /// Signer endpoints (`http://host:port`); empty runs one in-process,
+    /// unless `discover_signers`.
     pub signers: Vec<String>,
+    /// Find signers through their heartbeats in Redis (needs `redis_url`).
+    pub discover_signers: bool,
     pub obr_ttl: Duration,
     pub sweep_interval: Duration,
     /// HTTP worker threads; 0 = one per core.
@@ -37,6 +40,7 @@ impl RelayConfig {
             redis_url: None,
             redis_prefix: "obr:".to_owned(),
             signers: Vec::new(),
+            discover_signers: false,
             obr_ttl: crate::obr::DEFAULT_OBR_TTL,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             workers: 0,

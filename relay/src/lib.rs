@@ -52,6 +52,8 @@ pub enum RelayError {
     Store(#[from] sessions::StoreError),
     #[error(transparent)]
     Routing(#[from] routing::LinkError),
+    #[error("--discover-signers needs --redis-url (signers announce themselves there)")]
+    DiscoveryNeedsRedis,
     #[error("embedded signer: {0}")]
     Signer(String),
     #[error(transparent)]
@@ -59,6 +61,9 @@ pub enum RelayError {
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
 }
+
+/// How long a discovering relay waits at start-up for a live signer.
+const SIGNER_DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A relay that has opened its stores and is about to serve.
 pub struct Relay {
@@ -82,14 +87,20 @@ impl Relay {
             None => Arc::new(MemoryStore::new()),
         };
         let mut config = config;
-        let embedded_signer = if config.signers.is_empty() {
-            let (core, endpoint) = start_embedded_signer(&config).await?;
-            config.signers.push(endpoint);
-            Some(core)
-        } else {
-            None
+        let mut embedded_signer = None;
+        let router = match (&config.redis_url, config.discover_signers) {
+            _ if !config.signers.is_empty() => Router::new(&config.signers)?,
+            (Some(url), true) => {
+                Router::discover(url, &config.redis_prefix, SIGNER_DISCOVERY_WAIT).await?
+            }
+            (None, true) => return Err(RelayError::DiscoveryNeedsRedis),
+            (_, false) => {
+                let (core, endpoint) = start_embedded_signer(&config).await?;
+                config.signers.push(endpoint);
+                embedded_signer = Some(core);
+                Router::new(&config.signers)?
+            }
         };
-        let router = Router::new(&config.signers)?;
         let config = Arc::new(config);
         let state = web::Data::new(AppState {
             obr: Obr::new(directory.clone(), store.clone(), config.obr_ttl),

@@ -32,6 +32,9 @@ struct Args {
     /// Signer endpoint (repeat for several); none runs one in-process.
     #[arg(long = "signer", env = "OBR_RELAY_SIGNERS", value_delimiter = ',')]
     signers: Vec<String>,
+    /// Find signers by their heartbeats in Redis instead of --signer.
+    #[arg(long, env = "OBR_RELAY_DISCOVER_SIGNERS")]
+    discover_signers: bool,
     /// Hard lifetime of an OBR session, in seconds.
     #[arg(long, env = "OBR_RELAY_OBR_TTL_S", default_value_t = 900)]
     obr_ttl_s: u64,
@@ -62,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     config.redis_url = args.redis_url;
     config.redis_prefix = args.redis_prefix;
     config.signers = args.signers;
+    config.discover_signers = args.discover_signers;
     config.obr_ttl = Duration::from_secs(args.obr_ttl_s);
     config.workers = args.workers;
     config.demo_org = args.demo_org;

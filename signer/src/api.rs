@@ -14,6 +14,7 @@ use passkey_types::ctap2::Ctap2Error;
 use crate::actor::{ActorRuntime, Registry};
 use crate::config::SignerConfig;
 use crate::ctap::Shared;
+use crate::ctap::attestation::Attestation;
 use crate::error::SignerError;
 use crate::ids::{CredentialId, UserId};
 use crate::store::Store;
@@ -26,6 +27,33 @@ pub struct ObrActing {
     pub obr_session_id: String,
 }
 
+/// The key owner's approval of one call, given on their own device: it
+/// stands for user verification in normal mode (the `uv` option), as the
+/// admin's OBR session does in on-behalf mode.
+///
+/// A proof value: the relay creates one only after the user approved the
+/// request on their phone, and nothing in the signer creates one. `Debug`
+/// names the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserApproval {
+    device_id: String,
+}
+
+impl UserApproval {
+    /// The user approved on device `device_id` (the relay calls this once
+    /// the device channel has confirmed the approval).
+    pub fn granted_by_device(device_id: impl Into<String>) -> Self {
+        Self {
+            device_id: device_id.into(),
+        }
+    }
+
+    /// The device that approved.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+}
+
 /// One CTAP message for a user's security key.
 #[derive(Clone, Debug)]
 pub struct CtapCall {
@@ -34,6 +62,10 @@ pub struct CtapCall {
     /// verification (option `uv`) is verified by the admin's session, and a
     /// created credential records who made it.
     pub obr: Option<ObrActing>,
+    /// Set when the key's owner approved this call on their device: a
+    /// request asking for user verification is verified by it. (The gRPC
+    /// service sets none yet: the device approval path is not built.)
+    pub approval: Option<UserApproval>,
     /// CTAP command byte + CBOR parameters.
     pub payload: Vec<u8>,
     /// When the caller stops waiting; past it the answer is
@@ -52,6 +84,39 @@ pub struct CtapReply {
     pub queue: Duration,
     /// Time the actor spent on the call.
     pub work: Duration,
+    /// Set when another pod holds the user's lease: its endpoint. The
+    /// payload is then empty and the caller should ask that pod.
+    pub owner: Option<String>,
+    /// Set when the call needs the key owner's approval on their device and
+    /// carried none: what to ask. The payload is then empty.
+    pub approval_needed: Option<ApprovalNeeded>,
+}
+
+/// What the key's owner is asked to approve on their device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalNeeded {
+    pub rp_id: String,
+    pub operation: Operation,
+    /// The platform asked for user verification, not just presence.
+    pub user_verification: bool,
+}
+
+/// The kind of call awaiting approval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// authenticatorMakeCredential.
+    Register,
+    /// authenticatorGetAssertion.
+    SignIn,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Register => "register",
+            Operation::SignIn => "sign_in",
+        }
+    }
 }
 
 impl CtapReply {
@@ -70,6 +135,20 @@ impl CtapReply {
             created: None,
             queue,
             work: Duration::ZERO,
+            owner: None,
+            approval_needed: None,
+        }
+    }
+
+    /// "Not mine: ask `owner`."
+    pub(crate) fn redirect(owner: String, queue: Duration) -> Self {
+        Self {
+            payload: Vec::new(),
+            created: None,
+            queue,
+            work: Duration::ZERO,
+            owner: Some(owner),
+            approval_needed: None,
         }
     }
 }
@@ -131,7 +210,8 @@ impl SignerCore {
     pub async fn open(config: SignerConfig) -> Result<Self, SignerError> {
         let store = Store::open(&config.database_url, config.db_max_connections).await?;
         let kek_id = config.kek.id().to_owned();
-        let shared = Shared::new(store.clone(), config.kek, config.aaguid)
+        let attestation = Attestation::new(&config.attestation, config.aaguid)?;
+        let shared = Shared::new(store.clone(), config.kek, config.aaguid, attestation)
             .map_err(|e| SignerError::Internal(e.to_string()))?;
         let threads = match config.actor_threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -142,6 +222,7 @@ impl SignerCore {
             Arc::new(shared),
             runtime.arbiters().to_vec(),
             config.idle_passivation,
+            config.placement.clone(),
         );
         tracing::info!(
             actor_threads = threads,
@@ -178,7 +259,14 @@ impl SignerCore {
         }
         self.inner
             .registry
-            .ctap(&user, call.payload, call.obr, received, call.deadline)
+            .ctap(
+                &user,
+                call.payload,
+                call.obr,
+                call.approval,
+                received,
+                call.deadline,
+            )
             .await
     }
 
@@ -211,9 +299,23 @@ impl SignerCore {
             .await
     }
 
+    /// Reset `user_id`'s whole security key (an admin's action from the
+    /// panel, audited by the relay): delete every credential and replace
+    /// the user's data key, fenced through the user's actor like every
+    /// other write. Returns how many credentials were deleted.
+    pub async fn reset_user_key(&self, user_id: &str) -> Result<u64, SignerError> {
+        let user = UserId::new(user_id)?;
+        self.inner.registry.reset_user_key(&user).await
+    }
+
     /// How many users have an active actor in this process.
     pub fn active_users(&self) -> usize {
         self.inner.registry.active_users()
+    }
+
+    /// Whether `user_id` has an active actor in this process.
+    pub fn is_active(&self, user_id: &str) -> bool {
+        UserId::new(user_id).is_ok_and(|user| self.inner.registry.is_active(&user))
     }
 
     /// Stop every actor and wait for the actor threads to finish. Calls made

@@ -37,6 +37,11 @@ pub struct SignerConfig {
     pub actor_threads: usize,
     /// See [`DEFAULT_DB_MAX_CONNECTIONS`].
     pub db_max_connections: u32,
+    /// How new credentials are attested (`none` unless configured).
+    pub attestation: crate::AttestationConfig,
+    /// Membership and per-user leases in Redis, when this signer is one of
+    /// several pods; `None` for a single signer.
+    pub placement: Option<crate::placement::Placement>,
 }
 
 impl SignerConfig {
@@ -50,6 +55,8 @@ impl SignerConfig {
             idle_passivation: DEFAULT_IDLE_PASSIVATION,
             actor_threads: 0,
             db_max_connections: DEFAULT_DB_MAX_CONNECTIONS,
+            attestation: crate::AttestationConfig::None,
+            placement: None,
         }
     }
 }

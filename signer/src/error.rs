@@ -27,6 +27,8 @@ pub enum SignerError {
     /// A fault of this signer (key handling, encoding): see the logs.
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("attestation: {0}")]
+    Attestation(#[from] crate::AttestationError),
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
 }

@@ -17,12 +17,17 @@
 //!   thread running the actix system.
 //! - `ctap`: the CTAP2 authenticator of one user: command dispatch, the
 //!   CBOR codec boundary (passkey-types + ciborium), getInfo,
-//!   makeCredential, getAssertion/getNextAssertion, ES256 keys.
+//!   makeCredential, getAssertion/getNextAssertion, clientPIN
+//!   getKeyAgreement, the credProtect and hmac-secret extensions, ES256
+//!   and EdDSA keys, and attestation ([`AttestationCa`], `packed` or
+//!   `none`).
 //! - `vault`: [`Kek`] (the current and previous key-encryption keys),
 //!   per-user data keys and wrapped keys.
 //! - `store`: all SQL, one interface over SQLite and PostgreSQL (shared
 //!   migrations in `signer/migrations/`), fenced writes, and
 //!   [`rotate_kek`], which re-wraps every data key under a new KEK.
+//! - [`placement`]: membership heartbeats and per-user leases in Redis
+//!   (which pod should own a user; fencing makes a stale owner harmless).
 //! - `service`: the tonic service and [`serve`].
 //! - [`config`]: [`SignerConfig`] and its defaults.
 //! - `ids`: [`UserId`] and [`CredentialId`] newtypes.
@@ -35,14 +40,17 @@ pub mod config;
 mod ctap;
 mod error;
 mod ids;
+pub mod placement;
 mod service;
 mod store;
 mod vault;
 
 pub use crate::api::{
-    CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing, SignerCore,
+    ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing, Operation,
+    SignerCore, UserApproval,
 };
 pub use crate::config::SignerConfig;
+pub use crate::ctap::attestation::{AttestationCa, AttestationConfig, AttestationError};
 pub use crate::error::SignerError;
 pub use crate::ids::{CredentialId, InvalidId, UserId};
 pub use crate::service::{

@@ -11,7 +11,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use obr_signer::config::{DEFAULT_AAGUID, DEFAULT_DB_MAX_CONNECTIONS, DEFAULT_IDLE_PASSIVATION};
-use obr_signer::{DEFAULT_ROTATION_BATCH, Kek, RotationProgress, SignerConfig, SignerCore};
+use obr_signer::placement::Placement;
+use obr_signer::{
+    AttestationCa, AttestationConfig, DEFAULT_ROTATION_BATCH, Kek, RotationProgress, SignerConfig,
+    SignerCore,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Environment variable that may hold the KEK itself (hex), overriding
@@ -79,6 +83,44 @@ struct ServeArgs {
     /// Pooled database connections.
     #[arg(long, env = "OBR_SIGNER_DB_MAX_CONNECTIONS", default_value_t = DEFAULT_DB_MAX_CONNECTIONS)]
     db_max_connections: u32,
+    /// Attestation of new credentials: `none`, or `packed` with an x5c
+    /// chain to the attestation CA.
+    #[arg(long, env = "OBR_SIGNER_ATTESTATION", value_enum, default_value_t = AttestationMode::None)]
+    attestation: AttestationMode,
+    /// The attestation CA certificate (PEM) for `packed`; created with
+    /// its key on first start when neither file exists.
+    #[arg(
+        long,
+        env = "OBR_SIGNER_ATTESTATION_CA_CERT",
+        default_value = "obr-signer-attestation-ca.pem"
+    )]
+    attestation_ca_cert: PathBuf,
+    /// The attestation CA key (PEM PKCS#8 P-256, mode 0600) for `packed`.
+    #[arg(
+        long,
+        env = "OBR_SIGNER_ATTESTATION_CA_KEY",
+        default_value = "obr-signer-attestation-ca.key"
+    )]
+    attestation_ca_key: PathBuf,
+    /// Redis for membership and per-user leases, when several signers
+    /// share the users (relays then use `--discover-signers`).
+    #[arg(long, env = "OBR_SIGNER_REDIS_URL")]
+    redis_url: Option<String>,
+    #[arg(long, env = "OBR_SIGNER_REDIS_PREFIX", default_value = "obr:")]
+    redis_prefix: String,
+    /// The URL relays reach this signer at (default: http://LISTEN address).
+    #[arg(long, env = "OBR_SIGNER_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// How long a user's lease lasts without renewal, in milliseconds.
+    #[arg(long, env = "OBR_SIGNER_LEASE_TTL_MS", default_value_t = obr_signer::placement::DEFAULT_LEASE_TTL.as_millis() as u64)]
+    lease_ttl_ms: u64,
+}
+
+/// `--attestation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AttestationMode {
+    None,
+    Packed,
 }
 
 /// `obr-signer rotate-kek`.
@@ -130,7 +172,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Kek::load_or_create(&args.kek_file)?
     };
     let kek = with_previous(current, &args.previous_kek_files)?;
+    let attestation = match args.attestation {
+        AttestationMode::None => AttestationConfig::None,
+        AttestationMode::Packed => AttestationConfig::Packed(AttestationCa::load_or_create(
+            &args.attestation_ca_cert,
+            &args.attestation_ca_key,
+        )?),
+    };
+    // Bind first: the advertised endpoint may need the chosen port.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let placement = match &args.redis_url {
+        Some(url) => {
+            let me = args
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            let lease_ttl = Duration::from_millis(args.lease_ttl_ms);
+            let placement = Placement::connect(url, &args.redis_prefix, &me, lease_ttl)
+                .await
+                .context("cannot reach Redis for placement")?;
+            placement.beat().await.context("first heartbeat")?;
+            tokio::spawn(placement.clone().beat_forever());
+            Some(placement)
+        }
+        None => None,
+    };
     let config = SignerConfig {
+        placement: placement.clone(),
+        attestation,
         aaguid: args.aaguid.map_or(DEFAULT_AAGUID, |u| *u.as_bytes()),
         idle_passivation: Duration::from_secs(args.idle_passivation_secs),
         actor_threads: args.actor_threads,
@@ -138,12 +210,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..SignerConfig::embedded(args.database_url, kek)
     };
     let core = SignerCore::open(config).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
     println!("obr-signer listening on {addr}");
     obr_signer::serve(core.clone(), listener, shutdown_signal()).await?;
+    if let Some(placement) = placement
+        && let Err(e) = placement.leave().await
+    {
+        tracing::warn!(error = %e, "cannot leave the signer membership");
+    }
     core.shutdown().await;
     tracing::info!("obr-signer stopped");
     Ok(())

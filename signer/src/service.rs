@@ -31,7 +31,10 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{CreatedCredential, CredentialInfo, CtapCall, ObrActing, SignerCore};
+use crate::api::{
+    ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, ObrActing, SignerCore,
+    UserApproval,
+};
 use crate::error::SignerError;
 
 /// Replies a link buffers for a slow reader before its tasks wait.
@@ -197,6 +200,8 @@ async fn on_request(
                     created: reply.created.map(to_proto_created),
                     queue_us: micros(reply.queue),
                     work_us: micros(reply.work),
+                    owner: reply.owner.unwrap_or_default(),
+                    approval_needed: reply.approval_needed.map(to_proto_approval_needed),
                 };
                 if replies.send(Ok(response)).await.is_err() {
                     tracing::debug!(id, "link closed before the reply");
@@ -248,9 +253,19 @@ async fn reply_status(
         created: None,
         queue_us: 0,
         work_us: 0,
+        owner: String::new(),
+        approval_needed: None,
     };
     if replies.send(Ok(response)).await.is_err() {
         tracing::debug!(id, "link closed before the reply");
+    }
+}
+
+fn to_proto_approval_needed(needed: ApprovalNeeded) -> proto::ApprovalNeeded {
+    proto::ApprovalNeeded {
+        rp_id: needed.rp_id,
+        operation: needed.operation.as_str().to_owned(),
+        user_verification: needed.user_verification,
     }
 }
 
@@ -276,6 +291,10 @@ fn to_core_call(call: proto::CtapCall) -> Result<CtapCall, &'static str> {
     Ok(CtapCall {
         user_id: call.user_id,
         obr,
+        // The relay sets it only after the key's owner approved this call
+        // on their device.
+        approval: (!call.approval_id.is_empty())
+            .then(|| UserApproval::granted_by_device(format!("approval:{}", call.approval_id))),
         payload: call.payload,
         deadline: tokio::time::Instant::now() + budget,
     })

@@ -17,7 +17,17 @@ ordinary platform client and relying party accept:
   whose signatures ``Fido2Server.authenticate_complete`` verifies with the registered public
   key, ``--assertions`` times, with a strictly increasing signature counter;
 * with ``--discoverable-login``, an assertion with an empty allowCredentials finds the
-  resident credential and returns the registered user handle.
+  resident credential and returns the registered user handle;
+* with ``--attestation direct --attestation-ca PEM``, ``Fido2Server`` verifies the packed
+  attestation statement and its x5c chain up to that CA (python-fido2's packed verifier
+  also checks the certificate's OU, basic constraints and AAGUID extension against the
+  authenticator data); ``--expect-aaguid`` checks the AAGUID itself;
+* with ``--cred-protect N``, the client's ``credentialProtectionPolicy`` input reaches the
+  key and the authenticator data reports level N;
+* with ``--hmac-secret``, ``hmacCreateSecret`` is confirmed at registration, and
+  ``hmacGetSecret`` assertions show: the same salt gives the same output, another salt
+  another output, and a user-verified assertion an output of its own;
+* ``--algorithm eddsa`` makes the RP accept only EdDSA (COSE -8).
 
 Output: one JSON object per line on stdout, one per step, ending with
 ``{"step": "done", "ok": true}`` and exit status 0; on any failure the last line is
@@ -37,20 +47,25 @@ import sys
 import time
 
 try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
     from fido2.client import (
         ClientError,
         DefaultClientDataCollector,
         Fido2Client,
         UserInteraction,
     )
+    from fido2.attestation import AttestationVerifier
     from fido2.ctap import CtapError
     from fido2.ctap2 import Ctap2
+    from fido2.ctap2.extensions import CredProtectExtension, HmacSecretExtension
     from fido2.hid import CAPABILITY, CtapHidDevice
     from fido2.hid.base import CtapHidConnection, HidDescriptor
     from fido2.server import Fido2Server
-    from fido2.utils import LOG_LEVEL_TRAFFIC, websafe_encode
+    from fido2.utils import LOG_LEVEL_TRAFFIC, websafe_decode, websafe_encode
     from fido2.webauthn import (
         AuthenticatorData,
+        PublicKeyCredentialParameters,
         PublicKeyCredentialRpEntity,
         PublicKeyCredentialUserEntity,
         ResidentKeyRequirement,
@@ -253,6 +268,27 @@ class CheckFailed(Exception):
     """A property the interop check asserts did not hold."""
 
 
+class CaVerifier(AttestationVerifier):
+    """Trusts exactly one attestation CA: the deployment's (``--attestation-ca``)."""
+
+    def __init__(self, ca_der: bytes):
+        super().__init__()
+        self._ca_der = ca_der
+
+    def ca_lookup(self, attestation_result, auth_data):
+        return self._ca_der
+
+
+#: CTAP 2.1 §12.1 credProtect levels by their WebAuthn names.
+CRED_PROTECT_POLICIES = {
+    1: "userVerificationOptional",
+    2: "userVerificationOptionalWithCredentialIDList",
+    3: "userVerificationRequired",
+}
+#: COSE algorithm identifiers offered with --algorithm.
+ALGORITHMS = {"es256": -7, "eddsa": -8}
+
+
 def check_counter(previous: int | None, current: int, what: str) -> None:
     if previous is not None and not current > previous:
         raise CheckFailed(
@@ -289,6 +325,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--discoverable-login", action="store_true",
                         help="then authenticate once with an empty allowCredentials and check "
                         "the user handle (needs --resident-key required)")
+    parser.add_argument("--attestation", choices=["none", "direct"], default="none",
+                        help="attestation conveyance; direct verifies the statement "
+                        "(default: %(default)s)")
+    parser.add_argument("--attestation-ca", metavar="PEM",
+                        help="the attestation CA certificate to trust (--attestation direct)")
+    parser.add_argument("--expect-aaguid", metavar="UUID",
+                        help="fail unless the credential's AAGUID is this one")
+    parser.add_argument("--cred-protect", type=int, choices=[1, 2, 3], metavar="N",
+                        help="credentialProtectionPolicy level 1-3 for the registration")
+    parser.add_argument("--hmac-secret", action="store_true",
+                        help="register with hmacCreateSecret and check hmacGetSecret outputs")
+    parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default=None,
+                        help="the only algorithm the RP offers (default: python-fido2's list)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="bound on each CTAP operation and on the wait for any one report "
                         "(default: %(default)s)")
@@ -299,6 +348,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--assertions must be >= 0")
     if args.timeout <= 0:
         parser.error("--timeout must be > 0")
+    if args.attestation == "direct" and not args.attestation_ca:
+        parser.error("--attestation direct needs --attestation-ca")
     if args.user_id_hex is None:
         args.user_id = os.urandom(16)
     else:
@@ -357,12 +408,30 @@ def run(args: argparse.Namespace, phase: list[str]) -> None:
             device,
             client_data_collector=DefaultClientDataCollector(args.origin),
             user_interaction=NonInteractive(),
+            extensions=[HmacSecretExtension(allow_hmac_secret=True), CredProtectExtension()],
         )
+        verifier = None
+        if args.attestation == "direct":
+            with open(args.attestation_ca, "rb") as pem:
+                ca = x509.load_pem_x509_certificate(pem.read())
+            verifier = CaVerifier(ca.public_bytes(serialization.Encoding.DER))
         server = Fido2Server(
             PublicKeyCredentialRpEntity(name=args.rp_name, id=args.rp_id),
-            attestation="none",
+            attestation=args.attestation,
+            verify_attestation=verifier,
         )
         server.timeout = timeout_ms
+        if args.algorithm:
+            server.allowed_algorithms = [
+                PublicKeyCredentialParameters(type="public-key", alg=ALGORITHMS[args.algorithm])
+            ]
+        registration_extensions = {}
+        if args.cred_protect:
+            registration_extensions["credentialProtectionPolicy"] = (
+                CRED_PROTECT_POLICIES[args.cred_protect]
+            )
+        if args.hmac_secret:
+            registration_extensions["hmacCreateSecret"] = True
         uv = UserVerificationRequirement(args.uv)
         user = PublicKeyCredentialUserEntity(
             name=args.user_name, id=args.user_id, display_name=args.display_name
@@ -373,6 +442,7 @@ def run(args: argparse.Namespace, phase: list[str]) -> None:
             user,
             resident_key_requirement=ResidentKeyRequirement(args.resident_key),
             user_verification=uv,
+            extensions=registration_extensions or None,
         )
         connection.arm(op_deadline)
         registration = client.make_credential(creation.public_key)
@@ -382,6 +452,17 @@ def run(args: argparse.Namespace, phase: list[str]) -> None:
             raise CheckFailed("registration returned no attested credential data")
         if registration.raw_id != credential.credential_id:
             raise CheckFailed("rawId differs from the credential ID in authenticator data")
+        if args.expect_aaguid and str(credential.aaguid) != args.expect_aaguid:
+            raise CheckFailed(f"AAGUID {credential.aaguid} is not {args.expect_aaguid}")
+        authenticator_extensions = dict(auth_data.extensions or {})
+        if args.cred_protect and authenticator_extensions.get("credProtect") != args.cred_protect:
+            raise CheckFailed(
+                f"credProtect {authenticator_extensions.get('credProtect')!r} in authenticator "
+                f"data, asked for {args.cred_protect}"
+            )
+        client_outputs = dict(registration.client_extension_results or {})
+        if args.hmac_secret and client_outputs.get("hmacCreateSecret") is not True:
+            raise CheckFailed(f"hmacCreateSecret not confirmed: {client_outputs!r}")
         emit(
             "register",
             credential_id=b64url(credential.credential_id),
@@ -391,6 +472,9 @@ def run(args: argparse.Namespace, phase: list[str]) -> None:
             flags=flags_json(auth_data),
             sign_count=auth_data.counter,
             user_id=args.user_id.hex(),
+            attestation_verified=verifier is not None,
+            cred_protect=authenticator_extensions.get("credProtect"),
+            hmac_create_secret=client_outputs.get("hmacCreateSecret"),
         )
         last_count = auth_data.counter
 
@@ -417,6 +501,49 @@ def run(args: argparse.Namespace, phase: list[str]) -> None:
                 user_verified=assertion_data.is_user_verified(),
                 flags=flags_json(assertion_data),
                 user_handle=None if user_handle is None else user_handle.hex(),
+            )
+
+        if args.hmac_secret:
+            phase[0] = "hmac_secret"
+
+            def hmac_output(salt: bytes, verification: UserVerificationRequirement) -> bytes:
+                nonlocal last_count
+                request, state = server.authenticate_begin(
+                    [credential],
+                    user_verification=verification,
+                    extensions={"hmacGetSecret": {"salt1": salt}},
+                )
+                connection.arm(op_deadline)
+                response = client.get_assertion(request.public_key).get_response(0)
+                server.authenticate_complete(state, [credential], response)
+                data = response.response.authenticator_data
+                check_counter(last_count, data.counter, "hmac-secret assertion")
+                last_count = data.counter
+                output = dict(response.client_extension_results or {}).get("hmacGetSecret")
+                if output is None:
+                    raise CheckFailed("no hmacGetSecret output")
+                output1 = output.output1 if hasattr(output, "output1") else output["output1"]
+                # Client outputs may come JSON-ready: bytes as base64url text.
+                return websafe_decode(output1) if isinstance(output1, str) else bytes(output1)
+
+            salt_a, salt_b = b"\xa5" * 32, b"\x5a" * 32
+            discouraged = UserVerificationRequirement.DISCOURAGED
+            first = hmac_output(salt_a, discouraged)
+            again = hmac_output(salt_a, discouraged)
+            other = hmac_output(salt_b, discouraged)
+            verified = hmac_output(salt_a, UserVerificationRequirement.REQUIRED)
+            if first != again:
+                raise CheckFailed("the same salt gave two different hmac-secret outputs")
+            if first == other:
+                raise CheckFailed("two salts gave the same hmac-secret output")
+            if first == verified:
+                raise CheckFailed("UV and non-UV hmac-secret outputs are the same")
+            emit(
+                "hmac_secret",
+                output_len=len(first),
+                same_salt_same_output=first == again,
+                other_salt_other_output=first != other,
+                uv_output_differs=first != verified,
             )
 
         if args.discoverable_login:

@@ -157,3 +157,61 @@ pub fn login_code(cli_output: &str) -> anyhow::Result<String> {
         .map(str::to_owned)
         .context("no code in the agent's login output")
 }
+
+impl Api {
+    /// Answer the next `approval.requested` notification in the device's
+    /// inbox (newer than notification `after`), as the owner's phone would.
+    /// Returns the approval id.
+    pub fn answer_next_approval(
+        &self,
+        device_token: &str,
+        after: i64,
+        approve: bool,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let inbox = self
+                .call(
+                    "GET",
+                    &format!("/api/me/notifications?after={after}"),
+                    Some(device_token),
+                    None,
+                )?
+                .ok()?;
+            if let Some(request) = inbox
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["kind"] == "approval.requested")
+            {
+                let id = request["detail"]["approval_id"]
+                    .as_str()
+                    .context("approval id")?
+                    .to_owned();
+                self.call(
+                    "POST",
+                    &format!("/api/me/approvals/{id}"),
+                    Some(device_token),
+                    Some(json!({ "approve": approve })),
+                )?
+                .ok()?;
+                return Ok(id);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("no approval was requested within {timeout:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The id of the newest notification in the device's inbox (0 if none).
+    pub fn inbox_head(&self, device_token: &str) -> anyhow::Result<i64> {
+        Ok(self
+            .notifications(device_token)?
+            .iter()
+            .filter_map(|n| n["id"].as_i64())
+            .max()
+            .unwrap_or(0))
+    }
+}

@@ -169,6 +169,8 @@ pub struct RelayOptions {
     pub obr_ttl_s: Option<u64>,
     /// Listen address (default: a free port).
     pub listen: Option<String>,
+    /// Find signers in Redis (`--discover-signers`).
+    pub discover_signers: bool,
 }
 
 impl RelayProc {
@@ -189,6 +191,9 @@ impl RelayProc {
         }
         if let Some(prefix) = &options.redis_prefix {
             cmd.arg("--redis-prefix").arg(prefix);
+        }
+        if options.discover_signers {
+            cmd.arg("--discover-signers");
         }
         if let Some(ttl) = options.obr_ttl_s {
             cmd.arg("--obr-ttl-s").arg(ttl.to_string());
@@ -216,6 +221,11 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub fn start(dir: &Path, relay_url: &str) -> anyhow::Result<Self> {
+        Self::start_with(dir, relay_url, &[])
+    }
+
+    /// With extra `obr-agent run` arguments (e.g. `--ctap-budget-ms`).
+    pub fn start_with(dir: &Path, relay_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let hid_socket = dir.join("hid.sock");
         let control = dir.join("ctl.sock");
         let mut cmd = Command::new(binary("obr-agent")?);
@@ -227,7 +237,8 @@ impl AgentProc {
             .arg("--hid-socket")
             .arg(&hid_socket)
             .arg("--state-file")
-            .arg(dir.join("agent.json"));
+            .arg(dir.join("agent.json"))
+            .args(extra);
         let (proc, _) = Proc::spawn("agent", cmd, "obr-agent running")?;
         Ok(Self {
             proc,

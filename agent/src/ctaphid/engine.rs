@@ -10,6 +10,7 @@ use std::future::{self, Future};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -21,7 +22,8 @@ use tracing::{debug, info, warn};
 use super::assembler::{Message, Progress, Reassembly};
 use super::packet::{
     self, CAPABILITY_CBOR, CAPABILITY_NMSG, CAPABILITY_WINK, CONT_DATA_LEN, ChannelId, Command,
-    ErrorCode, INIT_DATA_LEN, KEEPALIVE_STATUS_PROCESSING, PROTOCOL_VERSION, Packet,
+    ErrorCode, INIT_DATA_LEN, KEEPALIVE_STATUS_PROCESSING, KEEPALIVE_STATUS_UPNEEDED,
+    PROTOCOL_VERSION, Packet,
 };
 use crate::hid::{ClientId, HidBackend, HidError, Report};
 
@@ -53,7 +55,35 @@ pub trait CborForwarder: Send + Sync + 'static {
     /// Returns the CTAP response payload (status byte followed by CBOR) — errors are already
     /// mapped to a CTAP status byte by the forwarder. The future may be dropped (CANCEL,
     /// INIT resync).
-    fn forward(&self, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>>;
+    ///
+    /// `status` is what the engine's KEEPALIVEs report while the request is away; the forwarder
+    /// switches it to "user presence needed" while the user is being asked (§11.2.9.1.7).
+    fn forward(&self, request: Vec<u8>, status: KeepaliveStatus) -> BoxFuture<'static, Vec<u8>>;
+}
+
+/// The status byte of the KEEPALIVEs sent for one pending request: PROCESSING until the
+/// forwarder says the request is waiting for the user (UPNEEDED), and back.
+#[derive(Clone, Debug)]
+pub struct KeepaliveStatus(Arc<AtomicU8>);
+
+impl KeepaliveStatus {
+    fn new() -> Self {
+        Self(Arc::new(AtomicU8::new(KEEPALIVE_STATUS_PROCESSING)))
+    }
+
+    /// The request waits for the user (their approval on their device).
+    pub fn user_presence_needed(&self) {
+        self.0.store(KEEPALIVE_STATUS_UPNEEDED, Ordering::Relaxed);
+    }
+
+    /// The request is being processed again.
+    pub fn processing(&self) {
+        self.0.store(KEEPALIVE_STATUS_PROCESSING, Ordering::Relaxed);
+    }
+
+    fn byte(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Device version reported in the INIT response (§11.2.9.1.3).
@@ -166,6 +196,7 @@ struct Pending {
     client: ClientId,
     task: AbortHandle,
     next_keepalive: Instant,
+    status: KeepaliveStatus,
 }
 
 /// CTAPHID_LOCK held by one channel (§11.2.9.2.2).
@@ -495,7 +526,8 @@ impl<F: CborForwarder> Engine<F> {
         };
         let txn = self.next_txn;
         self.next_txn = self.next_txn.wrapping_add(1);
-        let answer = self.forwarder.forward(request);
+        let status = KeepaliveStatus::new();
+        let answer = self.forwarder.forward(request, status.clone());
         let task = self.forwards.spawn(async move {
             // A panicking forwarder must not leave the channel busy for ever.
             let response = AssertUnwindSafe(answer).catch_unwind().await.ok();
@@ -506,6 +538,7 @@ impl<F: CborForwarder> Engine<F> {
             client,
             task,
             next_keepalive: now + self.config.keepalive_interval,
+            status,
         });
     }
 
@@ -554,7 +587,7 @@ impl<F: CborForwarder> Engine<F> {
                     pending.client,
                     *cid,
                     Command::Keepalive,
-                    &[KEEPALIVE_STATUS_PROCESSING],
+                    &[pending.status.byte()],
                 );
                 pending.next_keepalive = now + self.config.keepalive_interval;
             }

@@ -12,4 +12,4 @@ pub mod assembler;
 pub mod engine;
 pub mod packet;
 
-pub use engine::{CborForwarder, DeviceVersion, EngineConfig, run};
+pub use engine::{CborForwarder, DeviceVersion, EngineConfig, KeepaliveStatus, run};

@@ -31,6 +31,9 @@ pub const CAPABILITY_CBOR: u8 = 0x04;
 pub const CAPABILITY_NMSG: u8 = 0x08;
 /// KEEPALIVE status: the authenticator is still processing the request (§11.2.9.1.7).
 pub const KEEPALIVE_STATUS_PROCESSING: u8 = 0x01;
+/// KEEPALIVE status: the authenticator is waiting for user presence (§11.2.9.1.7) — for
+/// obr, the user's approval on their phone.
+pub const KEEPALIVE_STATUS_UPNEEDED: u8 = 0x02;
 
 /// Bit 7 of byte 4 marks an initialization packet; clear, byte 4 is a continuation SEQ.
 const TYPE_INIT: u8 = 0x80;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use obr_proto::agent::{
-    AgentFrame, CtapCancel, CtapRequest, EndObr, Hello, LoginPending, LoginStart, ModeKind,
-    RelayFrame, agent_frame, relay_frame,
+    AgentFrame, CtapCancel, CtapRequest, EndObr, Hello, KeepaliveState, LoginPending, LoginStart,
+    ModeKind, RelayFrame, agent_frame, relay_frame,
 };
 use prost::Message as _;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::{Command, TunnelConfig, TunnelError};
+use crate::ctaphid::KeepaliveStatus;
 use crate::status::{AgentStatus, LoginView, ModeView};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -63,7 +64,7 @@ pub(crate) struct Connection {
     status: watch::Sender<AgentStatus>,
     saved: SavedState,
     connector: Option<Connector>,
-    pending: HashMap<u64, oneshot::Sender<Vec<u8>>>,
+    pending: HashMap<u64, (oneshot::Sender<Vec<u8>>, KeepaliveStatus)>,
     login_waiters: Vec<oneshot::Sender<Result<LoginPending, TunnelError>>>,
 }
 
@@ -220,8 +221,16 @@ impl Connection {
                 self.set_mode(ModeView::from(&mode), true);
             }
             relay_frame::Kind::CtapResponse(response) => {
-                if let Some(waiter) = self.pending.remove(&response.id) {
+                if let Some((waiter, _)) = self.pending.remove(&response.id) {
                     let _ = waiter.send(response.payload);
+                }
+            }
+            relay_frame::Kind::CtapStatus(update) => {
+                if let Some((_, status)) = self.pending.get(&update.id) {
+                    match KeepaliveState::try_from(update.state) {
+                        Ok(KeepaliveState::UserPresenceNeeded) => status.user_presence_needed(),
+                        _ => status.processing(),
+                    }
                 }
             }
             relay_frame::Kind::Error(error) => {
@@ -238,8 +247,13 @@ impl Connection {
     /// Turn a command into a frame to send (or answer it right away).
     fn on_command(&mut self, command: Command) -> Option<agent_frame::Kind> {
         match command {
-            Command::Ctap { id, payload, reply } => {
-                self.pending.insert(id, reply);
+            Command::Ctap {
+                id,
+                payload,
+                reply,
+                status,
+            } => {
+                self.pending.insert(id, (reply, status));
                 Some(agent_frame::Kind::CtapRequest(CtapRequest {
                     id,
                     payload,
@@ -290,7 +304,7 @@ impl Connection {
     }
 
     fn fail_in_flight(&mut self) {
-        for (_, waiter) in self.pending.drain() {
+        for (_, (waiter, _)) in self.pending.drain() {
             let _ = waiter.send(vec![CTAP1_ERR_OTHER]);
         }
         for waiter in self.login_waiters.drain(..) {

@@ -15,7 +15,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::{Command, TunnelHandle};
-use crate::ctaphid::CborForwarder;
+use crate::ctaphid::{CborForwarder, KeepaliveStatus};
 
 /// CTAP 2.1 §6: authenticatorGetInfo.
 const CTAP_GET_INFO: u8 = 0x04;
@@ -55,7 +55,7 @@ impl TunnelForwarder {
 }
 
 impl CborForwarder for TunnelForwarder {
-    fn forward(&self, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+    fn forward(&self, request: Vec<u8>, status: KeepaliveStatus) -> BoxFuture<'static, Vec<u8>> {
         let generation = self.tunnel.status.borrow().generation;
         let is_get_info = request.first() == Some(&CTAP_GET_INFO) && request.len() == 1;
         if is_get_info && let Some(cached) = self.cached_get_info(generation) {
@@ -72,6 +72,7 @@ impl CborForwarder for TunnelForwarder {
                     id,
                     payload: request,
                     reply,
+                    status,
                 })
                 .await
                 .is_err()

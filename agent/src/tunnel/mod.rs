@@ -75,6 +75,8 @@ pub(crate) enum Command {
         id: u64,
         payload: Vec<u8>,
         reply: oneshot::Sender<Vec<u8>>,
+        /// What the request's KEEPALIVEs report; the relay may change it.
+        status: crate::ctaphid::KeepaliveStatus,
     },
     Cancel {
         id: u64,

@@ -27,10 +27,11 @@ use obr_proto::agent::{
     AgentFrame, CtapRequest, CtapResponse, HopTimings, LoginPending, Mode, ModeChanged, ModeKind,
     ProtocolError as ProtocolErrorFrame, RelayFrame, Welcome, agent_frame, relay_frame,
 };
-use obr_proto::signer::Acting;
+use obr_proto::signer::{Acting, LinkResponse};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
+use super::approval::{AskUser, Decision};
 use super::registry::Deliver;
 use crate::auth;
 use crate::clock::now_ms;
@@ -91,7 +92,7 @@ pub async fn agent_socket(
     Ok(response)
 }
 
-enum Outgoing {
+pub(super) enum Outgoing {
     Frame(RelayFrame),
     Ping,
     Close(CloseReason),
@@ -329,11 +330,41 @@ impl AgentSession {
         let obr = self.obr.clone();
         let state = self.state.clone();
         let received = Instant::now();
+        let agent_id = self.agent_id.clone().unwrap_or_default();
+        let out = self.out.clone();
         let call = async move {
-            let response = state
+            let deadline = tokio::time::Instant::now() + budget;
+            let mut response = state
                 .router
-                .ctap(&user_id, request.payload, budget, acting)
+                .ctap(&user_id, request.payload.clone(), budget, acting, None)
                 .await?;
+            if let Some(needed) = response.approval_needed.take() {
+                // Normal mode: the key's owner approves on their device.
+                let asking = AskUser {
+                    state: &state,
+                    out: &out,
+                    request_id: id,
+                    person_id: &user_id,
+                    agent_id: &agent_id,
+                };
+                match asking.ask(&needed, deadline).await? {
+                    Decision::Approved(approval_id) => {
+                        let budget =
+                            deadline.saturating_duration_since(tokio::time::Instant::now());
+                        response = state
+                            .router
+                            .ctap(&user_id, request.payload, budget, None, Some(approval_id))
+                            .await?;
+                    }
+                    Decision::Refused(status) => {
+                        return Ok(LinkResponse {
+                            id: 0,
+                            payload: vec![status],
+                            ..LinkResponse::default()
+                        });
+                    }
+                }
+            }
             // Record the registration before the browser hears of it: the
             // audit log and the user's inbox never miss a credential the
             // RP has seen.

@@ -1,5 +1,6 @@
 //! The user's side: what their phone (the user app, or any client holding
-//! their device token) reads. Today that is the notification inbox.
+//! their device token) reads and answers: the notification inbox, and
+//! approvals of normal-mode sign-ins and registrations on their key.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
@@ -22,4 +23,43 @@ pub async fn notifications(
     let me = require_device(&req, &state).await?;
     let inbox = state.directory.notifications(&me.id, query.after).await?;
     Ok(HttpResponse::Ok().json(inbox))
+}
+
+#[derive(Deserialize)]
+pub struct DecideRequest {
+    approve: bool,
+}
+
+/// `POST /api/me/approvals/{id}` `{"approve": bool}`: the owner's answer to
+/// an `approval.requested` notification. 404 when there is no such pending
+/// approval of theirs (unknown, expired, already decided, or not theirs).
+pub async fn decide_approval(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<DecideRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let me = require_device(&req, &state).await?;
+    let id = path.into_inner();
+    let approval = state
+        .store
+        .decide_approval(&id, &me.id, body.approve)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such pending approval".into()))?;
+    let action = if body.approve {
+        "approval.approved"
+    } else {
+        "approval.denied"
+    };
+    state
+        .directory
+        .audit(
+            &me.email,
+            action,
+            &approval.rp_id,
+            serde_json::json!({ "approval_id": approval.id, "operation": approval.operation,
+                                "agent": approval.agent_id }),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(approval))
 }

@@ -45,7 +45,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/agents/{id}/obr", web::delete().to(obr::end))
             .route("/agent-logins/approve", web::post().to(obr::approve_login))
             .route("/audit", web::get().to(admin::audit))
-            .route("/me/notifications", web::get().to(device::notifications)),
+            .route("/me/notifications", web::get().to(device::notifications))
+            .route(
+                "/me/approvals/{id}",
+                web::post().to(device::decide_approval),
+            ),
     );
 }
 

@@ -1,14 +1,20 @@
 //! Routing: which signer pod holds a user's key, and the links to them.
 //!
 //! [`Router`] picks a user's signer by rendezvous (highest-random-weight)
-//! hashing over the configured signer endpoints — no lookup per request —
-//! and sends the call over that pod's [`SignerLink`]. Adding or removing a
-//! pod moves only the users whose winner changed. (Ownership itself is the
-//! signer's business: its lease and DB fencing epoch; this only chooses.)
+//! hashing over the live signer endpoints — no lookup per request — and
+//! sends the call over that pod's [`SignerLink`]. Adding or removing a pod
+//! moves only the users whose winner changed. The endpoint list is either
+//! static (`--signer`, or the embedded signer) or the signers' membership
+//! in Redis ([`Router::discover`]), refreshed in the background.
+//!
+//! Ownership itself is the signers' business (lease in Redis, fencing
+//! epoch in their database): a pod that does not own a user answers with
+//! the `owner`, and the router retries there once.
 
 mod signer_link;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use obr_proto::signer::signer_client::SignerClient;
@@ -21,55 +27,184 @@ pub use self::signer_link::{LinkError, SignerLink};
 
 /// Bound on a management call (list/delete credentials).
 const MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a discovering router re-reads the signers' membership.
+const MEMBERSHIP_REFRESH: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct Router {
-    links: Arc<[Arc<SignerLink>]>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Every endpoint ever seen, with its (lazily connected) link.
+    links: RwLock<HashMap<String, Arc<SignerLink>>>,
+    /// The endpoints users are hashed over right now.
+    live: RwLock<Arc<[String]>>,
 }
 
 impl Router {
-    /// `endpoints` like `http://10.0.0.7:7400`. Connections open lazily.
+    /// A fixed set of signers, e.g. `http://10.0.0.7:7400`.
     pub fn new(endpoints: &[String]) -> Result<Self, LinkError> {
         if endpoints.is_empty() {
             return Err(LinkError::NoSigners);
         }
-        let links = endpoints
-            .iter()
-            .map(|e| SignerLink::new(e).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            links: links.into(),
-        })
+        let router = Self {
+            inner: Arc::new(Inner {
+                links: RwLock::default(),
+                live: RwLock::new(Arc::from([])),
+            }),
+        };
+        router.set_live(endpoints.to_vec())?;
+        Ok(router)
+    }
+
+    /// Signers found through their heartbeats in Redis (`obr-signer
+    /// --redis-url`), re-read every [`MEMBERSHIP_REFRESH`]. Waits for at
+    /// least one live signer up to `wait`.
+    pub async fn discover(
+        redis_url: &str,
+        prefix: &str,
+        wait: Duration,
+    ) -> Result<Self, LinkError> {
+        let unavailable = |e: &dyn std::fmt::Display| LinkError::Unavailable(e.to_string());
+        let client = redis::Client::open(redis_url).map_err(|e| unavailable(&e))?;
+        let mut conn = client
+            .get_connection_manager()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let router = Self {
+            inner: Arc::new(Inner {
+                links: RwLock::default(),
+                live: RwLock::new(Arc::from([])),
+            }),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let members = obr_signer::placement::live_members(&mut conn, prefix)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if !members.is_empty() {
+                router.set_live(members)?;
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(LinkError::NoSigners);
+            }
+            tokio::time::sleep(MEMBERSHIP_REFRESH).await;
+        }
+        let refresher = router.clone();
+        let prefix = prefix.to_owned();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MEMBERSHIP_REFRESH);
+            loop {
+                tick.tick().await;
+                match obr_signer::placement::live_members(&mut conn, &prefix).await {
+                    // An empty membership while Redis answers means every
+                    // signer is gone; keep routing to the last known ones
+                    // so their answers (or errors) reach the browser.
+                    Ok(members) if !members.is_empty() => {
+                        if let Err(e) = refresher.set_live(members) {
+                            tracing::warn!(error = %e, "bad signer membership");
+                        }
+                    }
+                    Ok(_) => tracing::warn!("no live signers in the membership"),
+                    Err(e) => tracing::warn!(error = %e, "cannot read signer membership"),
+                }
+            }
+        });
+        Ok(router)
+    }
+
+    fn set_live(&self, mut endpoints: Vec<String>) -> Result<(), LinkError> {
+        endpoints.sort();
+        endpoints.dedup();
+        for endpoint in &endpoints {
+            self.link(endpoint)?;
+        }
+        let mut live = self.inner.live.write().unwrap_or_else(|p| p.into_inner());
+        if **live != *endpoints {
+            tracing::info!(signers = ?endpoints, "signer membership changed");
+            *live = endpoints.into();
+        }
+        Ok(())
+    }
+
+    /// The link to `endpoint`, created on first use.
+    fn link(&self, endpoint: &str) -> Result<Arc<SignerLink>, LinkError> {
+        if let Some(link) = self
+            .inner
+            .links
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(endpoint)
+        {
+            return Ok(link.clone());
+        }
+        let mut links = self.inner.links.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(link) = links.get(endpoint) {
+            return Ok(link.clone());
+        }
+        let link = Arc::new(SignerLink::new(endpoint)?);
+        links.insert(endpoint.to_owned(), link.clone());
+        Ok(link)
     }
 
     /// The link to the signer pod that `user_id` hashes to.
-    pub fn link_for(&self, user_id: &str) -> &Arc<SignerLink> {
-        // invariant: `new` refuses an empty endpoint list.
-        self.links
+    pub fn link_for(&self, user_id: &str) -> Result<Arc<SignerLink>, LinkError> {
+        let live = self
+            .inner
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let endpoint = live
             .iter()
-            .max_by_key(|link| rendezvous_weight(link.endpoint(), user_id))
-            .expect("router has at least one signer")
+            .max_by_key(|endpoint| rendezvous_weight(endpoint, user_id))
+            .ok_or(LinkError::NoSigners)?;
+        self.link(endpoint)
     }
 
-    /// Send one CTAP request to the user's key, bounded by `budget`.
+    /// Send one CTAP request to the user's key, bounded by `budget`. If the
+    /// chosen pod names another owner, follow it once.
     pub async fn ctap(
         &self,
         user_id: &str,
         payload: Vec<u8>,
         budget: Duration,
         acting: Option<Acting>,
+        approval_id: Option<String>,
     ) -> Result<LinkResponse, LinkError> {
+        let started = tokio::time::Instant::now();
         let call = CtapCall {
             user_id: user_id.to_owned(),
             payload,
-            budget_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+            budget_ms: millis(budget),
             acting,
+            approval_id: approval_id.unwrap_or_default(),
         };
-        self.link_for(user_id).call(call, budget).await
+        let first = self.link_for(user_id)?;
+        let response = first.call(call.clone(), budget).await?;
+        if response.owner.is_empty() || response.owner == first.endpoint() {
+            return Ok(response);
+        }
+        tracing::debug!(user = user_id, owner = %response.owner, "following the user's owner");
+        let remaining = budget.saturating_sub(started.elapsed());
+        let call = CtapCall {
+            budget_ms: millis(remaining),
+            ..call
+        };
+        let response = self.link(&response.owner)?.call(call, remaining).await?;
+        if !response.owner.is_empty() {
+            return Err(LinkError::Unavailable(format!(
+                "ownership of {user_id} is moving (now {})",
+                response.owner
+            )));
+        }
+        Ok(response)
     }
 
     pub async fn list_credentials(&self, user_id: &str) -> Result<Vec<Credential>, LinkError> {
-        let mut client = SignerClient::new(self.link_for(user_id).channel());
+        let mut client = SignerClient::new(self.link_for(user_id)?.channel());
         let request = ListCredentialsRequest {
             user_id: user_id.to_owned(),
         };
@@ -84,7 +219,7 @@ impl Router {
         user_id: &str,
         credential_id: Vec<u8>,
     ) -> Result<bool, LinkError> {
-        let mut client = SignerClient::new(self.link_for(user_id).channel());
+        let mut client = SignerClient::new(self.link_for(user_id)?.channel());
         let request = DeleteCredentialRequest {
             user_id: user_id.to_owned(),
             credential_id,
@@ -94,6 +229,10 @@ impl Router {
             .map_err(|_| LinkError::Timeout)??;
         Ok(response.into_inner().deleted)
     }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 fn rendezvous_weight(endpoint: &str, user_id: &str) -> u64 {
@@ -121,8 +260,12 @@ mod tests {
         let mut counts = [0usize; 3];
         for u in 0..3000 {
             let user = format!("user-{u}");
-            let chosen = router.link_for(&user).endpoint().to_owned();
-            assert_eq!(router.link_for(&user).endpoint(), chosen, "stable choice");
+            let chosen = router.link_for(&user).unwrap().endpoint().to_owned();
+            assert_eq!(
+                router.link_for(&user).unwrap().endpoint(),
+                chosen,
+                "stable choice"
+            );
             let idx = endpoints.iter().position(|e| *e == chosen).unwrap();
             counts[idx] += 1;
         }
@@ -133,9 +276,9 @@ mod tests {
         let fewer = Router::new(&endpoints[..2]).unwrap();
         for u in 0..1000 {
             let user = format!("user-{u}");
-            let before = router.link_for(&user).endpoint();
+            let before = router.link_for(&user).unwrap().endpoint().to_owned();
             if before != endpoints[2] {
-                assert_eq!(fewer.link_for(&user).endpoint(), before);
+                assert_eq!(fewer.link_for(&user).unwrap().endpoint(), before);
             }
         }
     }

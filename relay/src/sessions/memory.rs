@@ -14,7 +14,10 @@ use futures_util::stream::BoxStream;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{AgentEvent, DeviceGrant, ObrSession, Principal, SessionStore, StoreResult};
+use super::{
+    AgentEvent, Approval, ApprovalState, DeviceGrant, ObrSession, Principal, SessionStore,
+    StoreResult,
+};
 
 /// Events buffered per subscriber before a slow one starts losing them.
 const EVENT_BUFFER: usize = 1024;
@@ -33,6 +36,7 @@ struct State {
     obr: HashMap<String, ObrSession>,
     /// (expires_at_ms, agent id) of every live session
     expiring: BTreeSet<(i64, String)>,
+    approvals: HashMap<String, (Approval, Instant)>,
 }
 
 impl Default for MemoryStore {
@@ -183,6 +187,41 @@ impl SessionStore for MemoryStore {
                     s.obr.remove(&key.1)
                 })
                 .collect()
+        }))
+    }
+
+    async fn put_approval(&self, approval: &Approval, ttl: Duration) -> StoreResult<()> {
+        self.with(|s| {
+            s.approvals.insert(
+                approval.id.clone(),
+                (approval.clone(), Instant::now() + ttl),
+            )
+        });
+        Ok(())
+    }
+
+    async fn get_approval(&self, id: &str) -> StoreResult<Option<Approval>> {
+        Ok(self.with(|s| live(&mut s.approvals, id)))
+    }
+
+    async fn decide_approval(
+        &self,
+        id: &str,
+        person_id: &str,
+        approve: bool,
+    ) -> StoreResult<Option<Approval>> {
+        Ok(self.with(|s| {
+            let current = live(&mut s.approvals, id)?;
+            if current.person_id != person_id || current.state != ApprovalState::Pending {
+                return None;
+            }
+            let (approval, _) = s.approvals.get_mut(id)?;
+            approval.state = if approve {
+                ApprovalState::Approved
+            } else {
+                ApprovalState::Denied
+            };
+            Some(approval.clone())
         }))
     }
 

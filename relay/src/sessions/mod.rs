@@ -65,6 +65,29 @@ pub struct DeviceGrant {
     pub created_at_ms: i64,
 }
 
+/// A normal-mode call waiting for the key owner's approval on their device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: String,
+    /// Whose key, and so whose device must decide.
+    pub person_id: String,
+    pub agent_id: String,
+    pub rp_id: String,
+    /// `register` or `sign_in`.
+    pub operation: String,
+    pub user_verification: bool,
+    pub state: ApprovalState,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+}
+
 /// Something an agent's socket must hear about, wherever it is connected.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -149,6 +172,18 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Remove and return sessions whose `expires_at_ms <= now_ms`. Each
     /// expired session is returned to exactly one caller, across all pods.
     async fn claim_expired(&self, now_ms: i64) -> StoreResult<Vec<ObrSession>>;
+
+    /// Store a pending approval for `ttl` (the call's remaining budget).
+    async fn put_approval(&self, approval: &Approval, ttl: Duration) -> StoreResult<()>;
+    async fn get_approval(&self, id: &str) -> StoreResult<Option<Approval>>;
+    /// Decide a *pending* approval of `person_id`'s; `None` if there is no
+    /// such pending approval (unknown, expired, decided, or someone else's).
+    async fn decide_approval(
+        &self,
+        id: &str,
+        person_id: &str,
+        approve: bool,
+    ) -> StoreResult<Option<Approval>>;
 
     /// Deliver `event` to every subscriber (every relay pod).
     async fn publish(&self, event: &AgentEvent) -> StoreResult<()>;

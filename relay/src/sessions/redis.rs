@@ -21,7 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::{
-    AgentEvent, DeviceGrant, EXPIRED_SESSION_GRACE, ObrSession, Principal, SessionStore,
+    AgentEvent, Approval, DeviceGrant, EXPIRED_SESSION_GRACE, ObrSession, Principal, SessionStore,
     StoreError, StoreResult,
 };
 
@@ -72,6 +72,17 @@ for _, id in ipairs(ids) do
   end
 end
 return out
+"#;
+
+const DECIDE_APPROVAL: &str = r#"
+local json = redis.call('GET', KEYS[1])
+if not json then return false end
+local approval = cjson.decode(json)
+if approval['person_id'] ~= ARGV[1] or approval['state'] ~= 'pending' then return false end
+approval['state'] = ARGV[2]
+local updated = cjson.encode(approval)
+redis.call('SET', KEYS[1], updated, 'KEEPTTL')
+return updated
 "#;
 
 #[derive(Clone)]
@@ -249,6 +260,33 @@ impl SessionStore for RedisStore {
             .iter()
             .map(|j| serde_json::from_str(j).map_err(StoreError::from))
             .collect()
+    }
+
+    async fn put_approval(&self, approval: &Approval, ttl: Duration) -> StoreResult<()> {
+        self.put_json(self.key(&["approval:", &approval.id]), approval, ttl)
+            .await
+    }
+
+    async fn get_approval(&self, id: &str) -> StoreResult<Option<Approval>> {
+        self.get_json(self.key(&["approval:", id])).await
+    }
+
+    async fn decide_approval(
+        &self,
+        id: &str,
+        person_id: &str,
+        approve: bool,
+    ) -> StoreResult<Option<Approval>> {
+        let mut conn = self.conn.clone();
+        let state = if approve { "approved" } else { "denied" };
+        let json: Option<String> = Script::new(DECIDE_APPROVAL)
+            .key(self.key(&["approval:", id]))
+            .arg(person_id)
+            .arg(state)
+            .invoke_async(&mut conn)
+            .await?;
+        // cjson re-encodes the whole object; serde reads it back.
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
     }
 
     async fn publish(&self, event: &AgentEvent) -> StoreResult<()> {

@@ -25,8 +25,8 @@ use actix::{
 use passkey_types::ctap2::Ctap2Error;
 use tokio::sync::Mutex;
 
-use crate::api::{CtapReply, ObrActing};
-use crate::ctap::{Authenticator, CommandError, Outcome};
+use crate::api::{CtapReply, ObrActing, UserApproval};
+use crate::ctap::{Authenticator, Caller, CommandError, Outcome};
 use crate::ids::{CredentialId, UserId};
 
 pub(crate) use self::registry::Registry;
@@ -41,6 +41,7 @@ const USER_MAILBOX_CAPACITY: usize = 64;
 pub(crate) struct Ctap {
     pub payload: Vec<u8>,
     pub obr: Option<ObrActing>,
+    pub approval: Option<UserApproval>,
     /// When the signer received the call (queue time is measured from here).
     pub received: Instant,
     /// When the caller stops waiting.
@@ -57,6 +58,14 @@ pub(crate) struct DeleteCredential(pub CredentialId);
 
 impl Message for DeleteCredential {
     type Result = Result<bool, CommandError>;
+}
+
+/// An admin resets the user's whole key.
+#[derive(Debug)]
+pub(crate) struct ResetKey;
+
+impl Message for ResetKey {
+    type Result = Result<u64, CommandError>;
 }
 
 /// A user's security key while it is active.
@@ -105,6 +114,33 @@ impl UserKey {
         }
     }
 
+    /// Renew the user's lease (when placement is on) every third of its
+    /// TTL; a renewal that finds another holder passivates at once — the
+    /// fencing epoch would refuse this actor's next write anyway.
+    fn keep_lease(&mut self, ctx: &mut Context<Self>) {
+        let Some(placement) = self.registry.upgrade().and_then(|r| r.placement().cloned()) else {
+            return;
+        };
+        let every = placement.lease_ttl() / 3;
+        ctx.run_interval(every, move |act, ctx| {
+            let placement = placement.clone();
+            let user = act.user.clone();
+            let renew = async move { placement.renew(user.as_str()).await };
+            ctx.spawn(renew.into_actor(act).map(|renewed, act, ctx| match renewed {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(user = %act.user, "lease lost to another signer: passivating");
+                    if let Some(registry) = act.registry.upgrade() {
+                        registry.forget(&act.user, act.generation);
+                    }
+                    ctx.stop();
+                }
+                // Redis is unreachable: keep serving; fencing still holds.
+                Err(e) => tracing::warn!(user = %act.user, error = %e, "lease renewal failed"),
+            }));
+        });
+    }
+
     /// After a call: passivate now if another signer owns the user, else
     /// start counting idle time again.
     fn after_call(&mut self, fenced: bool, ctx: &mut Context<Self>) {
@@ -129,11 +165,20 @@ impl Actor for UserKey {
         ctx.set_mailbox_capacity(USER_MAILBOX_CAPACITY);
         tracing::debug!(user = %self.user, generation = self.generation, "activated");
         self.arm_idle_timer(ctx);
+        self.keep_lease(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         if let Some(registry) = self.registry.upgrade() {
             registry.forget(&self.user, self.generation);
+            if let Some(placement) = registry.placement().cloned() {
+                let user = self.user.clone();
+                actix_rt::spawn(async move {
+                    if let Err(e) = placement.release(user.as_str()).await {
+                        tracing::warn!(%user, error = %e, "cannot release the user's lease");
+                    }
+                });
+            }
         }
         tracing::debug!(user = %self.user, generation = self.generation, "passivated");
     }
@@ -158,7 +203,13 @@ impl Handler<Ctap> for UserKey {
             let deadline = tokio::time::Instant::from_std(call.deadline);
             let outcome = match tokio::time::timeout_at(
                 deadline,
-                authenticator.handle(&call.payload, call.obr.as_ref()),
+                authenticator.handle(
+                    &call.payload,
+                    Caller {
+                        obr: call.obr.as_ref(),
+                        approval: call.approval.as_ref(),
+                    },
+                ),
             )
             .await
             {
@@ -174,6 +225,8 @@ impl Handler<Ctap> for UserKey {
                 created: outcome.created,
                 queue,
                 work: started.elapsed(),
+                owner: None,
+                approval_needed: None,
             };
             (reply, fenced)
         };
@@ -195,6 +248,23 @@ impl Handler<DeleteCredential> for UserKey {
         let work = async move {
             let mut authenticator = authenticator.lock().await;
             authenticator.delete_credential(&message.0).await
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, act, ctx| {
+            act.after_call(result.as_ref().is_err_and(CommandError::is_fenced), ctx);
+            result
+        })))
+    }
+}
+
+impl Handler<ResetKey> for UserKey {
+    type Result = AtomicResponse<Self, Result<u64, CommandError>>;
+
+    fn handle(&mut self, _message: ResetKey, ctx: &mut Context<Self>) -> Self::Result {
+        self.disarm_idle_timer(ctx);
+        let authenticator = Arc::clone(&self.authenticator);
+        let work = async move {
+            let mut authenticator = authenticator.lock().await;
+            authenticator.reset().await
         };
         AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, act, ctx| {
             act.after_call(result.as_ref().is_err_and(CommandError::is_fenced), ctx);

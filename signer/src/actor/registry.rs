@@ -15,12 +15,13 @@ use actix::{Actor as _, Addr, MailboxError};
 use actix_rt::ArbiterHandle;
 use passkey_types::ctap2::Ctap2Error;
 
-use crate::api::{CtapReply, ObrActing};
+use crate::api::{CtapReply, ObrActing, UserApproval};
 use crate::ctap::{Authenticator, Shared};
 use crate::error::SignerError;
 use crate::ids::{CredentialId, UserId};
+use crate::placement::{Lease, Placement};
 
-use super::{Ctap, DeleteCredential, UserKey};
+use super::{Ctap, DeleteCredential, ResetKey, UserKey};
 
 /// A call whose actor stopped before answering (it passivated between
 /// lookup and delivery) is delivered once more, to a fresh activation.
@@ -37,6 +38,8 @@ pub(crate) struct Registry {
     actors: Mutex<HashMap<UserId, Activation>>,
     next_generation: AtomicU64,
     closed: AtomicBool,
+    /// Leases in Redis, when this signer is one of several pods.
+    placement: Option<Placement>,
 }
 
 #[derive(Debug)]
@@ -50,6 +53,7 @@ impl Registry {
         shared: Arc<Shared>,
         arbiters: Vec<ArbiterHandle>,
         idle_passivation: Duration,
+        placement: Option<Placement>,
     ) -> Arc<Self> {
         Arc::new(Self {
             shared,
@@ -58,7 +62,31 @@ impl Registry {
             actors: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            placement,
         })
+    }
+
+    pub(super) fn placement(&self) -> Option<&Placement> {
+        self.placement.as_ref()
+    }
+
+    /// With placement on, a user not active here is activated only under
+    /// this pod's lease; `Err(owner)` names the pod that holds it.
+    async fn take_lease(&self, user: &UserId) -> Result<(), Option<String>> {
+        let Some(placement) = &self.placement else {
+            return Ok(());
+        };
+        if self.lock().get(user).is_some_and(|a| a.addr.connected()) {
+            return Ok(());
+        }
+        match placement.acquire(user.as_str()).await {
+            Ok(Lease::Owned) => Ok(()),
+            Ok(Lease::HeldBy(owner)) => Err(Some(owner)),
+            Err(error) => {
+                tracing::warn!(%user, %error, "cannot take the user's lease");
+                Err(None)
+            }
+        }
     }
 
     /// Answer one CTAP call for `user` by its actor, activating it if
@@ -68,6 +96,7 @@ impl Registry {
         user: &UserId,
         payload: Vec<u8>,
         obr: Option<ObrActing>,
+        approval: Option<UserApproval>,
         received: Instant,
         caller_deadline: tokio::time::Instant,
     ) -> CtapReply {
@@ -76,6 +105,11 @@ impl Registry {
         let deadline =
             received + caller_deadline.saturating_duration_since(tokio::time::Instant::now());
         for _ in 0..MAX_DELIVERY_ATTEMPTS {
+            match self.take_lease(user).await {
+                Ok(()) => {}
+                Err(Some(owner)) => return CtapReply::redirect(owner, received.elapsed()),
+                Err(None) => return CtapReply::failure(Ctap2Error::Other, received.elapsed()),
+            }
             let addr = match self.activate(user) {
                 Ok(addr) => addr,
                 Err(error) => {
@@ -86,6 +120,7 @@ impl Registry {
             let call = Ctap {
                 payload: payload.clone(),
                 obr: obr.clone(),
+                approval: approval.clone(),
                 received,
                 deadline,
             };
@@ -118,6 +153,32 @@ impl Registry {
                 Ok(Err(MailboxError::Timeout)) | Err(_) => {
                     return Err(SignerError::Internal(format!(
                         "deleting a credential took longer than {DELETE_TIMEOUT:?}"
+                    )));
+                }
+            }
+        }
+        Err(SignerError::ShutDown)
+    }
+
+    /// Whether `user` has a live actor in this process.
+    pub(crate) fn is_active(&self, user: &UserId) -> bool {
+        self.lock().get(user).is_some_and(|a| a.addr.connected())
+    }
+
+    /// Reset `user`'s whole key through the user's actor (fenced like
+    /// every write).
+    pub(crate) async fn reset_user_key(
+        self: &Arc<Self>,
+        user: &UserId,
+    ) -> Result<u64, SignerError> {
+        for _ in 0..MAX_DELIVERY_ATTEMPTS {
+            let addr = self.activate(user)?;
+            match tokio::time::timeout(DELETE_TIMEOUT, addr.send(ResetKey)).await {
+                Ok(Ok(result)) => return result.map_err(|e| e.into_signer_error()),
+                Ok(Err(MailboxError::Closed)) => {}
+                Ok(Err(MailboxError::Timeout)) | Err(_) => {
+                    return Err(SignerError::Internal(format!(
+                        "resetting a key took longer than {DELETE_TIMEOUT:?}"
                     )));
                 }
             }

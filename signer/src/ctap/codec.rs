@@ -190,6 +190,21 @@ pub(crate) fn encode_ok<T: Serialize>(response: &T) -> Result<Vec<u8>, EncodeErr
     Ok(out)
 }
 
+/// `CTAP2_OK` followed by `value` in CTAP2 canonical CBOR (responses
+/// passkey-types has no structure for).
+pub(crate) fn encode_value(value: Value) -> Result<Vec<u8>, EncodeError> {
+    let value = canonical(value)?;
+    let mut out = vec![STATUS_OK];
+    ciborium::ser::into_writer(&value, &mut out).map_err(|e| EncodeError(e.to_string()))?;
+    Ok(out)
+}
+
+/// `value` with every map in CTAP2 canonical order (for CBOR embedded in
+/// authenticatorData, such as extension outputs).
+pub(crate) fn canonical_value(value: Value) -> Result<Value, EncodeError> {
+    canonical(value)
+}
+
 fn integer_key(key: &Value) -> Option<u8> {
     match key {
         Value::Integer(i) => u8::try_from(*i).ok(),

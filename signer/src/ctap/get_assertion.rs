@@ -1,7 +1,9 @@
 //! authenticatorGetAssertion (CTAP 2.1 §6.2) and
 //! authenticatorGetNextAssertion (§6.3): find the user's credentials for an
-//! RP, commit the next signature counter, then sign authenticatorData ||
-//! clientDataHash with ring.
+//! RP that their credProtect policy lets this request see (§12.1), commit
+//! the next signature counter, then sign authenticatorData ||
+//! clientDataHash with ring, adding the hmac-secret output (§12.5) for
+//! credentials that have one.
 //!
 //! The counter increment is committed to the database (fenced by this
 //! activation's epoch) before a signature is computed, so no signature ever
@@ -11,6 +13,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use ciborium::value::Value;
 use passkey_types::ctap2::Ctap2Error;
 use passkey_types::ctap2::Flags;
 use passkey_types::ctap2::get_assertion::{Request, Response};
@@ -18,14 +21,14 @@ use passkey_types::ctap2::make_credential::PublicKeyCredentialUserEntity;
 use passkey_types::webauthn::{PublicKeyCredentialDescriptor, PublicKeyCredentialType};
 use tokio::time::Instant;
 
-use crate::api::ObrActing;
-use crate::store::StoredCredential;
+use crate::store::{CredentialPolicy, StoredCredential};
 
 use super::codec::{Kind, Param, Params, encode_ok, has_text_key};
+use super::extensions::{self, CredProtect, HmacSecretRequest};
 use super::keys;
 use super::{
-    Authenticator, CommandError, Success, authenticator_data, check_uv_option, claimed,
-    refuse_pin_uv_auth, response_flags,
+    Authenticator, Caller, CommandError, Success, authenticator_data, claimed, refuse_pin_uv_auth,
+    response_flags,
 };
 
 /// CTAP 2.1 §6.2: authenticatorGetAssertion parameters.
@@ -61,15 +64,25 @@ pub(super) struct PendingAssertions {
     rp_id: String,
     client_data_hash: Vec<u8>,
     flags: Flags,
-    remaining: VecDeque<StoredCredential>,
+    remaining: VecDeque<Candidate>,
+    /// The request's hmac-secret input, for every credential enumerated.
+    hmac_secret: Option<HmacSecretRequest>,
     pub(super) expires_at: Instant,
+}
+
+/// A credential an assertion may use, with its algorithm and extension
+/// state.
+#[derive(Debug)]
+struct Candidate {
+    credential: StoredCredential,
+    policy: CredentialPolicy,
 }
 
 impl Authenticator {
     pub(super) async fn get_assertion(
         &mut self,
         params: &[u8],
-        obr: Option<&ObrActing>,
+        caller: Caller<'_>,
     ) -> Result<Success, CommandError> {
         let params = Params::parse(params, SCHEMA)?;
         // Options processing (§6.2.2): "If the "rk" option is present then:
@@ -78,32 +91,50 @@ impl Authenticator {
         if params.get(OPTIONS).is_some_and(|o| has_text_key(o, "rk")) {
             return Err(Ctap2Error::UnsupportedOption.into());
         }
+        let extensions_input: Option<Value> = params.get(EXTENSIONS).cloned();
         let request: Request = params.decode()?;
         refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
-        check_uv_option(request.options.uv, obr)?;
+        let user_verified = caller.verify_user(request.options.uv)?;
         // "up": false asks for a silent assertion, without the UP flag.
-        let flags = response_flags(request.options.up, request.options.uv, obr);
+        let flags = response_flags(request.options.up, user_verified);
+        // §12.5: salts are authenticated and decrypted before any
+        // credential is looked at; a bad input fails the whole request.
+        let hmac_secret =
+            HmacSecretRequest::parse(extensions_input.as_ref(), &mut self.key_agreement)?;
 
         let stored = self
             .shared
             .store
             .credentials_for_rp(&self.user, &request.rp_id)
             .await?;
+        let mut policies = self
+            .shared
+            .store
+            .credential_policies(&self.user, &request.rp_id)
+            .await?;
         let allow_list = request.allow_list.filter(|list| !list.is_empty());
-        let mut candidates: VecDeque<StoredCredential> = match &allow_list {
+        let by_allow_list = allow_list.is_some();
+        // Pair each credential with its policy; credProtect (§12.1) hides
+        // the ones this request may not see, as if they did not exist.
+        let visible = stored.into_iter().filter_map(|credential| {
+            let at = policies.iter().position(|p| p.id == credential.id)?;
+            let policy = policies.swap_remove(at);
+            CredProtect::from_stored(policy.cred_protect)
+                .permits(user_verified, by_allow_list)
+                .then_some(Candidate { credential, policy })
+        });
+        let mut candidates: VecDeque<Candidate> = match &allow_list {
             // Only credentials the RP names, of this user, for this RP.
-            Some(list) => stored
-                .into_iter()
+            Some(list) => visible
                 .filter(|c| {
                     list.iter()
-                        .any(|d| d.is_known() && d.id.as_slice() == c.id.as_bytes())
+                        .any(|d| d.is_known() && d.id.as_slice() == c.credential.id.as_bytes())
                 })
                 .take(1)
                 .collect(),
             // Discoverable credentials, most recently created first.
-            None => stored
-                .into_iter()
-                .filter(|c| c.discoverable)
+            None => visible
+                .filter(|c| c.credential.discoverable)
                 .take(MAX_ENUMERATED_CREDENTIALS)
                 .collect(),
         };
@@ -118,11 +149,14 @@ impl Authenticator {
 
         let payload = sign_assertion(
             self,
-            &request.rp_id,
-            &request.client_data_hash,
-            flags,
+            Assertion {
+                rp_id: &request.rp_id,
+                client_data_hash: &request.client_data_hash,
+                flags,
+                hmac_secret: hmac_secret.as_ref(),
+                number_of_credentials,
+            },
             &first,
-            number_of_credentials,
         )
         .await?;
         if number_of_credentials.is_some() {
@@ -131,6 +165,7 @@ impl Authenticator {
                 client_data_hash: request.client_data_hash.into(),
                 flags,
                 remaining: candidates,
+                hmac_secret,
                 expires_at: Instant::now() + NEXT_ASSERTION_WINDOW,
             });
         }
@@ -158,11 +193,14 @@ impl Authenticator {
         };
         let payload = sign_assertion(
             self,
-            &pending.rp_id,
-            &pending.client_data_hash,
-            pending.flags,
+            Assertion {
+                rp_id: &pending.rp_id,
+                client_data_hash: &pending.client_data_hash,
+                flags: pending.flags,
+                hmac_secret: pending.hmac_secret.as_ref(),
+                number_of_credentials: None,
+            },
             &next,
-            None,
         )
         .await?;
         if !pending.remaining.is_empty() {
@@ -173,16 +211,24 @@ impl Authenticator {
     }
 }
 
-/// Commit the next counter of `credential`, then sign and encode the
-/// assertion. `numberOfCredentials` is set only on the first answer of a
-/// discoverable enumeration (CTAP 2.1 §6.2.2).
+/// What one assertion of a request signs, beyond its credential.
+#[derive(Debug, Clone, Copy)]
+struct Assertion<'a> {
+    rp_id: &'a str,
+    client_data_hash: &'a [u8],
+    flags: Flags,
+    hmac_secret: Option<&'a HmacSecretRequest>,
+    /// Set only on the first answer of a discoverable enumeration (CTAP
+    /// 2.1 §6.2.2).
+    number_of_credentials: Option<u8>,
+}
+
+/// Commit the next counter of `candidate`, then sign and encode the
+/// assertion.
 async fn sign_assertion(
     authenticator: &mut Authenticator,
-    rp_id: &str,
-    client_data_hash: &[u8],
-    flags: Flags,
-    credential: &StoredCredential,
-    number_of_credentials: Option<u8>,
+    assertion: Assertion<'_>,
+    candidate: &Candidate,
 ) -> Result<Vec<u8>, CommandError> {
     let Authenticator {
         user,
@@ -190,17 +236,37 @@ async fn sign_assertion(
         owner,
         ..
     } = authenticator;
+    let Assertion {
+        rp_id,
+        client_data_hash,
+        flags,
+        hmac_secret,
+        number_of_credentials,
+    } = assertion;
+    let Candidate { credential, policy } = candidate;
     let owner = claimed(owner, user, shared).await?;
+    // §12.5: a credential made without hmac-secret gives no output.
+    let hmac_output = match (hmac_secret, &policy.wrapped_cred_random) {
+        (Some(request), Some(wrapped)) => {
+            let cred_random = owner.open_cred_random(user, &credential.id, wrapped)?;
+            Some(request.output(&cred_random, flags.contains(Flags::UV), &shared.rng)?)
+        }
+        _ => None,
+    };
     let counter = shared
         .store
         .increment_sign_count(user, owner.epoch, &credential.id)
         .await?
         .ok_or(Ctap2Error::NoCredentials)?;
 
-    let auth_data = authenticator_data(rp_id, counter, flags);
+    let mut auth_data = authenticator_data(rp_id, counter, flags);
+    if let Some(outputs) = extensions::assertion_outputs(hmac_output)? {
+        auth_data.extensions = Some(outputs);
+        auth_data = auth_data.set_flags(Flags::ED);
+    }
     let mut signed = auth_data.to_vec();
     signed.extend_from_slice(client_data_hash);
-    let key_pair = owner.signing_key(user, credential, &shared.rng)?;
+    let key_pair = owner.signing_key(user, credential, policy.algorithm, &shared.rng)?;
     let signature = keys::sign(key_pair, &signed, &shared.rng)?;
 
     // A discoverable credential names its user (at least the id, CTAP 2.1

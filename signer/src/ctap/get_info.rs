@@ -1,50 +1,104 @@
 //! authenticatorGetInfo (CTAP 2.1 §6.4): what this security key says it can
 //! do. Built once per process; it depends only on the configured AAGUID.
 //!
-//! Deliberately not advertised: `uv` and `clientPin` (no PIN/UV auth
-//! protocol is implemented, and clients such as python-fido2 refuse a
-//! `uv=true` key that offers none), extensions, and PIN protocols.
+//! What it claims, and why:
+//! - `uv: true`: built-in user verification, performed by the admin's OBR
+//!   session or the user's device approval (see `Caller::verify_user`);
+//! - `makeCredUvNotRqd: true`: platforms may create credentials without
+//!   UV (python-fido2 and browsers otherwise always ask for it);
+//! - `pinUvAuthProtocols [2, 1]`: the protocols hmac-secret's shared
+//!   secret runs on (authenticatorClientPIN getKeyAgreement); python-fido2
+//!   needs one to use `uv` or hmac-secret at all.
+//!
+//! Deliberately not claimed: `clientPin` (no PIN exists: absent means "not
+//! supported", so platforms never prompt for one) and `pinUvAuthToken`
+//! (UV is the `uv` option of each request, never a token: platforms then
+//! send `uv` instead of calling getPinUvAuthTokenUsingUvWithPermissions).
+//! Built as a CBOR value because passkey-types' getInfo structure lacks
+//! `makeCredUvNotRqd`.
 
-use std::num::NonZeroU128;
-
+use ciborium::value::Value;
+use coset::iana::EnumI64 as _;
 use obr_proto::MAX_CTAP_MESSAGE;
 use passkey_types::ctap2::Aaguid;
-use passkey_types::ctap2::get_info::{Options, Response, Version};
-use passkey_types::webauthn::{
-    AuthenticatorTransport, PublicKeyCredentialParameters, PublicKeyCredentialType,
-};
 
-use super::codec::{EncodeError, encode_ok};
-use super::keys::ES256;
+use super::client_pin::PinUvAuthProtocol;
+use super::codec::{EncodeError, encode_value};
+use super::extensions::{CRED_PROTECT, HMAC_SECRET};
+use super::keys::Algorithm;
+
+/// CTAP 2.1 §6.4: authenticatorGetInfo response members.
+const VERSIONS: i64 = 0x01;
+const EXTENSIONS: i64 = 0x02;
+const AAGUID: i64 = 0x03;
+const OPTIONS: i64 = 0x04;
+const MAX_MSG_SIZE: i64 = 0x05;
+const PIN_UV_AUTH_PROTOCOLS: i64 = 0x06;
+const TRANSPORTS: i64 = 0x09;
+const ALGORITHMS: i64 = 0x0A;
 
 /// The encoded authenticatorGetInfo answer (status byte + CBOR).
 pub(super) fn encode(aaguid: Aaguid) -> Result<Vec<u8>, EncodeError> {
-    encode_ok(&response(aaguid))
+    encode_value(response(aaguid))
 }
 
-fn response(aaguid: Aaguid) -> Response {
-    Response {
-        versions: vec![Version::FIDO_2_0, Version::FIDO_2_1],
-        aaguid,
-        options: Some(Options {
-            // Discoverable credentials are stored; user presence is implied
-            // by the browser action that reached us; a roaming key, not a
-            // platform one.
-            rk: true,
-            up: true,
-            plat: false,
-            ..Options::default()
-        }),
+fn response(aaguid: Aaguid) -> Value {
+    let int = |i: i64| Value::Integer(i.into());
+    let text = |s: &str| Value::Text(s.to_owned());
+    let option = |name: &str, value: bool| (text(name), Value::Bool(value));
+    Value::Map(vec![
+        (
+            int(VERSIONS),
+            Value::Array(vec![text("FIDO_2_0"), text("FIDO_2_1")]),
+        ),
+        (
+            int(EXTENSIONS),
+            Value::Array(vec![text(CRED_PROTECT), text(HMAC_SECRET)]),
+        ),
+        (int(AAGUID), Value::Bytes(aaguid.0.to_vec())),
+        (
+            int(OPTIONS),
+            Value::Map(vec![
+                // A roaming key, not a platform one.
+                option("plat", false),
+                // Discoverable credentials are stored.
+                option("rk", true),
+                // User presence is implied by the browser action that
+                // reached us.
+                option("up", true),
+                option("uv", true),
+                option("makeCredUvNotRqd", true),
+            ]),
+        ),
         // CTAP 2.1 §11.2.4: the most a CTAPHID transport can carry.
-        max_msg_size: u128::try_from(MAX_CTAP_MESSAGE)
-            .ok()
-            .and_then(NonZeroU128::new),
-        algorithms: Some(vec![PublicKeyCredentialParameters {
-            ty: PublicKeyCredentialType::PublicKey,
-            alg: ES256,
-        }]),
+        (
+            int(MAX_MSG_SIZE),
+            Value::Integer(u64::try_from(MAX_CTAP_MESSAGE).unwrap_or(u64::MAX).into()),
+        ),
+        (
+            int(PIN_UV_AUTH_PROTOCOLS),
+            Value::Array(
+                PinUvAuthProtocol::SUPPORTED
+                    .iter()
+                    .map(|&p| Value::Integer(p.into()))
+                    .collect(),
+            ),
+        ),
         // The agent presents this key to the browser as a USB HID device.
-        transports: Some(vec![AuthenticatorTransport::Usb]),
-        ..Response::default()
-    }
+        (int(TRANSPORTS), Value::Array(vec![text("usb")])),
+        (
+            int(ALGORITHMS),
+            Value::Array(
+                Algorithm::SUPPORTED
+                    .iter()
+                    .map(|a| {
+                        Value::Map(vec![
+                            (text("alg"), int(a.cose().to_i64())),
+                            (text("type"), text("public-key")),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+    ])
 }

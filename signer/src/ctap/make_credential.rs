@@ -1,27 +1,29 @@
-//! authenticatorMakeCredential (CTAP 2.1 §6.1): create an ES256 credential,
-//! wrap its private key, store it fenced by this activation's epoch, and
-//! answer with "none" attestation.
+//! authenticatorMakeCredential (CTAP 2.1 §6.1): create an ES256 or EdDSA
+//! credential, wrap its private key (and its hmac-secret CredRandoms),
+//! store it with its credProtect level, fenced by this activation's epoch,
+//! and answer with the configured attestation ("packed" or "none").
 //!
-//! Follows the numbered steps of §6.1.2 where they apply to a key with no
-//! PIN/UV auth protocol, no display and no extensions. Never returns or
-//! logs the private key; its PKCS#8 form is dropped once wrapped.
+//! Follows the numbered steps of §6.1.2 where they apply to a key with
+//! built-in user verification, no PIN and no display. Never returns or logs
+//! the private key; its PKCS#8 form is dropped once wrapped.
 
 use ciborium::value::Value;
 use coset::iana::EnumI64 as _;
 use passkey_types::ctap2::make_credential::{Request, Response};
-use passkey_types::ctap2::{AttestedCredentialData, Ctap2Error};
+use passkey_types::ctap2::{AttestedCredentialData, Ctap2Error, Flags};
 use passkey_types::webauthn::PublicKeyCredentialType;
 use ring::rand::SecureRandom;
 
-use crate::api::{CreatedCredential, ObrActing};
+use crate::api::CreatedCredential;
 use crate::ids::{CREDENTIAL_ID_LEN, CredentialId};
 use crate::store::{NewCredential, now_ms};
 
 use super::codec::{Kind, Param, Params, encode_ok};
-use super::keys::{self, ES256};
+use super::extensions::{CreateInputs, CredProtect, CredRandom};
+use super::keys::{self, Algorithm};
 use super::{
-    Authenticator, CommandError, Success, authenticator_data, check_uv_option, claimed,
-    refuse_pin_uv_auth, response_flags,
+    Authenticator, Caller, CommandError, Success, authenticator_data, claimed, refuse_pin_uv_auth,
+    response_flags,
 };
 
 /// CTAP 2.1 §6.1: authenticatorMakeCredential parameters.
@@ -57,14 +59,12 @@ const MAX_RP_ID_LEN: usize = 253;
 /// CTAP 2.1 §6.1.2 step 17 / WebAuthn L3 §6.4.1: authenticators may
 /// truncate user names and display names to 64 bytes.
 const MAX_STORED_NAME_LEN: usize = 64;
-/// The attestation statement format: no attestation (WebAuthn L3 §8.7).
-const ATTESTATION_NONE: &str = "none";
 
 impl Authenticator {
     pub(super) async fn make_credential(
         &mut self,
         params: &[u8],
-        obr: Option<&ObrActing>,
+        caller: Caller<'_>,
     ) -> Result<Success, CommandError> {
         let mut params = Params::parse(params, SCHEMA)?;
         // CTAP 2.1 §6.1.2 step 9: enterprise attestation is not supported.
@@ -72,26 +72,27 @@ impl Authenticator {
             return Err(Ctap2Error::InvalidParameter.into());
         }
         default_optional_user_names(&mut params);
+        let extensions = CreateInputs::parse(params.get(EXTENSIONS))?;
         let request: Request = params.decode()?;
 
-        // Steps 1–2: no PIN/UV auth protocol.
+        // Steps 1–2: no pinUvAuthToken is ever issued.
         refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
-        // Step 3: the first supported entry, in the RP's order of preference;
-        // ES256 is the only algorithm supported, so it is that one or none.
-        // (passkey-types already dropped entries it cannot decode.)
-        if !request
+        // Step 3: the first supported entry, in the RP's order of
+        // preference. (passkey-types already dropped entries it cannot
+        // decode.)
+        let algorithm = request
             .pub_key_cred_params
             .iter()
-            .any(|p| p.ty == PublicKeyCredentialType::PublicKey && p.alg == ES256)
-        {
-            return Err(Ctap2Error::UnsupportedAlgorithm.into());
-        }
+            .filter(|p| p.ty == PublicKeyCredentialType::PublicKey)
+            .find_map(|p| Algorithm::from_cose(p.alg.to_i64()))
+            .ok_or(Ctap2Error::UnsupportedAlgorithm)?;
         // Step 5: options. "rk" is supported (getInfo says so); "up" must
         // not be false.
-        check_uv_option(request.options.uv, obr)?;
         if !request.options.up {
             return Err(Ctap2Error::InvalidOption.into());
         }
+        // Step 11: built-in user verification, when asked for.
+        let user_verified = caller.verify_user(request.options.uv)?;
         let discoverable = request.options.rk;
         let rp_id = request.rp.id.as_str();
         let user_handle = request.user.id.as_slice();
@@ -103,17 +104,20 @@ impl Authenticator {
         }
 
         let owner = claimed(&mut self.owner, &self.user, &self.shared).await?;
-        // Step 12: a listed credential of this user bound to this RP.
+        // Step 12: a listed credential of this user bound to this RP; one
+        // that requires UV (credProtect 3) is invisible, and so does not
+        // exclude, unless the user was verified.
         if let Some(exclude_list) = request.exclude_list.as_ref().filter(|l| !l.is_empty()) {
             let existing = self
                 .shared
                 .store
-                .credentials_for_rp(&self.user, rp_id)
+                .credential_policies(&self.user, rp_id)
                 .await?;
             let excluded = exclude_list
                 .iter()
                 .filter(|d| d.is_known())
-                .any(|d| existing.iter().any(|c| c.id.as_bytes() == d.id.as_slice()));
+                .filter_map(|d| existing.iter().find(|c| c.id.as_bytes() == d.id.as_slice()))
+                .any(|c| CredProtect::from_stored(c.cred_protect).permits(user_verified, true));
             if excluded {
                 return Err(Ctap2Error::CredentialExcluded.into());
             }
@@ -121,13 +125,26 @@ impl Authenticator {
 
         // Step 16: a new key pair, wrapped before anything is stored.
         let credential_id = new_credential_id(&self.shared.rng)?;
-        let (wrapped, key_pair) = keys::generate(&self.shared.rng, |pkcs8| {
+        let (wrapped, key_pair) = keys::generate(algorithm, &self.shared.rng, |pkcs8| {
             owner
                 .data_key
                 .seal_private_key(&self.user, &credential_id, pkcs8, &self.shared.rng)
                 .map_err(CommandError::from)
         })?;
         let public_key = keys::cose_public_key(&key_pair)?;
+        // §12.5: hmac-secret's two CredRandoms, wrapped like the key.
+        let wrapped_cred_random = if extensions.hmac_secret {
+            let cred_random = CredRandom::generate(&self.shared.rng)?;
+            Some(owner.seal_cred_random(
+                &self.user,
+                &credential_id,
+                &cred_random,
+                &self.shared.rng,
+            )?)
+        } else {
+            None
+        };
+        let cred_protect = extensions.cred_protect.unwrap_or(CredProtect::Optional);
 
         // Steps 17–18: store it; a discoverable one replaces the previous
         // discoverable credential of this RP and user handle.
@@ -147,10 +164,12 @@ impl Authenticator {
                     user_name,
                     user_display_name,
                     discoverable,
-                    algorithm: ES256.to_i64(),
+                    algorithm: algorithm.cose().to_i64(),
                     wrapped_private_key: &wrapped,
                     created_at_ms: now_ms(),
-                    created_by: obr,
+                    created_by: caller.obr,
+                    cred_protect: cred_protect.level(),
+                    wrapped_cred_random: wrapped_cred_random.as_ref(),
                 },
             )
             .await?;
@@ -159,19 +178,30 @@ impl Authenticator {
             .keys
             .get_or_load(&credential_id, || Ok::<_, CommandError>(key_pair))?;
 
-        // Step 19: "none" attestation; step 14's presence is the browser
-        // action that reached us (up is never false here, see step 5).
+        // Step 19: the configured attestation; step 14's presence is the
+        // browser action that reached us (up is never false here, see step
+        // 5). Extension outputs (§12.1, §12.5) go in authenticatorData.
         let attested = AttestedCredentialData::new(
             self.shared.aaguid,
             credential_id.as_bytes().to_vec(),
             public_key,
         )
         .map_err(|_| Ctap2Error::Other)?;
+        let mut auth_data = authenticator_data(rp_id, 0, response_flags(true, user_verified))
+            .set_attested_credential_data(attested);
+        if let Some(outputs) = extensions.outputs()? {
+            auth_data.extensions = Some(outputs);
+            auth_data = auth_data.set_flags(Flags::ED);
+        }
+        let statement = self.shared.attestation.statement(
+            &auth_data.to_vec(),
+            &request.client_data_hash,
+            &self.shared.rng,
+        )?;
         let response = Response {
-            fmt: ATTESTATION_NONE.to_owned(),
-            auth_data: authenticator_data(rp_id, 0, response_flags(true, request.options.uv, obr))
-                .set_attested_credential_data(attested),
-            att_stmt: Value::Map(Vec::new()),
+            fmt: statement.fmt.to_owned(),
+            auth_data,
+            att_stmt: statement.att_stmt,
             ep_att: None,
             large_blob_key: None,
             unsigned_extension_outputs: None,
@@ -182,7 +212,11 @@ impl Authenticator {
             rp_id,
             discoverable,
             replaced,
-            on_behalf_of = obr.map(|o| o.admin_id.as_str()),
+            algorithm = ?algorithm,
+            cred_protect = cred_protect.level(),
+            hmac_secret = extensions.hmac_secret,
+            attestation = statement.fmt,
+            on_behalf_of = caller.obr.map(|o| o.admin_id.as_str()),
             "credential created"
         );
         Ok(Success {

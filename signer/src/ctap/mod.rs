@@ -6,13 +6,18 @@
 //! 2.1 §6 and §8) and always produces a status byte + CBOR answer: every
 //! failure is mapped to its status in exactly one place
 //! ([`CommandError::status`]). Commands live in their own modules
-//! (`get_info`, `make_credential`, `get_assertion`); request decoding and
-//! response encoding in `codec`, keys in `keys`.
+//! (`get_info`, `make_credential`, `get_assertion`, `client_pin`); request
+//! decoding and response encoding in `codec`, keys in `keys`, the
+//! credProtect and hmac-secret extensions in `extensions`, attestation
+//! statements in `attestation`.
 //!
 //! Knows nothing of actors, threads or gRPC: the caller serializes calls
 //! (one `&mut self` at a time). Never logs key material or request payloads.
 
+pub(crate) mod attestation;
+mod client_pin;
 mod codec;
+mod extensions;
 mod get_assertion;
 mod get_info;
 mod keys;
@@ -23,17 +28,19 @@ use std::sync::Arc;
 use passkey_crypto::rust_crypto::RustCryptoBackend;
 use passkey_types::ctap2::{Aaguid, AuthenticatorData, Ctap2Error, Flags};
 use ring::rand::SystemRandom;
-use ring::signature::EcdsaKeyPair;
 
-use crate::api::{CreatedCredential, ObrActing};
+use crate::api::{CreatedCredential, ObrActing, UserApproval};
 use crate::error::SignerError;
 use crate::ids::{CredentialId, UserId};
 use crate::store::{Store, StoreError, StoredCredential};
-use crate::vault::{DataKey, Kek, VaultError};
+use crate::vault::{DataKey, Kek, VaultError, WrappedKey};
 
+use self::attestation::Attestation;
+use self::client_pin::KeyAgreementKey;
 use self::codec::{DecodeError, EncodeError, STATUS_OK};
+use self::extensions::CredRandom;
 use self::get_assertion::PendingAssertions;
-use self::keys::{KeyCache, KeyError};
+use self::keys::{Algorithm, KeyCache, KeyError, SigningKey};
 
 /// CTAP 2.1 §6: authenticator API command bytes.
 const CMD_MAKE_CREDENTIAL: u8 = 0x01;
@@ -51,20 +58,59 @@ pub(crate) struct Shared {
     pub kek: Kek,
     pub aaguid: Aaguid,
     pub rng: SystemRandom,
+    /// How makeCredential attests new credentials.
+    pub attestation: Attestation,
     /// The authenticatorGetInfo answer, which never changes: encoded once.
     get_info: Vec<u8>,
 }
 
 impl Shared {
-    pub(crate) fn new(store: Store, kek: Kek, aaguid: [u8; 16]) -> Result<Self, EncodeError> {
+    pub(crate) fn new(
+        store: Store,
+        kek: Kek,
+        aaguid: [u8; 16],
+        attestation: Attestation,
+    ) -> Result<Self, EncodeError> {
         let aaguid = Aaguid::from(aaguid);
         Ok(Self {
             store,
             kek,
             aaguid,
             rng: SystemRandom::new(),
+            attestation,
             get_info: get_info::encode(aaguid)?,
         })
+    }
+}
+
+/// Who stands behind a call, for user verification (see
+/// [`Caller::verify_user`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Caller<'a> {
+    /// The admin acting on the user's behalf (on-behalf registration).
+    pub obr: Option<&'a ObrActing>,
+    /// The user approved this call on their device.
+    pub approval: Option<&'a UserApproval>,
+}
+
+impl Caller<'_> {
+    /// CTAP 2.1 §6.1.2 step 11 / §6.2.2 step 7 ("uv" option): this key's
+    /// built-in user verification. The user is verified either by the
+    /// admin's authenticated, audited OBR session, or by the user's own
+    /// approval on their device. Without either, verification cannot be
+    /// performed right now, and the spec's answer for a refused built-in
+    /// verification is `CTAP2_ERR_OPERATION_DENIED`. (Not UV_BLOCKED: that
+    /// tells platforms to fall back to a PIN, which this key has none of.)
+    /// Returns whether the user is verified.
+    fn verify_user(self, uv_requested: bool) -> Result<bool, CommandError> {
+        if !uv_requested {
+            return Ok(false);
+        }
+        if self.obr.is_some() || self.approval.is_some() {
+            Ok(true)
+        } else {
+            Err(Ctap2Error::OperationDenied.into())
+        }
     }
 }
 
@@ -175,15 +221,58 @@ impl Owner {
         &mut self,
         user: &UserId,
         credential: &StoredCredential,
+        algorithm: i64,
         rng: &SystemRandom,
-    ) -> Result<&EcdsaKeyPair, CommandError> {
+    ) -> Result<&SigningKey, CommandError> {
         let data_key = &self.data_key;
         self.keys.get_or_load(&credential.id, || {
+            let algorithm =
+                Algorithm::from_cose(algorithm).ok_or(KeyError::Algorithm(algorithm))?;
             let pkcs8 =
                 data_key.open_private_key(user, &credential.id, &credential.wrapped_private_key)?;
-            Ok(keys::load(&pkcs8, rng)?)
+            Ok(keys::load(algorithm, &pkcs8, rng)?)
         })
     }
+
+    /// Seal a credential's hmac-secret CredRandoms under the data key.
+    /// They are bound to the user and to [`cred_random_binding`] of the
+    /// credential, so they never open as that credential's private key.
+    fn seal_cred_random(
+        &self,
+        user: &UserId,
+        credential: &CredentialId,
+        cred_random: &CredRandom,
+        rng: &SystemRandom,
+    ) -> Result<WrappedKey, CommandError> {
+        let binding = cred_random_binding(credential)?;
+        Ok(self
+            .data_key
+            .seal_private_key(user, &binding, cred_random.as_bytes(), rng)?)
+    }
+
+    fn open_cred_random(
+        &self,
+        user: &UserId,
+        credential: &CredentialId,
+        wrapped: &WrappedKey,
+    ) -> Result<CredRandom, CommandError> {
+        let binding = cred_random_binding(credential)?;
+        let plain = self.data_key.open_private_key(user, &binding, wrapped)?;
+        CredRandom::from_unwrapped(plain).ok_or(CommandError::Vault(VaultError::Malformed))
+    }
+}
+
+/// Suffix that separates a credential's CredRandom ciphertext from its
+/// private-key ciphertext in the vault's associated data.
+const CRED_RANDOM_BINDING_SUFFIX: &[u8] = b"/hmac-secret";
+
+/// The id a credential's CredRandoms are sealed under: its id followed by
+/// [`CRED_RANDOM_BINDING_SUFFIX`]. Never a credential id itself: ours are
+/// exactly `CREDENTIAL_ID_LEN` random bytes.
+fn cred_random_binding(credential: &CredentialId) -> Result<CredentialId, CommandError> {
+    let mut binding = credential.as_bytes().to_vec();
+    binding.extend_from_slice(CRED_RANDOM_BINDING_SUFFIX);
+    CredentialId::new(binding).map_err(|_| Ctap2Error::Other.into())
 }
 
 /// One user's security key.
@@ -192,6 +281,8 @@ pub(crate) struct Authenticator {
     shared: Arc<Shared>,
     owner: Option<Owner>,
     pending: Option<PendingAssertions>,
+    /// The key-agreement key of the last getKeyAgreement, until used.
+    key_agreement: Option<KeyAgreementKey>,
 }
 
 impl Authenticator {
@@ -201,11 +292,12 @@ impl Authenticator {
             shared,
             owner: None,
             pending: None,
+            key_agreement: None,
         }
     }
 
     /// Answer one CTAP message (command byte + CBOR parameters).
-    pub(crate) async fn handle(&mut self, message: &[u8], obr: Option<&ObrActing>) -> Outcome {
+    pub(crate) async fn handle(&mut self, message: &[u8], caller: Caller<'_>) -> Outcome {
         let Some((&command, params)) = message.split_first() else {
             return Outcome::status(Ctap2Error::InvalidCommand);
         };
@@ -215,8 +307,8 @@ impl Authenticator {
             self.pending = None;
         }
         let result = match command {
-            CMD_MAKE_CREDENTIAL => self.make_credential(params, obr).await,
-            CMD_GET_ASSERTION => self.get_assertion(params, obr).await,
+            CMD_MAKE_CREDENTIAL => self.make_credential(params, caller).await,
+            CMD_GET_ASSERTION => self.get_assertion(params, caller).await,
             CMD_GET_INFO => Ok(Success::payload(self.shared.get_info.clone())),
             CMD_GET_NEXT_ASSERTION => self.get_next_assertion().await,
             // CTAP 2.1 §6.9: nothing to select among; presence is implied.
@@ -224,10 +316,7 @@ impl Authenticator {
             // CTAP 2.1 §6.6 lets an authenticator refuse a reset; an admin
             // resets a user's key through the panel, never a browser.
             CMD_RESET => Err(Ctap2Error::OperationDenied.into()),
-            // No PIN/UV auth protocol is implemented (getInfo does not
-            // advertise clientPin), so authenticatorClientPIN is as unknown
-            // as any other command.
-            CMD_CLIENT_PIN => Err(Ctap2Error::InvalidCommand.into()),
+            CMD_CLIENT_PIN => self.client_pin(params),
             _ => Err(Ctap2Error::InvalidCommand.into()),
         };
         match result {
@@ -273,6 +362,39 @@ impl Authenticator {
             self.owner = None;
         }
         Ok(deleted?)
+    }
+
+    /// Reset the whole key (the panel's action, by an admin): delete every
+    /// credential and replace the user's data key, fenced like every write.
+    /// Returns how many credentials were deleted.
+    pub(crate) async fn reset(&mut self) -> Result<u64, CommandError> {
+        self.pending = None;
+        self.key_agreement = None;
+        let owner = claimed(&mut self.owner, &self.user, &self.shared).await?;
+        let fresh_key = DataKey::generate(&self.shared.rng)?;
+        let wrapped = self
+            .shared
+            .kek
+            .wrap_data_key(&self.user, &fresh_key, &self.shared.rng)?;
+        let reset = self
+            .shared
+            .store
+            .reset_user_key(&self.user, owner.epoch, &wrapped, self.shared.kek.id())
+            .await;
+        match reset {
+            Ok(deleted) => {
+                owner.data_key = fresh_key;
+                owner.keys = KeyCache::default();
+                tracing::info!(user = %self.user, deleted, "security key reset");
+                Ok(deleted)
+            }
+            Err(error) => {
+                // Fenced, or not written: forget the claim either way; the
+                // next call reads the data key afresh.
+                self.owner = None;
+                Err(error.into())
+            }
+        }
     }
 
     /// Drop any getNextAssertion state (the caller gave up on a command).
@@ -322,7 +444,12 @@ fn authenticator_data(rp_id: &str, counter: u32, flags: Flags) -> AuthenticatorD
 }
 
 /// The authenticatorData flags of a makeCredential or getAssertion answer.
-fn response_flags(user_present: bool, uv_requested: bool, obr: Option<&ObrActing>) -> Flags {
+/// `user_verified` comes from [`Caller::verify_user`]: set only when the
+/// platform asked for `uv` and the admin's OBR session or the user's own
+/// device approval stands for it. Unasked, UV stays clear: the flag says
+/// what was verified, and an RP that saw UV at registration demands it at
+/// every later sign-in.
+fn response_flags(user_present: bool, user_verified: bool) -> Flags {
     // BE | BS: the key is held by the cloud signer and its wrapped form sits
     // in the replicated durable database, so it is backup-eligible and
     // backed up (WebAuthn L3 §6.1, "multi-device credential"); RPs should
@@ -331,41 +458,32 @@ fn response_flags(user_present: bool, uv_requested: bool, obr: Option<&ObrActing
     if user_present {
         flags |= Flags::UP;
     }
-    // On-behalf registration: the admin's authenticated, audited OBR session
-    // stands for user verification when the platform asks for it (the "uv"
-    // option). Unasked, UV stays clear: the flag says what was verified, and
-    // an RP that saw UV at registration demands it at every later sign-in.
-    // Nothing else sets UV yet.
-    if uv_requested && obr.is_some() {
+    if user_verified {
         flags |= Flags::UV;
     }
     flags
 }
 
-/// CTAP 2.1 §6.1.2 steps 1–2 (and §6.2.2 alike): this authenticator
-/// implements no PIN/UV auth protocol, so a pinUvAuthParam is either
-/// missing its protocol or names one that is not supported.
+/// CTAP 2.1 §6.1.2 steps 1–2 (and §6.2.2 alike) for a key that never
+/// issues a pinUvAuthToken (no `clientPin`, no `pinUvAuthToken` in
+/// getInfo): a zero-length pinUvAuthParam (a platform's touch probe) is
+/// `CTAP2_ERR_PIN_NOT_SET`; one without its protocol
+/// `CTAP2_ERR_MISSING_PARAMETER`; with an unsupported protocol
+/// `CTAP1_ERR_INVALID_PARAMETER`; any other cannot verify against a token
+/// that does not exist: `CTAP2_ERR_PIN_AUTH_INVALID`.
 fn refuse_pin_uv_auth(
     pin_uv_auth_param: Option<&passkey_types::Bytes>,
     pin_uv_auth_protocol: Option<u8>,
 ) -> Result<(), CommandError> {
-    match (pin_uv_auth_param, pin_uv_auth_protocol) {
-        (None, _) => Ok(()),
-        (Some(_), None) => Err(Ctap2Error::MissingParameter.into()),
-        (Some(_), Some(_)) => Err(Ctap2Error::InvalidParameter.into()),
+    let Some(param) = pin_uv_auth_param else {
+        return Ok(());
+    };
+    if param.is_empty() {
+        return Err(Ctap2Error::PinNotSet.into());
     }
-}
-
-/// CTAP 2.1 §6.1.2 step 5 / §6.2.2 options processing: "If the "uv" option
-/// is true then: If the authenticator does not support a built-in user
-/// verification method end the operation by returning
-/// CTAP2_ERR_INVALID_OPTION." An OBR call is verified by the admin's
-/// session, so it is accepted there.
-fn check_uv_option(uv: bool, obr: Option<&ObrActing>) -> Result<(), CommandError> {
-    if uv && obr.is_none() {
-        return Err(Ctap2Error::InvalidOption.into());
-    }
-    Ok(())
+    let protocol = pin_uv_auth_protocol.ok_or(Ctap2Error::MissingParameter)?;
+    client_pin::PinUvAuthProtocol::from_wire(u64::from(protocol))?;
+    Err(Ctap2Error::PinAuthInvalid.into())
 }
 
 #[cfg(test)]

@@ -166,7 +166,13 @@ fn responses_are_canonical_cbor() {
 
 async fn authenticator() -> Authenticator {
     let store = Store::open("sqlite::memory:", 1).await.unwrap();
-    let shared = Shared::new(store, Kek::from_bytes([3; 32]), DEFAULT_AAGUID).unwrap();
+    let shared = Shared::new(
+        store,
+        Kek::from_bytes([3; 32]),
+        DEFAULT_AAGUID,
+        Attestation::None,
+    )
+    .unwrap();
     Authenticator::new(UserId::new("alice").unwrap(), Arc::new(shared))
 }
 
@@ -210,11 +216,13 @@ async fn get_next_assertion_expires_thirty_seconds_after_the_last_assertion() {
     let mut authenticator = authenticator().await;
     for handle in [b"a", b"b"] {
         let outcome = authenticator
-            .handle(&make_credential(handle, "x"), None)
+            .handle(&make_credential(handle, "x"), Caller::default())
             .await;
         assert_eq!(outcome.payload[0], STATUS_OK);
     }
-    let outcome = authenticator.handle(&get_assertion(), None).await;
+    let outcome = authenticator
+        .handle(&get_assertion(), Caller::default())
+        .await;
     assert_eq!(outcome.payload[0], STATUS_OK);
     let pending = authenticator.pending.as_mut().expect("enumeration state");
     let window = pending.expires_at - tokio::time::Instant::now();
@@ -222,7 +230,9 @@ async fn get_next_assertion_expires_thirty_seconds_after_the_last_assertion() {
 
     // 30 s later (time moved by hand: the store's I/O runs on real threads).
     pending.expires_at = tokio::time::Instant::now() - Duration::from_millis(1);
-    let outcome = authenticator.handle(&[CMD_GET_NEXT_ASSERTION], None).await;
+    let outcome = authenticator
+        .handle(&[CMD_GET_NEXT_ASSERTION], Caller::default())
+        .await;
     assert_eq!(outcome.payload, vec![u8::from(Ctap2Error::NotAllowed)]);
     assert!(
         authenticator.pending.is_none(),
@@ -236,7 +246,7 @@ async fn long_names_are_truncated_on_a_character_boundary() {
     // 40 two-byte characters: 80 bytes; 64 bytes is 32 characters.
     let name = "é".repeat(40);
     let outcome = authenticator
-        .handle(&make_credential(b"h", &name), None)
+        .handle(&make_credential(b"h", &name), Caller::default())
         .await;
     let created = outcome.created.expect("created");
     assert_eq!(created.user_name, "é".repeat(32));
@@ -248,8 +258,224 @@ async fn long_names_are_truncated_on_a_character_boundary() {
 async fn a_user_handle_longer_than_64_bytes_is_refused() {
     let mut authenticator = authenticator().await;
     let outcome = authenticator
-        .handle(&make_credential(&[7; 65], "x"), None)
+        .handle(&make_credential(&[7; 65], "x"), Caller::default())
         .await;
     assert_eq!(outcome.payload, vec![u8::from(Ctap2Error::InvalidLength)]);
     assert!(!outcome.fenced);
+}
+
+mod pin_uv_auth_protocols {
+    //! CTAP 2.1 §6.5.6/§6.5.7 from both ends: the platform half in
+    //! `client_pin::test_support`, the authenticator half under test.
+
+    use ring::agreement::{ECDH_P256, EphemeralPrivateKey};
+
+    use super::super::client_pin::test_support::{authenticate, encapsulate};
+    use super::super::client_pin::{KeyAgreementKey, PinUvAuthProtocol, SharedSecret};
+    use super::*;
+
+    fn key_agreement() -> (KeyAgreementKey, Value) {
+        let rng = SystemRandom::new();
+        let private = EphemeralPrivateKey::generate(&ECDH_P256, &rng).unwrap();
+        let public = private.compute_public_key().unwrap();
+        let (x, y) = public.as_ref()[1..].split_at(32);
+        let cose = Value::Map(vec![
+            (int(1), int(2)),
+            (int(3), int(-25)),
+            (int(-1), int(1)),
+            (int(-2), Value::Bytes(x.to_vec())),
+            (int(-3), Value::Bytes(y.to_vec())),
+        ]);
+        (KeyAgreementKey::from_private(private), cose)
+    }
+
+    #[test]
+    fn both_protocols_agree_encrypt_and_authenticate_like_a_platform() {
+        let rng = SystemRandom::new();
+        for protocol in [PinUvAuthProtocol::One, PinUvAuthProtocol::Two] {
+            let (key, cose) = key_agreement();
+            let (platform_key, platform) = encapsulate(protocol, &cose, &rng);
+            let ours = SharedSecret::decapsulate(protocol, key, &platform_key).unwrap();
+
+            let message = [0x42u8; 64];
+            let ciphertext = platform.encrypt(&message, &rng).unwrap();
+            assert_eq!(
+                ciphertext.len(),
+                match protocol {
+                    PinUvAuthProtocol::One => 64,
+                    PinUvAuthProtocol::Two => 80,
+                }
+            );
+            assert_eq!(ours.decrypt(&ciphertext).unwrap().as_slice(), &message);
+            let mac = authenticate(&platform, &ciphertext);
+            assert!(ours.verify(&ciphertext, &mac));
+            // A MAC of the other protocol's length, or one bit off, fails.
+            assert!(!ours.verify(&ciphertext, &mac[..mac.len() / 2]));
+            let mut flipped = mac.clone();
+            flipped[0] ^= 1;
+            assert!(!ours.verify(&ciphertext, &flipped));
+            // Not whole blocks.
+            assert_eq!(
+                ours.decrypt(&ciphertext[..ciphertext.len() - 1])
+                    .unwrap_err()
+                    .status(),
+                Ctap2Error::InvalidLength
+            );
+        }
+    }
+
+    #[test]
+    fn a_peer_key_that_is_not_a_p256_point_is_an_invalid_parameter() {
+        let (_, cose) = key_agreement();
+        let with = |label: i64, value: Value| {
+            let Value::Map(mut members) = cose.clone() else {
+                unreachable!()
+            };
+            members.retain(|(k, _)| *k != int(label));
+            members.push((int(label), value));
+            Value::Map(members)
+        };
+        for (peer, status) in [
+            (
+                with(-2, Value::Bytes(vec![0; 32])),
+                Ctap2Error::InvalidParameter,
+            ),
+            (
+                with(-2, Value::Bytes(vec![1; 31])),
+                Ctap2Error::InvalidParameter,
+            ),
+            (with(-1, int(6)), Ctap2Error::InvalidParameter),
+            (with(1, int(1)), Ctap2Error::InvalidParameter),
+            (with(-3, text("y")), Ctap2Error::CborUnexpectedType),
+            (int(3), Ctap2Error::CborUnexpectedType),
+            (
+                Value::Map(vec![(int(1), int(2))]),
+                Ctap2Error::MissingParameter,
+            ),
+        ] {
+            let (key, _) = key_agreement();
+            let error = SharedSecret::decapsulate(PinUvAuthProtocol::Two, key, &peer).unwrap_err();
+            assert_eq!(error.status(), status, "{peer:?}");
+        }
+    }
+
+    #[test]
+    fn only_protocols_one_and_two_exist() {
+        assert!(PinUvAuthProtocol::from_wire(1).is_ok());
+        assert!(PinUvAuthProtocol::from_wire(2).is_ok());
+        for other in [0, 3, u64::MAX] {
+            assert_eq!(
+                PinUvAuthProtocol::from_wire(other).unwrap_err().status(),
+                Ctap2Error::InvalidParameter
+            );
+        }
+    }
+}
+
+mod policies {
+    use super::super::extensions::{CredProtect, CredRandom};
+    use super::*;
+
+    #[test]
+    fn cred_protect_follows_the_spec_table() {
+        // (level, user verified, by allowList) -> usable (CTAP 2.1 §12.1).
+        for (level, uv, listed, usable) in [
+            (CredProtect::Optional, false, false, true),
+            (CredProtect::Optional, false, true, true),
+            (
+                CredProtect::OptionalWithCredentialIdList,
+                false,
+                false,
+                false,
+            ),
+            (CredProtect::OptionalWithCredentialIdList, false, true, true),
+            (CredProtect::OptionalWithCredentialIdList, true, false, true),
+            (CredProtect::Required, false, true, false),
+            (CredProtect::Required, false, false, false),
+            (CredProtect::Required, true, false, true),
+            (CredProtect::Required, true, true, true),
+        ] {
+            assert_eq!(level.permits(uv, listed), usable, "{level:?} {uv} {listed}");
+        }
+        // Unknown stored levels are treated as the strictest.
+        assert_eq!(CredProtect::from_stored(0), CredProtect::Required);
+        assert_eq!(CredProtect::from_stored(9), CredProtect::Required);
+        for level in [1, 2, 3] {
+            assert_eq!(CredProtect::from_stored(level).level(), level);
+        }
+    }
+
+    #[test]
+    fn cred_randoms_are_64_bytes_and_their_binding_is_no_credential_id() {
+        let random = CredRandom::generate(&SystemRandom::new()).unwrap();
+        assert_eq!(random.as_bytes().len(), 64);
+        assert!(CredRandom::from_unwrapped(zeroize::Zeroizing::new(vec![0; 63])).is_none());
+        assert!(format!("{random:?}").ends_with("(..)"));
+        let id = CredentialId::new(vec![7; 32]).unwrap();
+        let binding = cred_random_binding(&id).unwrap();
+        assert_ne!(binding.as_bytes().len(), crate::ids::CREDENTIAL_ID_LEN);
+        assert!(binding.as_bytes().starts_with(id.as_bytes()));
+    }
+
+    #[test]
+    fn pin_uv_auth_params_are_refused_with_the_specs_codes() {
+        let param = |bytes: &[u8]| Some(passkey_types::Bytes::from(bytes.to_vec()));
+        for (p, protocol, status) in [
+            (param(&[]), Some(1), Ctap2Error::PinNotSet),
+            (param(&[1; 16]), None, Ctap2Error::MissingParameter),
+            (param(&[1; 16]), Some(7), Ctap2Error::InvalidParameter),
+            (param(&[1; 16]), Some(1), Ctap2Error::PinAuthInvalid),
+            (param(&[1; 32]), Some(2), Ctap2Error::PinAuthInvalid),
+        ] {
+            let error = refuse_pin_uv_auth(p.as_ref(), protocol).unwrap_err();
+            assert_eq!(error.status(), status);
+        }
+        assert!(refuse_pin_uv_auth(None, Some(1)).is_ok());
+    }
+
+    #[test]
+    fn only_an_obr_session_or_a_device_approval_verifies_the_user() {
+        let obr = ObrActing {
+            admin_id: "a".to_owned(),
+            obr_session_id: "s".to_owned(),
+        };
+        let approval = UserApproval::granted_by_device("phone");
+        assert!(!Caller::default().verify_user(false).unwrap());
+        assert_eq!(
+            Caller::default().verify_user(true).unwrap_err().status(),
+            Ctap2Error::OperationDenied
+        );
+        for caller in [
+            Caller {
+                obr: Some(&obr),
+                approval: None,
+            },
+            Caller {
+                obr: None,
+                approval: Some(&approval),
+            },
+        ] {
+            assert!(caller.verify_user(true).unwrap());
+            assert!(!caller.verify_user(false).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn random_bytes_through_the_dispatcher_never_panic() {
+    // A cheap in-process pass over the dispatcher itself (the public-API
+    // test sends 100k messages through the actors).
+    let mut authenticator = authenticator().await;
+    let rng = SystemRandom::new();
+    for round in 0..2_000u32 {
+        let mut len = [0u8; 1];
+        ring::rand::SecureRandom::fill(&rng, &mut len).unwrap();
+        let mut message = vec![0u8; usize::from(len[0] % 96) + 1];
+        ring::rand::SecureRandom::fill(&rng, &mut message).unwrap();
+        message[0] =
+            [CMD_MAKE_CREDENTIAL, CMD_GET_ASSERTION, CMD_CLIENT_PIN, 0x04][round as usize % 4];
+        let outcome = authenticator.handle(&message, Caller::default()).await;
+        assert!(!outcome.payload.is_empty());
+        assert!(!outcome.fenced);
+    }
 }

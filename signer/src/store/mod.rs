@@ -54,8 +54,14 @@ const SQLITE_SCHEME: &str = "sqlite:";
 const POSTGRES_SCHEMES: [&str; 2] = ["postgres:", "postgresql:"];
 
 /// The schema, embedded so the binary needs no migrations directory.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "authenticator",
+        include_str!("../../migrations/0002_authenticator.sql"),
+    ),
+];
 
 /// Run `$body` with `$pool` bound to the concrete pool inside `$pools` (a
 /// [`Pool`]): the code is written once and type-checked against each
@@ -182,6 +188,21 @@ pub(crate) struct NewCredential<'a> {
     pub wrapped_private_key: &'a WrappedKey,
     pub created_at_ms: i64,
     pub created_by: Option<&'a ObrActing>,
+    /// credProtect level (CTAP 2.1 §12.1), 1 to 3.
+    pub cred_protect: i64,
+    /// The wrapped hmac-secret CredRandoms, if the credential has them.
+    pub wrapped_cred_random: Option<&'a WrappedKey>,
+}
+
+/// What an assertion needs beyond [`StoredCredential`]: the key's
+/// algorithm and the credential's extension state (migration 0002).
+#[derive(Debug)]
+pub(crate) struct CredentialPolicy {
+    pub id: CredentialId,
+    /// COSE algorithm identifier.
+    pub algorithm: i64,
+    pub cred_protect: i64,
+    pub wrapped_cred_random: Option<WrappedKey>,
 }
 
 impl Store {
@@ -261,6 +282,63 @@ impl Store {
         })
     }
 
+    /// The algorithm and extension state of `user`'s credentials for
+    /// `rp_id` (the companion of [`Store::credentials_for_rp`]).
+    pub(crate) async fn credential_policies(
+        &self,
+        user: &UserId,
+        rp_id: &str,
+    ) -> Result<Vec<CredentialPolicy>, StoreError> {
+        const SELECT: &str = "SELECT credential_id, algorithm, cred_protect, wrapped_cred_random \
+             FROM credentials WHERE user_id = $1 AND rp_id = $2";
+        with_pool!(self.pool, pool => {
+            let rows = sqlx::query(SELECT)
+                .bind(user.as_str())
+                .bind(rp_id)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(credential_policy).collect()
+        })
+    }
+
+    /// Delete all of `user`'s credentials and replace their data key with
+    /// `new_data_key` (wrapped under `kek_id`), under the claimed `epoch`,
+    /// in one transaction. Returns how many credentials were deleted.
+    pub(crate) async fn reset_user_key(
+        &self,
+        user: &UserId,
+        epoch: i64,
+        new_data_key: &WrappedKey,
+        kek_id: &str,
+    ) -> Result<u64, StoreError> {
+        // Updating the user_keys row is the fencing check and, on
+        // PostgreSQL, locks that row against a concurrent claim to commit.
+        const REKEY: &str = "UPDATE user_keys SET wrapped_data_key = $3, kek_id = $4 \
+             WHERE user_id = $1 AND owner_epoch = $2";
+        const DELETE_ALL: &str = "DELETE FROM credentials WHERE user_id = $1";
+        with_pool!(self.pool, pool => {
+            let mut tx = pool.begin().await?;
+            let rekeyed = sqlx::query(REKEY)
+                .bind(user.as_str())
+                .bind(epoch)
+                .bind(new_data_key.as_bytes())
+                .bind(kek_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if rekeyed == 0 {
+                return Err(StoreError::Fenced);
+            }
+            let deleted = sqlx::query(DELETE_ALL)
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(deleted)
+        })
+    }
+
     /// Store a new credential under the claimed `epoch`. A discoverable
     /// credential replaces the user's discoverable credential for the same
     /// RP and user handle (CTAP 2.1 §6.1.2 step 17: "overwrite that
@@ -284,8 +362,10 @@ impl Store {
         const INSERT: &str = "INSERT INTO credentials \
                  (credential_id, user_id, rp_id, user_handle, user_name, user_display_name, \
                   discoverable, algorithm, wrapped_private_key, sign_count, created_seq, \
-                  created_at, created_by_admin, obr_session_id, last_used_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13, NULL)";
+                  created_at, created_by_admin, obr_session_id, last_used_at, \
+                  cred_protect, wrapped_cred_random) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13, NULL, \
+                     $14, $15)";
         with_pool!(self.pool, pool => {
             let mut tx = pool.begin().await?;
             let seq: Option<i64> = sqlx::query_scalar(NEXT_SEQ)
@@ -321,6 +401,8 @@ impl Store {
                 .bind(credential.created_at_ms)
                 .bind(credential.created_by.map(|obr| obr.admin_id.as_str()))
                 .bind(credential.created_by.map(|obr| obr.obr_session_id.as_str()))
+                .bind(credential.cred_protect)
+                .bind(credential.wrapped_cred_random.map(WrappedKey::as_bytes))
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -526,6 +608,7 @@ fn claim_from(row: &impl StoreRow) -> Result<Claim, StoreError> {
 fn algorithm_name(cose: i64) -> String {
     match cose {
         -7 => "ES256".to_owned(),
+        -8 => "EdDSA".to_owned(),
         other => format!("COSE({other})"),
     }
 }
@@ -539,6 +622,18 @@ fn stored_credential(row: &impl StoreRow) -> Result<StoredCredential, StoreError
         user_display_name: row.column("user_display_name")?,
         discoverable: row.column("discoverable")?,
         wrapped_private_key: WrappedKey::from_stored(row.column("wrapped_private_key")?),
+    })
+}
+
+fn credential_policy(row: &impl StoreRow) -> Result<CredentialPolicy, StoreError> {
+    Ok(CredentialPolicy {
+        id: CredentialId::new(row.column("credential_id")?)
+            .map_err(|_| StoreError::Corrupt("credential id"))?,
+        algorithm: row.column("algorithm")?,
+        cred_protect: row.column("cred_protect")?,
+        wrapped_cred_random: row
+            .column::<Option<Vec<u8>>>("wrapped_cred_random")?
+            .map(WrappedKey::from_stored),
     })
 }
 

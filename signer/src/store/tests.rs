@@ -97,6 +97,8 @@ async fn insert(
                 wrapped_private_key: &key,
                 created_at_ms: now_ms(),
                 created_by: None,
+                cred_protect: 1,
+                wrapped_cred_random: None,
             },
         )
         .await

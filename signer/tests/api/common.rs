@@ -33,6 +33,7 @@ pub fn call(user: &str, payload: Vec<u8>) -> CtapCall {
     CtapCall {
         user_id: user.to_owned(),
         obr: None,
+        approval: None,
         payload,
         deadline: tokio::time::Instant::now() + Duration::from_secs(10),
     }

@@ -27,17 +27,21 @@ async fn get_info_decodes_with_passkey_types_and_is_canonical() {
     assert_eq!(info.aaguid, Aaguid(obr_signer::config::DEFAULT_AAGUID));
     let options = info.options.expect("options");
     assert!(options.rk && options.up && !options.plat);
-    assert_eq!(options.uv, None, "uv must not be advertised");
+    assert_eq!(options.uv, Some(true), "built-in user verification");
     assert_eq!(options.client_pin, None, "clientPin must not be advertised");
+    assert_eq!(options.pin_uv_auth_token, None, "UV is never a token");
     assert_eq!(info.max_msg_size.map(u128::from), Some(7609));
     let algorithms = info.algorithms.expect("algorithms");
-    assert_eq!(algorithms.len(), 1);
-    assert_eq!(algorithms[0].alg, coset::iana::Algorithm::ES256);
+    let algorithms: Vec<_> = algorithms.iter().map(|a| a.alg).collect();
+    assert_eq!(
+        algorithms,
+        vec![coset::iana::Algorithm::ES256, coset::iana::Algorithm::EdDSA]
+    );
     assert_eq!(
         info.transports,
         Some(vec![passkey_types::webauthn::AuthenticatorTransport::Usb])
     );
-    assert_eq!(info.pin_protocols, None);
+    assert_eq!(info.pin_protocols, Some(vec![2, 1]));
 
     // CTAP2 canonical CBOR: option keys by encoded length, then bytewise.
     let value: Value = ciborium::de::from_reader(&reply.payload[1..]).unwrap();
@@ -45,7 +49,27 @@ async fn get_info_decodes_with_passkey_types_and_is_canonical() {
         panic!("not a map")
     };
     let keys: Vec<_> = top.iter().map(|(k, _)| k.clone()).collect();
-    assert_eq!(keys, vec![int(1), int(3), int(4), int(5), int(9), int(10)]);
+    assert_eq!(
+        keys,
+        vec![
+            int(1),
+            int(2),
+            int(3),
+            int(4),
+            int(5),
+            int(6),
+            int(9),
+            int(10)
+        ]
+    );
+    let extensions = top
+        .iter()
+        .find(|(k, _)| *k == int(2))
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        extensions,
+        Some(Value::Array(vec![text("credProtect"), text("hmac-secret")]))
+    );
     let options = top
         .iter()
         .find(|(k, _)| *k == int(4))
@@ -55,7 +79,16 @@ async fn get_info_decodes_with_passkey_types_and_is_canonical() {
         panic!("options not a map")
     };
     let names: Vec<_> = options.iter().map(|(k, _)| k.clone()).collect();
-    assert_eq!(names, vec![text("rk"), text("up"), text("plat")]);
+    assert_eq!(
+        names,
+        vec![
+            text("rk"),
+            text("up"),
+            text("uv"),
+            text("plat"),
+            text("makeCredUvNotRqd")
+        ]
+    );
 }
 
 #[tokio::test]
@@ -140,15 +173,36 @@ async fn exclude_list_refuses_a_credential_of_this_user_and_rp() {
 }
 
 #[tokio::test]
-async fn unsupported_algorithms_are_refused_and_es256_is_found_later_in_the_list() {
+async fn unsupported_algorithms_are_refused_and_the_first_supported_one_wins() {
     let db = TempDb::new();
     let core = open(&db).await;
     let mut mc = Mc::new(RP, b"user-1");
-    mc.algorithms = vec![EDDSA, RS256];
+    mc.algorithms = vec![RS256];
     assert_eq!(core.ctap(call("alice", mc.message())).await.status(), 0x26);
 
-    mc.algorithms = vec![EDDSA, ES256];
-    assert_ok(&core.ctap(call("alice", mc.message())).await);
+    for (algorithms, chosen) in [
+        (vec![RS256, ES256, EDDSA], ES256),
+        (vec![EDDSA, ES256], EDDSA),
+    ] {
+        mc.algorithms = algorithms;
+        let reply = core.ctap(call("alice", mc.message())).await;
+        let attested = decode_make_credential(&reply)
+            .auth_data
+            .attested_credential_data
+            .unwrap();
+        let alg = attested.key.alg.clone().unwrap();
+        assert_eq!(
+            alg,
+            coset::RegisteredLabelWithPrivate::Assigned(if chosen == ES256 {
+                coset::iana::Algorithm::ES256
+            } else {
+                coset::iana::Algorithm::EdDSA
+            })
+        );
+    }
+    let listed = core.list_credentials("alice").await.unwrap();
+    let names: Vec<_> = listed.iter().map(|c| c.algorithm.as_str()).collect();
+    assert_eq!(names, vec!["ES256", "EdDSA"]);
 }
 
 #[tokio::test]
@@ -317,7 +371,7 @@ async fn commands_without_an_implementation() {
     for (payload, status) in [
         (vec![], 0x01),     // empty message
         (vec![0x42], 0x01), // unknown command
-        (vec![0x06], 0x01), // authenticatorClientPIN: not implemented
+        (vec![0x06], 0x14), // authenticatorClientPIN without its subCommand
         (vec![0x07], 0x27), // authenticatorReset: the panel resets keys
         (vec![0x0B], 0x00), // authenticatorSelection
     ] {
@@ -333,10 +387,11 @@ async fn options_the_key_cannot_honour() {
     let core = open(&db).await;
     make_credential(&core, "alice", &Mc::new(RP, b"user-1").rk()).await;
 
-    // uv=true without built-in UV: CTAP2_ERR_INVALID_OPTION (§6.1.2 step 5).
+    // uv=true with nobody to verify the user (no OBR session, no device
+    // approval): CTAP2_ERR_OPERATION_DENIED (§6.1.2 step 11).
     let mut uv = Mc::new(RP, b"user-2");
     uv.uv = true;
-    assert_eq!(core.ctap(call("alice", uv.message())).await.status(), 0x2C);
+    assert_eq!(core.ctap(call("alice", uv.message())).await.status(), 0x27);
     // up=false on makeCredential: CTAP2_ERR_INVALID_OPTION.
     let mut up_false = Mc::new(RP, b"user-2").params();
     up_false.push((int(7), Value::Map(vec![(text("up"), Value::Bool(false))])));
@@ -356,20 +411,25 @@ async fn options_the_key_cannot_honour() {
         ],
     );
     assert_eq!(core.ctap(call("alice", rk)).await.status(), 0x2B);
-    // A pinUvAuthParam without its protocol; with an unsupported one.
-    let mut pin = Mc::new(RP, b"user-2").params();
-    pin.push((int(8), Value::Bytes(vec![0; 16])));
-    assert_eq!(
-        core.ctap(call("alice", message(0x01, pin.clone())))
-            .await
-            .status(),
-        0x14
-    );
-    pin.push((int(9), int(1)));
-    assert_eq!(
-        core.ctap(call("alice", message(0x01, pin))).await.status(),
-        0x02
-    );
+    // pinUvAuthParam: empty (a touch probe) is PIN_NOT_SET; without its
+    // protocol MISSING_PARAMETER; an unsupported protocol
+    // INVALID_PARAMETER; a supported one cannot match a token that was
+    // never issued: PIN_AUTH_INVALID.
+    for (param, protocol, status) in [
+        (vec![], Some(1), 0x35),
+        (vec![0; 16], None, 0x14),
+        (vec![0; 16], Some(3), 0x02),
+        (vec![0; 16], Some(1), 0x33),
+        (vec![0; 32], Some(2), 0x33),
+    ] {
+        let mut pin = Mc::new(RP, b"user-2").params();
+        pin.push((int(8), Value::Bytes(param)));
+        if let Some(protocol) = protocol {
+            pin.push((int(9), int(protocol)));
+        }
+        let reply = core.ctap(call("alice", message(0x01, pin))).await;
+        assert_eq!(reply.status(), status, "protocol {protocol:?}");
+    }
     // up=false on getAssertion: a silent assertion without UP.
     let silent = message(
         0x02,
@@ -444,8 +504,9 @@ async fn on_behalf_calls_verify_the_user_when_asked_and_record_the_admin() {
     let user = response.user.unwrap();
     assert_eq!(user.name.as_deref(), Some("alice@example.com"));
     assert_eq!(user.display_name.as_deref(), Some("Alice"));
-    // Outside OBR the same request is refused: no built-in UV.
-    assert_eq!(core.ctap(call("alice", uv_assertion)).await.status(), 0x2C);
+    // Outside OBR, without the user's device approval, the same request
+    // is refused: nobody can verify the user right now.
+    assert_eq!(core.ctap(call("alice", uv_assertion)).await.status(), 0x27);
     // Without the uv option, neither an OBR nor an own assertion has UV.
     for reply in [
         core.ctap(obr_call("alice", get_assertion_message(RP, &[3; 32], &[])))

@@ -28,6 +28,7 @@ fn ctap(id: u64, user: &str, payload: Vec<u8>, acting: Option<Acting>) -> LinkRe
             payload,
             budget_ms: 10_000,
             acting,
+            approval_id: String::new(),
         })),
     }
 }

@@ -3,6 +3,7 @@
 //! PostgreSQL), KEK rotation while a core signs (both backends), the
 //! `obr-signer` binary's KEK commands, and the gRPC service over loopback.
 
+mod authenticator;
 mod common;
 mod ctap;
 mod fencing;

@@ -59,7 +59,7 @@ struct Counters {
 struct Echo(Arc<Counters>);
 
 impl CborForwarder for Echo {
-    fn forward(&self, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+    fn forward(&self, request: Vec<u8>, _status: KeepaliveStatus) -> BoxFuture<'static, Vec<u8>> {
         self.0.started.fetch_add(1, Ordering::SeqCst);
         let mut watch = DropWatch {
             counters: Arc::clone(&self.0),

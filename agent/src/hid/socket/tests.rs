@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::ctaphid::assembler::{Progress, Reassembly};
 use crate::ctaphid::packet::{ChannelId, Command, Packet, frames};
-use crate::ctaphid::{CborForwarder, EngineConfig, run};
+use crate::ctaphid::{CborForwarder, EngineConfig, KeepaliveStatus, run};
 
 /// Longest a blocking client waits for a datagram.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +28,7 @@ fn unique_socket_path() -> PathBuf {
 struct Ok0;
 
 impl CborForwarder for Ok0 {
-    fn forward(&self, _request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+    fn forward(&self, _request: Vec<u8>, _status: KeepaliveStatus) -> BoxFuture<'static, Vec<u8>> {
         async { vec![0x00] }.boxed()
     }
 }

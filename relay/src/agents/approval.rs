@@ -1,0 +1,134 @@
+//! Normal mode's user presence: before the owner's own key registers or
+//! signs, the owner approves on their device.
+//!
+//! [`AskUser::ask`] stores a pending [`Approval`] (TTL = the call's
+//! remaining budget), puts the question in the owner's inbox, switches the
+//! agent's KEEPALIVEs to "user presence needed" (CTAP 2.1 §11.2.9.1.7), and
+//! waits for the decision (`POST /api/me/approvals/{id}`) until the
+//! deadline. The answer is a [`Decision`]: an approval id to send the call
+//! again with, or the CTAP status the browser gets.
+
+use std::time::Duration;
+
+use obr_proto::agent::{CtapStatus, KeepaliveState, RelayFrame, relay_frame};
+use obr_proto::signer::ApprovalNeeded;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::session::Outgoing;
+use crate::clock::now_ms;
+use crate::routing::LinkError;
+use crate::sessions::{Approval, ApprovalState};
+use crate::state::AppState;
+
+/// How often the waiting call looks for the owner's decision.
+const DECISION_POLL: Duration = Duration::from_millis(100);
+
+/// CTAP 2.1 §8.2: the user refused.
+const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
+/// CTAP 2.1 §8.2: the user did not act in time.
+const CTAP2_ERR_USER_ACTION_TIMEOUT: u8 = 0x2F;
+const CTAP1_ERR_OTHER: u8 = 0x7F;
+
+pub(super) enum Decision {
+    Approved(String),
+    Refused(u8),
+}
+
+pub(super) struct AskUser<'a> {
+    pub state: &'a AppState,
+    pub out: &'a mpsc::Sender<Outgoing>,
+    pub request_id: u64,
+    pub person_id: &'a str,
+    pub agent_id: &'a str,
+}
+
+impl AskUser<'_> {
+    pub(super) async fn ask(
+        &self,
+        needed: &ApprovalNeeded,
+        deadline: tokio::time::Instant,
+    ) -> Result<Decision, LinkError> {
+        let approval = Approval {
+            id: uuid::Uuid::new_v4().to_string(),
+            person_id: self.person_id.to_owned(),
+            agent_id: self.agent_id.to_owned(),
+            rp_id: needed.rp_id.clone(),
+            operation: needed.operation.clone(),
+            user_verification: needed.user_verification,
+            state: ApprovalState::Pending,
+            created_at_ms: now_ms(),
+        };
+        let ttl = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Err(e) = self.record(&approval, ttl).await {
+            tracing::error!(error = %e, "cannot ask for approval");
+            return Ok(Decision::Refused(CTAP1_ERR_OTHER));
+        }
+        self.keepalive(KeepaliveState::UserPresenceNeeded);
+        let decision = self.wait(&approval.id, deadline).await;
+        self.keepalive(KeepaliveState::Processing);
+        Ok(decision)
+    }
+
+    async fn record(&self, approval: &Approval, ttl: Duration) -> Result<(), String> {
+        self.state
+            .store
+            .put_approval(approval, ttl)
+            .await
+            .map_err(|e| e.to_string())?;
+        let verb = match approval.operation.as_str() {
+            "register" => "register a passkey",
+            _ => "sign in",
+        };
+        self.state
+            .directory
+            .notify(
+                &approval.person_id,
+                "approval.requested",
+                &format!(
+                    "Approve: {verb} at {} from your workstation {}?",
+                    approval.rp_id, approval.agent_id
+                ),
+                json!({ "approval_id": approval.id, "rp_id": approval.rp_id,
+                        "operation": approval.operation, "agent": approval.agent_id,
+                        "user_verification": approval.user_verification }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn wait(&self, id: &str, deadline: tokio::time::Instant) -> Decision {
+        let mut tick = tokio::time::interval(DECISION_POLL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Decision::Refused(CTAP2_ERR_USER_ACTION_TIMEOUT);
+                }
+            }
+            match self.state.store.get_approval(id).await {
+                Ok(Some(a)) if a.state == ApprovalState::Approved => {
+                    return Decision::Approved(a.id);
+                }
+                Ok(Some(a)) if a.state == ApprovalState::Denied => {
+                    return Decision::Refused(CTAP2_ERR_OPERATION_DENIED);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Decision::Refused(CTAP2_ERR_USER_ACTION_TIMEOUT),
+                Err(e) => tracing::warn!(error = %e, "cannot read approval; retrying"),
+            }
+        }
+    }
+
+    fn keepalive(&self, state: KeepaliveState) {
+        let frame = RelayFrame {
+            kind: Some(relay_frame::Kind::CtapStatus(CtapStatus {
+                id: self.request_id,
+                state: state as i32,
+            })),
+        };
+        // Best effort: a full queue only means the agent keeps the old status.
+        let _ = self.out.try_send(Outgoing::Frame(frame));
+    }
+}

@@ -1,0 +1,131 @@
+//! The signer's own cost, on one actor thread: makeCredential and
+//! getAssertion through `SignerCore` (actor hop, CTAP decode/encode, key
+//! unwrap, ECDSA, the fenced counter commit to SQLite) beside a bare ring
+//! P-256 signature measured in the same run, so the overhead over the
+//! crypto floor reads as a ratio. Results: docs/BENCHMARKS.md.
+//!
+//! `cargo bench -p obr-signer --bench ctap`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use ciborium::Value;
+use criterion::{Criterion, criterion_group, criterion_main};
+use obr_signer::{CtapCall, Kek, SignerConfig, SignerCore};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+
+fn cbor(command: u8, map: Vec<(Value, Value)>) -> Vec<u8> {
+    let mut out = vec![command];
+    // invariant: serialising a Value into a Vec cannot fail.
+    ciborium::ser::into_writer(&Value::Map(map), &mut out).expect("cbor");
+    out
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_owned())
+}
+
+fn int(i: i64) -> Value {
+    Value::Integer(i.into())
+}
+
+fn make_credential(user: u32) -> Vec<u8> {
+    cbor(
+        0x01,
+        vec![
+            (int(1), Value::Bytes(vec![1; 32])),
+            (int(2), Value::Map(vec![(text("id"), text("bench.test"))])),
+            (
+                int(3),
+                Value::Map(vec![
+                    (text("id"), Value::Bytes(user.to_be_bytes().to_vec())),
+                    (text("name"), text("bench")),
+                ]),
+            ),
+            (
+                int(4),
+                Value::Array(vec![Value::Map(vec![
+                    (text("alg"), int(-7)),
+                    (text("type"), text("public-key")),
+                ])]),
+            ),
+        ],
+    )
+}
+
+fn get_assertion(credential_id: &[u8]) -> Vec<u8> {
+    cbor(
+        0x02,
+        vec![
+            (int(1), text("bench.test")),
+            (int(2), Value::Bytes(vec![2; 32])),
+            (
+                int(3),
+                Value::Array(vec![Value::Map(vec![
+                    (text("id"), Value::Bytes(credential_id.to_vec())),
+                    (text("type"), text("public-key")),
+                ])]),
+            ),
+        ],
+    )
+}
+
+fn call(payload: Vec<u8>) -> CtapCall {
+    CtapCall {
+        user_id: "bench-user".to_owned(),
+        obr: None,
+        approval: None,
+        payload,
+        deadline: tokio::time::Instant::now() + Duration::from_secs(30),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = std::env::temp_dir().join(format!("obr-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = SignerConfig {
+        actor_threads: 1,
+        ..SignerConfig::embedded(
+            format!("sqlite://{}?mode=rwc", dir.join("signer.db").display()),
+            Kek::from_bytes([9; 32]),
+        )
+    };
+    let core = rt.block_on(SignerCore::open(config)).expect("signer");
+
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("key");
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .expect("key");
+    let message = [3u8; 69];
+    c.bench_function("ring P-256 sign (floor)", |b| {
+        b.iter(|| key.sign(&rng, black_box(&message)).expect("sign"))
+    });
+
+    let mut user = 0u32;
+    c.bench_function("makeCredential via SignerCore", |b| {
+        b.iter(|| {
+            user += 1;
+            let reply = rt.block_on(core.ctap(call(make_credential(user))));
+            assert_eq!(reply.status(), 0);
+        })
+    });
+
+    let reply = rt.block_on(core.ctap(call(make_credential(u32::MAX))));
+    let credential_id = reply.created.expect("created").credential_id;
+    c.bench_function("getAssertion via SignerCore (counter committed)", |b| {
+        b.iter(|| {
+            let reply = rt.block_on(core.ctap(call(get_assertion(&credential_id))));
+            assert_eq!(reply.status(), 0);
+        })
+    });
+    rt.block_on(core.shutdown());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

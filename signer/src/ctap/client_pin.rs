@@ -1,0 +1,418 @@
+//! authenticatorClientPIN (CTAP 2.1 §6.5) as far as a key without a PIN
+//! needs it: getKeyAgreement (§6.5.5.4) and the two PIN/UV auth protocols'
+//! shared secrets, encryption and MACs (§6.5.6 protocol one, §6.5.7
+//! protocol two), which the hmac-secret extension (§12.5) runs on.
+//!
+//! This key has no PIN (getInfo does not advertise `clientPin`) and its
+//! user verification is not a pinUvAuthToken (getInfo does not advertise
+//! `pinUvAuthToken`): the PIN subcommands answer `CTAP2_ERR_PIN_NOT_SET`,
+//! the token subcommands `CTAP2_ERR_INVALID_SUBCOMMAND`.
+//!
+//! The key-agreement key is a ring ephemeral P-256 key: made by each
+//! getKeyAgreement and consumed by the first command that uses it (ring
+//! never lets an ECDH private key be used twice). Platforms fetch a fresh
+//! one before every operation that needs a shared secret (python-fido2,
+//! browsers); one that reuses an old one gets `CTAP2_ERR_PIN_AUTH_INVALID`
+//! back and may retry. Never logs a key, a shared secret or plaintext.
+
+use aes::Aes256;
+use cbc::cipher::block_padding::NoPadding;
+use cbc::cipher::{BlockModeDecrypt as _, BlockModeEncrypt as _, KeyIvInit as _};
+use ciborium::value::Value;
+use passkey_types::ctap2::Ctap2Error;
+use ring::agreement::{self, ECDH_P256, EphemeralPrivateKey, UnparsedPublicKey};
+use ring::rand::SecureRandom;
+use ring::{digest, hkdf, hmac};
+use subtle::ConstantTimeEq as _;
+use zeroize::Zeroizing;
+
+use super::codec::{Kind, Param, Params, encode_value};
+use super::{Authenticator, CommandError, Success};
+
+/// CTAP 2.1 §6.5.5.1: authenticatorClientPIN parameters.
+const PIN_UV_AUTH_PROTOCOL: u8 = 0x01;
+const SUB_COMMAND: u8 = 0x02;
+const KEY_AGREEMENT: u8 = 0x03;
+const PIN_UV_AUTH_PARAM: u8 = 0x04;
+const NEW_PIN_ENC: u8 = 0x05;
+const PIN_HASH_ENC: u8 = 0x06;
+const PERMISSIONS: u8 = 0x09;
+const RP_ID: u8 = 0x0A;
+
+const SCHEMA: &[Param] = &[
+    Param::optional(PIN_UV_AUTH_PROTOCOL, Kind::Integer),
+    Param::required(SUB_COMMAND, Kind::Integer),
+    Param::optional(KEY_AGREEMENT, Kind::Map),
+    Param::optional(PIN_UV_AUTH_PARAM, Kind::Bytes),
+    Param::optional(NEW_PIN_ENC, Kind::Bytes),
+    Param::optional(PIN_HASH_ENC, Kind::Bytes),
+    Param::optional(PERMISSIONS, Kind::Integer),
+    Param::optional(RP_ID, Kind::Text),
+];
+
+/// CTAP 2.1 §6.5.5.1: subcommands.
+const GET_PIN_RETRIES: u8 = 0x01;
+const GET_KEY_AGREEMENT: u8 = 0x02;
+const SET_PIN: u8 = 0x03;
+const CHANGE_PIN: u8 = 0x04;
+const GET_PIN_TOKEN: u8 = 0x05;
+const GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS: u8 = 0x06;
+const GET_UV_RETRIES: u8 = 0x07;
+const GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS: u8 = 0x09;
+
+/// CTAP 2.1 §6.5.5.1: response member `keyAgreement`.
+const RESPONSE_KEY_AGREEMENT: i64 = 0x01;
+
+/// COSE_Key labels and values of a key-agreement key (CTAP 2.1 §6.5.6
+/// getPublicKey: kty EC2, alg -25 "although this is NOT the algorithm
+/// actually used", crv P-256).
+const COSE_KTY: i64 = 1;
+const COSE_ALG: i64 = 3;
+const COSE_EC2_CRV: i64 = -1;
+const COSE_EC2_X: i64 = -2;
+const COSE_EC2_Y: i64 = -3;
+const COSE_KTY_EC2: i64 = 2;
+const COSE_ALG_ECDH_ES_HKDF_256: i64 = -25;
+const COSE_CRV_P256: i64 = 1;
+const P256_COORDINATE_LEN: usize = 32;
+const SEC1_UNCOMPRESSED_TAG: u8 = 0x04;
+
+/// AES block and IV length.
+const AES_BLOCK_LEN: usize = 16;
+/// Protocol one: "LEFT(HMAC-SHA-256(key, message), 16)" (§6.5.6).
+const PROTOCOL_ONE_MAC_LEN: usize = 16;
+/// Protocol two's HKDF inputs (§6.5.7 kdf).
+const HKDF_SALT: [u8; 32] = [0; 32];
+const HKDF_INFO_HMAC: &[u8] = b"CTAP2 HMAC key";
+const HKDF_INFO_AES: &[u8] = b"CTAP2 AES key";
+const SHARED_KEY_LEN: usize = 32;
+
+/// A PIN/UV auth protocol this key implements (getInfo advertises `[2, 1]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PinUvAuthProtocol {
+    One,
+    Two,
+}
+
+impl PinUvAuthProtocol {
+    /// The wire number, in getInfo's order of preference.
+    pub(crate) const SUPPORTED: [u8; 2] = [2, 1];
+
+    /// CTAP 2.1 §6.5.5.2: an unsupported protocol is
+    /// `CTAP1_ERR_INVALID_PARAMETER`.
+    pub(crate) fn from_wire(number: u64) -> Result<Self, CommandError> {
+        match number {
+            1 => Ok(Self::One),
+            2 => Ok(Self::Two),
+            _ => Err(Ctap2Error::InvalidParameter.into()),
+        }
+    }
+}
+
+/// The authenticator's current key-agreement key: one use only.
+pub(crate) struct KeyAgreementKey {
+    private: EphemeralPrivateKey,
+}
+
+#[cfg(test)]
+impl KeyAgreementKey {
+    pub(crate) fn from_private(private: EphemeralPrivateKey) -> Self {
+        Self { private }
+    }
+}
+
+impl std::fmt::Debug for KeyAgreementKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyAgreementKey(..)")
+    }
+}
+
+/// A shared secret with the platform (§6.5.6/§6.5.7 `sharedSecret`).
+/// Zeroized on drop; `Debug` prints no bytes.
+pub(crate) struct SharedSecret {
+    protocol: PinUvAuthProtocol,
+    hmac_key: Zeroizing<[u8; SHARED_KEY_LEN]>,
+    aes_key: Zeroizing<[u8; SHARED_KEY_LEN]>,
+}
+
+impl std::fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedSecret({:?}, ..)", self.protocol)
+    }
+}
+
+impl SharedSecret {
+    /// `decapsulate(peerCoseKey)`: ECDH with the platform's key, then the
+    /// protocol's KDF. Consumes `key` (the authenticator's key-agreement
+    /// key). A peer key that is not a P-256 point is
+    /// `CTAP1_ERR_INVALID_PARAMETER`.
+    pub(crate) fn decapsulate(
+        protocol: PinUvAuthProtocol,
+        key: KeyAgreementKey,
+        peer: &Value,
+    ) -> Result<Self, CommandError> {
+        let point = peer_point(peer)?;
+        agreement::agree_ephemeral(
+            key.private,
+            &UnparsedPublicKey::new(&ECDH_P256, &point),
+            |z| kdf(protocol, z),
+        )
+        .map_err(|_| CommandError::from(Ctap2Error::InvalidParameter))?
+    }
+
+    /// `verify(key, message, signature)`: a MAC of this protocol's length
+    /// that matches, compared in constant time (ring).
+    pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, self.hmac_key.as_ref());
+        match self.protocol {
+            PinUvAuthProtocol::One => {
+                let tag = hmac::sign(&key, message);
+                let truncated = tag.as_ref().get(..PROTOCOL_ONE_MAC_LEN).unwrap_or_default();
+                signature.len() == PROTOCOL_ONE_MAC_LEN && bool::from(truncated.ct_eq(signature))
+            }
+            PinUvAuthProtocol::Two => hmac::verify(&key, message, signature).is_ok(),
+        }
+    }
+
+    /// `decrypt(key, demCiphertext)`: AES-256-CBC, a zero IV (protocol one)
+    /// or the IV in the first block (protocol two). A length that is not
+    /// whole blocks is `CTAP1_ERR_INVALID_LENGTH`.
+    pub(crate) fn decrypt(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CommandError> {
+        let (iv, body) = match self.protocol {
+            PinUvAuthProtocol::One => ([0u8; AES_BLOCK_LEN], ciphertext),
+            PinUvAuthProtocol::Two => {
+                let (iv, body) = ciphertext
+                    .split_first_chunk::<AES_BLOCK_LEN>()
+                    .ok_or(Ctap2Error::InvalidLength)?;
+                (*iv, body)
+            }
+        };
+        if body.len() % AES_BLOCK_LEN != 0 {
+            return Err(Ctap2Error::InvalidLength.into());
+        }
+        let mut buffer = Zeroizing::new(body.to_vec());
+        let decryptor = cbc::Decryptor::<Aes256>::new(&(*self.aes_key).into(), &iv.into());
+        let plain_len = decryptor
+            .decrypt_padded::<NoPadding>(&mut buffer)
+            .map_err(|_| Ctap2Error::InvalidLength)?
+            .len();
+        buffer.truncate(plain_len);
+        Ok(buffer)
+    }
+
+    /// `encrypt(key, demPlaintext)`: AES-256-CBC; protocol two prepends a
+    /// random IV. `plaintext` is whole blocks (the callers' are 32 or 64
+    /// bytes).
+    pub(crate) fn encrypt(
+        &self,
+        plaintext: &[u8],
+        rng: &dyn SecureRandom,
+    ) -> Result<Vec<u8>, CommandError> {
+        let mut iv = [0u8; AES_BLOCK_LEN];
+        if self.protocol == PinUvAuthProtocol::Two {
+            rng.fill(&mut iv).map_err(|_| Ctap2Error::Other)?;
+        }
+        let mut buffer = plaintext.to_vec();
+        let encryptor = cbc::Encryptor::<Aes256>::new(&(*self.aes_key).into(), &iv.into());
+        let cipher_len = encryptor
+            .encrypt_padded::<NoPadding>(&mut buffer, plaintext.len())
+            .map_err(|_| Ctap2Error::Other)?
+            .len();
+        buffer.truncate(cipher_len);
+        Ok(match self.protocol {
+            PinUvAuthProtocol::One => buffer,
+            PinUvAuthProtocol::Two => {
+                let mut out = iv.to_vec();
+                out.extend_from_slice(&buffer);
+                out
+            }
+        })
+    }
+}
+
+impl Authenticator {
+    /// authenticatorClientPIN (CTAP 2.1 §6.5.5).
+    pub(super) fn client_pin(&mut self, params: &[u8]) -> Result<Success, CommandError> {
+        let params = Params::parse(params, SCHEMA)?;
+        let sub_command = params
+            .get(SUB_COMMAND)
+            .and_then(Value::as_integer)
+            .and_then(|i| u8::try_from(i).ok());
+        match sub_command {
+            Some(GET_KEY_AGREEMENT) => {
+                // §6.5.5.4: "pinUvAuthProtocol" is required.
+                let protocol = params
+                    .get(PIN_UV_AUTH_PROTOCOL)
+                    .ok_or(Ctap2Error::MissingParameter)?
+                    .as_integer()
+                    .and_then(|i| u64::try_from(i).ok())
+                    .ok_or(Ctap2Error::InvalidParameter)?;
+                PinUvAuthProtocol::from_wire(protocol)?;
+                self.get_key_agreement()
+            }
+            // No PIN is ever set on this key (§6.5.5.2 getPINRetries, §6.5.5.5
+            // setPIN would need clientPin in getInfo, §6.5.5.7 token using
+            // PIN): "CTAP2_ERR_PIN_NOT_SET".
+            Some(
+                GET_PIN_RETRIES
+                | SET_PIN
+                | CHANGE_PIN
+                | GET_PIN_TOKEN
+                | GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS,
+            ) => Err(Ctap2Error::PinNotSet.into()),
+            // Built-in UV is the `uv` option, not a pinUvAuthToken (getInfo
+            // does not advertise pinUvAuthToken, so §6.5.5.7.3 does not
+            // apply), and it has no retry counter.
+            Some(GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS | GET_UV_RETRIES) => {
+                Err(Ctap2Error::InvalidSubcommand.into())
+            }
+            // §6.5.5: "If the subCommand is not supported, return
+            // CTAP2_ERR_INVALID_SUBCOMMAND".
+            _ => Err(Ctap2Error::InvalidSubcommand.into()),
+        }
+    }
+
+    /// §6.5.5.4 getKeyAgreement: a fresh key-agreement key; its public half
+    /// as a COSE_Key.
+    fn get_key_agreement(&mut self) -> Result<Success, CommandError> {
+        let private = EphemeralPrivateKey::generate(&ECDH_P256, &self.shared.rng)
+            .map_err(|_| Ctap2Error::Other)?;
+        let public = private
+            .compute_public_key()
+            .map_err(|_| Ctap2Error::Other)?;
+        let cose = cose_key(public.as_ref())?;
+        self.key_agreement = Some(KeyAgreementKey { private });
+        let response = Value::Map(vec![(Value::Integer(RESPONSE_KEY_AGREEMENT.into()), cose)]);
+        Ok(Success::payload(encode_value(response)?))
+    }
+}
+
+/// The uncompressed SEC1 point of `public` as a COSE_Key (§6.5.6
+/// getPublicKey).
+fn cose_key(public: &[u8]) -> Result<Value, CommandError> {
+    let (tag, xy) = public.split_first().ok_or(Ctap2Error::Other)?;
+    if *tag != SEC1_UNCOMPRESSED_TAG || xy.len() != 2 * P256_COORDINATE_LEN {
+        return Err(Ctap2Error::Other.into());
+    }
+    let (x, y) = xy.split_at(P256_COORDINATE_LEN);
+    let int = |i: i64| Value::Integer(i.into());
+    Ok(Value::Map(vec![
+        (int(COSE_KTY), int(COSE_KTY_EC2)),
+        (int(COSE_ALG), int(COSE_ALG_ECDH_ES_HKDF_256)),
+        (int(COSE_EC2_CRV), int(COSE_CRV_P256)),
+        (int(COSE_EC2_X), Value::Bytes(x.to_vec())),
+        (int(COSE_EC2_Y), Value::Bytes(y.to_vec())),
+    ]))
+}
+
+/// The platform's COSE_Key as an uncompressed SEC1 point. A missing member
+/// is `CTAP2_ERR_MISSING_PARAMETER`, a mistyped one
+/// `CTAP2_ERR_CBOR_UNEXPECTED_TYPE`, a key that is not EC2 P-256
+/// `CTAP1_ERR_INVALID_PARAMETER` (ring checks the point is on the curve).
+fn peer_point(peer: &Value) -> Result<Vec<u8>, CommandError> {
+    let Value::Map(entries) = peer else {
+        return Err(Ctap2Error::CborUnexpectedType.into());
+    };
+    let member = |label: i64| {
+        entries
+            .iter()
+            .find(|(k, _)| k.as_integer() == Some(label.into()))
+            .map(|(_, v)| v)
+            .ok_or(CommandError::from(Ctap2Error::MissingParameter))
+    };
+    let integer = |label: i64| -> Result<i128, CommandError> {
+        member(label)?
+            .as_integer()
+            .map(i128::from)
+            .ok_or(Ctap2Error::CborUnexpectedType.into())
+    };
+    let coordinate = |label: i64| -> Result<&Vec<u8>, CommandError> {
+        member(label)?
+            .as_bytes()
+            .ok_or(Ctap2Error::CborUnexpectedType.into())
+    };
+    if integer(COSE_KTY)? != i128::from(COSE_KTY_EC2)
+        || integer(COSE_EC2_CRV)? != i128::from(COSE_CRV_P256)
+    {
+        return Err(Ctap2Error::InvalidParameter.into());
+    }
+    let (x, y) = (coordinate(COSE_EC2_X)?, coordinate(COSE_EC2_Y)?);
+    if x.len() != P256_COORDINATE_LEN || y.len() != P256_COORDINATE_LEN {
+        return Err(Ctap2Error::InvalidParameter.into());
+    }
+    let mut point = Vec::with_capacity(1 + 2 * P256_COORDINATE_LEN);
+    point.push(SEC1_UNCOMPRESSED_TAG);
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    Ok(point)
+}
+
+/// The protocol's KDF over the ECDH x-coordinate `z`: SHA-256(Z) for
+/// protocol one (one key for both uses), two HKDF-SHA-256 keys for two.
+fn kdf(protocol: PinUvAuthProtocol, z: &[u8]) -> Result<SharedSecret, CommandError> {
+    let mut hmac_key = Zeroizing::new([0u8; SHARED_KEY_LEN]);
+    let mut aes_key = Zeroizing::new([0u8; SHARED_KEY_LEN]);
+    match protocol {
+        PinUvAuthProtocol::One => {
+            let hash = digest::digest(&digest::SHA256, z);
+            hmac_key.copy_from_slice(hash.as_ref());
+            aes_key.copy_from_slice(hash.as_ref());
+        }
+        PinUvAuthProtocol::Two => {
+            let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &HKDF_SALT).extract(z);
+            for (info, out) in [
+                (HKDF_INFO_HMAC, hmac_key.as_mut()),
+                (HKDF_INFO_AES, aes_key.as_mut()),
+            ] {
+                prk.expand(&[info], hkdf::HKDF_SHA256)
+                    .and_then(|okm| okm.fill(out))
+                    .map_err(|_| Ctap2Error::Other)?;
+            }
+        }
+    }
+    Ok(SharedSecret {
+        protocol,
+        hmac_key,
+        aes_key,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! The platform's half of the protocols, for tests: encapsulate against
+    //! the authenticator's key, then encrypt and MAC like a platform.
+
+    use super::*;
+    use ring::agreement::PublicKey;
+
+    /// `encapsulate(peerCoseKey)` as a platform does it: our COSE_Key and
+    /// the shared secret.
+    pub(crate) fn encapsulate(
+        protocol: PinUvAuthProtocol,
+        authenticator_key: &Value,
+        rng: &dyn SecureRandom,
+    ) -> (Value, SharedSecret) {
+        let platform = EphemeralPrivateKey::generate(&ECDH_P256, rng).unwrap();
+        let public: PublicKey = platform.compute_public_key().unwrap();
+        let cose = cose_key(public.as_ref()).unwrap();
+        let point = peer_point(authenticator_key).unwrap();
+        let secret = agreement::agree_ephemeral(
+            platform,
+            &UnparsedPublicKey::new(&ECDH_P256, &point),
+            |z| kdf(protocol, z),
+        )
+        .unwrap()
+        .unwrap();
+        (cose, secret)
+    }
+
+    /// `authenticate(key, message)`.
+    pub(crate) fn authenticate(secret: &SharedSecret, message: &[u8]) -> Vec<u8> {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret.hmac_key.as_ref());
+        let tag = hmac::sign(&key, message);
+        match secret.protocol {
+            PinUvAuthProtocol::One => tag.as_ref()[..PROTOCOL_ONE_MAC_LEN].to_vec(),
+            PinUvAuthProtocol::Two => tag.as_ref().to_vec(),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Exactly one live signer per user, through real processes: two signers
+//! share a database and a Redis (membership + leases), a relay discovers
+//! them, an agent registers and signs for bob. Then bob's owner is frozen
+//! (SIGSTOP) past its lease: the other signer takes over and signs; the
+//! frozen one is woken and never signs again for bob — its stale actor's
+//! writes are fenced or it redirects to the new owner — and no two
+//! assertions ever carry the same counter.
+
+use std::process::Command;
+use std::time::Duration;
+
+use obr_proto::signer::signer_client::SignerClient;
+use obr_proto::signer::{Acting, CtapCall, LinkRequest, link_request};
+use obr_tests::api::Api;
+use obr_tests::hid_client::HidClient;
+use obr_tests::processes::{AgentProc, Proc, RelayOptions, RelayProc, SignerProc, binary};
+use obr_tests::redis_server::RedisServer;
+use obr_tests::rp;
+use obr_tests::scratch::Scratch;
+use webauthn_rs::prelude::Uuid;
+
+const LEASE_TTL_MS: u64 = 1000;
+
+fn start_signer(dir: &std::path::Path, redis: &str) -> anyhow::Result<SignerProc> {
+    let mut cmd = Command::new(binary("obr-signer")?);
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--database-url")
+        .arg(format!(
+            "sqlite://{}?mode=rwc",
+            dir.join("signer.db").display()
+        ))
+        .arg("--kek-file")
+        .arg(dir.join("kek.key"))
+        .args([
+            "--redis-url",
+            redis,
+            "--lease-ttl-ms",
+            &LEASE_TTL_MS.to_string(),
+        ]);
+    let (proc, addr) = Proc::spawn("signer", cmd, "obr-signer listening on ")?;
+    Ok(SignerProc {
+        proc,
+        endpoint: format!("http://{addr}"),
+    })
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+#[test]
+fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?.expect("redis-server is not installed (.ci/run installs it)");
+    let scratch = Scratch::new("owner")?;
+    for dir in ["signers", "relay", "agent"] {
+        std::fs::create_dir_all(scratch.join(dir))?;
+    }
+    let a = start_signer(&scratch.join("signers"), &redis.url())?;
+    let b = start_signer(&scratch.join("signers"), &redis.url())?;
+    let options = RelayOptions {
+        redis_url: Some(redis.url()),
+        discover_signers: true,
+        ..RelayOptions::default()
+    };
+    let relay = RelayProc::start(&scratch.join("relay"), &options)?;
+    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
+    let api = Api::new(&relay.url);
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    agent.login(&api, &admin)?;
+    let bob = relay.user("bob@demo.obr")?.clone();
+    let session = api.select_obr(&admin, &bob.id)?.ok()?;
+    agent.wait_status("OBR: acting for bob@demo.obr", Duration::from_secs(5))?;
+
+    // Register and sign through the relay; find who owns bob.
+    let webauthn = rp::webauthn()?;
+    let (options, reg_state) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
+    let request = rp::make_credential(&options, false)?;
+    let mut hid = HidClient::open(&agent.hid_socket)?;
+    let key = webauthn.finish_securitykey_registration(
+        &request.credential(&hid.cbor(&request.ctap_request)?)?,
+        &reg_state,
+    )?;
+    let mut counters = Vec::new();
+    let sign = |hid: &mut HidClient| -> anyhow::Result<u32> {
+        let (options, state) =
+            webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
+        let assertion = rp::get_assertion(&options)?;
+        let response = hid.cbor(&assertion.ctap_request)?;
+        webauthn.finish_securitykey_authentication(&assertion.credential(&response)?, &state)?;
+        rp::assertion_counter(&response)
+    };
+    for _ in 0..3 {
+        counters.push(sign(&mut hid)?);
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let owner_of_bob = || -> anyhow::Result<Option<String>> {
+        let client = redis::Client::open(redis.url())?;
+        let mut conn = client.get_connection()?;
+        Ok(redis::cmd("GET")
+            .arg(format!("obr:lease:{}", bob.id))
+            .query(&mut conn)?)
+    };
+    let first_owner = owner_of_bob()?.expect("bob has a lease");
+    let (frozen, survivor) = if first_owner == a.endpoint {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!([&a.endpoint, &b.endpoint].contains(&&first_owner));
+
+    // Freeze the owner past its lease and the membership window.
+    signal(frozen.proc.pid(), "-STOP");
+    let outcome = (|| -> anyhow::Result<()> {
+        std::thread::sleep(Duration::from_millis(LEASE_TTL_MS) + Duration::from_secs(3));
+        // The relay now routes bob to the survivor, which takes over.
+        for _ in 0..3 {
+            counters.push(sign(&mut hid)?);
+        }
+        assert_eq!(owner_of_bob()?.as_deref(), Some(survivor.endpoint.as_str()));
+        Ok(())
+    })();
+    // Queue a call for bob at the frozen owner, then wake it: whatever it
+    // does first (renew and passivate, or run the call on its stale actor),
+    // it must not produce a signature.
+    let (options, _) = webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
+    let stale_request = rp::get_assertion(&options)?.ctap_request;
+    let endpoint = frozen.endpoint.clone();
+    let acting = Acting {
+        admin_id: relay.demo.admin_id.clone(),
+        obr_session_id: session["id"].as_str().unwrap_or_default().to_owned(),
+    };
+    let stale = rt.spawn({
+        let bob_id = bob.id.clone();
+        async move {
+            let mut client = SignerClient::connect(endpoint).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(LinkRequest {
+                id: 1,
+                kind: Some(link_request::Kind::Ctap(CtapCall {
+                    user_id: bob_id,
+                    payload: stale_request,
+                    budget_ms: 10_000,
+                    acting: Some(acting),
+                    approval_id: String::new(),
+                })),
+            })
+            .await?;
+            let mut replies = client
+                .link(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let reply = replies.message().await?;
+            drop(tx);
+            anyhow::Ok(reply)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(frozen.proc.pid(), "-CONT");
+    outcome?;
+    // Give the woken pod a moment to find its lease gone (it renews every
+    // third of the TTL) before the relay may route bob back to it.
+    std::thread::sleep(Duration::from_millis(LEASE_TTL_MS));
+    let reply = rt.block_on(stale)??.expect("a reply from the woken signer");
+    eprintln!(
+        "the woken stale owner answered {:?} (owner {:?})",
+        reply.payload, reply.owner
+    );
+    let refused =
+        reply.payload == vec![0x7F] || (!reply.owner.is_empty() && reply.payload.is_empty());
+    assert!(refused, "the stale owner signed: {reply:?}");
+    if !reply.owner.is_empty() {
+        assert_eq!(reply.owner, survivor.endpoint);
+    }
+
+    // And bob keeps signing, through whichever pod the relay picks now.
+    for _ in 0..3 {
+        counters.push(sign(&mut hid)?);
+    }
+    let mut sorted = counters.clone();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        counters.len(),
+        "duplicate counters: {counters:?}"
+    );
+    assert!(
+        counters.windows(2).all(|w| w[0] < w[1]),
+        "counters not increasing: {counters:?}"
+    );
+    Ok(())
+}
