@@ -257,7 +257,8 @@ async fn webauthn_rs_verifies_packed_attestation_against_the_ca_and_aaguid() -> 
     // The deployment's CA and obr's AAGUID: verified, and the key signs in.
     let key = register(ca_list(DEFAULT_AAGUID, ca.certificate_der())).await??;
     for _ in 0..2 {
-        let (options, state) = webauthn.start_securitykey_authentication(&[key.clone()])?;
+        let (options, state) =
+            webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
         let pending = rp::get_assertion(&options)?;
         let reply = core.ctap(obr_call(pending.ctap_request.clone())).await;
         let result = webauthn
