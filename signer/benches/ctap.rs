@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ciborium::Value;
 use criterion::{Criterion, criterion_group, criterion_main};
-use obr_signer::{CtapCall, Kek, SignerConfig, SignerCore};
+use obr_signer::{CtapCall, Kek, SignerConfig, SignerCore, UserApproval};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 
@@ -30,12 +30,12 @@ fn int(i: i64) -> Value {
     Value::Integer(i.into())
 }
 
-fn make_credential(user: u32) -> Vec<u8> {
+fn make_credential(rp_id: &str, user: u32) -> Vec<u8> {
     cbor(
         0x01,
         vec![
             (int(1), Value::Bytes(vec![1; 32])),
-            (int(2), Value::Map(vec![(text("id"), text("bench.test"))])),
+            (int(2), Value::Map(vec![(text("id"), text(rp_id))])),
             (
                 int(3),
                 Value::Map(vec![
@@ -75,7 +75,8 @@ fn call(payload: Vec<u8>) -> CtapCall {
     CtapCall {
         user_id: "bench-user".to_owned(),
         obr: None,
-        approval: None,
+        // Normal mode, as the relay sends it after the owner's approval.
+        approval: Some(UserApproval::granted_by_device("bench")),
         payload,
         deadline: tokio::time::Instant::now() + Duration::from_secs(30),
     }
@@ -110,12 +111,14 @@ fn bench(c: &mut Criterion) {
     c.bench_function("makeCredential via SignerCore", |b| {
         b.iter(|| {
             user += 1;
-            let reply = rt.block_on(core.ctap(call(make_credential(user))));
+            // Each iteration adds an account on its own RP, so the
+            // getAssertion below sees one credential, as in real use.
+            let reply = rt.block_on(core.ctap(call(make_credential("mc.bench.test", user))));
             assert_eq!(reply.status(), 0);
         })
     });
 
-    let reply = rt.block_on(core.ctap(call(make_credential(u32::MAX))));
+    let reply = rt.block_on(core.ctap(call(make_credential("bench.test", u32::MAX))));
     let credential_id = reply.created.expect("created").credential_id;
     c.bench_function("getAssertion via SignerCore (counter committed)", |b| {
         b.iter(|| {

@@ -66,7 +66,7 @@ async fn private_keys_never_reach_the_database_in_plaintext() {
     let call = |payload| CtapCall {
         user_id: "alice".to_owned(),
         obr: None,
-        approval: None,
+        approval: Some(crate::UserApproval::granted_by_device("phone")),
         payload,
         deadline: tokio::time::Instant::now() + Duration::from_secs(10),
     };

@@ -116,7 +116,17 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
     let (auth_options, auth_state) =
         webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
     let assertion = rp::get_assertion(&auth_options)?;
+    // His own key asks his phone first; he approves.
+    let device = bob.device_token.clone().unwrap();
+    let head = api.inbox_head(&device)?;
+    let phone = {
+        let url = stack.relay.url.clone();
+        std::thread::spawn(move || {
+            Api::new(&url).answer_next_approval(&device, head, true, Duration::from_secs(10))
+        })
+    };
     let response = bob_hid.cbor(&assertion.ctap_request)?;
+    phone.join().expect("phone thread")?;
     let result = webauthn
         .finish_securitykey_authentication(&assertion.credential(&response)?, &auth_state)?;
     assert!(result.counter() >= 1);

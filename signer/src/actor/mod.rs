@@ -226,7 +226,7 @@ impl Handler<Ctap> for UserKey {
                 queue,
                 work: started.elapsed(),
                 owner: None,
-                approval_needed: None,
+                approval_needed: outcome.approval_needed,
             };
             (reply, fenced)
         };

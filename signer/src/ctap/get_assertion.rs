@@ -21,6 +21,7 @@ use passkey_types::ctap2::make_credential::PublicKeyCredentialUserEntity;
 use passkey_types::webauthn::{PublicKeyCredentialDescriptor, PublicKeyCredentialType};
 use tokio::time::Instant;
 
+use crate::api::Operation;
 use crate::store::{CredentialPolicy, StoredCredential};
 
 use super::codec::{Kind, Param, Params, encode_ok, has_text_key};
@@ -94,7 +95,7 @@ impl Authenticator {
         let extensions_input: Option<Value> = params.get(EXTENSIONS).cloned();
         let request: Request = params.decode()?;
         refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
-        let user_verified = caller.verify_user(request.options.uv)?;
+        let user_verified = caller.verified(request.options.uv);
         // "up": false asks for a silent assertion, without the UP flag.
         let flags = response_flags(request.options.up, user_verified);
         // §12.5: salts are authenticated and decrypted before any
@@ -141,6 +142,14 @@ impl Authenticator {
         let Some(first) = candidates.pop_front() else {
             return Err(Ctap2Error::NoCredentials.into());
         };
+        // §6.2.2 step 9 (user presence) after step 7 (locate credentials):
+        // a key without the credential says so at once, unasked.
+        caller.require_consent(
+            request.options.up,
+            request.options.uv,
+            &request.rp_id,
+            Operation::SignIn,
+        )?;
         let number_of_credentials = if allow_list.is_none() && !candidates.is_empty() {
             Some(u8::try_from(candidates.len() + 1).unwrap_or(u8::MAX))
         } else {

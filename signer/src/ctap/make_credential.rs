@@ -14,7 +14,7 @@ use passkey_types::ctap2::{AttestedCredentialData, Ctap2Error, Flags};
 use passkey_types::webauthn::PublicKeyCredentialType;
 use ring::rand::SecureRandom;
 
-use crate::api::CreatedCredential;
+use crate::api::{CreatedCredential, Operation};
 use crate::ids::{CREDENTIAL_ID_LEN, CredentialId};
 use crate::store::{NewCredential, now_ms};
 
@@ -92,7 +92,7 @@ impl Authenticator {
             return Err(Ctap2Error::InvalidOption.into());
         }
         // Step 11: built-in user verification, when asked for.
-        let user_verified = caller.verify_user(request.options.uv)?;
+        let user_verified = caller.verified(request.options.uv);
         let discoverable = request.options.rk;
         let rp_id = request.rp.id.as_str();
         let user_handle = request.user.id.as_slice();
@@ -122,6 +122,9 @@ impl Authenticator {
                 return Err(Ctap2Error::CredentialExcluded.into());
             }
         }
+
+        // Step 14 (user presence): in normal mode, the owner's approval.
+        caller.require_consent(true, request.options.uv, rp_id, Operation::Register)?;
 
         // Step 16: a new key pair, wrapped before anything is stored.
         let credential_id = new_credential_id(&self.shared.rng)?;

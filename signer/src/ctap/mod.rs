@@ -29,7 +29,7 @@ use passkey_crypto::rust_crypto::RustCryptoBackend;
 use passkey_types::ctap2::{Aaguid, AuthenticatorData, Ctap2Error, Flags};
 use ring::rand::SystemRandom;
 
-use crate::api::{CreatedCredential, ObrActing, UserApproval};
+use crate::api::{ApprovalNeeded, CreatedCredential, ObrActing, Operation, UserApproval};
 use crate::error::SignerError;
 use crate::ids::{CredentialId, UserId};
 use crate::store::{Store, StoreError, StoredCredential};
@@ -95,22 +95,36 @@ pub(crate) struct Caller<'a> {
 
 impl Caller<'_> {
     /// CTAP 2.1 §6.1.2 step 11 / §6.2.2 step 7 ("uv" option): this key's
-    /// built-in user verification. The user is verified either by the
-    /// admin's authenticated, audited OBR session, or by the user's own
-    /// approval on their device. Without either, verification cannot be
-    /// performed right now, and the spec's answer for a refused built-in
-    /// verification is `CTAP2_ERR_OPERATION_DENIED`. (Not UV_BLOCKED: that
-    /// tells platforms to fall back to a PIN, which this key has none of.)
-    /// Returns whether the user is verified.
-    fn verify_user(self, uv_requested: bool) -> Result<bool, CommandError> {
-        if !uv_requested {
-            return Ok(false);
+    /// built-in user verification, which the admin's authenticated, audited
+    /// OBR session stands for, or the owner's approval on their device. In
+    /// normal mode the approval is asked for *after* the request is found
+    /// answerable ([`Caller::require_consent`]), so this says whether the
+    /// user is verified if the call goes ahead: exactly when asked.
+    fn verified(self, uv_requested: bool) -> bool {
+        uv_requested
+    }
+
+    /// Normal mode (no OBR session): a cloud-held key has no button, so
+    /// user presence — and verification, when asked — is the owner's
+    /// approval on their device. Without one yet, the call answers
+    /// "approval needed" (the relay asks the device and calls again with
+    /// the approval); a silent pre-flight (`up` false, no `uv`) needs none.
+    /// On-behalf calls need none: the admin's audited session stands for it.
+    fn require_consent(
+        self,
+        user_present: bool,
+        uv_requested: bool,
+        rp_id: &str,
+        operation: Operation,
+    ) -> Result<(), CommandError> {
+        if self.obr.is_some() || self.approval.is_some() || !(user_present || uv_requested) {
+            return Ok(());
         }
-        if self.obr.is_some() || self.approval.is_some() {
-            Ok(true)
-        } else {
-            Err(Ctap2Error::OperationDenied.into())
-        }
+        Err(CommandError::ApprovalNeeded(ApprovalNeeded {
+            rp_id: rp_id.to_owned(),
+            operation,
+            user_verification: uv_requested,
+        }))
     }
 }
 
@@ -122,6 +136,9 @@ pub(crate) struct Outcome {
     pub created: Option<CreatedCredential>,
     /// Another signer claimed this user: the caller must passivate.
     pub fenced: bool,
+    /// Normal mode: the owner must approve on their device first; the
+    /// payload is empty.
+    pub approval_needed: Option<ApprovalNeeded>,
 }
 
 impl Outcome {
@@ -130,6 +147,7 @@ impl Outcome {
             payload: vec![status.into()],
             created: None,
             fenced: false,
+            approval_needed: None,
         }
     }
 }
@@ -168,6 +186,9 @@ pub(crate) enum CommandError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// Not a failure: the owner's approval is needed before going on.
+    #[error("waiting for the owner's approval")]
+    ApprovalNeeded(ApprovalNeeded),
 }
 
 impl CommandError {
@@ -178,6 +199,9 @@ impl CommandError {
             Self::Decode(e) => e.status(),
             // Our own faults, fencing included: CTAP1_ERR_OTHER.
             Self::Store(_) | Self::Vault(_) | Self::Key(_) | Self::Encode(_) => Ctap2Error::Other,
+            // Only reached outside the CTAP path (the relay gets the
+            // request for approval instead of a status).
+            Self::ApprovalNeeded(_) => Ctap2Error::OperationDenied,
         }
     }
 
@@ -196,7 +220,10 @@ impl CommandError {
 
     /// Whether the peer caused it (worth a debug line, not a warning).
     fn is_peer_fault(&self) -> bool {
-        matches!(self, Self::Refused(_) | Self::Decode(_))
+        matches!(
+            self,
+            Self::Refused(_) | Self::Decode(_) | Self::ApprovalNeeded(_)
+        )
     }
 }
 
@@ -324,6 +351,13 @@ impl Authenticator {
                 payload: success.payload,
                 created: success.created,
                 fenced: false,
+                approval_needed: None,
+            },
+            Err(CommandError::ApprovalNeeded(needed)) => Outcome {
+                payload: Vec::new(),
+                created: None,
+                fenced: false,
+                approval_needed: Some(needed),
             },
             Err(error) => {
                 let status = error.status();
@@ -340,6 +374,7 @@ impl Authenticator {
                     payload: vec![status.into()],
                     created: None,
                     fenced,
+                    approval_needed: None,
                 }
             }
         }

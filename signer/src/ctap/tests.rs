@@ -10,6 +10,16 @@ use super::codec::{DecodeError, Kind, Param, Params, encode_ok};
 use super::*;
 use crate::config::DEFAULT_AAGUID;
 
+/// The key's owner, having approved on their phone (normal mode).
+fn owner() -> Caller<'static> {
+    static PHONE: std::sync::LazyLock<UserApproval> =
+        std::sync::LazyLock::new(|| UserApproval::granted_by_device("phone"));
+    Caller {
+        obr: None,
+        approval: Some(&PHONE),
+    }
+}
+
 fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
 }
@@ -216,13 +226,11 @@ async fn get_next_assertion_expires_thirty_seconds_after_the_last_assertion() {
     let mut authenticator = authenticator().await;
     for handle in [b"a", b"b"] {
         let outcome = authenticator
-            .handle(&make_credential(handle, "x"), Caller::default())
+            .handle(&make_credential(handle, "x"), owner())
             .await;
         assert_eq!(outcome.payload[0], STATUS_OK);
     }
-    let outcome = authenticator
-        .handle(&get_assertion(), Caller::default())
-        .await;
+    let outcome = authenticator.handle(&get_assertion(), owner()).await;
     assert_eq!(outcome.payload[0], STATUS_OK);
     let pending = authenticator.pending.as_mut().expect("enumeration state");
     let window = pending.expires_at - tokio::time::Instant::now();
@@ -231,7 +239,7 @@ async fn get_next_assertion_expires_thirty_seconds_after_the_last_assertion() {
     // 30 s later (time moved by hand: the store's I/O runs on real threads).
     pending.expires_at = tokio::time::Instant::now() - Duration::from_millis(1);
     let outcome = authenticator
-        .handle(&[CMD_GET_NEXT_ASSERTION], Caller::default())
+        .handle(&[CMD_GET_NEXT_ASSERTION], owner())
         .await;
     assert_eq!(outcome.payload, vec![u8::from(Ctap2Error::NotAllowed)]);
     assert!(
@@ -246,7 +254,7 @@ async fn long_names_are_truncated_on_a_character_boundary() {
     // 40 two-byte characters: 80 bytes; 64 bytes is 32 characters.
     let name = "é".repeat(40);
     let outcome = authenticator
-        .handle(&make_credential(b"h", &name), Caller::default())
+        .handle(&make_credential(b"h", &name), owner())
         .await;
     let created = outcome.created.expect("created");
     assert_eq!(created.user_name, "é".repeat(32));
@@ -258,7 +266,7 @@ async fn long_names_are_truncated_on_a_character_boundary() {
 async fn a_user_handle_longer_than_64_bytes_is_refused() {
     let mut authenticator = authenticator().await;
     let outcome = authenticator
-        .handle(&make_credential(&[7; 65], "x"), Caller::default())
+        .handle(&make_credential(&[7; 65], "x"), owner())
         .await;
     assert_eq!(outcome.payload, vec![u8::from(Ctap2Error::InvalidLength)]);
     assert!(!outcome.fenced);
@@ -434,17 +442,34 @@ mod policies {
     }
 
     #[test]
-    fn only_an_obr_session_or_a_device_approval_verifies_the_user() {
+    fn normal_mode_needs_the_owners_approval_for_presence_or_verification() {
         let obr = ObrActing {
             admin_id: "a".to_owned(),
             obr_session_id: "s".to_owned(),
         };
         let approval = UserApproval::granted_by_device("phone");
-        assert!(!Caller::default().verify_user(false).unwrap());
-        assert_eq!(
-            Caller::default().verify_user(true).unwrap_err().status(),
-            Ctap2Error::OperationDenied
+        // Verified exactly when asked (the consent check decides whether
+        // the call may go ahead at all).
+        assert!(Caller::default().verified(true));
+        assert!(!Caller::default().verified(false));
+        // A silent pre-flight needs nobody.
+        assert!(
+            Caller::default()
+                .require_consent(false, false, "rp.example", Operation::SignIn)
+                .is_ok()
         );
+        // Presence or verification in normal mode: ask the owner.
+        for (up, uv) in [(true, false), (false, true), (true, true)] {
+            match Caller::default().require_consent(up, uv, "rp.example", Operation::SignIn) {
+                Err(CommandError::ApprovalNeeded(needed)) => {
+                    assert_eq!(needed.rp_id, "rp.example");
+                    assert_eq!(needed.operation, Operation::SignIn);
+                    assert_eq!(needed.user_verification, uv);
+                }
+                other => panic!("expected an approval request, got {other:?}"),
+            }
+        }
+        // An OBR session or the owner's approval stands for both.
         for caller in [
             Caller {
                 obr: Some(&obr),
@@ -455,8 +480,11 @@ mod policies {
                 approval: Some(&approval),
             },
         ] {
-            assert!(caller.verify_user(true).unwrap());
-            assert!(!caller.verify_user(false).unwrap());
+            assert!(
+                caller
+                    .require_consent(true, true, "rp.example", Operation::Register)
+                    .is_ok()
+            );
         }
     }
 }
@@ -475,7 +503,7 @@ async fn random_bytes_through_the_dispatcher_never_panic() {
         message[0] =
             [CMD_MAKE_CREDENTIAL, CMD_GET_ASSERTION, CMD_CLIENT_PIN, 0x04][round as usize % 4];
         let outcome = authenticator.handle(&message, Caller::default()).await;
-        assert!(!outcome.payload.is_empty());
+        assert!(!outcome.payload.is_empty() || outcome.approval_needed.is_some());
         assert!(!outcome.fenced);
     }
 }

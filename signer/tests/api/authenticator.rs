@@ -588,8 +588,10 @@ async fn a_device_approval_verifies_the_user_in_normal_mode() {
         core.list_credentials("alice").await.unwrap()[0].created_by_admin,
         None
     );
-    // Without the approval: refused.
-    assert_eq!(core.ctap(call("alice", mc.message())).await.status(), 0x27);
+    // Without the approval: nothing is created; the owner must be asked.
+    let asked = core.ctap(unapproved_call("alice", mc.message())).await;
+    assert!(asked.payload.is_empty() && asked.created.is_none());
+    assert!(asked.approval_needed.is_some());
 }
 
 #[tokio::test]

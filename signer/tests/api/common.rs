@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ciborium::value::Value;
-use obr_signer::{CtapCall, CtapReply, Kek, ObrActing, SignerConfig, SignerCore};
+use obr_signer::{CtapCall, CtapReply, Kek, ObrActing, SignerConfig, SignerCore, UserApproval};
 use passkey_types::ctap2::{get_assertion, make_credential};
 use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 
@@ -29,7 +29,17 @@ pub async fn open(db: &TempDb) -> SignerCore {
     SignerCore::open(config(db)).await.expect("open signer")
 }
 
+/// A normal-mode call the key's owner approved on their device (as the
+/// relay sends it after the approval).
 pub fn call(user: &str, payload: Vec<u8>) -> CtapCall {
+    CtapCall {
+        approval: Some(UserApproval::granted_by_device("test-phone")),
+        ..unapproved_call(user, payload)
+    }
+}
+
+/// A normal-mode call nobody approved (yet).
+pub fn unapproved_call(user: &str, payload: Vec<u8>) -> CtapCall {
     CtapCall {
         user_id: user.to_owned(),
         obr: None,

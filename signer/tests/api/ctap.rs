@@ -387,11 +387,13 @@ async fn options_the_key_cannot_honour() {
     let core = open(&db).await;
     make_credential(&core, "alice", &Mc::new(RP, b"user-1").rk()).await;
 
-    // uv=true with nobody to verify the user (no OBR session, no device
-    // approval): CTAP2_ERR_OPERATION_DENIED (§6.1.2 step 11).
+    // uv=true with nobody to verify the user yet (no OBR session, no
+    // device approval): the owner is asked first (empty payload).
     let mut uv = Mc::new(RP, b"user-2");
     uv.uv = true;
-    assert_eq!(core.ctap(call("alice", uv.message())).await.status(), 0x27);
+    let asked = core.ctap(unapproved_call("alice", uv.message())).await;
+    assert!(asked.payload.is_empty());
+    assert!(asked.approval_needed.is_some_and(|a| a.user_verification));
     // up=false on makeCredential: CTAP2_ERR_INVALID_OPTION.
     let mut up_false = Mc::new(RP, b"user-2").params();
     up_false.push((int(7), Value::Map(vec![(text("up"), Value::Bool(false))])));
@@ -505,8 +507,10 @@ async fn on_behalf_calls_verify_the_user_when_asked_and_record_the_admin() {
     assert_eq!(user.name.as_deref(), Some("alice@example.com"));
     assert_eq!(user.display_name.as_deref(), Some("Alice"));
     // Outside OBR, without the user's device approval, the same request
-    // is refused: nobody can verify the user right now.
-    assert_eq!(core.ctap(call("alice", uv_assertion)).await.status(), 0x27);
+    // waits for the owner: the relay must ask their device.
+    let asked = core.ctap(unapproved_call("alice", uv_assertion)).await;
+    assert!(asked.payload.is_empty());
+    assert_eq!(asked.approval_needed.map(|a| a.rp_id), Some(RP.to_owned()));
     // Without the uv option, neither an OBR nor an own assertion has UV.
     for reply in [
         core.ctap(obr_call("alice", get_assertion_message(RP, &[3; 32], &[])))

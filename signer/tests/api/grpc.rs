@@ -20,7 +20,20 @@ const RP: &str = "login.example.com";
 /// Bound on every wait for the server in these tests.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A call as the relay sends it: on-behalf (`acting`), or in normal mode
+/// after the owner approved it on their device.
 fn ctap(id: u64, user: &str, payload: Vec<u8>, acting: Option<Acting>) -> LinkRequest {
+    let approval_id = if acting.is_none() { "approval-1" } else { "" };
+    unapproved(id, user, payload, acting, approval_id)
+}
+
+fn unapproved(
+    id: u64,
+    user: &str,
+    payload: Vec<u8>,
+    acting: Option<Acting>,
+    approval_id: &str,
+) -> LinkRequest {
     LinkRequest {
         id,
         kind: Some(link_request::Kind::Ctap(CtapCall {
@@ -28,7 +41,7 @@ fn ctap(id: u64, user: &str, payload: Vec<u8>, acting: Option<Acting>) -> LinkRe
             payload,
             budget_ms: 10_000,
             acting,
-            approval_id: String::new(),
+            approval_id: approval_id.to_owned(),
         })),
     }
 }
@@ -188,4 +201,48 @@ async fn link_multiplexes_calls_cancels_and_serves_the_panel() {
         .expect("the server stops")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_normal_mode_call_without_approval_asks_for_it_over_the_link() {
+    let db = TempDb::new();
+    let core = open(&db).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(obr_signer::serve(core.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let mut client = SignerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (requests, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses = client
+        .link(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    requests
+        .send(unapproved(
+            9,
+            "carol",
+            Mc::new(RP, b"user-c").message(),
+            None,
+            "",
+        ))
+        .await
+        .unwrap();
+    let response = next(&mut responses).await.expect("a reply");
+    assert_eq!(response.id, 9);
+    assert!(response.payload.is_empty());
+    let needed = response.approval_needed.expect("approval needed");
+    assert_eq!(
+        (needed.rp_id.as_str(), needed.operation.as_str()),
+        (RP, "register")
+    );
+    assert!(response.created.is_none());
+    assert!(core.list_credentials("carol").await.unwrap().is_empty());
+    drop(requests);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

@@ -264,13 +264,24 @@ fn story(
     let (options, auth_state) =
         webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
     let assertion = rp::get_assertion(&options)?;
+    // His own key asks his phone first; he approves.
+    let head = api.inbox_head(bob_device)?;
+    let phone = {
+        let (url, device) = (url.to_owned(), bob_device.to_owned());
+        std::thread::spawn(move || {
+            Api::new(&url).answer_next_approval(&device, head, true, Duration::from_secs(10))
+        })
+    };
     let response = bob_hid.cbor(&assertion.ctap_request)?;
+    phone
+        .join()
+        .map_err(|_| anyhow::anyhow!("phone thread panicked"))??;
     let result = webauthn
         .finish_securitykey_authentication(&assertion.credential(&response)?, &auth_state)?;
     step(
         9,
         &format!(
-            "Bob signs in at the RP from his own workstation with that passkey: webauthn-rs accepted the assertion (counter {})",
+            "Bob signs in at the RP from his own workstation with that passkey, after approving on his phone: webauthn-rs accepted the assertion (counter {})",
             result.counter()
         ),
     );
