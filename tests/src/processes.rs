@@ -136,6 +136,13 @@ pub struct SignerProc {
 
 impl SignerProc {
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, &[])
+    }
+
+    /// With extra `obr-signer` arguments; its database and KEK live in
+    /// `dir` (two signers given one `dir` share them, as pods share a
+    /// database and a Secret).
+    pub fn start_with(dir: &Path, extra: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary("obr-signer")?);
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
@@ -145,7 +152,8 @@ impl SignerProc {
                 dir.join("signer.db").display()
             ))
             .arg("--kek-file")
-            .arg(dir.join("signer-kek.key"));
+            .arg(dir.join("signer-kek.key"))
+            .args(extra);
         let (proc, addr) = Proc::spawn("signer", cmd, "obr-signer listening on ")?;
         Ok(Self {
             proc,

@@ -14,6 +14,7 @@
 //!   what such an RP policy means for obr.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use obr_signer::{
     AttestationCa, AttestationConfig, CtapCall, Kek, ObrActing, SignerConfig, SignerCore,
 };
 use obr_tests::api::Api;
-use obr_tests::processes::{AgentProc, Proc, RelayOptions, RelayProc, binary};
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
 use obr_tests::python;
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
@@ -83,25 +84,19 @@ fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyh
     }
     let signer_dir = scratch.join("signer");
     let ca_cert = signer_dir.join("attestation-ca.pem");
-    let mut cmd = Command::new(binary("obr-signer")?);
-    cmd.arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--database-url")
-        .arg(format!(
-            "sqlite://{}?mode=rwc",
-            signer_dir.join("signer.db").display()
-        ))
-        .arg("--kek-file")
-        .arg(signer_dir.join("signer-kek.key"))
-        .args(["--attestation", "packed"])
-        .arg("--attestation-ca-cert")
-        .arg(&ca_cert)
-        .arg("--attestation-ca-key")
-        .arg(signer_dir.join("attestation-ca.key"));
-    let (_signer, addr) = Proc::spawn("signer", cmd, "obr-signer listening on ")?;
+    let ca_key = signer_dir.join("attestation-ca.key");
+    let extra: Vec<&OsStr> = vec![
+        OsStr::new("--attestation"),
+        OsStr::new("packed"),
+        OsStr::new("--attestation-ca-cert"),
+        ca_cert.as_os_str(),
+        OsStr::new("--attestation-ca-key"),
+        ca_key.as_os_str(),
+    ];
+    let signer = SignerProc::start_with(&signer_dir, &extra)?;
     assert!(ca_cert.exists(), "the CA was generated on first start");
     let options = RelayOptions {
-        signers: vec![format!("http://{addr}")],
+        signers: vec![signer.endpoint.clone()],
         ..RelayOptions::default()
     };
     let relay = RelayProc::start(&scratch.join("relay"), &options)?;

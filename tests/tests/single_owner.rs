@@ -6,6 +6,7 @@
 //! writes are fenced or it redirects to the new owner — and no two
 //! assertions ever carry the same counter.
 
+use std::ffi::OsStr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use obr_proto::signer::signer_client::SignerClient;
 use obr_proto::signer::{Acting, CtapCall, LinkRequest, link_request};
 use obr_tests::api::Api;
 use obr_tests::hid_client::HidClient;
-use obr_tests::processes::{AgentProc, Proc, RelayOptions, RelayProc, SignerProc, binary};
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
 use obr_tests::redis_server::RedisServer;
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
@@ -22,27 +23,10 @@ use webauthn_rs::prelude::Uuid;
 const LEASE_TTL_MS: u64 = 1000;
 
 fn start_signer(dir: &std::path::Path, redis: &str) -> anyhow::Result<SignerProc> {
-    let mut cmd = Command::new(binary("obr-signer")?);
-    cmd.arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--database-url")
-        .arg(format!(
-            "sqlite://{}?mode=rwc",
-            dir.join("signer.db").display()
-        ))
-        .arg("--kek-file")
-        .arg(dir.join("kek.key"))
-        .args([
-            "--redis-url",
-            redis,
-            "--lease-ttl-ms",
-            &LEASE_TTL_MS.to_string(),
-        ]);
-    let (proc, addr) = Proc::spawn("signer", cmd, "obr-signer listening on ")?;
-    Ok(SignerProc {
-        proc,
-        endpoint: format!("http://{addr}"),
-    })
+    let ttl = LEASE_TTL_MS.to_string();
+    let args = ["--redis-url", redis, "--lease-ttl-ms", ttl.as_str()];
+    let extra: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    SignerProc::start_with(dir, &extra)
 }
 
 fn signal(pid: u32, sig: &str) {
