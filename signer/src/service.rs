@@ -21,7 +21,7 @@ use obr_proto::signer::signer_server::{Signer, SignerServer};
 use obr_proto::signer::{
     self as proto, Credential, CredentialCreated, DeleteCredentialRequest,
     DeleteCredentialResponse, LinkRequest, LinkResponse, ListCredentialsRequest,
-    ListCredentialsResponse, link_request,
+    ListCredentialsResponse, ResetKeyRequest, ResetKeyResponse, link_request,
 };
 use passkey_types::ctap2::Ctap2Error;
 use tokio::net::TcpListener;
@@ -123,6 +123,21 @@ impl Signer for SignerService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(DeleteCredentialResponse { deleted }))
+    }
+
+    async fn reset_key(
+        &self,
+        request: Request<ResetKeyRequest>,
+    ) -> Result<Response<ResetKeyResponse>, Status> {
+        let request = request.into_inner();
+        let deleted_credentials = self
+            .core
+            .reset_user_key(&request.user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ResetKeyResponse {
+            deleted_credentials,
+        }))
     }
 }
 

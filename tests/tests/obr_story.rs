@@ -215,6 +215,61 @@ fn passkey_with_user_verification_and_excluded_credentials() -> anyhow::Result<(
             webauthn.finish_passkey_authentication(&assertion.credential(&response)?, &state)?;
         assert!(result.user_verified());
     }
+    // The panel deletes it: gone from the key, audited, carol told.
+    let passkeys = api.passkeys(&admin, &carol.id)?;
+    assert_eq!(passkeys.len(), 1);
+    let id = passkeys[0]["credential_id"].as_str().unwrap().to_owned();
+    let path = format!("/api/users/{}/passkeys/{id}", carol.id);
+    let device = carol.device_token.as_deref().unwrap();
+    assert_eq!(
+        api.call("DELETE", &path, Some(device), None)?.status,
+        401,
+        "users cannot"
+    );
+    let bad = format!("/api/users/{}/passkeys/not*base64", carol.id);
+    assert_eq!(api.call("DELETE", &bad, Some(&admin), None)?.status, 400);
+    assert_eq!(api.call("DELETE", &path, Some(&admin), None)?.status, 204);
+    assert_eq!(
+        api.call("DELETE", &path, Some(&admin), None)?.status,
+        404,
+        "deleted once"
+    );
+    assert!(api.passkeys(&admin, &carol.id)?.is_empty());
+    assert!(
+        api.notifications(device)?
+            .iter()
+            .any(|n| n["kind"] == "passkey.deleted")
+    );
+
+    // A new passkey, then the whole key reset.
+    let (options, state) = webauthn.start_passkey_registration(user, "carol", "Carol", None)?;
+    let request = rp::make_credential(&options, true)?;
+    webauthn.finish_passkey_registration(
+        &request.credential(&hid.cbor(&request.ctap_request)?)?,
+        &state,
+    )?;
+    let reset = api
+        .call(
+            "POST",
+            &format!("/api/users/{}/reset-key", carol.id),
+            Some(&admin),
+            None,
+        )?
+        .ok()?;
+    assert_eq!(reset["deleted_credentials"], 1);
+    assert!(api.passkeys(&admin, &carol.id)?.is_empty());
+    let audit = api.audit(&admin)?;
+    let actions: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"passkey.deleted") && actions.contains(&"key.reset"),
+        "{actions:?}"
+    );
+
     round_trips.sort();
     eprintln!(
         "getAssertion round trips (20): min {:?}, p50 {:?}, max {:?}",

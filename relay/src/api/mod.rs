@@ -36,6 +36,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/users", web::get().to(users::list))
             .route("/users", web::post().to(users::invite))
             .route("/users/{id}/passkeys", web::get().to(users::passkeys))
+            .route(
+                "/users/{id}/passkeys/{credential_id}",
+                web::delete().to(users::delete_passkey),
+            )
+            .route("/users/{id}/reset-key", web::post().to(users::reset_key))
             .route("/users/{id}/obr", web::post().to(obr::select))
             .route(
                 "/invitations/accept",

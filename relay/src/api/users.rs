@@ -199,3 +199,91 @@ pub async fn passkeys(
         .collect();
     Ok(HttpResponse::Ok().json(passkeys))
 }
+
+/// `DELETE /api/users/{id}/passkeys/{credential_id}` (base64url id): remove
+/// one credential from the user's key. Audited; the user is told.
+pub async fn delete_passkey(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&req, &state).await?;
+    let (user_id, credential) = path.into_inner();
+    let user = state
+        .directory
+        .person(&user_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    let credential_id = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(credential.trim_end_matches('='))
+            .map_err(|_| ApiError::BadRequest("credential id must be base64url".into()))?
+    };
+    if !state
+        .router
+        .delete_credential(&user_id, credential_id)
+        .await?
+    {
+        return Err(ApiError::NotFound(
+            "the user's key has no such passkey".into(),
+        ));
+    }
+    let detail = serde_json::json!({ "user_id": user.id, "credential_id": credential });
+    state
+        .directory
+        .audit(&admin.email, "passkey.deleted", &user.email, detail.clone())
+        .await?;
+    state
+        .directory
+        .notify(
+            &user.id,
+            "passkey.deleted",
+            &format!("{} deleted a passkey from your security key", admin.email),
+            detail,
+        )
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Serialize)]
+struct ResetDone {
+    deleted_credentials: u64,
+}
+
+/// `POST /api/users/{id}/reset-key`: delete every passkey on the user's key
+/// and replace its data key. Admins only; audited; the user is told.
+pub async fn reset_key(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&req, &state).await?;
+    let user = state
+        .directory
+        .person(&path.into_inner())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    let deleted_credentials = state.router.reset_key(&user.id).await?;
+    let detail =
+        serde_json::json!({ "user_id": user.id, "deleted_credentials": deleted_credentials });
+    state
+        .directory
+        .audit(&admin.email, "key.reset", &user.email, detail.clone())
+        .await?;
+    state
+        .directory
+        .notify(
+            &user.id,
+            "key.reset",
+            &format!(
+                "{} reset your security key: {deleted_credentials} passkeys were removed",
+                admin.email
+            ),
+            detail,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(ResetDone {
+        deleted_credentials,
+    }))
+}

@@ -20,6 +20,7 @@ use std::time::Duration;
 use obr_proto::signer::signer_client::SignerClient;
 use obr_proto::signer::{
     Acting, Credential, CtapCall, DeleteCredentialRequest, LinkResponse, ListCredentialsRequest,
+    ResetKeyRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -228,6 +229,20 @@ impl Router {
             .await
             .map_err(|_| LinkError::Timeout)??;
         Ok(response.into_inner().deleted)
+    }
+}
+
+impl Router {
+    /// Delete all of the user's credentials and replace their data key.
+    pub async fn reset_key(&self, user_id: &str) -> Result<u64, LinkError> {
+        let mut client = SignerClient::new(self.link_for(user_id)?.channel());
+        let request = ResetKeyRequest {
+            user_id: user_id.to_owned(),
+        };
+        let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.reset_key(request))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        Ok(response.into_inner().deleted_credentials)
     }
 }
 
