@@ -175,3 +175,110 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Two signer processes, one database and one Redis: the first calls of
+/// 1,000 users reach both processes at once, and every user ends up owned
+/// by exactly one of them — its lease names that process, which answered,
+/// while the other pointed at it (and still does, without activating).
+#[test]
+fn a_thousand_users_race_two_signer_processes_and_each_gets_one_owner() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?.expect("redis-server is not installed (.ci/run installs it)");
+    let scratch = Scratch::new("race")?;
+    std::fs::create_dir_all(scratch.join("signers"))?;
+    let pods = [
+        start_signer(&scratch.join("signers"), &redis.url())?,
+        start_signer(&scratch.join("signers"), &redis.url())?,
+    ];
+    let users: Vec<String> = (0..1000).map(|i| format!("race-user-{i:04}")).collect();
+    let rt = tokio::runtime::Runtime::new()?;
+    let first: Vec<Vec<(u64, obr_proto::signer::LinkResponse)>> = rt.block_on(async {
+        let rounds = pods.iter().map(|pod| send_all(&pod.endpoint, &users));
+        futures_util::future::try_join_all(rounds).await
+    })?;
+    let mut owned = [0usize; 2];
+    let client = redis::Client::open(redis.url())?;
+    let mut conn = client.get_connection()?;
+    for (i, user) in users.iter().enumerate() {
+        let id = i as u64;
+        let answers: Vec<&obr_proto::signer::LinkResponse> = first
+            .iter()
+            .map(|replies| {
+                &replies
+                    .iter()
+                    .find(|(rid, _)| *rid == id)
+                    .expect("a reply")
+                    .1
+            })
+            .collect();
+        let owners: Vec<usize> = (0..2).filter(|&p| answers[p].owner.is_empty()).collect();
+        assert_eq!(owners.len(), 1, "{user}: {answers:?}");
+        let (owner, other) = (owners[0], 1 - owners[0]);
+        assert_eq!(answers[owner].payload.first(), Some(&0), "{user}");
+        assert_eq!(answers[other].owner, pods[owner].endpoint, "{user}");
+        let lease: Option<String> = redis::cmd("GET")
+            .arg(format!("obr:lease:{user}"))
+            .query(&mut conn)?;
+        assert_eq!(
+            lease.as_deref(),
+            Some(pods[owner].endpoint.as_str()),
+            "{user}"
+        );
+        owned[owner] += 1;
+    }
+    // Asked again, every non-owner still points at the owner.
+    let second = rt.block_on(async {
+        let rounds = pods.iter().map(|pod| send_all(&pod.endpoint, &users));
+        futures_util::future::try_join_all(rounds).await
+    })?;
+    for (i, user) in users.iter().enumerate() {
+        let redirected = second
+            .iter()
+            .filter(|replies| {
+                replies
+                    .iter()
+                    .any(|(rid, r)| *rid == i as u64 && !r.owner.is_empty())
+            })
+            .count();
+        assert_eq!(redirected, 1, "{user}");
+    }
+    eprintln!("owners: {owned:?}");
+    assert_eq!(owned[0] + owned[1], 1000);
+    Ok(())
+}
+
+/// One getInfo per user over one `Link` stream to `endpoint`; the replies
+/// by request id (= the user's index).
+async fn send_all(
+    endpoint: &str,
+    users: &[String],
+) -> anyhow::Result<Vec<(u64, obr_proto::signer::LinkResponse)>> {
+    let mut client = SignerClient::connect(endpoint.to_owned()).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(users.len());
+    for (i, user) in users.iter().enumerate() {
+        tx.send(LinkRequest {
+            id: i as u64,
+            kind: Some(link_request::Kind::Ctap(CtapCall {
+                user_id: user.clone(),
+                payload: vec![0x04],
+                budget_ms: 30_000,
+                acting: None,
+                approval_id: String::new(),
+            })),
+        })
+        .await?;
+    }
+    let mut replies = client
+        .link(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut out = Vec::with_capacity(users.len());
+    while out.len() < users.len() {
+        let reply = replies
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("link ended early"))?;
+        out.push((reply.id, reply));
+    }
+    drop(tx);
+    Ok(out)
+}
