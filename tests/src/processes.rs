@@ -318,6 +318,22 @@ impl AgentProc {
         self.wait_status("normal mode", Duration::from_secs(10))
     }
 
+    /// The panel's "Select as OBR" for `user`, then wait until this agent
+    /// shows it. Returns the OBR session.
+    pub fn select_as_obr(
+        &self,
+        api: &crate::api::Api,
+        admin_token: &str,
+        user: &obr_relay::demo::DemoUser,
+    ) -> anyhow::Result<serde_json::Value> {
+        let session = api.select_obr(admin_token, &user.id)?.ok()?;
+        self.wait_status(
+            &format!("OBR: acting for {}", user.email),
+            Duration::from_secs(5),
+        )?;
+        Ok(session)
+    }
+
     /// The agent's id, from `obr-agent status --json`.
     pub fn agent_id(&self) -> anyhow::Result<String> {
         let status: serde_json::Value = serde_json::from_str(&self.cli(&["status", "--json"])?)?;

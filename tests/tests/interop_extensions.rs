@@ -105,8 +105,7 @@ fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyh
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
     agent.login(&api, &admin)?;
     let carol = relay.user("carol@demo.obr")?;
-    api.select_obr(&admin, &carol.id)?.ok()?;
-    agent.wait_status("OBR: acting for carol@demo.obr", Duration::from_secs(5))?;
+    agent.select_as_obr(&api, &admin, carol)?;
     let ca = ca_cert.to_str().expect("utf-8 path");
     let attested = [
         "--attestation",

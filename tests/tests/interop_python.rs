@@ -6,7 +6,6 @@
 //! discoverable credential), `Fido2Server` verifies both.
 
 use std::process::Command;
-use std::time::Duration;
 
 use obr_tests::api::Api;
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
@@ -32,8 +31,7 @@ fn python_fido2_registers_and_signs_in_through_obr() -> anyhow::Result<()> {
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
     agent.login(&api, &admin)?;
     let carol = relay.user("carol@demo.obr")?;
-    api.select_obr(&admin, &carol.id)?.ok()?;
-    agent.wait_status("OBR: acting for carol@demo.obr", Duration::from_secs(5))?;
+    agent.select_as_obr(&api, &admin, carol)?;
 
     let output = Command::new(&python)
         .arg(python::script("obr_interop.py"))

@@ -104,8 +104,7 @@ fn refused_selections_change_nothing() -> anyhow::Result<()> {
         Some(serde_json::json!({ "token": dave.invitation_token })),
     )?;
     assert_eq!(again.status, 404, "an invitation is used once");
-    api.select_obr(&admin, &dave.id)?.ok()?;
-    agent.wait_status("OBR: acting for dave@demo.obr", Duration::from_secs(5))?;
+    agent.select_as_obr(&api, &admin, dave)?;
     // A second selection on the same agent is refused while one is active.
     let busy = api.select_obr(&admin, &bob.id)?;
     assert_eq!(busy.status, 409);
@@ -132,8 +131,7 @@ fn a_session_expires_by_itself() -> anyhow::Result<()> {
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
     agent.login(&api, &admin)?;
     let bob = relay.user("bob@demo.obr")?;
-    api.select_obr(&admin, &bob.id)?.ok()?;
-    agent.wait_status("OBR: acting for bob@demo.obr", Duration::from_secs(5))?;
+    agent.select_as_obr(&api, &admin, bob)?;
     agent.wait_status("ready for on behalf registration", Duration::from_secs(10))?;
     let audit = api.audit(&admin)?;
     assert!(

@@ -42,11 +42,7 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
     );
 
     // 4: Users → bob → Action → Select as OBR.
-    let session = api.select_obr(&admin, &bob.id)?.ok()?;
-    let status = stack
-        .agent
-        .wait_status("OBR: acting for bob@demo.obr", Duration::from_secs(5))?;
-    assert!(status.contains("OBR"), "{status}");
+    let session = stack.agent.select_as_obr(&api, &admin, bob)?;
 
     // 5: register a security key on bob's account at the RP.
     let webauthn = rp::webauthn()?;
@@ -162,10 +158,7 @@ fn passkey_with_user_verification_and_excluded_credentials() -> anyhow::Result<(
     let carol = stack.relay.user("carol@demo.obr")?;
     let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
     stack.agent.login(&api, &admin)?;
-    api.select_obr(&admin, &carol.id)?.ok()?;
-    stack
-        .agent
-        .wait_status("OBR: acting for carol@demo.obr", Duration::from_secs(5))?;
+    stack.agent.select_as_obr(&api, &admin, carol)?;
 
     // webauthn-rs passkeys require user verification: the OBR session
     // stands for it, so the key sets UV.

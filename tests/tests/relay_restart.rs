@@ -26,8 +26,7 @@ fn agent_reconnects_and_keeps_its_session_across_a_relay_restart() -> anyhow::Re
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
     agent.login(&api, &admin)?;
     let bob = relay.user("bob@demo.obr")?.clone();
-    api.select_obr(&admin, &bob.id)?.ok()?;
-    agent.wait_status("OBR: acting for bob@demo.obr", Duration::from_secs(5))?;
+    agent.select_as_obr(&api, &admin, &bob)?;
 
     // Stop the relay; the agent notices and shows it is disconnected.
     let port = relay.url.rsplit(':').next().unwrap().to_owned();

@@ -53,8 +53,7 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
     agent.login(&api, &admin)?;
     let bob = relay.user("bob@demo.obr")?.clone();
-    let session = api.select_obr(&admin, &bob.id)?.ok()?;
-    agent.wait_status("OBR: acting for bob@demo.obr", Duration::from_secs(5))?;
+    let session = agent.select_as_obr(&api, &admin, &bob)?;
 
     // Register and sign through the relay; find who owns bob.
     let webauthn = rp::webauthn()?;
