@@ -211,8 +211,9 @@ impl SignerCore {
         let store = Store::open(&config.database_url, config.db_max_connections).await?;
         let kek_id = config.kek.id().to_owned();
         let attestation = Attestation::new(&config.attestation, config.aaguid)?;
-        let shared = Shared::new(store.clone(), config.kek, config.aaguid, attestation)
+        let mut shared = Shared::new(store.clone(), config.kek, config.aaguid, attestation)
             .map_err(|e| SignerError::Internal(e.to_string()))?;
+        shared.obr_stands_for_uv = config.obr_stands_for_uv;
         let threads = match config.actor_threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,

@@ -42,6 +42,10 @@ pub struct SignerConfig {
     /// Membership and per-user leases in Redis, when this signer is one of
     /// several pods; `None` for a single signer.
     pub placement: Option<crate::placement::Placement>,
+    /// Whether an admin's OBR session stands for user verification when
+    /// the platform asks for `uv` (DESIGN: "policy may forbid it"). When
+    /// false, on-behalf requests with `uv` are refused (OPERATION_DENIED).
+    pub obr_stands_for_uv: bool,
 }
 
 impl SignerConfig {
@@ -57,6 +61,7 @@ impl SignerConfig {
             db_max_connections: DEFAULT_DB_MAX_CONNECTIONS,
             attestation: crate::AttestationConfig::None,
             placement: None,
+            obr_stands_for_uv: true,
         }
     }
 }

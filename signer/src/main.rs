@@ -111,6 +111,10 @@ struct ServeArgs {
     /// The URL relays reach this signer at (default: http://LISTEN address).
     #[arg(long, env = "OBR_SIGNER_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// Whether an admin's OBR session stands for user verification when a
+    /// platform asks for it (`false`: such requests are refused).
+    #[arg(long, env = "OBR_SIGNER_OBR_STANDS_FOR_UV", default_value_t = true, action = clap::ArgAction::Set)]
+    obr_stands_for_uv: bool,
     /// How long a user's lease lasts without renewal, in milliseconds.
     #[arg(long, env = "OBR_SIGNER_LEASE_TTL_MS", default_value_t = obr_signer::placement::DEFAULT_LEASE_TTL.as_millis() as u64)]
     lease_ttl_ms: u64,
@@ -202,6 +206,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = SignerConfig {
         placement: placement.clone(),
+        obr_stands_for_uv: args.obr_stands_for_uv,
         attestation,
         aaguid: args.aaguid.map_or(DEFAULT_AAGUID, |u| *u.as_bytes()),
         idle_passivation: Duration::from_secs(args.idle_passivation_secs),

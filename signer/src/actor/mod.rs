@@ -208,6 +208,7 @@ impl Handler<Ctap> for UserKey {
                     Caller {
                         obr: call.obr.as_ref(),
                         approval: call.approval.as_ref(),
+                        ..Caller::default()
                     },
                 ),
             )

@@ -95,7 +95,7 @@ impl Authenticator {
         let extensions_input: Option<Value> = params.get(EXTENSIONS).cloned();
         let request: Request = params.decode()?;
         refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
-        let user_verified = caller.verified(request.options.uv);
+        let user_verified = caller.verified(request.options.uv)?;
         // "up": false asks for a silent assertion, without the UP flag.
         let flags = response_flags(request.options.up, user_verified);
         // §12.5: salts are authenticated and decrypted before any

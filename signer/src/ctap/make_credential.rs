@@ -92,7 +92,7 @@ impl Authenticator {
             return Err(Ctap2Error::InvalidOption.into());
         }
         // Step 11: built-in user verification, when asked for.
-        let user_verified = caller.verified(request.options.uv);
+        let user_verified = caller.verified(request.options.uv)?;
         let discoverable = request.options.rk;
         let rp_id = request.rp.id.as_str();
         let user_handle = request.user.id.as_slice();

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub rng: SystemRandom,
     /// How makeCredential attests new credentials.
     pub attestation: Attestation,
+    /// See [`crate::SignerConfig::obr_stands_for_uv`].
+    pub obr_stands_for_uv: bool,
     /// The authenticatorGetInfo answer, which never changes: encoded once.
     get_info: Vec<u8>,
 }
@@ -78,6 +80,7 @@ impl Shared {
             aaguid,
             rng: SystemRandom::new(),
             attestation,
+            obr_stands_for_uv: true,
             get_info: get_info::encode(aaguid)?,
         })
     }
@@ -91,6 +94,8 @@ pub(crate) struct Caller<'a> {
     pub obr: Option<&'a ObrActing>,
     /// The user approved this call on their device.
     pub approval: Option<&'a UserApproval>,
+    /// Policy: the OBR session does *not* stand for user verification.
+    pub obr_uv_forbidden: bool,
 }
 
 impl Caller<'_> {
@@ -100,8 +105,13 @@ impl Caller<'_> {
     /// normal mode the approval is asked for *after* the request is found
     /// answerable ([`Caller::require_consent`]), so this says whether the
     /// user is verified if the call goes ahead: exactly when asked.
-    fn verified(self, uv_requested: bool) -> bool {
-        uv_requested
+    fn verified(self, uv_requested: bool) -> Result<bool, CommandError> {
+        let only_obr = self.obr.is_some() && self.approval.is_none();
+        if uv_requested && only_obr && self.obr_uv_forbidden {
+            // Policy: nobody can verify the user on this call.
+            return Err(Ctap2Error::OperationDenied.into());
+        }
+        Ok(uv_requested)
     }
 
     /// Normal mode (no OBR session): a cloud-held key has no button, so
@@ -325,6 +335,10 @@ impl Authenticator {
 
     /// Answer one CTAP message (command byte + CBOR parameters).
     pub(crate) async fn handle(&mut self, message: &[u8], caller: Caller<'_>) -> Outcome {
+        let caller = Caller {
+            obr_uv_forbidden: !self.shared.obr_stands_for_uv,
+            ..caller
+        };
         let Some((&command, params)) = message.split_first() else {
             return Outcome::status(Ctap2Error::InvalidCommand);
         };

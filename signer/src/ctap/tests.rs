@@ -17,6 +17,7 @@ fn owner() -> Caller<'static> {
     Caller {
         obr: None,
         approval: Some(&PHONE),
+        ..Caller::default()
     }
 }
 
@@ -450,8 +451,8 @@ mod policies {
         let approval = UserApproval::granted_by_device("phone");
         // Verified exactly when asked (the consent check decides whether
         // the call may go ahead at all).
-        assert!(Caller::default().verified(true));
-        assert!(!Caller::default().verified(false));
+        assert!(Caller::default().verified(true).unwrap());
+        assert!(!Caller::default().verified(false).unwrap());
         // A silent pre-flight needs nobody.
         assert!(
             Caller::default()
@@ -473,11 +474,11 @@ mod policies {
         for caller in [
             Caller {
                 obr: Some(&obr),
-                approval: None,
+                ..Caller::default()
             },
             Caller {
-                obr: None,
                 approval: Some(&approval),
+                ..Caller::default()
             },
         ] {
             assert!(
@@ -486,6 +487,17 @@ mod policies {
                     .is_ok()
             );
         }
+        // Policy may forbid the OBR session standing for verification.
+        let forbidden = Caller {
+            obr: Some(&obr),
+            obr_uv_forbidden: true,
+            ..Caller::default()
+        };
+        assert_eq!(
+            forbidden.verified(true).unwrap_err().status(),
+            Ctap2Error::OperationDenied
+        );
+        assert!(!forbidden.verified(false).unwrap());
     }
 }
 

@@ -828,3 +828,40 @@ async fn random_and_mutated_messages_always_get_a_status_and_never_panic() {
     // The key still answers.
     assert_ok(&core.ctap(call("fuzz", vec![0x04])).await);
 }
+
+/// DESIGN: the OBR session stands for user verification — and "policy may
+/// forbid it". With `obr_stands_for_uv` off, an on-behalf request that asks
+/// for `uv` is refused, and one that does not still registers (without UV).
+#[tokio::test]
+async fn policy_can_forbid_the_obr_session_standing_for_verification() {
+    let db = TempDb::new();
+    let core = SignerCore::open(SignerConfig {
+        obr_stands_for_uv: false,
+        ..config(&db)
+    })
+    .await
+    .unwrap();
+    let mut with_uv = Mc::new(RP, b"user-1");
+    with_uv.uv = true;
+    assert_eq!(
+        core.ctap(obr_call("alice", with_uv.message()))
+            .await
+            .status(),
+        0x27
+    );
+    let reply = core
+        .ctap(obr_call("alice", Mc::new(RP, b"user-1").message()))
+        .await;
+    assert_eq!(reply.status(), 0);
+    assert!(
+        !decode_make_credential(&reply)
+            .auth_data
+            .flags
+            .contains(Flags::UV)
+    );
+    // The owner's own approval still verifies them.
+    assert_eq!(
+        core.ctap(call("alice", with_uv.message())).await.status(),
+        0
+    );
+}

@@ -49,10 +49,11 @@ pub fn unapproved_call(user: &str, payload: Vec<u8>) -> CtapCall {
     }
 }
 
+/// An on-behalf call: the admin's OBR session, no device approval.
 pub fn obr_call(user: &str, payload: Vec<u8>) -> CtapCall {
     CtapCall {
         obr: Some(acting()),
-        ..call(user, payload)
+        ..unapproved_call(user, payload)
     }
 }
 
