@@ -9,5 +9,6 @@ mod ctap;
 mod fencing;
 mod grpc;
 mod keys;
+mod memory;
 mod rotation;
 mod test_db;
