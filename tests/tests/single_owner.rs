@@ -281,3 +281,70 @@ async fn send_all(
     drop(tx);
     Ok(out)
 }
+
+/// The relay hashes each user to a preferred signer; when another pod
+/// already holds the user's lease, the preferred one answers with the
+/// owner and the relay follows it — the browser sees only the answer.
+#[test]
+fn the_relay_follows_a_redirect_to_the_owner() -> anyhow::Result<()> {
+    use sha2::{Digest, Sha256};
+    let redis = RedisServer::start()?.expect("redis-server is not installed (.ci/run installs it)");
+    let scratch = Scratch::new("redirect")?;
+    for dir in ["signers", "relay", "agent"] {
+        std::fs::create_dir_all(scratch.join(dir))?;
+    }
+    let pods = [
+        start_signer(&scratch.join("signers"), &redis.url())?,
+        start_signer(&scratch.join("signers"), &redis.url())?,
+    ];
+    let options = RelayOptions {
+        redis_url: Some(redis.url()),
+        discover_signers: true,
+        ..RelayOptions::default()
+    };
+    let relay = RelayProc::start(&scratch.join("relay"), &options)?;
+    let bob = relay.user("bob@demo.obr")?.clone();
+    // The relay's choice for bob (rendezvous hashing, as in relay/src/routing).
+    let weight = |endpoint: &str| {
+        let digest = Sha256::new()
+            .chain_update(endpoint.as_bytes())
+            .chain_update([0u8])
+            .chain_update(bob.id.as_bytes())
+            .finalize();
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+    };
+    let preferred = if weight(&pods[0].endpoint) > weight(&pods[1].endpoint) {
+        0
+    } else {
+        1
+    };
+    let other = &pods[1 - preferred];
+    // The other pod takes bob first (a call straight to it).
+    let rt = tokio::runtime::Runtime::new()?;
+    let first = rt.block_on(send_all(&other.endpoint, std::slice::from_ref(&bob.id)))?;
+    assert!(first[0].1.owner.is_empty(), "{first:?}");
+
+    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
+    let api = Api::new(&relay.url);
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    agent.login(&api, &admin)?;
+    agent.select_as_obr(&api, &admin, &bob)?;
+    let webauthn = rp::webauthn()?;
+    let (options, state) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
+    let request = rp::make_credential(&options, false)?;
+    let mut hid = HidClient::open(&agent.hid_socket)?;
+    let response = hid.cbor(&request.ctap_request)?;
+    webauthn.finish_securitykey_registration(&request.credential(&response)?, &state)?;
+    let client = redis::Client::open(redis.url())?;
+    let mut conn = client.get_connection()?;
+    let lease: Option<String> = redis::cmd("GET")
+        .arg(format!("obr:lease:{}", bob.id))
+        .query(&mut conn)?;
+    assert_eq!(
+        lease.as_deref(),
+        Some(other.endpoint.as_str()),
+        "the owner kept bob"
+    );
+    Ok(())
+}
