@@ -28,6 +28,15 @@ pub struct RelayConfig {
     pub workers: usize,
     /// Create a demo organisation when the directory is empty.
     pub demo_org: bool,
+    /// Serve HTTPS/WSS with this certificate chain and key (PEM).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its PKCS#8 (or SEC1/PKCS#1) private key.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert_chain: PathBuf,
+    pub key: PathBuf,
 }
 
 impl RelayConfig {
@@ -45,6 +54,7 @@ impl RelayConfig {
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             workers: 0,
             demo_org: false,
+            tls: None,
         }
     }
 }

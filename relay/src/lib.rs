@@ -60,6 +60,8 @@ pub enum RelayError {
     Demo(#[from] demo::DemoError),
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// How long a discovering relay waits at start-up for a live signer.
@@ -152,8 +154,11 @@ impl Relay {
                 .configure(api::configure)
         })
         .workers(workers)
-        .disable_signals()
-        .listen(listener)?
+        .disable_signals();
+        let server = match &state.config.tls {
+            Some(files) => server.listen_rustls_0_23(listener, tls_config(files)?)?,
+            None => server.listen(listener)?,
+        }
         .run();
         let handle = server.handle();
         tracing::info!(url = %state.config.public_url, "obr-relay serving");
@@ -166,6 +171,27 @@ impl Relay {
         drop(self.embedded_signer);
         Ok(())
     }
+}
+
+/// rustls with ring (the one crypto provider in the tree), TLS 1.2+.
+fn tls_config(files: &config::TlsFiles) -> Result<rustls::ServerConfig, RelayError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |what: &str, e: &dyn std::fmt::Display| RelayError::Tls(format!("{what}: {e}"));
+    let chain = CertificateDer::pem_file_iter(&files.cert_chain)
+        .map_err(|e| tls_err(&files.cert_chain.display().to_string(), &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(&files.cert_chain.display().to_string(), &e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| tls_err(&files.key.display().to_string(), &e))?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls_err("protocol versions", &e))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| tls_err("certificate and key", &e))
 }
 
 async fn start_embedded_signer(

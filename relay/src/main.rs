@@ -41,6 +41,12 @@ struct Args {
     /// HTTP worker threads (0 = one per core).
     #[arg(long, env = "OBR_RELAY_WORKERS", default_value_t = 0)]
     workers: usize,
+    /// Serve HTTPS/WSS: the certificate chain (PEM)…
+    #[arg(long, env = "OBR_RELAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// …and its private key (PEM).
+    #[arg(long, env = "OBR_RELAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Create a demo organisation if the directory is empty.
     #[arg(long, env = "OBR_RELAY_DEMO_ORG")]
     demo_org: bool,
@@ -58,10 +64,20 @@ async fn main() -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut config = RelayConfig::embedded(
         args.data_dir,
-        args.public_url.unwrap_or_else(|| format!("http://{addr}")),
+        args.public_url
+            .unwrap_or_else(|| format!("{scheme}://{addr}")),
     );
+    config.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert_chain, key)| obr_relay::config::TlsFiles { cert_chain, key });
     config.redis_url = args.redis_url;
     config.redis_prefix = args.redis_prefix;
     config.signers = args.signers;
