@@ -117,10 +117,6 @@ impl Placement {
         })
     }
 
-    pub fn me(&self) -> &str {
-        &self.me
-    }
-
     pub fn lease_ttl(&self) -> Duration {
         self.lease_ttl
     }

@@ -333,15 +333,6 @@ impl AgentProc {
         )?;
         Ok(session)
     }
-
-    /// The agent's id, from `obr-agent status --json`.
-    pub fn agent_id(&self) -> anyhow::Result<String> {
-        let status: serde_json::Value = serde_json::from_str(&self.cli(&["status", "--json"])?)?;
-        Ok(status["agent_id"]
-            .as_str()
-            .context("no agent_id")?
-            .to_owned())
-    }
 }
 
 impl RelayProc {

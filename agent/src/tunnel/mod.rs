@@ -114,10 +114,6 @@ impl TunnelHandle {
         self.status.borrow().clone()
     }
 
-    pub fn watch_status(&self) -> watch::Receiver<AgentStatus> {
-        self.status.clone()
-    }
-
     /// Start a device-code login; the relay answers with the code to approve.
     pub async fn login(&self) -> Result<LoginPending, TunnelError> {
         let (reply, rx) = oneshot::channel();
