@@ -141,7 +141,7 @@ async fn login(control_path: &std::path::Path, no_wait: bool) -> anyhow::Result<
         other => bail!("unexpected answer: {other:?}"),
     };
     println!(
-        "To log in, approve code {} in the admin panel: {}",
+        "To log in, approve code {} (an admin, or the user on their device: POST {} {{\"user_code\": ...}})",
         login.user_code, login.verification_uri
     );
     if no_wait {

@@ -274,10 +274,9 @@ impl AgentSession {
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(LoginPending {
-                verification_uri: format!(
-                    "{}/panel/#approve={}",
-                    state.config.public_url, user_code
-                ),
+                // Where the code is approved. The panel page is not built
+                // yet: this is the API the panel will call.
+                verification_uri: format!("{}/api/agent-logins/approve", state.config.public_url),
                 user_code,
                 expires_in_s: u32::try_from(LOGIN_CODE_TTL.as_secs()).unwrap_or(u32::MAX),
             })
