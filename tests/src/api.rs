@@ -215,3 +215,13 @@ impl Api {
             .unwrap_or(0))
     }
 }
+
+/// The `action` of every record in an `/api/audit` answer, oldest first.
+pub fn audit_actions(audit: &Value) -> Vec<String> {
+    audit["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["action"].as_str().map(str::to_owned))
+        .collect()
+}

@@ -289,14 +289,7 @@ fn story(
     let _ = std::fs::remove_dir_all(&bob_dir);
 
     let audit = api.audit(&admin)?;
-    let actions: Vec<String> = audit["records"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .filter_map(|r| r["action"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let actions = obr_tests::api::audit_actions(&audit);
     step(
         10,
         &format!(
