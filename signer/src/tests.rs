@@ -116,7 +116,7 @@ async fn private_keys_never_reach_the_database_in_plaintext() {
         .unwrap();
     assert_eq!(stored.len(), 1);
     let pkcs8 = data_key
-        .open_private_key(&alice, &stored[0].id, &stored[0].wrapped_private_key)
+        .open_private_key(&alice, &stored[0].0.id, &stored[0].0.wrapped_private_key)
         .unwrap();
     let rng = ring::rand::SystemRandom::new();
     let key_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8, &rng).unwrap();

@@ -108,18 +108,11 @@ impl Authenticator {
             .store
             .credentials_for_rp(&self.user, &request.rp_id)
             .await?;
-        let mut policies = self
-            .shared
-            .store
-            .credential_policies(&self.user, &request.rp_id)
-            .await?;
         let allow_list = request.allow_list.filter(|list| !list.is_empty());
         let by_allow_list = allow_list.is_some();
-        // Pair each credential with its policy; credProtect (§12.1) hides
-        // the ones this request may not see, as if they did not exist.
-        let visible = stored.into_iter().filter_map(|credential| {
-            let at = policies.iter().position(|p| p.id == credential.id)?;
-            let policy = policies.swap_remove(at);
+        // credProtect (§12.1) hides the credentials this request may not
+        // see, as if they did not exist.
+        let visible = stored.into_iter().filter_map(|(credential, policy)| {
             CredProtect::from_stored(policy.cred_protect)
                 .permits(user_verified, by_allow_list)
                 .then_some(Candidate { credential, policy })

@@ -262,14 +262,16 @@ impl Store {
         Ok(columns)
     }
 
-    /// `user`'s credentials for `rp_id`, most recently created first.
+    /// `user`'s credentials for `rp_id`, most recently created first, each
+    /// with its algorithm and extension state (one query: getAssertion's
+    /// only read of the credentials).
     pub(crate) async fn credentials_for_rp(
         &self,
         user: &UserId,
         rp_id: &str,
-    ) -> Result<Vec<StoredCredential>, StoreError> {
+    ) -> Result<Vec<(StoredCredential, CredentialPolicy)>, StoreError> {
         const SELECT: &str = "SELECT credential_id, user_handle, user_name, user_display_name, \
-                    discoverable, wrapped_private_key \
+                    discoverable, wrapped_private_key, algorithm, cred_protect, wrapped_cred_random \
              FROM credentials WHERE user_id = $1 AND rp_id = $2 \
              ORDER BY created_seq DESC";
         with_pool!(self.pool, pool => {
@@ -278,12 +280,14 @@ impl Store {
                 .bind(rp_id)
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(stored_credential).collect()
+            rows.iter()
+                .map(|row| Ok((stored_credential(row)?, credential_policy(row)?)))
+                .collect()
         })
     }
 
     /// The algorithm and extension state of `user`'s credentials for
-    /// `rp_id` (the companion of [`Store::credentials_for_rp`]).
+    /// `rp_id` (makeCredential's excludeList check needs no more).
     pub(crate) async fn credential_policies(
         &self,
         user: &UserId,

@@ -261,7 +261,7 @@ async fn a_discoverable_credential_replaces_only_its_rp_and_handle(store: Store)
         .await
         .unwrap()
         .iter()
-        .map(|c| c.id.as_bytes()[0])
+        .map(|(c, _)| c.id.as_bytes()[0])
         .collect();
     assert_eq!(ids, vec![4, 3, 2], "most recent first, 1 replaced by 2");
 }
