@@ -106,6 +106,36 @@ impl Proc {
         self.child.id()
     }
 
+    /// SIGSTOP, and wait until the kernel reports the process stopped (state
+    /// `T` in /proc): a signal is delivered asynchronously, and a test that
+    /// sends work right after `kill` could otherwise still be served.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        let pid = self.pid().to_string();
+        Command::new("kill").args(["-STOP", &pid]).status()?;
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&stat)?;
+            // The state follows the parenthesised command name.
+            let state = text.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+            if matches!(state, Some(Some('T' | 't'))) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{} did not stop (state line: {text})", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// SIGCONT after [`Proc::freeze`].
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .status()?;
+        Ok(())
+    }
+
     /// SIGTERM, then wait (SIGKILL after a grace period).
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         let pid = self.child.id().to_string();

@@ -3,7 +3,6 @@
 //! other channels. CANCEL and CHANNEL_BUSY need a request that stays away
 //! at the relay: the relay process is paused (SIGSTOP) for those.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use obr_tests::api::Api;
@@ -33,10 +32,6 @@ fn expect_error(client: &HidClient, cid: u32, code: u8) -> anyhow::Result<()> {
         "{reply:?}"
     );
     Ok(())
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
 
 #[test]
@@ -110,8 +105,7 @@ fn cancel_and_busy_while_a_request_is_away() -> anyhow::Result<()> {
     assert_eq!(client.cbor(&[CTAP_GET_INFO])?.first(), Some(&0));
 
     // Pause the relay: the next request stays away.
-    let relay_pid = stack.relay.proc.pid();
-    signal(relay_pid, "-STOP");
+    stack.relay.proc.freeze()?;
     let result = (|| -> anyhow::Result<()> {
         let cid = client.cid;
         // makeCredential with garbage CBOR: it must reach the signer to fail.
@@ -147,7 +141,7 @@ fn cancel_and_busy_while_a_request_is_away() -> anyhow::Result<()> {
         );
         Ok(())
     })();
-    signal(relay_pid, "-CONT");
+    stack.relay.proc.thaw()?;
     result?;
     // The channel is free again and the link recovers: an empty
     // makeCredential reaches the signer, which names the missing parameter.

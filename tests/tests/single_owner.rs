@@ -7,7 +7,6 @@
 //! assertions ever carry the same counter.
 
 use std::ffi::OsStr;
-use std::process::Command;
 use std::time::Duration;
 
 use obr_proto::signer::signer_client::SignerClient;
@@ -27,10 +26,6 @@ fn start_signer(dir: &std::path::Path, redis: &str) -> anyhow::Result<SignerProc
     let args = ["--redis-url", redis, "--lease-ttl-ms", ttl.as_str()];
     let extra: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     SignerProc::start_with(dir, &extra)
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
 
 #[test]
@@ -94,7 +89,7 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
     assert!([&a.endpoint, &b.endpoint].contains(&&first_owner));
 
     // Freeze the owner past its lease and the membership window.
-    signal(frozen.proc.pid(), "-STOP");
+    frozen.proc.freeze()?;
     let outcome = (|| -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(LEASE_TTL_MS) + Duration::from_secs(3));
         // The relay now routes bob to the survivor, which takes over.
@@ -140,7 +135,7 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    signal(frozen.proc.pid(), "-CONT");
+    frozen.proc.thaw()?;
     outcome?;
     // Give the woken pod a moment to find its lease gone (it renews every
     // third of the TTL) before the relay may route bob back to it.
