@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - [`hid`]: where 64-byte HID reports come from and go to ([`hid::HidBackend`]), with a UNIX
-//!   `SOCK_SEQPACKET` backend ([`hid::SocketHid`]). Knows nothing of CTAPHID.
+//!   `SOCK_SEQPACKET` backend ([`hid::SocketHid`]) and a USB security key through the kernel's
+//!   uhid driver ([`hid::UhidDevice`]). Knows nothing of CTAPHID.
 //! - [`ctaphid`]: the CTAPHID transport (CTAP 2.1 §11.2): packet framing, per-channel
 //!   reassembly, channel allocation, KEEPALIVE, CANCEL and LOCK. Hands each CTAP2 request to a
 //!   [`ctaphid::CborForwarder`] and never looks inside the CBOR.

@@ -7,11 +7,13 @@
 //! payload bytes.
 
 pub mod socket;
+pub mod uhid;
 
 use std::fmt;
 use std::future::Future;
 
 pub use socket::SocketHid;
+pub use uhid::UhidDevice;
 
 /// Size of one FIDO HID report, without report-ID byte (CTAP 2.1 §11.2.4, §11.2.8).
 pub const REPORT_LEN: usize = 64;
@@ -44,6 +46,9 @@ pub enum HidError {
     /// The underlying device or socket failed.
     #[error("HID backend I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The uhid key cannot be created; the error says what the user can do.
+    #[error(transparent)]
+    Uhid(#[from] uhid::UhidError),
     /// The backend has shut down and will produce no more reports.
     #[error("HID backend closed")]
     Closed,
