@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use obr_agent::control::{self, ControlReply, ControlRequest};
-use obr_agent::daemon::{Agent, AgentConfig};
+use obr_agent::daemon::{Agent, AgentConfig, HidSetup};
+use obr_agent::hid::uhid::{self, UhidSerial};
 use obr_agent::status::ModeView;
 use obr_agent::tunnel::{DEFAULT_CTAP_BUDGET, TunnelConfig};
 
@@ -37,14 +38,24 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run the agent: the HID socket, the tunnel and the control socket.
+    /// Run the agent: the security key (HID socket or uhid), the tunnel and the control socket.
     Run {
         /// Relay URL: http(s)://host:port or ws(s)://host:port/agent/ws.
         #[arg(long, env = "OBR_AGENT_RELAY", default_value = "http://127.0.0.1:8080")]
         relay: String,
-        /// SOCK_SEQPACKET socket that CTAPHID clients connect to.
+        /// How the security key is presented.
+        #[arg(long, env = "OBR_AGENT_HID", value_enum, default_value_t = HidKind::Socket)]
+        hid: HidKind,
+        /// SOCK_SEQPACKET socket that CTAPHID clients connect to (with --hid socket).
         #[arg(long, env = "OBR_AGENT_HID_SOCKET", default_value = "obr-agent.hid")]
         hid_socket: PathBuf,
+        /// The uhid character device (with --hid uhid).
+        #[arg(long, env = "OBR_AGENT_UHID_DEVICE", default_value = uhid::DEFAULT_DEVICE)]
+        uhid_device: PathBuf,
+        /// The key's USB serial number (with --hid uhid); by default the agent id from the
+        /// state file.
+        #[arg(long, env = "OBR_AGENT_UHID_SERIAL")]
+        uhid_serial: Option<UhidSerial>,
         /// Where the agent keeps its id and login token.
         #[arg(long, env = "OBR_AGENT_STATE", default_value = "obr-agent.json")]
         state_file: PathBuf,
@@ -70,6 +81,14 @@ enum Cmd {
     BackToNormal,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HidKind {
+    /// A SOCK_SEQPACKET socket for CTAPHID clients (--hid-socket).
+    Socket,
+    /// A USB FIDO security key for browsers, through the kernel's uhid driver (--uhid-device).
+    Uhid,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -82,7 +101,10 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Cmd::Run {
             relay,
+            hid,
             hid_socket,
+            uhid_device,
+            uhid_serial,
             state_file,
             ca_file,
             ctap_budget_ms,
@@ -94,14 +116,22 @@ async fn main() -> anyhow::Result<()> {
                     state_file,
                     ctap_budget: Duration::from_millis(ctap_budget_ms),
                 },
-                hid_socket: hid_socket.clone(),
+                hid_socket,
                 control_socket: args.control.clone(),
                 engine: Default::default(),
             };
-            let agent = Agent::start(config).context("cannot start the agent")?;
+            let hid = match hid {
+                HidKind::Socket => HidSetup::Socket,
+                HidKind::Uhid => HidSetup::Uhid {
+                    device: uhid_device,
+                    serial: uhid_serial,
+                },
+            };
+            let agent = Agent::start_with(config, hid).context("cannot start the agent")?;
+            // Tests and scripts wait for this prefix.
             println!(
-                "obr-agent running: HID socket {}, control {}",
-                hid_socket.display(),
+                "obr-agent running: {}, control {}",
+                agent.hid(),
                 args.control.display()
             );
             agent.run(shutdown_signal()).await?;

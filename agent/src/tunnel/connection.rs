@@ -347,6 +347,12 @@ fn backoff(failures: u32) -> Duration {
     ceiling.mul_f64(fraction).max(Duration::from_millis(50))
 }
 
+/// This agent's id, from the state file at `path`, which is created (with a new id) when it
+/// does not exist yet.
+pub(crate) fn agent_id(path: &Path) -> Result<String, SetupError> {
+    load_or_create_state(path).map(|state| state.agent_id)
+}
+
 fn load_or_create_state(path: &Path) -> Result<SavedState, SetupError> {
     let err = |reason: String| SetupError::StateFile {
         path: path.display().to_string(),

@@ -99,6 +99,12 @@ pub struct TunnelHandle {
 pub struct Tunnel;
 
 impl Tunnel {
+    /// This agent's id (what the relay knows it by), read from the state file without
+    /// starting the tunnel; the file is created with a new id when it does not exist yet.
+    pub fn agent_id(config: &TunnelConfig) -> Result<String, SetupError> {
+        connection::agent_id(&config.state_file)
+    }
+
     /// Start the connection task; it runs until every handle is dropped.
     pub fn spawn(config: TunnelConfig) -> Result<TunnelHandle, SetupError> {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
