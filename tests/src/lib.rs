@@ -8,13 +8,17 @@
 //! ([`rp`], with webauthn-rs), the admin's HTTP calls ([`api`]), a private
 //! `redis-server` ([`redis_server`]) and python-fido2 ([`python`]).
 //!
+//! - [`guest`] — boot a throwaway QEMU guest with `/dev/uhid`, and [`real_clients`] —
+//!   what runs inside it: libfido2's tools and headless Chromium against the agent's uhid key.
 //! - [`processes`] — start relay/signer/agent binaries on free ports in a
 //!   scratch directory, wait until they are ready, stop them on drop.
 
 pub mod api;
+pub mod guest;
 pub mod hid_client;
 pub mod processes;
 pub mod python;
+pub mod real_clients;
 pub mod redis_server;
 pub mod rp;
 pub mod scratch;

@@ -1,0 +1,216 @@
+//! `obr-guest-driver`: the half of the real-client test that runs inside the QEMU guest (see
+//! `tests/tests/real_clients.rs` for the host half). It starts a signer with packed
+//! attestation, a relay and an agent presenting a uhid USB key, logs the admin in and selects
+//! bob as OBR, then lets libfido2 and headless Chromium use the key as they would any security
+//! key. Whatever happens, it writes a [`Report`] to the output folder for the host to check.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use obr_agent::hid::uhid;
+use obr_tests::api::Api;
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
+use obr_tests::real_clients::chromium::{BrowserRun, Chromium};
+use obr_tests::real_clients::rp_page::{InboxAccess, RpPage};
+use obr_tests::real_clients::{Report, libfido2, millis};
+use obr_tests::scratch::Scratch;
+
+/// The relying party fido2-cred and fido2-assert use.
+const LIBFIDO2_RP_ID: &str = "libfido2.obr.test";
+/// How long the kernel may take to make (and remove) the hidraw node.
+const HIDRAW_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "obr-guest-driver",
+    about = "Real clients against obr-agent's uhid key"
+)]
+struct Args {
+    /// Where the report, logs and screenshots go.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let started = Instant::now();
+    let mut report = Report::default();
+    report.mark(started, "driver started");
+    if let Err(error) = drive(&args.out, &mut report, started) {
+        report.error = Some(format!("{error:#}"));
+        println!("obr-guest-driver: failed: {error:#}");
+    }
+    let written = serde_json::to_vec_pretty(&report)
+        .map_err(anyhow::Error::from)
+        .and_then(|json| {
+            Ok(std::fs::write(
+                args.out.join(obr_tests::guest::REPORT_FILE),
+                json,
+            )?)
+        });
+    match (written, &report.error) {
+        (Ok(()), None) => ExitCode::SUCCESS,
+        (Err(error), _) => {
+            println!("obr-guest-driver: cannot write the report: {error:#}");
+            ExitCode::FAILURE
+        }
+        (Ok(()), Some(_)) => ExitCode::FAILURE,
+    }
+}
+
+fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()> {
+    let scratch = Scratch::new("guest")?;
+    for dir in ["signer", "relay", "agent", "libfido2"] {
+        std::fs::create_dir_all(scratch.join(dir))?;
+    }
+    let signer_dir = scratch.join("signer");
+    let ca_cert = signer_dir.join("attestation-ca.pem");
+    let ca_key = signer_dir.join("attestation-ca.key");
+    let signer = SignerProc::start_with(
+        &signer_dir,
+        &[
+            "--attestation".as_ref(),
+            "packed".as_ref(),
+            "--attestation-ca-cert".as_ref(),
+            ca_cert.as_os_str(),
+            "--attestation-ca-key".as_ref(),
+            ca_key.as_os_str(),
+        ],
+    )?;
+    let relay = RelayProc::start(
+        &scratch.join("relay"),
+        &RelayOptions {
+            signers: vec![signer.endpoint.clone()],
+            ..RelayOptions::default()
+        },
+    )?;
+    report.mark(started, "signer and relay ready");
+    let agent = AgentProc::start_with(&scratch.join("agent"), &relay.url, &["--hid", "uhid"])?;
+    let hidraw = wait_for_hidraw()?;
+    report.mark(started, format!("agent ready, kernel made {hidraw}"));
+    report.hidraw = Some(hidraw.clone());
+
+    let api = Api::new(&relay.url);
+    let demo = &relay.demo;
+    let bob = relay.user("bob@demo.obr")?;
+    let bob_token = bob
+        .device_token
+        .clone()
+        .context("bob has no device token")?;
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    agent.login(&api, &admin)?;
+    agent.select_as_obr(&api, &admin, bob)?;
+    report.mark(started, "admin logged in, bob selected as OBR");
+
+    let vid_pid = format!(
+        "vendor=0x{:04x}, product=0x{:04x}",
+        uhid::VENDOR_ID,
+        uhid::PRODUCT_ID
+    );
+    let (device, token_list) = libfido2::find_device(&vid_pid)?;
+    report.mark(started, format!("fido2-token -L lists {device}"));
+    let fido = libfido2::register_and_sign_in(
+        &device,
+        LIBFIDO2_RP_ID,
+        &scratch.join("libfido2"),
+        token_list,
+    )?;
+    report.libfido2 = Some(fido);
+    report.mark(started, "libfido2 registered, verified and signed in");
+
+    let page = RpPage::start(InboxAccess {
+        relay_url: relay.url.clone(),
+        user_email: bob.email.clone(),
+        device_token: bob_token.clone(),
+    })?;
+    for uv in ["discouraged", "required"] {
+        let run = browse(&page, uv, out, &scratch, report, started)?;
+        let error = (run.page["ok"] != true).then(|| run.page["error"].to_string());
+        report.browser.push(run);
+        if let Some(error) = error {
+            bail!("the RP page failed with userVerification {uv}: {error}");
+        }
+    }
+
+    report.notifications = api.notifications(&bob_token)?;
+    report.passkeys = api.passkeys(&admin, &bob.id)?;
+    agent.proc.stop()?;
+    report.hidraw_left_after_exit = Some(wait_until_gone(&hidraw));
+    report.mark(started, "agent stopped");
+    Ok(())
+}
+
+/// One fresh Chromium on the RP page with `userVerification: uv`.
+fn browse(
+    page: &RpPage,
+    uv: &str,
+    out: &Path,
+    scratch: &Scratch,
+    report: &mut Report,
+    started: Instant,
+) -> anyhow::Result<BrowserRun> {
+    let launched = Instant::now();
+    let chromium = Chromium::launch(
+        &scratch.join(&format!("chromium-{uv}")),
+        &out.join(format!("chromium-{uv}.log")),
+    )?;
+    let chromium_start_ms = millis(launched.elapsed());
+    report.mark(started, format!("chromium ({uv}) started"));
+    let opened = Instant::now();
+    let mut tab = chromium.open(&format!("{}?uv={uv}", page.url))?;
+    let result = tab.await_page_value("obrRun")?;
+    let ceremonies_ms = millis(opened.elapsed());
+    let screenshot = format!("rp-page-uv-{uv}.png");
+    tab.screenshot(&out.join(&screenshot))?;
+    report.mark(
+        started,
+        format!("chromium ({uv}) done: ok={}", result["ok"]),
+    );
+    Ok(BrowserRun {
+        user_verification: uv.to_owned(),
+        chromium_start_ms,
+        ceremonies_ms,
+        page: result,
+        screenshot,
+    })
+}
+
+/// The agent's hidraw node, once `hid-generic` has made it.
+fn wait_for_hidraw() -> anyhow::Result<String> {
+    let deadline = Instant::now() + HIDRAW_WAIT;
+    loop {
+        if let Some(node) = hidraw_nodes()?.into_iter().next() {
+            return Ok(node);
+        }
+        if Instant::now() > deadline {
+            bail!("no /dev/hidraw* appeared within {HIDRAW_WAIT:?} of the agent starting");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `node` still exists after [`HIDRAW_WAIT`].
+fn wait_until_gone(node: &str) -> bool {
+    let deadline = Instant::now() + HIDRAW_WAIT;
+    while Path::new(node).exists() {
+        if Instant::now() > deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn hidraw_nodes() -> anyhow::Result<Vec<String>> {
+    let mut nodes: Vec<String> = std::fs::read_dir("/dev")?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("hidraw"))
+        .map(|name| format!("/dev/{name}"))
+        .collect();
+    nodes.sort();
+    Ok(nodes)
+}

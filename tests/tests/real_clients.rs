@@ -1,0 +1,160 @@
+//! obr-agent is a USB security key to real client stacks: a QEMU guest (TCG, no network
+//! device) with `/dev/uhid` runs signer, relay and an agent presenting a uhid key, and
+//! `obr-guest-driver` inside it lets libfido2's tools and headless Chromium use that key for an
+//! on-behalf registration:
+//! 1. `fido2-token -L`/`-I` see the key; `fido2-cred -M` makes a credential with packed
+//!    attestation that `fido2-cred -V` verifies; `fido2-assert` signs in with it;
+//! 2. Chromium registers on bob's key from an RP page with `navigator.credentials.create()`,
+//!    signs in with `.get()`, both verified server-side by webauthn-rs, and bob's obr
+//!    notification is there;
+//! 3. the same with `userVerification: "required"`: no prompt blocks it, because the key has
+//!    built-in UV (the OBR session stands for it) and no PIN.
+//!
+//! The guest's kernel and root filesystem come from Debian's registry on the first run (see
+//! `obr_tests::guest::assets`). Screenshots of the RP page are left in the test's output
+//! folder, and copied to `$OBR_SCREENSHOTS_DIR` when that is set (how `docs/screenshots/`
+//! was made).
+
+use std::time::Duration;
+
+use obr_tests::guest::{Boot, GuestAssets, REPORT_FILE, boot};
+use obr_tests::processes::binary;
+use obr_tests::real_clients::Report;
+use obr_tests::scratch::Scratch;
+
+/// Boot, relay/signer/agent start, libfido2, two Chromium runs and power-off, under TCG on a
+/// loaded 2-core machine; the first run also builds the guest cache before this starts.
+const GUEST_DEADLINE: Duration = Duration::from_secs(600);
+
+#[test]
+fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result<()> {
+    let assets = GuestAssets::ensure()?;
+    let scratch = Scratch::new("guest-host")?;
+    let out = scratch.join("out");
+    std::fs::create_dir_all(&out)?;
+    let driver = binary("obr-guest-driver")?;
+    let bin_dir = driver
+        .parent()
+        .expect("binaries live in a folder")
+        .to_owned();
+    let run = Boot {
+        assets,
+        bin_dir,
+        out_dir: out.clone(),
+        command: vec![
+            format!("{}/obr-guest-driver", obr_tests::guest::GUEST_BIN_DIR),
+            "--out".into(),
+            obr_tests::guest::GUEST_OUT_DIR.into(),
+        ],
+        env: vec![("RUST_LOG".into(), "warn".into())],
+        memory_mib: 3072,
+        cpus: 2,
+        deadline: GUEST_DEADLINE,
+    }
+    .run(scratch.path())?;
+    let report: Report = match std::fs::read(out.join(REPORT_FILE)) {
+        Ok(json) => serde_json::from_slice(&json)?,
+        Err(error) => panic!(
+            "the guest wrote no report ({error}); console tail:\n{}",
+            run.tail(80)
+        ),
+    };
+    println!("guest timeline:");
+    let boot_done = run.mark(boot::INIT_MARK);
+    println!(
+        "  QEMU start → root filesystem mounted: {:?}",
+        boot_done.unwrap_or_default()
+    );
+    for mark in &report.timeline {
+        println!("  driver +{:>6} ms  {}", mark.at_ms, mark.what);
+    }
+    println!("  whole guest run: {:.1?}", run.wall);
+    assert!(
+        report.error.is_none() && run.exit_code == Some(0),
+        "the driver failed (exit {:?}): {:?}\nconsole tail:\n{}",
+        run.exit_code,
+        report.error,
+        run.tail(80)
+    );
+
+    // 1. libfido2.
+    let fido = report.libfido2.as_ref().expect("libfido2 ran");
+    let hidraw = report.hidraw.as_deref().expect("a hidraw node");
+    assert!(fido.token_list.contains(hidraw), "{}", fido.token_list);
+    assert!(
+        fido.token_list.contains("vendor=0x1209"),
+        "{}",
+        fido.token_list
+    );
+    for expected in ["FIDO_2_0", "aaguid", "uv", "maxmsgsiz: 7609"] {
+        assert!(
+            fido.token_info.contains(expected),
+            "fido2-token -I lacks {expected}:\n{}",
+            fido.token_info
+        );
+    }
+    assert_eq!(fido.cred_format, "packed");
+    assert!(fido.attestation_certificate, "packed attestation with x5c");
+    assert!(fido.public_key_pem.contains("BEGIN PUBLIC KEY"));
+    assert!(fido.assertion_verified);
+
+    // 2 and 3. Chromium, UV discouraged then required.
+    assert_eq!(report.browser.len(), 2);
+    for browser in &report.browser {
+        let page = &browser.page;
+        assert_eq!(page["ok"], true, "{page}");
+        assert_eq!(page["registration"]["verified"], true, "{page}");
+        assert_eq!(page["authentication"]["verified"], true, "{page}");
+        assert_eq!(
+            page["authentication"]["credential_id"],
+            page["registration"]["credential_id"]
+        );
+        let note = &page["registration"]["obr_notification"];
+        assert_eq!(note["kind"], "obr.registration", "{page}");
+        assert_eq!(note["detail"]["rp_id"], "localhost", "{page}");
+        let uv_required = browser.user_verification == "required";
+        assert_eq!(
+            page["authentication"]["user_verified"], uv_required,
+            "UV only when the RP requires it: {page}"
+        );
+        assert!(out.join(&browser.screenshot).exists());
+        println!(
+            "  chromium uv={}: start {} ms, create+get {} ms (create {} ms, get {} ms)",
+            browser.user_verification,
+            browser.chromium_start_ms,
+            browser.ceremonies_ms,
+            page["create_ms"],
+            page["get_ms"]
+        );
+    }
+
+    // bob's inbox and the panel: three registrations by the admin (libfido2, two browsers).
+    let registrations: Vec<_> = report
+        .notifications
+        .iter()
+        .filter(|n| n["kind"] == "obr.registration")
+        .collect();
+    assert_eq!(registrations.len(), 3, "{:?}", report.notifications);
+    assert_eq!(report.passkeys.len(), 3, "{:?}", report.passkeys);
+    assert!(
+        report
+            .passkeys
+            .iter()
+            .all(|p| p["created_by_admin"].is_string()),
+        "{:?}",
+        report.passkeys
+    );
+
+    // Clean teardown: the kernel removed the device when the agent exited.
+    assert_eq!(report.hidraw_left_after_exit, Some(false));
+
+    if let Some(dir) = std::env::var_os("OBR_SCREENSHOTS_DIR") {
+        for browser in &report.browser {
+            std::fs::copy(
+                out.join(&browser.screenshot),
+                std::path::Path::new(&dir).join(&browser.screenshot),
+            )?;
+        }
+    }
+    Ok(())
+}
