@@ -8,19 +8,21 @@
 //! `pinUvAuthToken`): the PIN subcommands answer `CTAP2_ERR_PIN_NOT_SET`,
 //! the token subcommands `CTAP2_ERR_INVALID_SUBCOMMAND`.
 //!
-//! The key-agreement key is a ring ephemeral P-256 key: made by each
-//! getKeyAgreement and consumed by the first command that uses it (ring
-//! never lets an ECDH private key be used twice). Platforms fetch a fresh
-//! one before every operation that needs a shared secret (python-fido2,
-//! browsers); one that reuses an old one gets `CTAP2_ERR_PIN_AUTH_INVALID`
-//! back and may retry. Never logs a key, a shared secret or plaintext.
+//! The authenticator's key-agreement key (§6.5.6 "initialize()",
+//! "getPublicKey()") is a P-256 key made by the first getKeyAgreement of
+//! an activation of the user's actor — the cloud key's "power-up" — and
+//! kept until the actor passivates or the key is reset: every
+//! getKeyAgreement returns the same public key, and platforms agree with it
+//! as often as they like (a platform may fetch it for one purpose, fetch it
+//! again for another, and only then use the first agreement). ECDH is
+//! RustCrypto's p256 because ring's agreement keys are single-use. Never
+//! logs a key, a shared secret or plaintext.
 
 use aes::Aes256;
 use cbc::cipher::block_padding::NoPadding;
 use cbc::cipher::{BlockModeDecrypt as _, BlockModeEncrypt as _, KeyIvInit as _};
 use ciborium::value::Value;
 use passkey_types::ctap2::Ctap2Error;
-use ring::agreement::{self, ECDH_P256, EphemeralPrivateKey, UnparsedPublicKey};
 use ring::rand::SecureRandom;
 use ring::{digest, hkdf, hmac};
 use subtle::ConstantTimeEq as _;
@@ -109,21 +111,49 @@ impl PinUvAuthProtocol {
     }
 }
 
-/// The authenticator's current key-agreement key: one use only.
-pub(crate) struct KeyAgreementKey {
-    private: EphemeralPrivateKey,
-}
+/// How many random scalars [`KeyAgreementKey::generate`] tries before
+/// giving up: a 32-byte string is a valid P-256 scalar except with
+/// probability about 2^-32, so the second try practically never happens.
+const KEY_GENERATION_ATTEMPTS: usize = 4;
 
-#[cfg(test)]
-impl KeyAgreementKey {
-    pub(crate) fn from_private(private: EphemeralPrivateKey) -> Self {
-        Self { private }
-    }
+/// The authenticator's key-agreement key (§6.5.6 "authenticator key
+/// agreement key"): reusable for any number of agreements. The secret
+/// scalar is zeroized on drop; `Debug` prints none of it.
+pub(crate) struct KeyAgreementKey {
+    secret: p256::SecretKey,
+    /// The public key, SEC1 uncompressed (0x04 || x || y).
+    public: Box<[u8]>,
 }
 
 impl std::fmt::Debug for KeyAgreementKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("KeyAgreementKey(..)")
+    }
+}
+
+impl KeyAgreementKey {
+    /// §6.5.6 regenerate(): a fresh random P-256 private key.
+    pub(crate) fn generate(rng: &dyn SecureRandom) -> Result<Self, CommandError> {
+        for _ in 0..KEY_GENERATION_ATTEMPTS {
+            let mut scalar = Zeroizing::new([0u8; P256_COORDINATE_LEN]);
+            rng.fill(scalar.as_mut()).map_err(|_| Ctap2Error::Other)?;
+            // Zero or not below the group order: draw again.
+            if let Ok(secret) = p256::SecretKey::from_slice(scalar.as_ref()) {
+                let public = secret.public_key().to_sec1_bytes();
+                return Ok(Self { secret, public });
+            }
+        }
+        Err(Ctap2Error::Other.into())
+    }
+
+    /// ECDH with the platform's point (SEC1 uncompressed): the shared
+    /// point's x-coordinate, Z. A point that is not on P-256 is
+    /// `CTAP1_ERR_INVALID_PARAMETER`.
+    fn agree(&self, peer_point: &[u8]) -> Result<Zeroizing<Vec<u8>>, CommandError> {
+        let peer = p256::PublicKey::from_sec1_bytes(peer_point)
+            .map_err(|_| CommandError::from(Ctap2Error::InvalidParameter))?;
+        let shared = p256::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), peer.as_affine());
+        Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
     }
 }
 
@@ -142,22 +172,17 @@ impl std::fmt::Debug for SharedSecret {
 }
 
 impl SharedSecret {
-    /// `decapsulate(peerCoseKey)`: ECDH with the platform's key, then the
-    /// protocol's KDF. Consumes `key` (the authenticator's key-agreement
-    /// key). A peer key that is not a P-256 point is
+    /// `decapsulate(peerCoseKey)`: ECDH of `key` (the authenticator's
+    /// key-agreement key) with the platform's key, then the protocol's KDF.
+    /// A peer key that is not a P-256 point is
     /// `CTAP1_ERR_INVALID_PARAMETER`.
     pub(crate) fn decapsulate(
         protocol: PinUvAuthProtocol,
-        key: KeyAgreementKey,
+        key: &KeyAgreementKey,
         peer: &Value,
     ) -> Result<Self, CommandError> {
-        let point = peer_point(peer)?;
-        agreement::agree_ephemeral(
-            key.private,
-            &UnparsedPublicKey::new(&ECDH_P256, &point),
-            |z| kdf(protocol, z),
-        )
-        .map_err(|_| CommandError::from(Ctap2Error::InvalidParameter))?
+        let z = key.agree(&peer_point(peer)?)?;
+        kdf(protocol, &z)
     }
 
     /// `verify(key, message, signature)`: a MAC of this protocol's length
@@ -272,16 +297,16 @@ impl Authenticator {
         }
     }
 
-    /// §6.5.5.4 getKeyAgreement: a fresh key-agreement key; its public half
-    /// as a COSE_Key.
+    /// §6.5.5.4 getKeyAgreement: the authenticator's key-agreement key
+    /// (made now if this activation has none yet), its public half as a
+    /// COSE_Key.
     fn get_key_agreement(&mut self) -> Result<Success, CommandError> {
-        let private = EphemeralPrivateKey::generate(&ECDH_P256, &self.shared.rng)
-            .map_err(|_| Ctap2Error::Other)?;
-        let public = private
-            .compute_public_key()
-            .map_err(|_| Ctap2Error::Other)?;
-        let cose = cose_key(public.as_ref())?;
-        self.key_agreement = Some(KeyAgreementKey { private });
+        let key = match self.key_agreement.take() {
+            Some(key) => key,
+            None => KeyAgreementKey::generate(&self.shared.rng)?,
+        };
+        let cose = cose_key(&key.public)?;
+        self.key_agreement = Some(key);
         let response = Value::Map(vec![(Value::Integer(RESPONSE_KEY_AGREEMENT.into()), cose)]);
         Ok(Success::payload(encode_value(response)?))
     }
@@ -383,10 +408,10 @@ pub(crate) mod test_support {
     //! the authenticator's key, then encrypt and MAC like a platform.
 
     use super::*;
-    use ring::agreement::PublicKey;
+    use ring::agreement::{self, ECDH_P256, EphemeralPrivateKey, PublicKey, UnparsedPublicKey};
 
-    /// `encapsulate(peerCoseKey)` as a platform does it: our COSE_Key and
-    /// the shared secret.
+    /// `encapsulate(peerCoseKey)` as a platform does it (with ring, not the
+    /// authenticator's p256): our COSE_Key and the shared secret.
     pub(crate) fn encapsulate(
         protocol: PinUvAuthProtocol,
         authenticator_key: &Value,
@@ -404,6 +429,11 @@ pub(crate) mod test_support {
         .unwrap()
         .unwrap();
         (cose, secret)
+    }
+
+    /// The authenticator's key-agreement key as a COSE_Key.
+    pub(crate) fn public_cose(key: &KeyAgreementKey) -> Value {
+        cose_key(&key.public).unwrap()
     }
 
     /// `authenticate(key, message)`.

@@ -149,7 +149,7 @@ impl HmacSecretRequest {
     /// that are not 32 or 64 bytes `CTAP1_ERR_INVALID_LENGTH`.
     pub(crate) fn parse(
         extensions: Option<&Value>,
-        key_agreement: &mut Option<KeyAgreementKey>,
+        key_agreement: Option<&KeyAgreementKey>,
     ) -> Result<Option<Self>, CommandError> {
         let Some((_, input)) =
             map_entries(extensions)?.find(|(name, _)| name.as_text() == Some(HMAC_SECRET))
@@ -182,7 +182,7 @@ impl HmacSecretRequest {
                 PinUvAuthProtocol::from_wire(u64::try_from(number).unwrap_or(u64::MAX))?
             }
         };
-        let key = key_agreement.take().ok_or(Ctap2Error::PinAuthInvalid)?;
+        let key = key_agreement.ok_or(Ctap2Error::PinAuthInvalid)?;
         let secret = SharedSecret::decapsulate(protocol, key, platform_key)?;
         if !secret.verify(salt_enc, salt_auth) {
             return Err(Ctap2Error::PinAuthInvalid.into());

@@ -101,7 +101,7 @@ impl Authenticator {
         // §12.5: salts are authenticated and decrypted before any
         // credential is looked at; a bad input fails the whole request.
         let hmac_secret =
-            HmacSecretRequest::parse(extensions_input.as_ref(), &mut self.key_agreement)?;
+            HmacSecretRequest::parse(extensions_input.as_ref(), self.key_agreement.as_ref())?;
 
         let stored = self
             .shared

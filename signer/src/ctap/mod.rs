@@ -318,7 +318,9 @@ pub(crate) struct Authenticator {
     shared: Arc<Shared>,
     owner: Option<Owner>,
     pending: Option<PendingAssertions>,
-    /// The key-agreement key of the last getKeyAgreement, until used.
+    /// The key-agreement key (CTAP 2.1 §6.5.6), made by this activation's
+    /// first getKeyAgreement and kept until the actor passivates or the key
+    /// is reset.
     key_agreement: Option<KeyAgreementKey>,
 }
 

@@ -277,25 +277,14 @@ mod pin_uv_auth_protocols {
     //! CTAP 2.1 §6.5.6/§6.5.7 from both ends: the platform half in
     //! `client_pin::test_support`, the authenticator half under test.
 
-    use ring::agreement::{ECDH_P256, EphemeralPrivateKey};
-
-    use super::super::client_pin::test_support::{authenticate, encapsulate};
+    use super::super::client_pin::test_support::{authenticate, encapsulate, public_cose};
     use super::super::client_pin::{KeyAgreementKey, PinUvAuthProtocol, SharedSecret};
     use super::*;
 
     fn key_agreement() -> (KeyAgreementKey, Value) {
-        let rng = SystemRandom::new();
-        let private = EphemeralPrivateKey::generate(&ECDH_P256, &rng).unwrap();
-        let public = private.compute_public_key().unwrap();
-        let (x, y) = public.as_ref()[1..].split_at(32);
-        let cose = Value::Map(vec![
-            (int(1), int(2)),
-            (int(3), int(-25)),
-            (int(-1), int(1)),
-            (int(-2), Value::Bytes(x.to_vec())),
-            (int(-3), Value::Bytes(y.to_vec())),
-        ]);
-        (KeyAgreementKey::from_private(private), cose)
+        let key = KeyAgreementKey::generate(&SystemRandom::new()).unwrap();
+        let cose = public_cose(&key);
+        (key, cose)
     }
 
     #[test]
@@ -304,7 +293,7 @@ mod pin_uv_auth_protocols {
         for protocol in [PinUvAuthProtocol::One, PinUvAuthProtocol::Two] {
             let (key, cose) = key_agreement();
             let (platform_key, platform) = encapsulate(protocol, &cose, &rng);
-            let ours = SharedSecret::decapsulate(protocol, key, &platform_key).unwrap();
+            let ours = SharedSecret::decapsulate(protocol, &key, &platform_key).unwrap();
 
             let message = [0x42u8; 64];
             let ciphertext = platform.encrypt(&message, &rng).unwrap();
@@ -330,6 +319,22 @@ mod pin_uv_auth_protocols {
                     .status(),
                 Ctap2Error::InvalidLength
             );
+        }
+    }
+
+    #[test]
+    fn the_key_agreement_key_agrees_with_many_platforms() {
+        // §6.5.6: the authenticator's key serves every agreement until it
+        // is regenerated (python-fido2 agrees twice before using either).
+        let rng = SystemRandom::new();
+        let (key, cose) = key_agreement();
+        for protocol in [PinUvAuthProtocol::One, PinUvAuthProtocol::Two] {
+            let platforms: Vec<_> = (0..3).map(|_| encapsulate(protocol, &cose, &rng)).collect();
+            for (platform_key, platform) in &platforms {
+                let ours = SharedSecret::decapsulate(protocol, &key, platform_key).unwrap();
+                let message = [7u8; 32];
+                assert!(ours.verify(&message, &authenticate(platform, &message)));
+            }
         }
     }
 
@@ -363,7 +368,7 @@ mod pin_uv_auth_protocols {
             ),
         ] {
             let (key, _) = key_agreement();
-            let error = SharedSecret::decapsulate(PinUvAuthProtocol::Two, key, &peer).unwrap_err();
+            let error = SharedSecret::decapsulate(PinUvAuthProtocol::Two, &key, &peer).unwrap_err();
             assert_eq!(error.status(), status, "{peer:?}");
         }
     }

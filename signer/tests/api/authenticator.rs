@@ -357,12 +357,11 @@ async fn hmac_secret_inputs_that_do_not_verify_are_refused() {
             core.ctap(call("alice", assertion(input))).await.status(),
             0x33
         );
-        // The key-agreement key was used up by that attempt.
+        // The key-agreement key is the authenticator's (CTAP 2.1 §6.5.6),
+        // not the request's: it survives that attempt, and the platform's
+        // valid input verifies.
         let input = platform.hmac_secret_input(&[1; 32]);
-        assert_eq!(
-            core.ctap(call("alice", assertion(input))).await.status(),
-            0x33
-        );
+        assert_ok(&core.ctap(call("alice", assertion(input))).await);
         // Salts that are not 32 or 64 bytes.
         let platform = Platform::new(&core, "alice", protocol).await;
         let input = platform.hmac_secret_input(&[1; 48]);
@@ -385,6 +384,40 @@ async fn hmac_secret_inputs_that_do_not_verify_are_refused() {
             0x11
         );
     }
+    // A key that made no key-agreement key in this activation cannot
+    // agree with anything.
+    let reply = core
+        .ctap(call(
+            "bob",
+            mc_with_extensions(
+                &Mc::new(RP, b"bob"),
+                vec![(text("hmac-secret"), Value::Bool(true))],
+            ),
+        ))
+        .await;
+    let bobs = reply.created.unwrap().credential_id;
+    let platform = Platform::new(&core, "alice", 2).await;
+    let reply = core
+        .ctap(call(
+            "bob",
+            message(
+                0x02,
+                vec![
+                    (int(1), text(RP)),
+                    (int(2), Value::Bytes(vec![9; 32])),
+                    (int(3), descriptors(&[bobs])),
+                    (
+                        int(4),
+                        Value::Map(vec![(
+                            text("hmac-secret"),
+                            platform.hmac_secret_input(&[1; 32]),
+                        )]),
+                    ),
+                ],
+            ),
+        ))
+        .await;
+    assert_eq!(reply.status(), 0x33, "no key-agreement key");
     // Without hmac-secret at creation, a credential gives no output.
     let (plain, _) = make_credential(&core, "alice", &Mc::new(RP, b"user-2")).await;
     let platform = Platform::new(&core, "alice", 2).await;
