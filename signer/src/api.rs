@@ -28,7 +28,8 @@ pub struct ObrActing {
 }
 
 /// The key owner's approval of one call, given on their own device: it
-/// stands for user verification in normal mode (the `uv` option), as the
+/// stands for user verification in normal mode (the `uv` option, or the
+/// pinUvAuthToken that authenticatorClientPIN issues on it), as the
 /// admin's OBR session does in on-behalf mode.
 ///
 /// A proof value: the relay creates one only after the user approved the

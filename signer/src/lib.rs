@@ -18,7 +18,8 @@
 //! - `ctap`: the CTAP2 authenticator of one user: command dispatch, the
 //!   CBOR codec boundary (passkey-types + ciborium), getInfo,
 //!   makeCredential, getAssertion/getNextAssertion, clientPIN
-//!   getKeyAgreement, the credProtect and hmac-secret extensions, ES256
+//!   (getKeyAgreement, and built-in user verification as a pinUvAuthToken),
+//!   the credProtect and hmac-secret extensions, ES256
 //!   and EdDSA keys, and attestation ([`AttestationCa`], `packed` or
 //!   `none`).
 //! - `vault`: [`Kek`] (the current and previous key-encryption keys),

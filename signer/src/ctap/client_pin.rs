@@ -1,22 +1,26 @@
-//! authenticatorClientPIN (CTAP 2.1 §6.5) as far as a key without a PIN
-//! needs it: getKeyAgreement (§6.5.5.4) and the two PIN/UV auth protocols'
-//! shared secrets, encryption and MACs (§6.5.6 protocol one, §6.5.7
-//! protocol two), which the hmac-secret extension (§12.5) runs on.
+//! authenticatorClientPIN (CTAP 2.1 §6.5) for a key with built-in user
+//! verification and no PIN: getKeyAgreement (§6.5.5.4),
+//! getPinUvAuthTokenUsingUvWithPermissions (§6.5.5.7.3), getUVRetries
+//! (§6.5.5.3), and the two PIN/UV auth protocols' shared secrets,
+//! encryption and MACs (§6.5.6 protocol one, §6.5.7 protocol two), which
+//! the pinUvAuthToken and the hmac-secret extension (§12.5) run on.
 //!
-//! This key has no PIN (getInfo does not advertise `clientPin`) and its
-//! user verification is not a pinUvAuthToken (getInfo does not advertise
-//! `pinUvAuthToken`): the PIN subcommands answer `CTAP2_ERR_PIN_NOT_SET`,
-//! the token subcommands `CTAP2_ERR_INVALID_SUBCOMMAND`.
+//! This key has no PIN (getInfo does not advertise `clientPin`): the PIN
+//! subcommands answer `CTAP2_ERR_PIN_NOT_SET`. Its built-in user
+//! verification is the one the `uv` option gets (`Caller`): the admin's
+//! audited OBR session, or the owner's approval on their device; a
+//! pinUvAuthToken carries it from this command to the makeCredential or
+//! getAssertion that follows (`pin_uv_auth_token`).
 //!
 //! The authenticator's key-agreement key (§6.5.6 "initialize()",
 //! "getPublicKey()") is a P-256 key made by the first getKeyAgreement of
 //! an activation of the user's actor — the cloud key's "power-up" — and
 //! kept until the actor passivates or the key is reset: every
 //! getKeyAgreement returns the same public key, and platforms agree with it
-//! as often as they like (a platform may fetch it for one purpose, fetch it
-//! again for another, and only then use the first agreement). ECDH is
-//! RustCrypto's p256 because ring's agreement keys are single-use. Never
-//! logs a key, a shared secret or plaintext.
+//! as often as they like. They do: python-fido2 fetches it for hmac-secret,
+//! fetches it again for a pinUvAuthToken, and only then uses the first
+//! agreement. ECDH is RustCrypto's p256 because ring's agreement keys are
+//! single-use. Never logs a key, a token, a shared secret or plaintext.
 
 use aes::Aes256;
 use cbc::cipher::block_padding::NoPadding;
@@ -28,8 +32,11 @@ use ring::{digest, hkdf, hmac};
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
+use crate::api::Operation;
+
 use super::codec::{Kind, Param, Params, encode_value};
-use super::{Authenticator, CommandError, Success};
+use super::pin_uv_auth_token::{Permissions, PinUvAuthToken};
+use super::{Authenticator, Caller, CommandError, MAX_RP_ID_LEN, Success};
 
 /// CTAP 2.1 §6.5.5.1: authenticatorClientPIN parameters.
 const PIN_UV_AUTH_PROTOCOL: u8 = 0x01;
@@ -62,8 +69,19 @@ const GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS: u8 = 0x06;
 const GET_UV_RETRIES: u8 = 0x07;
 const GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS: u8 = 0x09;
 
-/// CTAP 2.1 §6.5.5.1: response member `keyAgreement`.
+/// CTAP 2.1 §6.5.5.1: response members.
 const RESPONSE_KEY_AGREEMENT: i64 = 0x01;
+const RESPONSE_PIN_UV_AUTH_TOKEN: i64 = 0x02;
+const RESPONSE_UV_RETRIES: i64 = 0x05;
+
+/// getUVRetries' answer (§6.5.5.3). This key's built-in user verification
+/// never fails a match: the owner's device or the admin's session says yes
+/// or no, and a no is `CTAP2_ERR_OPERATION_DENIED`, not a failed attempt.
+/// So the counter never goes down; it reads as a full one (the maximum is
+/// the authenticator's choice). Platforms ask before
+/// getPinUvAuthTokenUsingUvWithPermissions (Chromium's AuthTokenRequester
+/// gives up on a key that does not answer).
+const UV_RETRIES: u8 = 8;
 
 /// COSE_Key labels and values of a key-agreement key (CTAP 2.1 §6.5.6
 /// getPublicKey: kty EC2, alg -25 "although this is NOT the algorithm
@@ -185,18 +203,10 @@ impl SharedSecret {
         kdf(protocol, &z)
     }
 
-    /// `verify(key, message, signature)`: a MAC of this protocol's length
-    /// that matches, compared in constant time (ring).
+    /// `verify(key, message, signature)` under the shared secret's HMAC
+    /// key ([`verify_mac`]).
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, self.hmac_key.as_ref());
-        match self.protocol {
-            PinUvAuthProtocol::One => {
-                let tag = hmac::sign(&key, message);
-                let truncated = tag.as_ref().get(..PROTOCOL_ONE_MAC_LEN).unwrap_or_default();
-                signature.len() == PROTOCOL_ONE_MAC_LEN && bool::from(truncated.ct_eq(signature))
-            }
-            PinUvAuthProtocol::Two => hmac::verify(&key, message, signature).is_ok(),
-        }
+        verify_mac(self.protocol, self.hmac_key.as_ref(), message, signature)
     }
 
     /// `decrypt(key, demCiphertext)`: AES-256-CBC, a zero IV (protocol one)
@@ -257,7 +267,11 @@ impl SharedSecret {
 
 impl Authenticator {
     /// authenticatorClientPIN (CTAP 2.1 §6.5.5).
-    pub(super) fn client_pin(&mut self, params: &[u8]) -> Result<Success, CommandError> {
+    pub(super) fn client_pin(
+        &mut self,
+        params: &[u8],
+        caller: Caller<'_>,
+    ) -> Result<Success, CommandError> {
         let params = Params::parse(params, SCHEMA)?;
         let sub_command = params
             .get(SUB_COMMAND)
@@ -266,14 +280,19 @@ impl Authenticator {
         match sub_command {
             Some(GET_KEY_AGREEMENT) => {
                 // §6.5.5.4: "pinUvAuthProtocol" is required.
-                let protocol = params
-                    .get(PIN_UV_AUTH_PROTOCOL)
-                    .ok_or(Ctap2Error::MissingParameter)?
-                    .as_integer()
-                    .and_then(|i| u64::try_from(i).ok())
-                    .ok_or(Ctap2Error::InvalidParameter)?;
-                PinUvAuthProtocol::from_wire(protocol)?;
+                protocol_param(&params)?;
                 self.get_key_agreement()
+            }
+            Some(GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS) => {
+                self.get_pin_uv_auth_token_using_uv_with_permissions(&params, caller)
+            }
+            // §6.5.5.3: built-in UV's retry counter.
+            Some(GET_UV_RETRIES) => {
+                let response = Value::Map(vec![(
+                    Value::Integer(RESPONSE_UV_RETRIES.into()),
+                    Value::Integer(UV_RETRIES.into()),
+                )]);
+                Ok(Success::payload(encode_value(response)?))
             }
             // No PIN is ever set on this key (§6.5.5.2 getPINRetries, §6.5.5.5
             // setPIN would need clientPin in getInfo, §6.5.5.7 token using
@@ -285,12 +304,6 @@ impl Authenticator {
                 | GET_PIN_TOKEN
                 | GET_PIN_UV_AUTH_TOKEN_USING_PIN_WITH_PERMISSIONS,
             ) => Err(Ctap2Error::PinNotSet.into()),
-            // Built-in UV is the `uv` option, not a pinUvAuthToken (getInfo
-            // does not advertise pinUvAuthToken, so §6.5.5.7.3 does not
-            // apply), and it has no retry counter.
-            Some(GET_PIN_UV_AUTH_TOKEN_USING_UV_WITH_PERMISSIONS | GET_UV_RETRIES) => {
-                Err(Ctap2Error::InvalidSubcommand.into())
-            }
             // §6.5.5: "If the subCommand is not supported, return
             // CTAP2_ERR_INVALID_SUBCOMMAND".
             _ => Err(Ctap2Error::InvalidSubcommand.into()),
@@ -309,6 +322,133 @@ impl Authenticator {
         self.key_agreement = Some(key);
         let response = Value::Map(vec![(Value::Integer(RESPONSE_KEY_AGREEMENT.into()), cose)]);
         Ok(Success::payload(encode_value(response)?))
+    }
+
+    /// §6.5.5.7.3 getPinUvAuthTokenUsingUvWithPermissions: verify the user
+    /// the way this key does (`Caller::verify_for_token`), then issue a
+    /// fresh pinUvAuthToken with the requested permissions and RP ID,
+    /// encrypted to the platform's shared secret. Step numbers are CTAP
+    /// 2.1's; CTAP 2.2 inserts a step 11 for its persistent token (pcmr)
+    /// and numbers the last five 12–16.
+    fn get_pin_uv_auth_token_using_uv_with_permissions(
+        &mut self,
+        params: &Params,
+        caller: Caller<'_>,
+    ) -> Result<Success, CommandError> {
+        // Step 1: pinUvAuthProtocol, keyAgreement and permissions are
+        // mandatory: CTAP2_ERR_MISSING_PARAMETER.
+        let platform_key = params
+            .get(KEY_AGREEMENT)
+            .ok_or(Ctap2Error::MissingParameter)?;
+        let permissions = params
+            .get(PERMISSIONS)
+            .ok_or(Ctap2Error::MissingParameter)?;
+        // Step 2: an unsupported protocol is CTAP1_ERR_INVALID_PARAMETER.
+        let protocol = protocol_param(params)?;
+        // Steps 3–4: permissions 0 is CTAP1_ERR_INVALID_PARAMETER; cm, be,
+        // lbw, acfg (and pcmr) are CTAP2_ERR_UNAUTHORIZED_PERMISSION here;
+        // undefined bits are ignored. The schema admits any integer; a
+        // negative one is not the unsigned integer the spec defines.
+        let permissions = permissions
+            .as_integer()
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or(Ctap2Error::CborUnexpectedType)?;
+        let permissions = Permissions::requested(permissions)?;
+        // rpId (optional): "If the rpId parameter is present, associate the
+        // permissions RP ID with the pinUvAuthToken" (step 14). Bounded like
+        // makeCredential's rp.id.
+        let rp_id = params
+            .get(RP_ID)
+            .and_then(Value::as_text)
+            .map(str::to_owned);
+        if rp_id
+            .as_deref()
+            .is_some_and(|id| id.is_empty() || id.len() > MAX_RP_ID_LEN)
+        {
+            return Err(Ctap2Error::InvalidLength.into());
+        }
+        // Step 5 ("built-in user verification supported but not
+        // configured"), step 6 (internalRetry) and step 7 (uvRetries 0)
+        // cannot happen: getInfo says uv true, and a refusal on the owner's
+        // device is a decision, not a failed attempt ([`UV_RETRIES`]).
+        //
+        // Decapsulate before the owner is asked anything: a platform key
+        // that is not a P-256 point, or no getKeyAgreement before this, is
+        // CTAP1_ERR_INVALID_PARAMETER ("If an error results, it returns
+        // CTAP1_ERR_INVALID_PARAMETER").
+        let key = self
+            .key_agreement
+            .as_ref()
+            .ok_or(Ctap2Error::InvalidParameter)?;
+        let secret = SharedSecret::decapsulate(protocol, key, platform_key)?;
+        // Steps 8–10: performBuiltInUv(). In normal mode without the owner's
+        // approval yet, the answer is "approval needed" for this RP ID and
+        // the operation the permissions allow; the relay asks the owner's
+        // device and sends this again with the approval. A refusal there is
+        // CTAP2_ERR_OPERATION_DENIED, no answer CTAP2_ERR_USER_ACTION_TIMEOUT
+        // (step 10.1).
+        let operation = if permissions.contains(Permissions::MAKE_CREDENTIAL) {
+            Operation::Register
+        } else {
+            Operation::SignIn
+        };
+        let holder = caller.verify_for_token(rp_id.as_deref().unwrap_or_default(), operation)?;
+        // Step 11: every existing token is invalidated.
+        self.pin_uv_auth_token = None;
+        // Steps 12–14: the owner's approval and the admin's session are both
+        // evidence of user interaction: beginUsingPinUvAuthToken(true);
+        // the permissions and the RP ID.
+        let token =
+            PinUvAuthToken::issue(protocol, permissions, rp_id, holder, true, &self.shared.rng)?;
+        // Step 15: encrypt(shared secret, pinUvAuthToken).
+        let encrypted = secret.encrypt(token.bytes(), &self.shared.rng)?;
+        tracing::debug!(
+            user = %self.user,
+            ?protocol,
+            permissions = ?token.permissions(),
+            rp_id = token.rp_id(),
+            "pinUvAuthToken issued"
+        );
+        self.pin_uv_auth_token = Some(token);
+        let response = Value::Map(vec![(
+            Value::Integer(RESPONSE_PIN_UV_AUTH_TOKEN.into()),
+            Value::Bytes(encrypted),
+        )]);
+        Ok(Success::payload(encode_value(response)?))
+    }
+}
+
+/// The request's `pinUvAuthProtocol`: absent is
+/// `CTAP2_ERR_MISSING_PARAMETER`, not one of ours
+/// `CTAP1_ERR_INVALID_PARAMETER` (§6.5.5).
+fn protocol_param(params: &Params) -> Result<PinUvAuthProtocol, CommandError> {
+    let number = params
+        .get(PIN_UV_AUTH_PROTOCOL)
+        .ok_or(Ctap2Error::MissingParameter)?
+        .as_integer()
+        .and_then(|i| u64::try_from(i).ok())
+        .ok_or(Ctap2Error::InvalidParameter)?;
+    PinUvAuthProtocol::from_wire(number)
+}
+
+/// `verify(key, message, signature)` of `protocol` (§6.5.6, §6.5.7): a MAC
+/// of the protocol's length (16 bytes for one, 32 for two) that matches
+/// HMAC-SHA-256(key, message), compared in constant time. `key` is a shared
+/// secret's HMAC key or a pinUvAuthToken.
+pub(crate) fn verify_mac(
+    protocol: PinUvAuthProtocol,
+    key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    match protocol {
+        PinUvAuthProtocol::One => {
+            let tag = hmac::sign(&key, message);
+            let truncated = tag.as_ref().get(..PROTOCOL_ONE_MAC_LEN).unwrap_or_default();
+            signature.len() == PROTOCOL_ONE_MAC_LEN && bool::from(truncated.ct_eq(signature))
+        }
+        PinUvAuthProtocol::Two => hmac::verify(&key, message, signature).is_ok(),
     }
 }
 

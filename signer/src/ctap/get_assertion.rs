@@ -27,9 +27,10 @@ use crate::store::{CredentialPolicy, StoredCredential};
 use super::codec::{Kind, Param, Params, encode_ok, has_text_key};
 use super::extensions::{self, CredProtect, HmacSecretRequest};
 use super::keys;
+use super::pin_uv_auth_token::Permissions;
 use super::{
-    Authenticator, Caller, CommandError, Success, authenticator_data, claimed, refuse_pin_uv_auth,
-    response_flags,
+    Authenticator, Caller, CommandError, Success, authenticator_data, claimed, pin_uv_auth_request,
+    response_flags, user_presence_used,
 };
 
 /// CTAP 2.1 §6.2: authenticatorGetAssertion parameters.
@@ -94,8 +95,25 @@ impl Authenticator {
         }
         let extensions_input: Option<Value> = params.get(EXTENSIONS).cloned();
         let request: Request = params.decode()?;
-        refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
-        let user_verified = caller.verified(request.options.uv)?;
+        // Steps 1–2: a touch probe, or a pinUvAuthParam with its protocol.
+        let pin_uv_auth = pin_uv_auth_request(request.pin_auth.as_ref(), request.pin_protocol)?;
+        // Step 4: with a pinUvAuthParam, the "uv" option is treated as
+        // false; the token decides.
+        let uv_requested = request.options.uv && pin_uv_auth.is_none();
+        // Step 6: user verification. 6.1: by the pinUvAuthToken (the UV bit
+        // is set, so credProtect 3 credentials are visible); 6.2: built-in,
+        // when asked for with "uv".
+        let token = match pin_uv_auth {
+            Some(auth) => Some(self.authorize_token(
+                auth,
+                &request.client_data_hash,
+                Permissions::GET_ASSERTION,
+                &request.rp_id,
+                caller,
+            )?),
+            None => None,
+        };
+        let user_verified = token.is_some() || caller.verified(uv_requested)?;
         // "up": false asks for a silent assertion, without the UP flag.
         let flags = response_flags(request.options.up, user_verified);
         // §12.5: salts are authenticated and decrypted before any
@@ -136,13 +154,24 @@ impl Authenticator {
             return Err(Ctap2Error::NoCredentials.into());
         };
         // §6.2.2 step 9 (user presence) after step 7 (locate credentials):
-        // a key without the credential says so at once, unasked.
-        caller.require_consent(
-            request.options.up,
-            request.options.uv,
-            &request.rp_id,
-            Operation::SignIn,
-        )?;
+        // a key without the credential says so at once, unasked. 9.1: a
+        // token whose user-present flag is still set stands for presence;
+        // otherwise, and without a token (9.2), the admin's session, or in
+        // normal mode the owner's approval. A silent pre-flight ("up"
+        // false) needs none of them and leaves the token as it is.
+        if !token.is_some_and(|grant| grant.user_present) {
+            caller.require_consent(
+                request.options.up,
+                uv_requested,
+                &request.rp_id,
+                Operation::SignIn,
+            )?;
+        }
+        if request.options.up {
+            // 9.4: the token's presence, verification and permissions are
+            // spent.
+            user_presence_used(&mut self.pin_uv_auth_token);
+        }
         let number_of_credentials = if allow_list.is_none() && !candidates.is_empty() {
             Some(u8::try_from(candidates.len() + 1).unwrap_or(u8::MAX))
         } else {

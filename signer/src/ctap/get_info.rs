@@ -3,17 +3,22 @@
 //!
 //! What it claims, and why:
 //! - `uv: true`: built-in user verification, performed by the admin's OBR
-//!   session or the user's device approval (see `Caller::verify_user`);
+//!   session or the user's device approval (see `Caller::verified`);
+//! - `pinUvAuthToken: true`: that verification also comes as a
+//!   pinUvAuthToken (authenticatorClientPIN
+//!   getPinUvAuthTokenUsingUvWithPermissions, §6.5.5.7.3), which CTAP 2.1
+//!   platforms use for built-in UV whenever it is claimed (Chromium asks
+//!   for a token and never sends `uv` to a key with `makeCredUvNotRqd`;
+//!   python-fido2 prefers a token too). Platforms that send the `uv`
+//!   option instead are verified as before;
 //! - `makeCredUvNotRqd: true`: platforms may create credentials without
 //!   UV (python-fido2 and browsers otherwise always ask for it);
-//! - `pinUvAuthProtocols [2, 1]`: the protocols hmac-secret's shared
-//!   secret runs on (authenticatorClientPIN getKeyAgreement); python-fido2
-//!   needs one to use `uv` or hmac-secret at all.
+//! - `pinUvAuthProtocols [2, 1]`: the protocols the token and
+//!   hmac-secret's shared secret run on (authenticatorClientPIN
+//!   getKeyAgreement).
 //!
 //! Deliberately not claimed: `clientPin` (no PIN exists: absent means "not
-//! supported", so platforms never prompt for one) and `pinUvAuthToken`
-//! (UV is the `uv` option of each request, never a token: platforms then
-//! send `uv` instead of calling getPinUvAuthTokenUsingUvWithPermissions).
+//! supported", so platforms never prompt for one).
 //! Built as a CBOR value because passkey-types' getInfo structure lacks
 //! `makeCredUvNotRqd`.
 
@@ -67,6 +72,7 @@ fn response(aaguid: Aaguid) -> Value {
                 // reached us.
                 option("up", true),
                 option("uv", true),
+                option("pinUvAuthToken", true),
                 option("makeCredUvNotRqd", true),
             ]),
         ),

@@ -21,9 +21,10 @@ use crate::store::{NewCredential, now_ms};
 use super::codec::{Kind, Param, Params, encode_ok};
 use super::extensions::{CreateInputs, CredProtect, CredRandom};
 use super::keys::{self, Algorithm};
+use super::pin_uv_auth_token::Permissions;
 use super::{
-    Authenticator, Caller, CommandError, Success, authenticator_data, claimed, refuse_pin_uv_auth,
-    response_flags,
+    Authenticator, Caller, CommandError, MAX_RP_ID_LEN, Success, authenticator_data, claimed,
+    pin_uv_auth_request, response_flags, user_presence_used,
 };
 
 /// CTAP 2.1 §6.1: authenticatorMakeCredential parameters.
@@ -54,8 +55,6 @@ const SCHEMA: &[Param] = &[
 /// WebAuthn L3 §5.4.3: "A user handle is an opaque byte sequence with a
 /// maximum size of 64 bytes" and must not be empty.
 const MAX_USER_HANDLE_LEN: usize = 64;
-/// An RP id is a domain name (at most 253 characters in DNS).
-const MAX_RP_ID_LEN: usize = 253;
 /// CTAP 2.1 §6.1.2 step 17 / WebAuthn L3 §6.4.1: authenticators may
 /// truncate user names and display names to 64 bytes.
 const MAX_STORED_NAME_LEN: usize = 64;
@@ -75,8 +74,8 @@ impl Authenticator {
         let extensions = CreateInputs::parse(params.get(EXTENSIONS))?;
         let request: Request = params.decode()?;
 
-        // Steps 1–2: no pinUvAuthToken is ever issued.
-        refuse_pin_uv_auth(request.pin_auth.as_ref(), request.pin_protocol)?;
+        // Steps 1–2: a touch probe, or a pinUvAuthParam with its protocol.
+        let pin_uv_auth = pin_uv_auth_request(request.pin_auth.as_ref(), request.pin_protocol)?;
         // Step 3: the first supported entry, in the RP's order of
         // preference. (passkey-types already dropped entries it cannot
         // decode.)
@@ -91,8 +90,9 @@ impl Authenticator {
         if !request.options.up {
             return Err(Ctap2Error::InvalidOption.into());
         }
-        // Step 11: built-in user verification, when asked for.
-        let user_verified = caller.verified(request.options.uv)?;
+        // Step 5: with a pinUvAuthParam, the "uv" option is treated as
+        // false; the token decides.
+        let uv_requested = request.options.uv && pin_uv_auth.is_none();
         let discoverable = request.options.rk;
         let rp_id = request.rp.id.as_str();
         let user_handle = request.user.id.as_slice();
@@ -102,6 +102,19 @@ impl Authenticator {
         if user_handle.is_empty() || user_handle.len() > MAX_USER_HANDLE_LEN {
             return Err(Ctap2Error::InvalidLength.into());
         }
+        // Step 11: user verification. 11.1: by the pinUvAuthToken (the UV
+        // bit is set); 11.2: built-in, when asked for with "uv".
+        let token = match pin_uv_auth {
+            Some(auth) => Some(self.authorize_token(
+                auth,
+                &request.client_data_hash,
+                Permissions::MAKE_CREDENTIAL,
+                rp_id,
+                caller,
+            )?),
+            None => None,
+        };
+        let user_verified = token.is_some() || caller.verified(uv_requested)?;
 
         let owner = claimed(&mut self.owner, &self.user, &self.shared).await?;
         // Step 12: a listed credential of this user bound to this RP; one
@@ -123,8 +136,16 @@ impl Authenticator {
             }
         }
 
-        // Step 14 (user presence): in normal mode, the owner's approval.
-        caller.require_consent(true, request.options.uv, rp_id, Operation::Register)?;
+        // Step 14 (user presence). 14.1: a token whose user-present flag
+        // is still set (the approval or session that issued it) stands for
+        // it; otherwise, and without a token (14.2), the admin's session,
+        // or in normal mode the owner's approval.
+        if !token.is_some_and(|grant| grant.user_present) {
+            caller.require_consent(true, uv_requested, rp_id, Operation::Register)?;
+        }
+        // 14.4: the token's presence, verification and permissions are
+        // spent.
+        user_presence_used(&mut self.pin_uv_auth_token);
 
         // Step 16: a new key pair, wrapped before anything is stored.
         let credential_id = new_credential_id(&self.shared.rng)?;

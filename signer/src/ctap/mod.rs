@@ -1,6 +1,7 @@
 //! One user's CTAP2 authenticator: command dispatch and the state a user's
 //! security key keeps between commands (its fencing claim, its unwrapped
-//! data key, its getNextAssertion enumeration, its signing-key cache).
+//! data key, its getNextAssertion enumeration, its signing-key cache, its
+//! key-agreement key and pinUvAuthToken).
 //!
 //! [`Authenticator::handle`] takes a CTAP message (command byte + CBOR, CTAP
 //! 2.1 §6 and §8) and always produces a status byte + CBOR answer: every
@@ -9,7 +10,7 @@
 //! (`get_info`, `make_credential`, `get_assertion`, `client_pin`); request
 //! decoding and response encoding in `codec`, keys in `keys`, the
 //! credProtect and hmac-secret extensions in `extensions`, attestation
-//! statements in `attestation`.
+//! statements in `attestation`, the pinUvAuthToken in `pin_uv_auth_token`.
 //!
 //! Knows nothing of actors, threads or gRPC: the caller serializes calls
 //! (one `&mut self` at a time). Never logs key material or request payloads.
@@ -22,6 +23,7 @@ mod get_assertion;
 mod get_info;
 mod keys;
 mod make_credential;
+mod pin_uv_auth_token;
 
 use std::sync::Arc;
 
@@ -36,11 +38,12 @@ use crate::store::{Store, StoreError, StoredCredential};
 use crate::vault::{DataKey, Kek, VaultError, WrappedKey};
 
 use self::attestation::Attestation;
-use self::client_pin::KeyAgreementKey;
+use self::client_pin::{KeyAgreementKey, PinUvAuthProtocol};
 use self::codec::{DecodeError, EncodeError, STATUS_OK};
 use self::extensions::CredRandom;
 use self::get_assertion::PendingAssertions;
 use self::keys::{Algorithm, KeyCache, KeyError, SigningKey};
+use self::pin_uv_auth_token::{Grant, Holder, Permissions, PinUvAuthToken, TokenUse};
 
 /// CTAP 2.1 §6: authenticator API command bytes.
 const CMD_MAKE_CREDENTIAL: u8 = 0x01;
@@ -50,6 +53,10 @@ const CMD_CLIENT_PIN: u8 = 0x06;
 const CMD_RESET: u8 = 0x07;
 const CMD_GET_NEXT_ASSERTION: u8 = 0x08;
 const CMD_SELECTION: u8 = 0x0B;
+
+/// An RP ID is a domain name (at most 253 characters in DNS); longer or
+/// empty ones are `CTAP1_ERR_INVALID_LENGTH`.
+const MAX_RP_ID_LEN: usize = 253;
 
 /// What every user's authenticator shares within one signer process.
 #[derive(Debug)]
@@ -87,7 +94,7 @@ impl Shared {
 }
 
 /// Who stands behind a call, for user verification (see
-/// [`Caller::verify_user`]).
+/// [`Caller::verified`] and [`Caller::verify_for_token`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Caller<'a> {
     /// The admin acting on the user's behalf (on-behalf registration).
@@ -112,6 +119,41 @@ impl Caller<'_> {
             return Err(Ctap2Error::OperationDenied.into());
         }
         Ok(uv_requested)
+    }
+
+    /// CTAP 2.1 §6.5.5.7.3 steps 8–10, performBuiltInUv() for a
+    /// pinUvAuthToken: the same built-in user verification as the `uv`
+    /// option ([`Caller::verified`]). On-behalf, the admin's OBR session
+    /// (unless policy forbids it: `CTAP2_ERR_OPERATION_DENIED`, as for
+    /// `uv`; not UV_INVALID, which platforms answer by asking again); in
+    /// normal mode, the owner's approval on their device, asked for with
+    /// "approval needed" when the call carries none. Returns who holds the
+    /// token.
+    fn verify_for_token(self, rp_id: &str, operation: Operation) -> Result<Holder, CommandError> {
+        if self.approval.is_none() {
+            if self.obr.is_none() {
+                return Err(CommandError::ApprovalNeeded(ApprovalNeeded {
+                    rp_id: rp_id.to_owned(),
+                    operation,
+                    user_verification: true,
+                }));
+            }
+            if self.obr_uv_forbidden {
+                return Err(Ctap2Error::OperationDenied.into());
+            }
+        }
+        Ok(self.holder())
+    }
+
+    /// Who a token obtained on this call belongs to, and who a call using
+    /// one must be: the OBR session it runs in, or the owner.
+    fn holder(self) -> Holder {
+        match self.obr {
+            Some(obr) => Holder::Obr {
+                session_id: obr.obr_session_id.clone(),
+            },
+            None => Holder::Owner,
+        }
     }
 
     /// Normal mode (no OBR session): a cloud-held key has no button, so
@@ -322,6 +364,9 @@ pub(crate) struct Authenticator {
     /// first getKeyAgreement and kept until the actor passivates or the key
     /// is reset.
     key_agreement: Option<KeyAgreementKey>,
+    /// The last pinUvAuthToken issued, until replaced, expired or
+    /// forgotten with this actor.
+    pin_uv_auth_token: Option<PinUvAuthToken>,
 }
 
 impl Authenticator {
@@ -332,6 +377,7 @@ impl Authenticator {
             owner: None,
             pending: None,
             key_agreement: None,
+            pin_uv_auth_token: None,
         }
     }
 
@@ -359,7 +405,7 @@ impl Authenticator {
             // CTAP 2.1 §6.6 lets an authenticator refuse a reset; an admin
             // resets a user's key through the panel, never a browser.
             CMD_RESET => Err(Ctap2Error::OperationDenied.into()),
-            CMD_CLIENT_PIN => self.client_pin(params),
+            CMD_CLIENT_PIN => self.client_pin(params, caller),
             _ => Err(Ctap2Error::InvalidCommand.into()),
         };
         match result {
@@ -421,6 +467,7 @@ impl Authenticator {
     pub(crate) async fn reset(&mut self) -> Result<u64, CommandError> {
         self.pending = None;
         self.key_agreement = None;
+        self.pin_uv_auth_token = None;
         let owner = claimed(&mut self.owner, &self.user, &self.shared).await?;
         let fresh_key = DataKey::generate(&self.shared.rng)?;
         let wrapped = self
@@ -451,6 +498,43 @@ impl Authenticator {
     /// Drop any getNextAssertion state (the caller gave up on a command).
     pub(crate) fn forget_pending(&mut self) {
         self.pending = None;
+    }
+
+    /// CTAP 2.1 §6.1.2 step 11.1 / §6.2.2 step 6.1: the request's
+    /// pinUvAuthParam against this key's pinUvAuthToken
+    /// ([`PinUvAuthToken::authorize`]). No token, or one past its usage
+    /// timer (which is then forgotten): `CTAP2_ERR_PIN_AUTH_INVALID`.
+    fn authorize_token(
+        &mut self,
+        auth: PinUvAuth<'_>,
+        client_data_hash: &[u8],
+        permission: Permissions,
+        rp_id: &str,
+        caller: Caller<'_>,
+    ) -> Result<Grant, CommandError> {
+        let now = tokio::time::Instant::now();
+        if self
+            .pin_uv_auth_token
+            .as_ref()
+            .is_some_and(|token| !token.in_use(now))
+        {
+            self.pin_uv_auth_token = None;
+        }
+        let token = self
+            .pin_uv_auth_token
+            .as_mut()
+            .ok_or(Ctap2Error::PinAuthInvalid)?;
+        token.authorize(
+            TokenUse {
+                param: auth.param,
+                protocol: auth.protocol,
+                client_data_hash,
+                permission,
+                rp_id,
+                holder: &caller.holder(),
+            },
+            now,
+        )
     }
 }
 
@@ -495,11 +579,12 @@ fn authenticator_data(rp_id: &str, counter: u32, flags: Flags) -> AuthenticatorD
 }
 
 /// The authenticatorData flags of a makeCredential or getAssertion answer.
-/// `user_verified` comes from [`Caller::verify_user`]: set only when the
-/// platform asked for `uv` and the admin's OBR session or the user's own
-/// device approval stands for it. Unasked, UV stays clear: the flag says
-/// what was verified, and an RP that saw UV at registration demands it at
-/// every later sign-in.
+/// `user_verified` is set only when the platform asked for it — with the
+/// `uv` option ([`Caller::verified`]: the admin's OBR session or the
+/// user's own device approval stands for it) or with a pinUvAuthToken
+/// obtained the same way ([`Authenticator::authorize_token`]). Unasked, UV
+/// stays clear: the flag says what was verified, and an RP that saw UV at
+/// registration demands it at every later sign-in.
 fn response_flags(user_present: bool, user_verified: bool) -> Flags {
     // BE | BS: the key is held by the cloud signer and its wrapped form sits
     // in the replicated durable database, so it is backup-eligible and
@@ -515,26 +600,47 @@ fn response_flags(user_present: bool, user_verified: bool) -> Flags {
     flags
 }
 
-/// CTAP 2.1 §6.1.2 steps 1–2 (and §6.2.2 alike) for a key that never
-/// issues a pinUvAuthToken (no `clientPin`, no `pinUvAuthToken` in
-/// getInfo): a zero-length pinUvAuthParam (a platform's touch probe) is
-/// `CTAP2_ERR_PIN_NOT_SET`; one without its protocol
-/// `CTAP2_ERR_MISSING_PARAMETER`; with an unsupported protocol
-/// `CTAP1_ERR_INVALID_PARAMETER`; any other cannot verify against a token
-/// that does not exist: `CTAP2_ERR_PIN_AUTH_INVALID`.
-fn refuse_pin_uv_auth(
-    pin_uv_auth_param: Option<&passkey_types::Bytes>,
+/// CTAP 2.1 §6.1.2 step 14.4 / §6.2.2 step 9.4, once user presence was
+/// established: clearUserPresentFlag(), clearUserVerifiedFlag() and
+/// clearPinUvAuthTokenPermissionsExceptLbw() on `token` (an
+/// [`Authenticator`]'s; "no-ops if there is not an in-use
+/// pinUvAuthToken").
+fn user_presence_used(token: &mut Option<PinUvAuthToken>) {
+    if let Some(token) = token.as_mut() {
+        token.consume();
+    }
+}
+
+/// A request's nonempty pinUvAuthParam and its protocol.
+#[derive(Debug, Clone, Copy)]
+struct PinUvAuth<'a> {
+    param: &'a [u8],
+    protocol: PinUvAuthProtocol,
+}
+
+/// CTAP 2.1 §6.1.2 steps 1–2 (and §6.2.2 steps 1–2 alike). Step 1: a
+/// zero-length pinUvAuthParam is a platform's touch probe; presence is the
+/// browser action that reached us, and no PIN exists:
+/// `CTAP2_ERR_PIN_NOT_SET`. Step 2: a pinUvAuthParam without its protocol
+/// is `CTAP2_ERR_MISSING_PARAMETER`, with an unsupported one
+/// `CTAP1_ERR_INVALID_PARAMETER`. What is left is checked against the
+/// token in step 11.1 / 6.1 ([`Authenticator::authorize_token`]).
+fn pin_uv_auth_request<'a>(
+    pin_uv_auth_param: Option<&'a passkey_types::Bytes>,
     pin_uv_auth_protocol: Option<u8>,
-) -> Result<(), CommandError> {
+) -> Result<Option<PinUvAuth<'a>>, CommandError> {
     let Some(param) = pin_uv_auth_param else {
-        return Ok(());
+        return Ok(None);
     };
     if param.is_empty() {
         return Err(Ctap2Error::PinNotSet.into());
     }
     let protocol = pin_uv_auth_protocol.ok_or(Ctap2Error::MissingParameter)?;
-    client_pin::PinUvAuthProtocol::from_wire(u64::from(protocol))?;
-    Err(Ctap2Error::PinAuthInvalid.into())
+    let protocol = PinUvAuthProtocol::from_wire(u64::from(protocol))?;
+    Ok(Some(PinUvAuth {
+        param: param.as_slice(),
+        protocol,
+    }))
 }
 
 #[cfg(test)]

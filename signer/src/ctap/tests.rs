@@ -188,7 +188,17 @@ async fn authenticator() -> Authenticator {
 }
 
 fn make_credential(handle: &[u8], name: &str) -> Vec<u8> {
-    let params = Value::Map(vec![
+    command(CMD_MAKE_CREDENTIAL, make_credential_params(handle, name))
+}
+
+fn command(byte: u8, params: Vec<(Value, Value)>) -> Vec<u8> {
+    let mut message = vec![byte];
+    message.extend(cbor(&Value::Map(params)));
+    message
+}
+
+fn make_credential_params(handle: &[u8], name: &str) -> Vec<(Value, Value)> {
+    vec![
         (int(1), Value::Bytes(vec![0; 32])),
         (int(2), Value::Map(vec![(text("id"), text("rp.example"))])),
         (
@@ -206,10 +216,7 @@ fn make_credential(handle: &[u8], name: &str) -> Vec<u8> {
             ])]),
         ),
         (int(7), Value::Map(vec![(text("rk"), Value::Bool(true))])),
-    ]);
-    let mut message = vec![CMD_MAKE_CREDENTIAL];
-    message.extend(cbor(&params));
-    message
+    ]
 }
 
 fn get_assertion() -> Vec<u8> {
@@ -432,19 +439,22 @@ mod policies {
     }
 
     #[test]
-    fn pin_uv_auth_params_are_refused_with_the_specs_codes() {
+    fn pin_uv_auth_params_are_checked_with_the_specs_codes() {
         let param = |bytes: &[u8]| Some(passkey_types::Bytes::from(bytes.to_vec()));
+        // Steps 1–2 of §6.1.2 / §6.2.2.
         for (p, protocol, status) in [
             (param(&[]), Some(1), Ctap2Error::PinNotSet),
             (param(&[1; 16]), None, Ctap2Error::MissingParameter),
             (param(&[1; 16]), Some(7), Ctap2Error::InvalidParameter),
-            (param(&[1; 16]), Some(1), Ctap2Error::PinAuthInvalid),
-            (param(&[1; 32]), Some(2), Ctap2Error::PinAuthInvalid),
         ] {
-            let error = refuse_pin_uv_auth(p.as_ref(), protocol).unwrap_err();
+            let error = pin_uv_auth_request(p.as_ref(), protocol).unwrap_err();
             assert_eq!(error.status(), status);
         }
-        assert!(refuse_pin_uv_auth(None, Some(1)).is_ok());
+        assert!(pin_uv_auth_request(None, Some(1)).unwrap().is_none());
+        let p = param(&[1; 32]);
+        let auth = pin_uv_auth_request(p.as_ref(), Some(2)).unwrap().unwrap();
+        assert_eq!(auth.protocol, PinUvAuthProtocol::Two);
+        assert_eq!(auth.param, &[1; 32]);
     }
 
     #[test]
@@ -503,6 +513,301 @@ mod policies {
             Ctap2Error::OperationDenied
         );
         assert!(!forbidden.verified(false).unwrap());
+    }
+}
+
+mod tokens {
+    //! The pinUvAuthToken's life (CTAP 2.1 §6.5.2.1: initial usage time
+    //! limit, user present time limit, max usage time period) with time
+    //! moved by hand, and who may use a token.
+
+    use ring::hmac;
+
+    use super::super::client_pin::test_support::encapsulate;
+    use super::super::pin_uv_auth_token::{
+        INITIAL_USAGE_TIME_LIMIT, MAX_USAGE_TIME_PERIOD, Permissions, USER_PRESENT_TIME_LIMIT,
+    };
+    use super::*;
+
+    const RP: &str = "rp.example";
+    const CLIENT_DATA_HASH: [u8; 32] = [0x5C; 32];
+
+    fn session(id: &str) -> ObrActing {
+        ObrActing {
+            admin_id: "admin".to_owned(),
+            obr_session_id: id.to_owned(),
+        }
+    }
+
+    fn on_behalf(obr: &ObrActing) -> Caller<'_> {
+        Caller {
+            obr: Some(obr),
+            ..Caller::default()
+        }
+    }
+
+    fn number(protocol: PinUvAuthProtocol) -> i64 {
+        match protocol {
+            PinUvAuthProtocol::One => 1,
+            PinUvAuthProtocol::Two => 2,
+        }
+    }
+
+    /// Member `key` of a successful answer.
+    fn member(payload: &[u8], key: i64) -> Value {
+        assert_eq!(payload.first(), Some(&STATUS_OK), "status {payload:02X?}");
+        let Value::Map(members) = ciborium::de::from_reader(&payload[1..]).unwrap() else {
+            panic!("not a map");
+        };
+        members
+            .into_iter()
+            .find(|(k, _)| *k == int(key))
+            .map(|(_, v)| v)
+            .expect("member")
+    }
+
+    /// A platform's getKeyAgreement and getPinUvAuthTokenUsingUvWithPermissions:
+    /// the token in clear, or the outcome when none was issued.
+    async fn obtain(
+        authenticator: &mut Authenticator,
+        caller: Caller<'_>,
+        protocol: PinUvAuthProtocol,
+        permissions: i64,
+        rp_id: Option<&str>,
+    ) -> Result<Vec<u8>, Outcome> {
+        let get_key = command(
+            CMD_CLIENT_PIN,
+            vec![(int(1), int(number(protocol))), (int(2), int(2))],
+        );
+        let outcome = authenticator.handle(&get_key, caller).await;
+        let key = member(&outcome.payload, 1);
+        let (platform_key, secret) = encapsulate(protocol, &key, &SystemRandom::new());
+        let mut params = vec![
+            (int(1), int(number(protocol))),
+            (int(2), int(6)),
+            (int(3), platform_key),
+            (int(9), int(permissions)),
+        ];
+        if let Some(rp_id) = rp_id {
+            params.push((int(0x0A), text(rp_id)));
+        }
+        let outcome = authenticator
+            .handle(&command(CMD_CLIENT_PIN, params), caller)
+            .await;
+        if outcome.payload.first() != Some(&STATUS_OK) {
+            return Err(outcome);
+        }
+        let Value::Bytes(encrypted) = member(&outcome.payload, 2) else {
+            panic!("pinUvAuthToken not bytes");
+        };
+        Ok(secret.decrypt(&encrypted).unwrap().to_vec())
+    }
+
+    /// authenticate(token, clientDataHash) of `protocol`.
+    fn pin_uv_auth_param(protocol: PinUvAuthProtocol, token: &[u8]) -> Value {
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, token), &CLIENT_DATA_HASH);
+        let len = match protocol {
+            PinUvAuthProtocol::One => 16,
+            PinUvAuthProtocol::Two => 32,
+        };
+        Value::Bytes(tag.as_ref()[..len].to_vec())
+    }
+
+    /// getAssertion at [`RP`] with the token; `up` false is a silent
+    /// pre-flight.
+    fn get_assertion_with(protocol: PinUvAuthProtocol, token: &[u8], up: bool) -> Vec<u8> {
+        let mut params = vec![
+            (int(1), text(RP)),
+            (int(2), Value::Bytes(CLIENT_DATA_HASH.to_vec())),
+            (int(6), pin_uv_auth_param(protocol, token)),
+            (int(7), int(number(protocol))),
+        ];
+        if !up {
+            params.push((int(5), Value::Map(vec![(text("up"), Value::Bool(false))])));
+        }
+        command(CMD_GET_ASSERTION, params)
+    }
+
+    fn make_credential_with(protocol: PinUvAuthProtocol, token: &[u8]) -> Vec<u8> {
+        let mut params = make_credential_params(b"token-user", "t");
+        params[0] = (int(1), Value::Bytes(CLIENT_DATA_HASH.to_vec()));
+        params.push((int(8), pin_uv_auth_param(protocol, token)));
+        params.push((int(9), int(number(protocol))));
+        command(CMD_MAKE_CREDENTIAL, params)
+    }
+
+    fn flags(outcome: &Outcome) -> Flags {
+        let Value::Bytes(auth_data) = member(&outcome.payload, 2) else {
+            panic!("authData not bytes");
+        };
+        AuthenticatorData::from_slice(&auth_data)
+            .expect("authData")
+            .flags
+    }
+
+    fn status(outcome: &Outcome) -> Option<Ctap2Error> {
+        outcome
+            .payload
+            .first()
+            .and_then(|&b| Ctap2Error::try_from(b).ok())
+    }
+
+    #[tokio::test]
+    async fn an_unused_token_ends_after_the_initial_usage_time_limit() {
+        let mut authenticator = authenticator().await;
+        let obr = session("s1");
+        let token = obtain(
+            &mut authenticator,
+            on_behalf(&obr),
+            PinUvAuthProtocol::Two,
+            0x01,
+            Some(RP),
+        )
+        .await
+        .unwrap();
+        authenticator
+            .pin_uv_auth_token
+            .as_mut()
+            .unwrap()
+            .backdate(INITIAL_USAGE_TIME_LIMIT + Duration::from_millis(1));
+        let outcome = authenticator
+            .handle(
+                &make_credential_with(PinUvAuthProtocol::Two, &token),
+                on_behalf(&obr),
+            )
+            .await;
+        assert_eq!(status(&outcome), Some(Ctap2Error::PinAuthInvalid));
+        assert!(
+            authenticator.pin_uv_auth_token.is_none(),
+            "an ended token is forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn presence_lasts_30_seconds_and_a_used_token_10_minutes() {
+        let mut authenticator = authenticator().await;
+        let outcome = authenticator
+            .handle(&make_credential(b"h", "x"), owner())
+            .await;
+        assert_eq!(outcome.payload[0], STATUS_OK);
+        // Normal mode: obtained with the owner's approval.
+        let protocol = PinUvAuthProtocol::One;
+        let token = obtain(&mut authenticator, owner(), protocol, 0x03, Some(RP))
+            .await
+            .unwrap();
+        // Used in a silent pre-flight (no approval on the call: the token
+        // verifies): UV without UP, and the token is now in use.
+        let unapproved = Caller::default();
+        let outcome = authenticator
+            .handle(&get_assertion_with(protocol, &token, false), unapproved)
+            .await;
+        assert_eq!(flags(&outcome), Flags::UV | Flags::BE | Flags::BS);
+        // Past the user present time limit, the token still verifies but
+        // no longer stands for presence: the owner is asked (for presence
+        // only), and with their approval the call goes through.
+        let token_state = authenticator.pin_uv_auth_token.as_mut().unwrap();
+        token_state.backdate(USER_PRESENT_TIME_LIMIT + Duration::from_secs(1));
+        let sign_in = get_assertion_with(protocol, &token, true);
+        let outcome = authenticator.handle(&sign_in, unapproved).await;
+        let needed = outcome.approval_needed.expect("approval needed");
+        assert!(!needed.user_verification, "the token verified the user");
+        let outcome = authenticator.handle(&sign_in, owner()).await;
+        assert_eq!(
+            flags(&outcome),
+            Flags::UP | Flags::UV | Flags::BE | Flags::BS
+        );
+        // Spent: §6.2.2 step 9.4 cleared its verification and permissions.
+        let outcome = authenticator.handle(&sign_in, owner()).await;
+        assert_eq!(status(&outcome), Some(Ctap2Error::PinAuthInvalid));
+
+        // A used token ends at the max usage time period.
+        let token = obtain(&mut authenticator, owner(), protocol, 0x02, Some(RP))
+            .await
+            .unwrap();
+        let silent = get_assertion_with(protocol, &token, false);
+        let outcome = authenticator.handle(&silent, unapproved).await;
+        assert_eq!(outcome.payload[0], STATUS_OK);
+        authenticator
+            .pin_uv_auth_token
+            .as_mut()
+            .unwrap()
+            .backdate(MAX_USAGE_TIME_PERIOD + Duration::from_secs(1));
+        let outcome = authenticator.handle(&silent, unapproved).await;
+        assert_eq!(status(&outcome), Some(Ctap2Error::PinAuthInvalid));
+    }
+
+    #[tokio::test]
+    async fn a_token_serves_only_the_session_or_owner_that_obtained_it() {
+        let mut authenticator = authenticator().await;
+        let (s1, s2) = (session("s1"), session("s2"));
+        let outcome = authenticator
+            .handle(&make_credential(b"h", "x"), on_behalf(&s1))
+            .await;
+        assert_eq!(outcome.payload[0], STATUS_OK);
+        let protocol = PinUvAuthProtocol::Two;
+        let token = obtain(&mut authenticator, on_behalf(&s1), protocol, 0x02, None)
+            .await
+            .unwrap();
+        let silent = get_assertion_with(protocol, &token, false);
+        for other in [on_behalf(&s2), owner(), Caller::default()] {
+            let outcome = authenticator.handle(&silent, other).await;
+            assert_eq!(status(&outcome), Some(Ctap2Error::PinAuthInvalid));
+        }
+        let outcome = authenticator.handle(&silent, on_behalf(&s1)).await;
+        assert!(flags(&outcome).contains(Flags::UV));
+        // Obtained without an rpId: the first use associated this one.
+        assert_eq!(
+            authenticator.pin_uv_auth_token.as_ref().unwrap().rp_id(),
+            Some(RP)
+        );
+    }
+
+    #[tokio::test]
+    async fn token_bytes_never_show_in_debug_output() {
+        let mut authenticator = authenticator().await;
+        let obr = session("s1");
+        let token = obtain(
+            &mut authenticator,
+            on_behalf(&obr),
+            PinUvAuthProtocol::Two,
+            0x03,
+            Some(RP),
+        )
+        .await
+        .unwrap();
+        let debug = format!("{:?}", authenticator.pin_uv_auth_token);
+        assert!(debug.contains("PinUvAuthToken"), "{debug}");
+        let listed = format!("{:?}", &token[..4]);
+        assert!(!debug.contains(listed.trim_end_matches(']')));
+        let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!debug.contains(&hex[..8]));
+    }
+
+    #[test]
+    fn permissions_follow_steps_3_4_and_14() {
+        // Step 3: none at all.
+        assert_eq!(
+            Permissions::requested(0).unwrap_err().status(),
+            Ctap2Error::InvalidParameter
+        );
+        // Step 4: cm, be, lbw, acfg, pcmr are not authorized on this key.
+        for bit in [0x04, 0x08, 0x10, 0x20, 0x40, 0x07] {
+            assert_eq!(
+                Permissions::requested(bit).unwrap_err().status(),
+                Ctap2Error::UnauthorizedPermission,
+                "{bit:#x}"
+            );
+        }
+        // mc and ga always are; undefined bits are ignored (step 14).
+        let both = Permissions::requested(0x03).unwrap();
+        assert!(both.contains(Permissions::MAKE_CREDENTIAL));
+        assert!(both.contains(Permissions::GET_ASSERTION));
+        let mc = Permissions::requested(0x81).unwrap();
+        assert!(mc.contains(Permissions::MAKE_CREDENTIAL));
+        assert!(!mc.contains(Permissions::GET_ASSERTION));
+        let undefined = Permissions::requested(0x100).unwrap();
+        assert!(!undefined.contains(Permissions::MAKE_CREDENTIAL));
+        assert!(!undefined.contains(Permissions::GET_ASSERTION));
     }
 }
 

@@ -26,7 +26,7 @@ const CLIENT_PIN: u8 = 0x06;
 
 // ---------------------------------------------------------------- helpers
 
-fn map_get(map: &Value, key: &Value) -> Option<Value> {
+pub(crate) fn map_get(map: &Value, key: &Value) -> Option<Value> {
     match map {
         Value::Map(entries) => entries
             .iter()
@@ -36,7 +36,7 @@ fn map_get(map: &Value, key: &Value) -> Option<Value> {
     }
 }
 
-fn response_map(payload: &[u8]) -> Value {
+pub(crate) fn response_map(payload: &[u8]) -> Value {
     assert_eq!(payload[0], 0, "status 0x{:02X}", payload[0]);
     ciborium::de::from_reader(&payload[1..]).expect("cbor")
 }
@@ -48,7 +48,7 @@ fn with_uv(mut params: Vec<(Value, Value)>, uv: bool) -> Vec<(Value, Value)> {
     params
 }
 
-fn mc_with_extensions(mc: &Mc, extensions: Vec<(Value, Value)>) -> Vec<u8> {
+pub(crate) fn mc_with_extensions(mc: &Mc, extensions: Vec<(Value, Value)>) -> Vec<u8> {
     let mut params = mc.params();
     params.push((int(6), Value::Map(extensions)));
     message(0x01, params)
@@ -66,16 +66,19 @@ fn auth_data_extensions(reply: &obr_signer::CtapReply) -> Option<Value> {
 }
 
 /// A platform's side of a PIN/UV auth protocol (CTAP 2.1 §6.5.6/§6.5.7).
-struct Platform {
+pub(crate) struct Platform {
     protocol: u8,
-    key_agreement: Value,
+    /// The platform's key, as requests carry it.
+    pub(crate) key_agreement: Value,
+    /// The authenticator's key, as getKeyAgreement answered it.
+    pub(crate) authenticator_key: Value,
     hmac_key: [u8; 32],
     aes_key: [u8; 32],
 }
 
 impl Platform {
     /// getKeyAgreement, then encapsulate against the authenticator's key.
-    async fn new(core: &SignerCore, user: &str, protocol: u8) -> Self {
+    pub(crate) async fn new(core: &SignerCore, user: &str, protocol: u8) -> Self {
         let reply = core
             .ctap(call(
                 user,
@@ -130,6 +133,7 @@ impl Platform {
         Self {
             protocol,
             key_agreement,
+            authenticator_key: cose,
             hmac_key,
             aes_key,
         }
@@ -151,7 +155,11 @@ impl Platform {
         }
     }
 
-    fn decrypt(&self, cipher: &[u8]) -> Vec<u8> {
+    pub(crate) fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    pub(crate) fn decrypt(&self, cipher: &[u8]) -> Vec<u8> {
         let (iv, body) = if self.protocol == 2 {
             let (iv, body) = cipher.split_at(16);
             (<[u8; 16]>::try_from(iv).unwrap(), body)
@@ -172,7 +180,7 @@ impl Platform {
     }
 
     /// The hmac-secret getAssertion input for `salts`.
-    fn hmac_secret_input(&self, salts: &[u8]) -> Value {
+    pub(crate) fn hmac_secret_input(&self, salts: &[u8]) -> Value {
         let salt_enc = self.encrypt(salts);
         let salt_auth = self.authenticate(&salt_enc);
         Value::Map(vec![
@@ -266,8 +274,28 @@ async fn client_pin_subcommands_answer_the_specs_codes() {
             .await;
         assert_eq!(reply.status(), 0x35, "subcommand {sub}");
     }
-    // UV tokens are not issued; unknown subcommands.
-    for sub in [0x06, 0x07, 0x08, 0x42, -1] {
+    // getUVRetries (§6.5.5.3): a full counter that never goes down.
+    let reply = core
+        .ctap(call(
+            "alice",
+            message(CLIENT_PIN, vec![(int(1), int(2)), (int(2), int(7))]),
+        ))
+        .await;
+    assert_eq!(
+        response_map(&reply.payload),
+        Value::Map(vec![(int(5), int(8))])
+    );
+    // getPinUvAuthTokenUsingUvWithPermissions without its parameters
+    // (the `tokens` tests cover the rest).
+    let reply = core
+        .ctap(call(
+            "alice",
+            message(CLIENT_PIN, vec![(int(1), int(2)), (int(2), int(6))]),
+        ))
+        .await;
+    assert_eq!(reply.status(), 0x14);
+    // Unknown subcommands.
+    for sub in [0x08, 0x42, -1] {
         let reply = core
             .ctap(call(
                 "alice",

@@ -29,7 +29,11 @@ async fn get_info_decodes_with_passkey_types_and_is_canonical() {
     assert!(options.rk && options.up && !options.plat);
     assert_eq!(options.uv, Some(true), "built-in user verification");
     assert_eq!(options.client_pin, None, "clientPin must not be advertised");
-    assert_eq!(options.pin_uv_auth_token, None, "UV is never a token");
+    assert_eq!(
+        options.pin_uv_auth_token,
+        Some(true),
+        "built-in UV also comes as a pinUvAuthToken"
+    );
     assert_eq!(info.max_msg_size.map(u128::from), Some(7609));
     let algorithms = info.algorithms.expect("algorithms");
     let algorithms: Vec<_> = algorithms.iter().map(|a| a.alg).collect();
@@ -86,6 +90,7 @@ async fn get_info_decodes_with_passkey_types_and_is_canonical() {
             text("up"),
             text("uv"),
             text("plat"),
+            text("pinUvAuthToken"),
             text("makeCredUvNotRqd")
         ]
     );
@@ -416,7 +421,7 @@ async fn options_the_key_cannot_honour() {
     // pinUvAuthParam: empty (a touch probe) is PIN_NOT_SET; without its
     // protocol MISSING_PARAMETER; an unsupported protocol
     // INVALID_PARAMETER; a supported one cannot match a token that was
-    // never issued: PIN_AUTH_INVALID.
+    // never issued: PIN_AUTH_INVALID (tokens: `tokens.rs`).
     for (param, protocol, status) in [
         (vec![], Some(1), 0x35),
         (vec![0; 16], None, 0x14),

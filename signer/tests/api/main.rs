@@ -1,5 +1,6 @@
 //! The signer through its public API: [`obr_signer::SignerCore`] on a
-//! temporary SQLite file, two cores on one database (fencing, on SQLite and
+//! temporary SQLite file (CTAP2 commands, the authenticator's extensions
+//! and pinUvAuthTokens), two cores on one database (fencing, on SQLite and
 //! PostgreSQL), KEK rotation while a core signs (both backends), the
 //! `obr-signer` binary's KEK commands, and the gRPC service over loopback.
 
@@ -12,3 +13,4 @@ mod keys;
 mod memory;
 mod rotation;
 mod test_db;
+mod tokens;
