@@ -80,14 +80,21 @@ impl AskUser<'_> {
             "register" => "register a passkey",
             _ => "sign in",
         };
+        // A pinUvAuthToken may be asked for without an RP ID (CTAP 2.1
+        // §6.5.5.7.3: optional); the key binds it to the first site it is
+        // used at.
+        let site = match approval.rp_id.as_str() {
+            "" => "a site not named yet (the first one it is used at)",
+            rp_id => rp_id,
+        };
         self.state
             .directory
             .notify(
                 &approval.person_id,
                 "approval.requested",
                 &format!(
-                    "Approve: {verb} at {} from your workstation {}?",
-                    approval.rp_id, approval.agent_id
+                    "Approve: {verb} at {site} from your workstation {}?",
+                    approval.agent_id
                 ),
                 json!({ "approval_id": approval.id, "rp_id": approval.rp_id,
                         "operation": approval.operation, "agent": approval.agent_id,
