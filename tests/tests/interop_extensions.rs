@@ -149,7 +149,9 @@ fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyh
     assert_eq!(hmac["uv_output_differs"], true);
 
     // credProtect 3: found only with user verification (the OBR session
-    // verifies), here as a discoverable credential.
+    // verifies, through a pinUvAuthToken), by allowList — python-fido2's
+    // silent pre-flight carries the token — and as a discoverable
+    // credential.
     let run = run_python(
         &python,
         &agent.hid_socket,
@@ -163,7 +165,7 @@ fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyh
                 "--uv",
                 "required",
                 "--assertions",
-                "0",
+                "2",
                 "--discoverable-login",
             ],
         ]
@@ -172,6 +174,10 @@ fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyh
     let registered = run.step("register");
     assert_eq!(registered["cred_protect"], 3);
     assert_eq!(registered["flags"]["uv"], true);
+    assert_eq!(run.count("authenticate"), 2);
+    for step in run.steps.iter().filter(|s| s["step"] == "authenticate") {
+        assert_eq!(step["user_verified"], true, "{step}");
+    }
     assert_eq!(run.step("discoverable_login")["user_verified"], true);
 
     // EdDSA only.
