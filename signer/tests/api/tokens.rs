@@ -515,3 +515,31 @@ async fn a_cred_protect_3_credential_is_found_by_allow_list_with_a_token() {
     );
     assert_eq!(response.credential.unwrap().id.to_vec(), id);
 }
+
+/// A token lives in the user's actor only: once the actor passivates, the
+/// next activation has no token (and a new key-agreement key).
+#[tokio::test]
+async fn a_token_does_not_survive_passivation() {
+    let db = TempDb::new();
+    let core = SignerCore::open(SignerConfig {
+        idle_passivation: std::time::Duration::from_millis(50),
+        ..config(&db)
+    })
+    .await
+    .unwrap();
+    let (id, _) = make_credential(&core, "alice", &Mc::new(RP, b"user-1")).await;
+    let allow = std::slice::from_ref(&id);
+    let token = obtain(&core, obr_call, 2, GA, Some(RP)).await;
+    let silent = ga_with_token(RP, allow, 2, &token, false);
+    assert_ok(&core.ctap(obr_call("alice", silent.clone())).await);
+    // The actor runs on its own runtime with real time: poll, bounded.
+    let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while core.is_active("alice") {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "actor never passivated"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(core.ctap(obr_call("alice", silent)).await.status(), 0x33);
+}
