@@ -112,6 +112,10 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
         let note = &page["registration"]["obr_notification"];
         assert_eq!(note["kind"], "obr.registration", "{page}");
         assert_eq!(note["detail"]["rp_id"], "localhost", "{page}");
+        assert_eq!(
+            note["detail"]["credential_id"], page["registration"]["credential_id"],
+            "bob was told of this very credential: {page}"
+        );
         let uv_required = browser.user_verification == "required";
         assert_eq!(
             page["authentication"]["user_verified"], uv_required,
@@ -119,10 +123,12 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
         );
         assert!(out.join(&browser.screenshot).exists());
         println!(
-            "  chromium uv={}: start {} ms, create+get {} ms (create {} ms, get {} ms)",
+            "  chromium uv={}: start {} ms; page opened to both verified {} ms (page script \
+             started at {} ms, create {} ms, get {} ms)",
             browser.user_verification,
             browser.chromium_start_ms,
             browser.ceremonies_ms,
+            page["script_started_ms"],
             page["create_ms"],
             page["get_ms"]
         );

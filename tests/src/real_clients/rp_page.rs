@@ -17,6 +17,8 @@ use std::thread::JoinHandle;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use webauthn_rs::prelude::*;
@@ -201,7 +203,7 @@ async fn register_finish(
     let notification = inbox_notification(&state.inbox).await?;
     Ok(HttpResponse::Ok().json(json!({
         "verified": true,
-        "credential_id": cred_id,
+        "credential_id": B64URL.encode(cred_id.as_slice()),
         "user_verified_required": user_verified,
         "obr_notification": notification,
     })))
@@ -246,7 +248,7 @@ async fn login_finish(
     };
     Ok(HttpResponse::Ok().json(json!({
         "verified": true,
-        "credential_id": result.cred_id(),
+        "credential_id": B64URL.encode(result.cred_id().as_slice()),
         "user_verified": result.user_verified(),
         "counter": result.counter(),
     })))
