@@ -69,12 +69,23 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
         println!("  driver +{:>6} ms  {}", mark.at_ms, mark.what);
     }
     println!("  whole guest run: {:.1?}", run.wall);
+    println!(
+        "  malformed reports the kernel passed to the agent: {:?} of 3",
+        report.garbage_writes_accepted
+    );
     assert!(
         report.error.is_none() && run.exit_code == Some(0),
         "the driver failed (exit {:?}): {:?}\nconsole tail:\n{}",
         run.exit_code,
         report.error,
         run.tail(80)
+    );
+
+    // Malformed reports reached the agent before libfido2 ran, and it stayed usable.
+    assert_eq!(
+        report.garbage_writes_accepted,
+        Some(3),
+        "the kernel refused some malformed writes itself, so the agent never saw them"
     );
 
     // 1. libfido2.

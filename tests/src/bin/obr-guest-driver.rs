@@ -110,6 +110,8 @@ fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()
         uhid::VENDOR_ID,
         uhid::PRODUCT_ID
     );
+    report.garbage_writes_accepted = Some(write_garbage(&hidraw)?);
+    report.mark(started, "garbage written to the hidraw node");
     let (device, token_list) = libfido2::find_device(&vid_pid)?;
     report.mark(started, format!("fido2-token -L lists {device}"));
     let fido = libfido2::register_and_sign_in(
@@ -176,6 +178,24 @@ fn browse(
         page: result,
         screenshot,
     })
+}
+
+/// Writes what no FIDO client sends straight to the hidraw node before libfido2 uses the key:
+/// a 2-byte report, a 65-byte report with a report ID the key does not have, and a report of
+/// noise on an unallocated channel. The agent must drop or refuse each and stay usable (the
+/// libfido2 run that follows shows it did). Returns how many writes the kernel passed on; it may
+/// refuse some itself.
+fn write_garbage(hidraw: &str) -> anyhow::Result<usize> {
+    let mut node = std::fs::OpenOptions::new().write(true).open(hidraw)?;
+    let mut noise = [0u8; 65];
+    for (i, byte) in noise.iter_mut().enumerate().skip(1) {
+        *byte = u8::try_from(i * 37 % 251).unwrap_or(0);
+    }
+    let writes: [&[u8]; 3] = [&[0, 0x86], &[0x05; 65], &noise];
+    Ok(writes
+        .into_iter()
+        .filter(|bytes| std::io::Write::write(&mut node, bytes).is_ok())
+        .count())
 }
 
 /// The agent's hidraw node, once `hid-generic` has made it.

@@ -23,6 +23,8 @@ pub struct Report {
     pub timeline: Vec<Mark>,
     /// The `/dev/hidraw*` node the kernel made for the agent's uhid device.
     pub hidraw: Option<String>,
+    /// Malformed reports written to the hidraw node that reached the agent (see the driver).
+    pub garbage_writes_accepted: Option<usize>,
     pub libfido2: Option<libfido2::Libfido2Run>,
     /// One run of the relying-party page per user-verification requirement.
     pub browser: Vec<chromium::BrowserRun>,
