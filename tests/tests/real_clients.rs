@@ -8,7 +8,11 @@
 //!    signs in with `.get()`, both verified server-side by webauthn-rs, and bob's obr
 //!    notification is there;
 //! 3. the same with `userVerification: "required"`: no prompt blocks it, because the key has
-//!    built-in UV (the OBR session stands for it) and no PIN.
+//!    built-in UV (the OBR session stands for it, given as a pinUvAuthToken) and no PIN.
+//!
+//! Around them: an agent run as `nobody` is refused `/dev/uhid` with the udev rule and group
+//! to install; malformed reports written to the hidraw node are dropped or refused; and the
+//! kernel removes the device when the agent exits.
 //!
 //! The guest's kernel and root filesystem come from Debian's registry on the first run (see
 //! `obr_tests::guest::assets`). Screenshots of the RP page are left in the test's output
@@ -80,6 +84,23 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
         report.error,
         run.tail(80)
     );
+
+    // A user without access to /dev/uhid is told what to install and which group to join.
+    let refusal = report
+        .uhid_refusal_for_unprivileged_user
+        .as_deref()
+        .expect("the unprivileged agent ran");
+    for expected in [
+        "no permission to open /dev/uhid",
+        "70-obr-agent.rules",
+        "usermod -aG obr",
+    ] {
+        assert!(
+            refusal.contains(expected),
+            "{expected:?} missing from: {refusal}"
+        );
+    }
+    assert!(!refusal.contains("panicked"), "{refusal}");
 
     // Malformed reports reached the agent before libfido2 ran, and it stayed usable.
     assert_eq!(

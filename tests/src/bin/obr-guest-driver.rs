@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use obr_agent::hid::uhid;
 use obr_tests::api::Api;
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc, binary};
 use obr_tests::real_clients::chromium::{BrowserRun, Chromium};
 use obr_tests::real_clients::rp_page::{InboxAccess, RpPage};
 use obr_tests::real_clients::{Report, libfido2, millis};
@@ -88,6 +88,9 @@ fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()
         },
     )?;
     report.mark(started, "signer and relay ready");
+    report.uhid_refusal_for_unprivileged_user =
+        Some(unprivileged_agent(&scratch.join("nobody"), &relay.url)?);
+    report.mark(started, "an unprivileged agent was refused /dev/uhid");
     let agent = AgentProc::start_with(&scratch.join("agent"), &relay.url, &["--hid", "uhid"])?;
     let hidraw = wait_for_hidraw()?;
     report.mark(started, format!("agent ready, kernel made {hidraw}"));
@@ -178,6 +181,28 @@ fn browse(
         page: result,
         screenshot,
     })
+}
+
+/// What `obr-agent run --hid uhid` tells a user who may not open `/dev/uhid` (here `nobody`;
+/// in the guest the node is root's, mode 0600, as on a machine without our udev rule). Fails
+/// if the agent starts anyway.
+fn unprivileged_agent(dir: &Path, relay_url: &str) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(binary("obr-agent")?)
+        .arg("--control")
+        .arg(dir.join("ctl.sock"))
+        .args(["run", "--hid", "uhid", "--relay", relay_url, "--state-file"])
+        .arg(dir.join("agent.json"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run setpriv (util-linux)")?;
+    if output.status.success() {
+        bail!("obr-agent opened /dev/uhid as nobody");
+    }
+    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// Writes what no FIDO client sends straight to the hidraw node before libfido2 uses the key:

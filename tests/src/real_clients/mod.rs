@@ -23,6 +23,9 @@ pub struct Report {
     pub timeline: Vec<Mark>,
     /// The `/dev/hidraw*` node the kernel made for the agent's uhid device.
     pub hidraw: Option<String>,
+    /// What `obr-agent run --hid uhid` printed when run as a user who may not open
+    /// `/dev/uhid`.
+    pub uhid_refusal_for_unprivileged_user: Option<String>,
     /// Malformed reports written to the hidraw node that reached the agent (see the driver).
     pub garbage_writes_accepted: Option<usize>,
     pub libfido2: Option<libfido2::Libfido2Run>,
