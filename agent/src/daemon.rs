@@ -29,8 +29,9 @@ pub enum HidSetup {
     Uhid {
         /// The uhid character device, usually [`crate::hid::uhid::DEFAULT_DEVICE`].
         device: PathBuf,
-        /// The key's USB serial number; by default the agent id from the state file, so it
-        /// stays the same for one agent installation.
+        /// The key's USB serial number; by default [`UhidSerial::for_agent`] of the agent id
+        /// from the state file (derived one way, not the id, which the relay knows the agent
+        /// by), so it stays the same for one agent installation.
         serial: Option<UhidSerial>,
     },
 }
@@ -74,8 +75,7 @@ impl Agent {
             HidSetup::Uhid { device, serial } => {
                 let serial = match serial {
                     Some(serial) => serial,
-                    None => UhidSerial::new(Tunnel::agent_id(&config.tunnel)?)
-                        .map_err(HidError::from)?,
+                    None => UhidSerial::for_agent(&Tunnel::agent_id(&config.tunnel)?),
                 };
                 AgentHid::Uhid(UhidDevice::create(&device, serial).map_err(HidError::from)?)
             }

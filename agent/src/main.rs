@@ -52,8 +52,8 @@ enum Cmd {
         /// The uhid character device (with --hid uhid).
         #[arg(long, env = "OBR_AGENT_UHID_DEVICE", default_value = uhid::DEFAULT_DEVICE)]
         uhid_device: PathBuf,
-        /// The key's USB serial number (with --hid uhid); by default the agent id from the
-        /// state file.
+        /// The key's USB serial number (with --hid uhid); by default derived one way from the
+        /// agent id in the state file (a hash, not the id itself).
         #[arg(long, env = "OBR_AGENT_UHID_SERIAL")]
         uhid_serial: Option<UhidSerial>,
         /// Where the agent keeps its id and login token.

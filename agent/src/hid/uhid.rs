@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use ring::digest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -77,6 +78,11 @@ const REPORT_DESCRIPTOR: &[u8] = &[
     0x91, 0x02, //   Output (Data, Variable, Absolute)
     0xc0, // End Collection
 ];
+
+/// Domain separation for [`UhidSerial::for_agent`].
+const SERIAL_DERIVATION_LABEL: &[u8] = b"obr-agent uhid serial\0";
+/// Hash bytes in a derived serial: 16 hex characters.
+const SERIAL_DERIVED_BYTES: usize = 8;
 
 /// `MISC_MAJOR` and `UHID_MINOR` (`linux/miscdevice.h`): the uhid node is always 10:239.
 const UHID_MAJOR: u32 = 10;
@@ -228,6 +234,25 @@ impl UhidSerial {
             return Ok(Self(serial));
         };
         Err(UhidError::InvalidSerial { serial, reason })
+    }
+
+    /// The default serial of the agent `agent_id`: the first 8 bytes of
+    /// SHA-256("obr-agent uhid serial\0" || agent id), in hex. Any local user can read the
+    /// serial (sysfs `HID_UNIQ`, `HIDIOCGRAWUNIQ`) and the relay knows agents by their id, so
+    /// the serial is derived one way from the id rather than being it; it still stays the same
+    /// for one agent installation.
+    pub fn for_agent(agent_id: &str) -> Self {
+        let mut context = digest::Context::new(&digest::SHA256);
+        context.update(SERIAL_DERIVATION_LABEL);
+        context.update(agent_id.as_bytes());
+        let hash = context.finish();
+        let serial = hash
+            .as_ref()
+            .iter()
+            .take(SERIAL_DERIVED_BYTES)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self(serial)
     }
 
     pub fn as_str(&self) -> &str {

@@ -166,8 +166,8 @@ fn the_identity_is_a_usb_key_from_pid_codes() {
 
 #[test]
 fn serials_are_short_printable_ascii() {
-    let agent_id = "0f9c3e1a2b4d4c6e8f0a1b2c3d4e5f60";
-    assert_eq!(UhidSerial::new(agent_id).unwrap().as_str(), agent_id);
+    let hex = "5701dd06f5a293f0";
+    assert_eq!(UhidSerial::new(hex).unwrap().as_str(), hex);
     assert!(UhidSerial::new("x".repeat(63)).is_ok());
     for (serial, reason) in [
         (String::new(), "it is empty"),
@@ -192,6 +192,21 @@ fn serials_are_short_printable_ascii() {
         );
         assert!(error.to_string().contains("--uhid-serial"), "{error}");
     }
+}
+
+#[test]
+fn the_default_serial_is_derived_from_the_agent_id_without_revealing_it() {
+    let id = "0f9c3e1a2b4d4c6e8f0a1b2c3d4e5f60";
+    let other = "0f9c3e1a2b4d4c6e8f0a1b2c3d4e5f61";
+    let serial = UhidSerial::for_agent(id);
+    assert_eq!(serial, UhidSerial::for_agent(id), "stable for one id");
+    assert_ne!(serial, UhidSerial::for_agent(other), "differs between ids");
+    // SHA-256("obr-agent uhid serial\0" || id)[..8] in hex, computed independently: a change
+    // would give every installed key a new serial.
+    assert_eq!(serial.as_str(), "5701dd06f5a293f0");
+    assert!(!serial.as_str().contains(id) && !id.contains(serial.as_str()));
+    // A valid serial: what `new` accepts.
+    assert_eq!(UhidSerial::new(serial.as_str()).unwrap(), serial);
 }
 
 #[test]
