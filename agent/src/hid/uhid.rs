@@ -154,8 +154,8 @@ impl UhidDevice {
                 descriptor: REPORT_DESCRIPTOR,
             },
         );
-        // uhid is always writable (its poll reports EPOLLOUT unconditionally), so this write
-        // does not wait; the kernel answers EINVAL or EALREADY for a CREATE2 it refuses.
+        // uhid writes never block (nor return EAGAIN), so this one does not wait; the kernel
+        // answers EINVAL or EALREADY for a CREATE2 it refuses.
         write_whole(&file, &outgoing)?;
         // SAFETY: `File` owns its descriptor, keeps it open until it is dropped and returns the
         // same one from every `as_raw_fd`; the `AsyncFd` takes ownership of the `File`, so the
@@ -427,7 +427,15 @@ async fn read_event(fd: &AsyncFd<File>, buf: &mut EventBuf) -> io::Result<usize>
     }
 }
 
+/// Writes one event, at once. uhid writes never return EAGAIN, and kernels before v5.5
+/// ("HID: uhid: Fix returning EPOLLOUT from uhid_char_poll") never report the descriptor
+/// writable, so this must not wait for writability first; it does only if a write says
+/// WouldBlock (a stand-in socket does when full). Cancel safe: a write is whole or not made.
 async fn write_event(fd: &AsyncFd<File>, event: &EventBuf) -> io::Result<()> {
+    match write_whole(fd.get_ref(), event) {
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+        result => return result,
+    }
     loop {
         let mut guard = fd.writable().await?;
         if let Ok(result) = guard.try_io(|fd| write_whole(fd.get_ref(), event)) {

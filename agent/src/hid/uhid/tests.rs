@@ -374,6 +374,52 @@ async fn creates_the_key_and_carries_reports_both_ways() {
 }
 
 #[tokio::test]
+async fn send_writes_without_waiting_for_the_descriptor_to_poll_writable() {
+    // Before 5.5 uhid never reported EPOLLOUT. Here the reactor has not run since the
+    // descriptor was registered, so tokio knows of no writability either: a send that waited
+    // for it would not be ready.
+    let (mut hid, kernel) = on_stand_in("S");
+    assert!(matches!(
+        hid.send(HOST, &report(5)).now_or_never(),
+        Some(Ok(()))
+    ));
+    assert_eq!(le32(&kernel.read(), 0), 11, "UHID_CREATE2");
+    let input = kernel.read();
+    assert_eq!(le32(&input, 0), 12, "UHID_INPUT2");
+    assert_eq!(input[6..6 + REPORT_LEN], report(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_device_makes_send_wait_and_a_cancelled_send_writes_nothing() {
+    let (mut hid, kernel) = on_stand_in("S");
+    assert_eq!(le32(&kernel.read(), 0), 11, "UHID_CREATE2");
+    // The stand-in, unlike uhid, fills up and says WouldBlock; the send dropped then (as the
+    // engine's select may drop it) leaves nothing behind.
+    let mut sent: u8 = 0;
+    while hid.send(HOST, &report(sent)).now_or_never().is_some() {
+        sent = sent.checked_add(1).expect("the socket buffer fills");
+    }
+    let drained = std::thread::spawn(move || {
+        let seeds: Vec<u8> = (0..=sent).map(|_| kernel.read()[6]).collect();
+        (seeds, kernel)
+    });
+    hid.send(HOST, &report(sent)).await.unwrap();
+    let (seeds, kernel) = drained.join().unwrap();
+    assert_eq!(
+        seeds,
+        (0..=sent).collect::<Vec<_>>(),
+        "each report once, in order"
+    );
+    kernel.0.set_nonblocking(true).unwrap();
+    let mut extra = [0u8; 8];
+    assert_eq!(
+        (&kernel.0).read(&mut extra).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock,
+        "nothing more"
+    );
+}
+
+#[tokio::test]
 async fn the_backend_closes_when_the_device_goes_away() {
     let (mut hid, kernel) = on_stand_in("S");
     kernel.read();
