@@ -174,7 +174,7 @@ pub(super) enum FromKernel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub(super) enum BadOutput {
     #[error(
-        "{size}-byte output report; CTAPHID reports are {REPORT_LEN} bytes, or {REPORT_WITH_ID_LEN} with the report-ID byte"
+        "{size}-byte output report; CTAPHID reports are the report-ID byte and 1 to {REPORT_LEN} bytes ({REPORT_WITH_ID_LEN} at most)"
     )]
     Size { size: usize },
     #[error("output report with report ID {id}; the FIDO report descriptor has no report IDs")]
@@ -214,18 +214,25 @@ pub(super) fn decode(read: &[u8]) -> Result<FromKernel, Truncated> {
     Ok(event)
 }
 
-/// The CTAPHID report in a `UHID_OUTPUT`. hidraw passes on what the host wrote: for a device
-/// without numbered reports that is the report-ID byte 0 and the 64-byte report; a host that
-/// wrote the bare report yields 64 bytes.
+/// The CTAPHID report in a `UHID_OUTPUT`. hidraw passes on the host's buffer as it is, whose
+/// first byte is the report number: 0 for a device without numbered reports, like this one. So
+/// the data is the report-ID byte 0 and 1 to 64 report bytes (a host that wrote 64 bytes sent
+/// 63), zero-padded to the 64-byte report as the report descriptor's fixed size makes it.
 fn output_report(read: &[u8]) -> Result<Report, BadOutput> {
-    match usize::from(u16::from_le_bytes(field(read, OUTPUT_SIZE))) {
-        REPORT_LEN => Ok(field(read, OUTPUT_DATA)),
-        REPORT_WITH_ID_LEN => match field::<1>(read, OUTPUT_DATA) {
-            [0] => Ok(field(read, OUTPUT_DATA + 1)),
-            [id] => Err(BadOutput::ReportId { id }),
-        },
-        size => Err(BadOutput::Size { size }),
+    let size = usize::from(u16::from_le_bytes(field(read, OUTPUT_SIZE)));
+    if !(2..=REPORT_WITH_ID_LEN).contains(&size) {
+        return Err(BadOutput::Size { size });
     }
+    match field::<1>(read, OUTPUT_DATA) {
+        [0] => {}
+        [id] => return Err(BadOutput::ReportId { id }),
+    }
+    let data: [u8; REPORT_LEN] = field(read, OUTPUT_DATA + 1);
+    let mut report = [0u8; REPORT_LEN];
+    for (dst, src) in report.iter_mut().zip(data).take(size - 1) {
+        *dst = src;
+    }
+    Ok(report)
 }
 
 /// `id`, `rnum` and `rtype` of a `UHID_GET_REPORT` or `UHID_SET_REPORT`.

@@ -350,12 +350,16 @@ async fn creates_the_key_and_carries_reports_both_ways() {
         "SET_REPORT_REPLY, id 8, EIO"
     );
 
-    // Output reports: with the report-ID byte, of a wrong size (dropped), bare.
+    // Output reports carry the report-ID byte 0: 65 bytes are a whole report, 64 bytes are
+    // 63 report bytes (padded with a zero); too long or a foreign report ID is dropped.
     kernel.write(&kernel_output(&with_report_id(&report(1))));
-    kernel.write(&kernel_output(&[0u8; 10]));
-    kernel.write(&kernel_output(&report(2)));
+    kernel.write(&kernel_output(&[0u8; 66]));
+    kernel.write(&kernel_output(&report(5)));
+    kernel.write(&kernel_output(&with_report_id(&report(2))[..64]));
     assert_eq!(hid.recv().await.unwrap(), (HOST, report(1)));
-    assert_eq!(hid.recv().await.unwrap(), (HOST, report(2)));
+    let mut short = report(2);
+    short[63] = 0;
+    assert_eq!(hid.recv().await.unwrap(), (HOST, short));
 
     // A recv dropped before its report arrives loses nothing (the engine selects on it).
     assert!(hid.recv().now_or_never().is_none());

@@ -186,16 +186,30 @@ fn output_with_the_report_id_byte_is_stripped() {
 }
 
 #[test]
-fn output_of_64_bytes_is_taken_as_is() {
+fn output_of_64_bytes_is_the_report_id_and_63_report_bytes() {
+    // hidraw passes the caller's buffer as is: its first byte is the report ID.
+    let mut data = vec![0u8];
+    data.extend_from_slice(&report(9)[..63]);
+    assert_eq!(data.len(), 64);
+    let mut expected = report(9);
+    expected[63] = 0;
+    assert_eq!(decode(&output(&data)), Ok(FromKernel::Output(Ok(expected))));
+}
+
+#[test]
+fn a_short_output_is_padded_with_zeros() {
+    let mut expected = [0u8; 64];
+    expected[0] = 0x86;
     assert_eq!(
-        decode(&output(&report(9))),
-        Ok(FromKernel::Output(Ok(report(9))))
+        decode(&output(&[0, 0x86])),
+        Ok(FromKernel::Output(Ok(expected)))
     );
 }
 
 #[test]
 fn output_of_any_other_size_is_not_a_report() {
-    for size in [0, 1, 63, 66, 128, 4096] {
+    // Nothing, only the report ID, or more than the report ID and 64 bytes.
+    for size in [0, 1, 66, 128, 4096] {
         assert_eq!(
             decode(&output(&vec![0u8; size])),
             Ok(FromKernel::Output(Err(BadOutput::Size { size }))),
@@ -217,6 +231,15 @@ fn output_with_a_nonzero_report_id_is_not_a_report() {
     assert_eq!(
         decode(&output(&data)),
         Ok(FromKernel::Output(Err(BadOutput::ReportId { id: 2 })))
+    );
+    // A bare 64-byte report (no ID byte) starting with a nonzero byte is one too.
+    assert_eq!(
+        decode(&output(&report(9))),
+        Ok(FromKernel::Output(Err(BadOutput::ReportId { id: 9 })))
+    );
+    assert_eq!(
+        decode(&output(&[7, 1, 2])),
+        Ok(FromKernel::Output(Err(BadOutput::ReportId { id: 7 })))
     );
 }
 
@@ -258,7 +281,9 @@ fn a_short_read_counts_the_missing_bytes_as_zero() {
 
 #[test]
 fn a_read_longer_than_an_event_is_decoded_from_its_start() {
-    let mut long = output(&report(4));
+    let mut data = vec![0u8];
+    data.extend_from_slice(&report(4));
+    let mut long = output(&data);
     long.extend_from_slice(&[0xff; 100]);
     assert_eq!(decode(&long), Ok(FromKernel::Output(Ok(report(4)))));
 }
