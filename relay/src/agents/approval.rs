@@ -80,13 +80,9 @@ impl AskUser<'_> {
             "register" => "register a passkey",
             _ => "sign in",
         };
-        // A pinUvAuthToken may be asked for without an RP ID (CTAP 2.1
-        // §6.5.5.7.3: optional); the key binds it to the first site it is
-        // used at.
-        let site = match approval.rp_id.as_str() {
-            "" => "a site not named yet (the first one it is used at)",
-            rp_id => rp_id,
-        };
+        // Always named: the signer refuses a normal-mode pinUvAuthToken
+        // request without an RP ID rather than have the owner approve blind.
+        let site = approval.rp_id.as_str();
         self.state
             .directory
             .notify(

@@ -392,7 +392,7 @@ impl Authenticator {
         } else {
             Operation::SignIn
         };
-        let holder = caller.verify_for_token(rp_id.as_deref().unwrap_or_default(), operation)?;
+        let holder = caller.verify_for_token(rp_id.as_deref(), operation)?;
         // Step 11: every existing token is invalidated.
         self.pin_uv_auth_token = None;
         // Steps 12–14: the owner's approval and the admin's session are both

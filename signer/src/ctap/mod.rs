@@ -129,9 +129,19 @@ impl Caller<'_> {
     /// normal mode, the owner's approval on their device, asked for with
     /// "approval needed" when the call carries none. Returns who holds the
     /// token.
-    fn verify_for_token(self, rp_id: &str, operation: Operation) -> Result<Holder, CommandError> {
+    fn verify_for_token(
+        self,
+        rp_id: Option<&str>,
+        operation: Operation,
+    ) -> Result<Holder, CommandError> {
         if self.approval.is_none() {
             if self.obr.is_none() {
+                // The owner is asked on their device and must be told which
+                // site the token is for: one without an RP ID (optional in
+                // §6.5.5.7.3, bound at first use) would be approved blind.
+                let rp_id = rp_id
+                    .filter(|rp_id| !rp_id.is_empty())
+                    .ok_or(Ctap2Error::MissingParameter)?;
                 return Err(CommandError::ApprovalNeeded(ApprovalNeeded {
                     rp_id: rp_id.to_owned(),
                     operation,

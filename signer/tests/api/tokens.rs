@@ -388,6 +388,16 @@ async fn in_normal_mode_the_owner_approves_the_token_once() {
     let db = TempDb::new();
     let core = open(&db).await;
     let platform = Platform::new(&core, "alice", 2).await;
+    // Without an RP ID the owner could not be told which site: refused
+    // (CTAP2_ERR_MISSING_PARAMETER), and nobody is asked.
+    let blind = core
+        .ctap(unapproved_call(
+            "alice",
+            token_request(&platform, 2, MC | GA, None),
+        ))
+        .await;
+    assert!(blind.approval_needed.is_none());
+    assert_eq!(blind.status(), 0x14);
     let request = token_request(&platform, 2, MC | GA, Some(RP));
     let asked = core.ctap(unapproved_call("alice", request.clone())).await;
     assert!(asked.payload.is_empty());
@@ -420,17 +430,17 @@ async fn in_normal_mode_the_owner_approves_the_token_once() {
         ))
         .await;
     assert_eq!(reply.status(), 0x33);
-    // A ga token is a sign-in question; one without rpId names none yet.
+    // A ga token is a sign-in question, for its site.
     let platform = Platform::new(&core, "alice", 1).await;
     let asked = core
         .ctap(unapproved_call(
             "alice",
-            token_request(&platform, 1, GA, None),
+            token_request(&platform, 1, GA, Some(RP)),
         ))
         .await;
     let needed = asked.approval_needed.expect("approval needed");
     assert_eq!(needed.operation, Operation::SignIn);
-    assert_eq!(needed.rp_id, "");
+    assert_eq!(needed.rp_id, RP);
     // An on-behalf token does not serve the owner, nor the reverse.
     let token = obtain(&core, obr_call, 2, GA, Some(RP)).await;
     let (id, _) = make_credential(&core, "alice", &Mc::new(RP, b"user-3")).await;
