@@ -50,7 +50,10 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
             "--out".into(),
             obr_tests::guest::GUEST_OUT_DIR.into(),
         ],
-        env: vec![("RUST_LOG".into(), "warn".into())],
+        env: vec![(
+            "RUST_LOG".into(),
+            "warn,obr_signer::ctap::client_pin=debug".into(),
+        )],
         memory_mib: 3072,
         cpus: 2,
         deadline: GUEST_DEADLINE,
@@ -73,10 +76,6 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
         println!("  driver +{:>6} ms  {}", mark.at_ms, mark.what);
     }
     println!("  whole guest run: {:.1?}", run.wall);
-    println!(
-        "  malformed reports the kernel passed to the agent: {:?} of 3",
-        report.garbage_writes_accepted
-    );
     assert!(
         report.error.is_none() && run.exit_code == Some(0),
         "the driver failed (exit {:?}): {:?}\nconsole tail:\n{}",
@@ -102,11 +101,16 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
     }
     assert!(!refusal.contains("panicked"), "{refusal}");
 
-    // Malformed reports reached the agent before libfido2 ran, and it stayed usable.
+    // Malformed reports reached the agent, which answered the one on an unallocated channel
+    // with CTAPHID_ERROR ERR_INVALID_CHANNEL (bytes 7..8: length 1, code 0x0b).
+    let answer = report
+        .garbage_answer
+        .as_deref()
+        .expect("garbage was written");
     assert_eq!(
-        report.garbage_writes_accepted,
-        Some(3),
-        "the kernel refused some malformed writes itself, so the agent never saw them"
+        &answer[8..],
+        "bf00010b",
+        "CTAPHID_ERROR INVALID_CHANNEL: {answer}"
     );
 
     // 1. libfido2.
@@ -118,13 +122,28 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
         "{}",
         fido.token_list
     );
-    for expected in ["FIDO_2_0", "aaguid", "uv", "maxmsgsiz: 7609"] {
+    for expected in ["FIDO_2_0", "aaguid", "maxmsgsiz: 7609"] {
         assert!(
             fido.token_info.contains(expected),
             "fido2-token -I lacks {expected}:\n{}",
             fido.token_info
         );
     }
+    // Built-in UV given as a pinUvAuthToken, and no PIN to prompt for.
+    let options: Vec<&str> = fido
+        .token_info
+        .lines()
+        .find_map(|line| line.strip_prefix("options: "))
+        .expect("fido2-token -I lists options")
+        .split(", ")
+        .collect();
+    for option in ["up", "uv", "pinUvAuthToken", "makeCredUvNotRqd"] {
+        assert!(options.contains(&option), "{option} not in {options:?}");
+    }
+    assert!(
+        !options.iter().any(|o| o.ends_with("clientPin")),
+        "no PIN to prompt for: {options:?}"
+    );
     assert_eq!(fido.cred_format, "packed");
     assert!(fido.attestation_certificate, "packed attestation with x5c");
     assert!(fido.public_key_pem.contains("BEGIN PUBLIC KEY"));
@@ -183,7 +202,17 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
         report.passkeys
     );
 
-    // Clean teardown: the kernel removed the device when the agent exited.
+    // Chromium asked for UV as a pinUvAuthToken (for create() and get()) only when the RP
+    // required it: the signer's debug line for each token issued.
+    let tokens_issued = run
+        .console
+        .iter()
+        .filter(|(_, line)| line.contains("pinUvAuthToken issued"))
+        .count();
+    assert_eq!(tokens_issued, 2, "tokens issued:\n{}", run.tail(80));
+
+    // Clean teardown: the agent exited by itself on SIGTERM and the device went with it.
+    assert_eq!(report.agent_exit_clean, Some(true));
     assert_eq!(report.hidraw_left_after_exit, Some(false));
 
     if let Some(dir) = std::env::var_os("OBR_SCREENSHOTS_DIR") {

@@ -113,7 +113,7 @@ fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()
         uhid::VENDOR_ID,
         uhid::PRODUCT_ID
     );
-    report.garbage_writes_accepted = Some(write_garbage(&hidraw)?);
+    report.garbage_answer = Some(write_garbage(&hidraw)?);
     report.mark(started, "garbage written to the hidraw node");
     let (device, token_list) = libfido2::find_device(&vid_pid)?;
     report.mark(started, format!("fido2-token -L lists {device}"));
@@ -142,7 +142,9 @@ fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()
 
     report.notifications = api.notifications(&bob_token)?;
     report.passkeys = api.passkeys(&admin, &bob.id)?;
-    agent.proc.stop()?;
+    // SIGTERM; a clean exit is the agent's own teardown (UHID_DESTROY), not the kernel
+    // reaping the descriptor of a killed process.
+    report.agent_exit_clean = Some(agent.proc.stop()?.success());
     report.hidraw_left_after_exit = Some(wait_until_gone(&hidraw));
     report.mark(started, "agent stopped");
     Ok(())
@@ -189,7 +191,8 @@ fn browse(
 fn unprivileged_agent(dir: &Path, relay_url: &str) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
-    let output = std::process::Command::new("setpriv")
+    let stderr_path = dir.join("stderr");
+    let mut child = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(binary("obr-agent")?)
         .arg("--control")
@@ -197,30 +200,70 @@ fn unprivileged_agent(dir: &Path, relay_url: &str) -> anyhow::Result<String> {
         .args(["run", "--hid", "uhid", "--relay", relay_url, "--state-file"])
         .arg(dir.join("agent.json"))
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path)?)
+        .spawn()
         .context("cannot run setpriv (util-linux)")?;
-    if output.status.success() {
-        bail!("obr-agent opened /dev/uhid as nobody");
+    let deadline = Instant::now() + HIDRAW_WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("obr-agent kept running as nobody: it must not have opened /dev/uhid");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.success() {
+        bail!("obr-agent exited successfully as nobody");
     }
-    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    Ok(std::fs::read_to_string(stderr_path)?)
 }
 
 /// Writes what no FIDO client sends straight to the hidraw node before libfido2 uses the key:
-/// a 2-byte report, a 65-byte report with a report ID the key does not have, and a report of
-/// noise on an unallocated channel. The agent must drop or refuse each and stay usable (the
-/// libfido2 run that follows shows it did). Returns how many writes the kernel passed on; it may
-/// refuse some itself.
-fn write_garbage(hidraw: &str) -> anyhow::Result<usize> {
-    let mut node = std::fs::OpenOptions::new().write(true).open(hidraw)?;
-    let mut noise = [0u8; 65];
-    for (i, byte) in noise.iter_mut().enumerate().skip(1) {
-        *byte = u8::try_from(i * 37 % 251).unwrap_or(0);
+/// a 2-byte write (one byte of report, which the agent pads: a continuation packet on a
+/// channel nobody opened, ignored), a 65-byte report with a report ID the key does not have
+/// (dropped), and an initialization packet on a channel nobody allocated. Then waits for the agent's answer to
+/// the last one, CTAPHID_ERROR with ERR_INVALID_CHANNEL on that channel, which shows the
+/// reports reached the agent and it read past the first two. (The libfido2 run that follows
+/// shows the key stayed usable.) Returns the answer's first eight bytes, hex.
+fn write_garbage(hidraw: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    const CHANNEL: [u8; 4] = [0x25, 0x4a, 0x6f, 0x94];
+    const CTAPHID_ERROR: u8 = 0xbf;
+    let mut node = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(hidraw)?;
+    let mut init = [0u8; 65];
+    init[1..5].copy_from_slice(&CHANNEL);
+    init[5] = 0x80 | 0x39; // an initialization packet of a command that does not exist
+    init[7] = 1;
+    for bytes in [&[0u8, 0x86][..], &[0x05; 65][..], &init[..]] {
+        node.write_all(bytes)
+            .with_context(|| format!("hidraw refused a {}-byte write", bytes.len()))?;
     }
-    let writes: [&[u8]; 3] = [&[0, 0x86], &[0x05; 65], &noise];
-    Ok(writes
-        .into_iter()
-        .filter(|bytes| std::io::Write::write(&mut node, bytes).is_ok())
-        .count())
+    let deadline = Instant::now() + HIDRAW_WAIT;
+    let mut answer = [0u8; 64];
+    loop {
+        match node.read(&mut answer) {
+            Ok(n) if n >= 8 && answer[..4] == CHANNEL && answer[4] == CTAPHID_ERROR => {
+                return Ok(answer[..8].iter().map(|b| format!("{b:02x}")).collect());
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not answer the packet on an unallocated channel");
+        }
+    }
 }
 
 /// The agent's hidraw node, once `hid-generic` has made it.

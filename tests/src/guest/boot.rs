@@ -94,7 +94,8 @@ impl Boot {
             .args(["-virtfs", &share(&self.out_dir, "obrout", false)])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            // A file, not a pipe: nobody reads a pipe until QEMU exits, and a full one would stall it.
+            .stderr(std::fs::File::create(work.join("qemu.stderr"))?);
         let started = Instant::now();
         let mut child = qemu
             .spawn()
@@ -136,10 +137,7 @@ impl Boot {
             std::thread::sleep(Duration::from_millis(100));
         };
         let _ = reader.join();
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
-        }
+        let stderr = std::fs::read_to_string(work.join("qemu.stderr")).unwrap_or_default();
         let run = console_so_far(&console, started);
         if !status.success() {
             bail!(
@@ -252,11 +250,11 @@ fn console_so_far(console: &Mutex<Vec<(Duration, String)>>, started: Instant) ->
     }
 }
 
-/// `-virtfs` for `path` under `tag`.
+/// `-virtfs` for `path` under `tag`; QEMU's option syntax escapes a comma by doubling it.
 fn share(path: &Path, tag: &str, readonly: bool) -> String {
     format!(
         "local,path={},mount_tag={tag},security_model=none,multidevs=remap{}",
-        path.display(),
+        path.display().to_string().replace(',', ",,"),
         if readonly { ",readonly=on" } else { "" }
     )
 }

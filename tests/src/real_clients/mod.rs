@@ -26,8 +26,9 @@ pub struct Report {
     /// What `obr-agent run --hid uhid` printed when run as a user who may not open
     /// `/dev/uhid`.
     pub uhid_refusal_for_unprivileged_user: Option<String>,
-    /// Malformed reports written to the hidraw node that reached the agent (see the driver).
-    pub garbage_writes_accepted: Option<usize>,
+    /// The agent's answer (first 8 bytes, hex) to malformed reports written to the hidraw node
+    /// (see the driver).
+    pub garbage_answer: Option<String>,
     pub libfido2: Option<libfido2::Libfido2Run>,
     /// One run of the relying-party page per user-verification requirement.
     pub browser: Vec<chromium::BrowserRun>,
@@ -35,6 +36,8 @@ pub struct Report {
     pub notifications: Vec<Value>,
     /// The user's passkeys as the admin panel lists them.
     pub passkeys: Vec<Value>,
+    /// The agent exited with success on SIGTERM (rather than being killed).
+    pub agent_exit_clean: Option<bool>,
     /// The hidraw node still existed after the agent was stopped.
     pub hidraw_left_after_exit: Option<bool>,
     /// Why the driver stopped early, if it did.
