@@ -129,6 +129,11 @@ pub(crate) struct PinUvAuthToken {
     used: bool,
     user_verified: bool,
     user_present: bool,
+    /// The operations the user-present flag stands for. On behalf, all the
+    /// token's permissions (the session stands for presence anyway); for the
+    /// owner, only what they were asked to approve on their device: a token
+    /// approved to "register a passkey" does not also sign in unasked.
+    presence_for: Permissions,
 }
 
 impl std::fmt::Debug for PinUvAuthToken {
@@ -140,6 +145,7 @@ impl std::fmt::Debug for PinUvAuthToken {
             .field("holder", &self.holder)
             .field("user_verified", &self.user_verified)
             .field("user_present", &self.user_present)
+            .field("presence_for", &self.presence_for)
             .finish_non_exhaustive()
     }
 }
@@ -148,7 +154,8 @@ impl PinUvAuthToken {
     /// §6.5.5.7.3 steps 11–14: a fresh random token (resetPinUvAuthToken),
     /// in use from now with the user verified
     /// (beginUsingPinUvAuthToken(userIsPresent)), with the requested
-    /// permissions and permissions RP ID.
+    /// permissions and permissions RP ID. The user-present flag stands for
+    /// the operations `presence_for` allows (see [`Self::presence_for`]).
     pub(crate) fn issue(
         protocol: PinUvAuthProtocol,
         permissions: Permissions,
@@ -157,6 +164,7 @@ impl PinUvAuthToken {
         user_present: bool,
         rng: &dyn SecureRandom,
     ) -> Result<Self, CommandError> {
+        let presence_for = Self::presence_for(&holder, permissions);
         let mut token = Zeroizing::new([0u8; TOKEN_LEN]);
         rng.fill(token.as_mut()).map_err(|_| Ctap2Error::Other)?;
         Ok(Self {
@@ -169,7 +177,23 @@ impl PinUvAuthToken {
             used: false,
             user_verified: true,
             user_present,
+            presence_for,
         })
+    }
+
+    /// What the token's presence may stand for: on behalf, every permission;
+    /// for the owner, the one operation their device showed them
+    /// ("register" when `mc` was asked for, else "sign in"), so the `ga`
+    /// that platforms add to a registration's token (to check the exclude
+    /// list silently) cannot sign in with presence.
+    fn presence_for(holder: &Holder, permissions: Permissions) -> Permissions {
+        match holder {
+            Holder::Obr { .. } => permissions,
+            Holder::Owner if permissions.contains(Permissions::MAKE_CREDENTIAL) => {
+                Permissions::MAKE_CREDENTIAL
+            }
+            Holder::Owner => permissions,
+        }
     }
 
     /// The token's bytes, to encrypt for the platform that obtained it.
@@ -242,7 +266,8 @@ impl PinUvAuthToken {
         }
         self.used = true;
         Ok(Grant {
-            user_present: self.user_present_now(now),
+            user_present: self.user_present_now(now)
+                && self.presence_for.contains(request.permission),
         })
     }
 

@@ -123,6 +123,56 @@ fn flags(reply: &CtapReply) -> Flags {
 
 // ------------------------------------------------------------------ tests
 
+/// The owner approved "register a passkey at RP" on their device: the
+/// token's presence does not also stand for a sign-in there. A sign-in
+/// with it asks the owner again; a silent check (`up` false, how platforms
+/// probe an exclude list) is verified and needs no one; the registration
+/// it was approved for then goes ahead unasked.
+#[tokio::test]
+async fn an_owner_token_approved_for_registering_does_not_sign_in_unasked() {
+    let db = TempDb::new();
+    let core = open(&db).await;
+    let existing = core
+        .ctap(obr_call(
+            "alice",
+            message(0x01, Mc::new(RP, b"user-0").params()),
+        ))
+        .await
+        .created
+        .expect("created")
+        .credential_id;
+    let token = obtain(&core, call, 2, MC | GA, Some(RP)).await;
+    let signing_in = core
+        .ctap(unapproved_call(
+            "alice",
+            ga_with_token(RP, std::slice::from_ref(&existing), 2, &token, true),
+        ))
+        .await;
+    let needed = signing_in
+        .approval_needed
+        .expect("a sign-in needs its own approval");
+    assert_eq!(needed.operation, Operation::SignIn);
+    let silent = core
+        .ctap(unapproved_call(
+            "alice",
+            ga_with_token(RP, std::slice::from_ref(&existing), 2, &token, false),
+        ))
+        .await;
+    assert!(silent.approval_needed.is_none());
+    assert_eq!(flags(&silent), Flags::UV | Flags::BE | Flags::BS);
+    let reply = core
+        .ctap(unapproved_call(
+            "alice",
+            mc_with_token(&Mc::new(RP, b"user-1"), 2, &token),
+        ))
+        .await;
+    assert!(reply.approval_needed.is_none(), "the registration approved");
+    assert_eq!(
+        decode_make_credential(&reply).auth_data.flags,
+        Flags::UP | Flags::UV | Flags::BE | Flags::BS | Flags::AT
+    );
+}
+
 #[tokio::test]
 async fn on_behalf_tokens_of_both_protocols_verify_registration_and_sign_in() {
     let db = TempDb::new();
