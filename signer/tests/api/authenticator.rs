@@ -54,6 +54,11 @@ pub(crate) fn mc_with_extensions(mc: &Mc, extensions: Vec<(Value, Value)>) -> Ve
     message(0x01, params)
 }
 
+/// makeCredential `mc` asking for the hmac-secret extension.
+pub(crate) fn mc_with_hmac_secret(mc: &Mc) -> Vec<u8> {
+    mc_with_extensions(mc, vec![(text("hmac-secret"), Value::Bool(true))])
+}
+
 /// The extension map in a response's authenticatorData.
 fn auth_data_extensions(reply: &obr_signer::CtapReply) -> Option<Value> {
     let value = response_map(&reply.payload);
@@ -315,10 +320,7 @@ async fn hmac_secret_outputs_are_stable_per_salt_and_differ_with_uv() {
     let reply = core
         .ctap(obr_call(
             "alice",
-            mc_with_extensions(
-                &Mc::new(RP, b"user-1").rk(),
-                vec![(text("hmac-secret"), Value::Bool(true))],
-            ),
+            mc_with_hmac_secret(&Mc::new(RP, b"user-1").rk()),
         ))
         .await;
     assert_eq!(
@@ -354,13 +356,7 @@ async fn hmac_secret_inputs_that_do_not_verify_are_refused() {
     let db = TempDb::new();
     let core = open(&db).await;
     let reply = core
-        .ctap(call(
-            "alice",
-            mc_with_extensions(
-                &Mc::new(RP, b"user-1"),
-                vec![(text("hmac-secret"), Value::Bool(true))],
-            ),
-        ))
+        .ctap(call("alice", mc_with_hmac_secret(&Mc::new(RP, b"user-1"))))
         .await;
     let id = reply.created.unwrap().credential_id;
     let assertion = |input: Value| {
@@ -415,13 +411,7 @@ async fn hmac_secret_inputs_that_do_not_verify_are_refused() {
     // A key that made no key-agreement key in this activation cannot
     // agree with anything.
     let reply = core
-        .ctap(call(
-            "bob",
-            mc_with_extensions(
-                &Mc::new(RP, b"bob"),
-                vec![(text("hmac-secret"), Value::Bool(true))],
-            ),
-        ))
+        .ctap(call("bob", mc_with_hmac_secret(&Mc::new(RP, b"bob"))))
         .await;
     let bobs = reply.created.unwrap().credential_id;
     let platform = Platform::new(&core, "alice", 2).await;
@@ -896,12 +886,7 @@ async fn random_and_mutated_messages_always_get_a_status_and_never_panic() {
 #[tokio::test]
 async fn policy_can_forbid_the_obr_session_standing_for_verification() {
     let db = TempDb::new();
-    let core = SignerCore::open(SignerConfig {
-        obr_stands_for_uv: false,
-        ..config(&db)
-    })
-    .await
-    .unwrap();
+    let core = open_forbidding_obr_uv(&db).await;
     let mut with_uv = Mc::new(RP, b"user-1");
     with_uv.uv = true;
     assert_eq!(

@@ -29,6 +29,17 @@ pub async fn open(db: &TempDb) -> SignerCore {
     SignerCore::open(config(db)).await.expect("open signer")
 }
 
+/// A signer whose policy forbids the OBR session standing for user
+/// verification (`--obr-stands-for-uv false`).
+pub async fn open_forbidding_obr_uv(db: &TempDb) -> SignerCore {
+    SignerCore::open(SignerConfig {
+        obr_stands_for_uv: false,
+        ..config(db)
+    })
+    .await
+    .expect("open signer")
+}
+
 /// A normal-mode call the key's owner approved on their device (as the
 /// relay sends it after the approval).
 pub fn call(user: &str, payload: Vec<u8>) -> CtapCall {

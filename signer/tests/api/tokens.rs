@@ -11,7 +11,9 @@ use obr_signer::{CtapCall, CtapReply, Operation, SignerConfig, SignerCore};
 use passkey_types::ctap2::Flags;
 use ring::hmac;
 
-use crate::authenticator::{Platform, map_get, mc_with_extensions, response_map};
+use crate::authenticator::{
+    Platform, map_get, mc_with_extensions, mc_with_hmac_secret, response_map,
+};
 use crate::common::*;
 
 const RP: &str = "login.example.com";
@@ -311,10 +313,7 @@ async fn hmac_secret_and_a_token_agree_with_the_same_key() {
     let reply = core
         .ctap(obr_call(
             "alice",
-            mc_with_extensions(
-                &Mc::new(RP, b"user-1"),
-                vec![(text("hmac-secret"), Value::Bool(true))],
-            ),
+            mc_with_hmac_secret(&Mc::new(RP, b"user-1")),
         ))
         .await;
     let id = reply.created.expect("created").credential_id;
@@ -516,12 +515,7 @@ async fn in_normal_mode_the_owner_approves_the_token_once() {
 #[tokio::test]
 async fn policy_can_forbid_on_behalf_tokens() {
     let db = TempDb::new();
-    let core = SignerCore::open(SignerConfig {
-        obr_stands_for_uv: false,
-        ..config(&db)
-    })
-    .await
-    .unwrap();
+    let core = open_forbidding_obr_uv(&db).await;
     let platform = Platform::new(&core, "alice", 2).await;
     let request = token_request(&platform, 2, MC, Some(RP));
     let reply = core.ctap(obr_call("alice", request.clone())).await;
