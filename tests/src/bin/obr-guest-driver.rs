@@ -20,8 +20,9 @@ use obr_tests::scratch::Scratch;
 
 /// The relying party fido2-cred and fido2-assert use.
 const LIBFIDO2_RP_ID: &str = "libfido2.obr.test";
-/// How long the kernel may take to make (and remove) the hidraw node.
-const HIDRAW_WAIT: Duration = Duration::from_secs(10);
+/// How long the driver waits for the kernel or the agent: a hidraw node to appear or go, an
+/// answer on the device, an agent that should fail to start.
+const DEVICE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -145,7 +146,7 @@ fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()
     // SIGTERM; a clean exit is the agent's own teardown (UHID_DESTROY), not the kernel
     // reaping the descriptor of a killed process.
     report.agent_exit_clean = Some(agent.proc.stop()?.success());
-    report.hidraw_left_after_exit = Some(wait_until_gone(&hidraw));
+    report.hidraw_left_after_exit = Some(wait_until_gone(&hidraw)?);
     report.mark(started, "agent stopped");
     Ok(())
 }
@@ -204,17 +205,10 @@ fn unprivileged_agent(dir: &Path, relay_url: &str) -> anyhow::Result<String> {
         .stderr(std::fs::File::create(&stderr_path)?)
         .spawn()
         .context("cannot run setpriv (util-linux)")?;
-    let deadline = Instant::now() + HIDRAW_WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("obr-agent kept running as nobody: it must not have opened /dev/uhid");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = poll(|| Ok(child.try_wait()?))? else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("obr-agent kept running as nobody: it must not have opened /dev/uhid");
     };
     if status.success() {
         bail!("obr-agent exited successfully as nobody");
@@ -247,49 +241,42 @@ fn write_garbage(hidraw: &str) -> anyhow::Result<String> {
         node.write_all(bytes)
             .with_context(|| format!("hidraw refused a {}-byte write", bytes.len()))?;
     }
-    let deadline = Instant::now() + HIDRAW_WAIT;
     let mut answer = [0u8; 64];
-    loop {
-        match node.read(&mut answer) {
-            Ok(n) if n >= 8 && answer[..4] == CHANNEL && answer[4] == CTAPHID_ERROR => {
-                return Ok(answer[..8].iter().map(|b| format!("{b:02x}")).collect());
-            }
-            Ok(_) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(error) => return Err(error.into()),
-        }
-        if Instant::now() > deadline {
-            bail!("the agent did not answer the packet on an unallocated channel");
-        }
-    }
+    let answered = poll(|| match node.read(&mut answer) {
+        Ok(n) if n >= 8 && answer[..4] == CHANNEL && answer[4] == CTAPHID_ERROR => Ok(Some(
+            answer[..8].iter().map(|b| format!("{b:02x}")).collect(),
+        )),
+        Ok(_) => Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(error) => Err(error.into()),
+    })?;
+    answered.context("the agent did not answer the packet on an unallocated channel")
 }
 
 /// The agent's hidraw node, once `hid-generic` has made it.
 fn wait_for_hidraw() -> anyhow::Result<String> {
-    let deadline = Instant::now() + HIDRAW_WAIT;
-    loop {
-        if let Some(node) = hidraw_nodes()?.into_iter().next() {
-            return Ok(node);
-        }
-        if Instant::now() > deadline {
-            bail!("no /dev/hidraw* appeared within {HIDRAW_WAIT:?} of the agent starting");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll(|| Ok(hidraw_nodes()?.into_iter().next()))?.with_context(|| {
+        format!("no /dev/hidraw* appeared within {DEVICE_WAIT:?} of the agent starting")
+    })
 }
 
-/// Whether `node` still exists after [`HIDRAW_WAIT`].
-fn wait_until_gone(node: &str) -> bool {
-    let deadline = Instant::now() + HIDRAW_WAIT;
-    while Path::new(node).exists() {
-        if Instant::now() > deadline {
-            return true;
+/// Whether `node` still exists after [`DEVICE_WAIT`].
+fn wait_until_gone(node: &str) -> anyhow::Result<bool> {
+    Ok(poll(|| Ok((!Path::new(node).exists()).then_some(())))?.is_none())
+}
+
+/// Calls `attempt` every 10 ms until it gives a value or [`DEVICE_WAIT`] has passed (`None`).
+fn poll<T>(mut attempt: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<Option<T>> {
+    let deadline = Instant::now() + DEVICE_WAIT;
+    loop {
+        if let Some(value) = attempt()? {
+            return Ok(Some(value));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    false
 }
 
 fn hidraw_nodes() -> anyhow::Result<Vec<String>> {

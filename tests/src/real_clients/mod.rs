@@ -61,14 +61,6 @@ impl Report {
             what,
         });
     }
-
-    /// When the first mark starting with `prefix` was recorded.
-    pub fn at(&self, prefix: &str) -> Option<u64> {
-        self.timeline
-            .iter()
-            .find(|mark| mark.what.starts_with(prefix))
-            .map(|mark| mark.at_ms)
-    }
 }
 
 pub fn millis(duration: Duration) -> u64 {

@@ -182,21 +182,20 @@ async fn register_finish(
         .registering
         .take()
         .ok_or_else(|| Refused("no registration in progress".into()))?;
-    let (registered, cred_id, user_verified) = match registering {
+    let (registered, cred_id) = match registering {
         Registering::SecurityKey(reg) => {
             let key = state
                 .security_keys
                 .finish_securitykey_registration(&credential, &reg)?;
             let id = key.cred_id().clone();
-            (Registered::SecurityKey(key), id, false)
+            (Registered::SecurityKey(key), id)
         }
         Registering::Passkey(reg) => {
             let key = state
                 .passkeys
                 .finish_passkey_registration(&credential, &reg)?;
             let id = key.cred_id().clone();
-            // finish_passkey_registration refuses a credential made without UV.
-            (Registered::Passkey(key), id, true)
+            (Registered::Passkey(key), id)
         }
     };
     lock(&state).registered = Some(registered);
@@ -204,7 +203,6 @@ async fn register_finish(
     Ok(HttpResponse::Ok().json(json!({
         "verified": true,
         "credential_id": B64URL.encode(cred_id.as_slice()),
-        "user_verified_required": user_verified,
         "obr_notification": notification,
     })))
 }
