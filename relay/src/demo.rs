@@ -1,5 +1,6 @@
 //! The demo organisation created by `obr-relay --demo-org` on an empty
-//! directory: one admin and two users whose keys are active (their
+//! directory: two admins (the one who logs in, and a helpdesk colleague
+//! nobody may act on behalf of) and two users whose keys are active (their
 //! invitations accepted through the same code path as the API), plus one
 //! user still `invited`. Its secrets are written to `demo-org.json` in the
 //! data directory, readable only by the owner, so scripts can log in.
@@ -20,7 +21,16 @@ pub struct DemoOrg {
     pub admin_email: String,
     pub admin_password: String,
     pub admin_id: String,
+    /// A second admin: another admin's key is off limits to OBR and reset.
+    pub helpdesk: DemoAdmin,
     pub users: Vec<DemoUser>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DemoAdmin {
+    pub id: String,
+    pub email: String,
+    pub password: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -55,19 +65,8 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()));
     }
-    let admin_password = auth::new_token().map_err(|e| seed_err(&e))?[..20].to_owned();
-    let hash = auth::hash_password(&admin_password).map_err(|e| seed_err(&e))?;
-    let admin = state
-        .directory
-        .create_person(
-            "admin@demo.obr",
-            "Ada Admin",
-            true,
-            Some(&hash),
-            KeyStatus::Active,
-        )
-        .await
-        .map_err(|e| seed_err(&e))?;
+    let admin = create_admin(state, "admin@demo.obr", "Ada Admin").await?;
+    let helpdesk = create_admin(state, "helpdesk@demo.obr", "Hugo Helpdesk").await?;
     let mut users = Vec::new();
     for (email, name, activate) in [
         ("bob@demo.obr", "Bob User", true),
@@ -96,8 +95,9 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
     }
     let org = DemoOrg {
         admin_email: admin.email,
-        admin_password,
+        admin_password: admin.password,
         admin_id: admin.id,
+        helpdesk,
         users,
     };
     write_private(
@@ -105,6 +105,24 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
         &serde_json::to_vec_pretty(&org).map_err(|e| seed_err(&e))?,
     )?;
     Ok(Some(org))
+}
+
+/// An admin with a random password and an active key (admins enrol
+/// themselves).
+async fn create_admin(state: &AppState, email: &str, name: &str) -> Result<DemoAdmin, DemoError> {
+    let seed_err = |e: &dyn std::fmt::Display| DemoError::Seed(e.to_string());
+    let password = auth::new_token().map_err(|e| seed_err(&e))?[..20].to_owned();
+    let hash = auth::hash_password(&password).map_err(|e| seed_err(&e))?;
+    let person = state
+        .directory
+        .create_person(email, name, true, Some(&hash), KeyStatus::Active)
+        .await
+        .map_err(|e| seed_err(&e))?;
+    Ok(DemoAdmin {
+        id: person.id,
+        email: person.email,
+        password,
+    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DemoError> {

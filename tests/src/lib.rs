@@ -10,6 +10,7 @@
 //!
 //! - [`guest`] — boot a throwaway QEMU guest with `/dev/uhid`, and [`real_clients`] —
 //!   what runs inside it: libfido2's tools and headless Chromium against the agent's uhid key.
+//! - [`raw_agent`] — a hand-driven agent socket for hostile peers.
 //! - [`processes`] — start relay/signer/agent binaries on free ports in a
 //!   scratch directory, wait until they are ready, stop them on drop.
 
@@ -18,6 +19,7 @@ pub mod guest;
 pub mod hid_client;
 pub mod processes;
 pub mod python;
+pub mod raw_agent;
 pub mod real_clients;
 pub mod redis_server;
 pub mod rp;

@@ -221,6 +221,20 @@ pub struct PendingAssertion {
 
 /// authenticatorGetAssertion for `options` (a RequestChallengeResponse).
 pub fn get_assertion(options: &RequestChallengeResponse) -> anyhow::Result<PendingAssertion> {
+    assertion_request(options, true)
+}
+
+/// The silent pre-flight a browser runs before a registration with an
+/// excludeList: getAssertion with `up: false`, which asks the key whether
+/// it holds one of the credentials without asking anybody's presence.
+pub fn silent_lookup(options: &RequestChallengeResponse) -> anyhow::Result<PendingAssertion> {
+    assertion_request(options, false)
+}
+
+fn assertion_request(
+    options: &RequestChallengeResponse,
+    user_presence: bool,
+) -> anyhow::Result<PendingAssertion> {
     let o = serde_json::to_value(options)?;
     let pk = &o["publicKey"];
     let client_data = client_data("webauthn.get", &pk["challenge"])?;
@@ -232,8 +246,15 @@ pub fn get_assertion(options: &RequestChallengeResponse) -> anyhow::Result<Pendi
     if !allow.is_empty() {
         map.push((int(3), Cbor::Array(allow)));
     }
+    let mut flags = Vec::new();
+    if !user_presence {
+        flags.push((text("up"), Cbor::Bool(false)));
+    }
     if pk["userVerification"] == "required" {
-        map.push((int(5), Cbor::Map(vec![(text("uv"), Cbor::Bool(true))])));
+        flags.push((text("uv"), Cbor::Bool(true)));
+    }
+    if !flags.is_empty() {
+        map.push((int(5), Cbor::Map(flags)));
     }
     Ok(PendingAssertion {
         ctap_request: encode(CTAP_GET_ASSERTION, map)?,
