@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::status::{AgentStatus, LoginView};
-use crate::tunnel::TunnelHandle;
+use crate::tunnel::{EndOutcome, TunnelHandle};
 
 /// A request line longer than this is refused.
 const MAX_REQUEST: usize = 4096;
@@ -39,7 +39,12 @@ pub enum ControlReply {
     Login {
         login: LoginView,
     },
-    Done,
+    /// Back to normal mode is in effect on the agent; `confirmed` says
+    /// whether the relay ended the session too.
+    Ended {
+        confirmed: bool,
+        message: String,
+    },
     Error {
         message: String,
     },
@@ -153,7 +158,14 @@ async fn handle(request: ControlRequest, tunnel: &TunnelHandle) -> ControlReply 
             },
         },
         ControlRequest::BackToNormal => match tunnel.back_to_normal().await {
-            Ok(()) => ControlReply::Done,
+            Ok(EndOutcome::Confirmed) => ControlReply::Ended {
+                confirmed: true,
+                message: String::new(),
+            },
+            Ok(EndOutcome::Unconfirmed(message)) => ControlReply::Ended {
+                confirmed: false,
+                message,
+            },
             Err(e) => ControlReply::Error {
                 message: e.to_string(),
             },

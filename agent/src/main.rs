@@ -153,8 +153,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::BackToNormal => {
             match control::request(&args.control, &ControlRequest::BackToNormal).await? {
-                ControlReply::Done => {
+                ControlReply::Ended {
+                    confirmed: true, ..
+                } => {
                     println!("back to normal mode");
+                    Ok(())
+                }
+                ControlReply::Ended { message, .. } => {
+                    println!(
+                        "no longer acting for the user on this computer; the relay has not confirmed the end ({message}): the agent ends the session there as soon as it can"
+                    );
                     Ok(())
                 }
                 ControlReply::Error { message } => bail!("{message}"),

@@ -33,6 +33,12 @@ pub enum ModeView {
         session_id: String,
         expires_at_ms: i64,
     },
+    /// "Back to normal mode" was pressed: the agent no longer acts for the
+    /// user, and waits for the relay to confirm the session's end.
+    EndingObr {
+        target_user: String,
+        session_id: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +87,9 @@ impl ModeView {
             } => format!("normal mode: ready for on behalf registration ({principal})"),
             ModeView::Normal { principal, .. } => format!("normal mode ({principal})"),
             ModeView::Obr { target_user, .. } => format!("OBR: acting for {target_user}"),
+            ModeView::EndingObr { target_user, .. } => format!(
+                "normal mode: no longer acting for {target_user} (ending the session; the relay has not confirmed yet)"
+            ),
         }
     }
 }

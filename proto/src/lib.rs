@@ -18,6 +18,48 @@ pub mod signer {
     tonic::include_proto!("obr.signer.v1");
 }
 
+/// How an agent is known: its id is derived from its public key, and every
+/// connection proves the key by signing the relay's challenge. Shared by
+/// the agent (which signs) and the relay (which verifies); no I/O, no keys.
+pub mod identity {
+    use sha2::{Digest, Sha256};
+
+    /// Bytes of a [`Challenge`](crate::agent::Challenge) nonce.
+    pub const NONCE_LEN: usize = 32;
+    /// A SEC1 uncompressed P-256 point: 0x04 ‖ x ‖ y.
+    pub const PUBLIC_KEY_LEN: usize = 65;
+    /// Hex digits of an agent id (128 bits of the key's hash).
+    pub const AGENT_ID_LEN: usize = 32;
+
+    const ID_LABEL: &[u8] = b"obr agent id v1\0";
+    const PROOF_LABEL: &[u8] = b"obr agent proof v1\0";
+
+    /// The agent id of `public_key`: the first 16 bytes of
+    /// SHA-256(label ‖ key), in lower-case hex. Knowing an id gives no way
+    /// to answer its challenge.
+    pub fn agent_id(public_key: &[u8]) -> String {
+        let digest = Sha256::new()
+            .chain_update(ID_LABEL)
+            .chain_update(public_key)
+            .finalize();
+        digest
+            .iter()
+            .take(AGENT_ID_LEN / 2)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// What a Hello's proof signs: a label (so the signature means nothing
+    /// elsewhere), the connection's nonce and the id claimed.
+    pub fn proof_message(nonce: &[u8], agent_id: &str) -> Vec<u8> {
+        let mut message = Vec::with_capacity(PROOF_LABEL.len() + nonce.len() + agent_id.len());
+        message.extend_from_slice(PROOF_LABEL);
+        message.extend_from_slice(nonce);
+        message.extend_from_slice(agent_id.as_bytes());
+        message
+    }
+}
+
 /// Largest CTAP message a CTAPHID transport can carry (CTAP 2.1 §11.2.4:
 /// 57 bytes in the init packet + 128 continuation packets of 59 bytes).
 pub const MAX_CTAP_MESSAGE: usize = 7609;

@@ -5,7 +5,10 @@
 //! Run as many relays as you like behind a load balancer.
 //!
 //! Layout:
-//! - [`agents`] — the agent WebSocket (`/agent/ws`): one actor per agent.
+//! - [`agents`] — the agent WebSocket (`/agent/ws`): one actor per agent,
+//!   which proves the agent's key and moves frames.
+//! - [`calls`] — one CTAP request's use case: check the session, route,
+//!   ask the owner, record.
 //! - [`routing`] — which signer holds a user's key; the multiplexed links.
 //! - [`obr`] — the OBR rules and the record of every transition.
 //! - [`api`] — the admin/user HTTP API (`/api/*`).
@@ -17,6 +20,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -32,6 +36,7 @@ use std::sync::Arc;
 use actix_web::{App, HttpResponse, web};
 
 use crate::agents::AgentRegistry;
+use crate::calls::Calls;
 pub use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::obr::Obr;
@@ -104,8 +109,15 @@ impl Relay {
             }
         };
         let config = Arc::new(config);
+        let obr = Obr::new(directory.clone(), store.clone(), config.obr_ttl);
         let state = web::Data::new(AppState {
-            obr: Obr::new(directory.clone(), store.clone(), config.obr_ttl),
+            calls: Calls::new(
+                store.clone(),
+                router.clone(),
+                obr.clone(),
+                directory.clone(),
+            ),
+            obr,
             config,
             directory,
             store,

@@ -9,13 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use obr_proto::signer::CredentialCreated;
+use obr_proto::signer::{CredentialCreated, ObrAssertion};
 use serde_json::json;
 
 use crate::clock::now_ms;
 use crate::directory::Person;
 use crate::directory::{Directory, DirectoryError, KeyStatus};
-use crate::sessions::{AgentEvent, ObrSession, Principal, SessionStore, StoreError};
+use crate::sessions::{AgentEvent, ObrConflict, ObrSession, Principal, SessionStore, StoreError};
 
 /// DESIGN: "A session has a hard TTL (default 15 min)".
 pub const DEFAULT_OBR_TTL: Duration = Duration::from_secs(15 * 60);
@@ -30,6 +30,8 @@ pub enum ObrError {
     KeyNotActive(&'static str),
     #[error("an admin cannot act on behalf of themself")]
     SelfObr,
+    #[error("{0} is an admin: no admin may act on another admin's key")]
+    TargetIsAdmin(String),
     #[error("no agent is logged in as you: run `obr-agent login` and approve its code first")]
     NoAgent,
     #[error("several agents are logged in as you ({0}): say which one with agent_id")]
@@ -38,6 +40,8 @@ pub enum ObrError {
     AgentNotYours(String),
     #[error("agent {agent} is already acting for {user}: end that session first")]
     AlreadyActive { agent: String, user: String },
+    #[error("an on-behalf registration on {0}'s key is already in progress: one at a time")]
+    UserBusy(String),
     #[error("agent {0} has no on-behalf registration in progress")]
     NotActive(String),
     #[error(transparent)]
@@ -55,12 +59,15 @@ pub enum EndReason {
     Done,
     /// The hard TTL passed.
     Expired,
+    /// Somebody else logged the agent in: the session was bound to the
+    /// admin who started it.
+    LoginChanged,
 }
 
 impl EndReason {
     fn action(self) -> &'static str {
         match self {
-            EndReason::BackToNormal | EndReason::Done => "obr.ended",
+            EndReason::BackToNormal | EndReason::Done | EndReason::LoginChanged => "obr.ended",
             EndReason::Expired => "obr.expired",
         }
     }
@@ -70,6 +77,7 @@ impl EndReason {
             EndReason::BackToNormal => "back_to_normal",
             EndReason::Done => "done",
             EndReason::Expired => "expired",
+            EndReason::LoginChanged => "login_changed",
         }
     }
 }
@@ -116,15 +124,19 @@ impl Obr {
             started_at_ms: now,
             expires_at_ms: now + crate::directory::duration_ms(self.ttl),
         };
-        if !self.store.create_obr(&session).await? {
-            let user = match self.store.get_obr(&agent_id).await? {
-                Some(existing) => existing.user_email,
-                None => "another user".to_owned(),
-            };
-            return Err(ObrError::AlreadyActive {
-                agent: agent_id,
-                user,
-            });
+        match self.store.create_obr(&session).await? {
+            Ok(()) => {}
+            Err(ObrConflict::Agent) => {
+                let user = match self.store.get_obr(&agent_id).await? {
+                    Some(existing) => existing.user_email,
+                    None => "another user".to_owned(),
+                };
+                return Err(ObrError::AlreadyActive {
+                    agent: agent_id,
+                    user,
+                });
+            }
+            Err(ObrConflict::User) => return Err(ObrError::UserBusy(user.email)),
         }
         self.directory
             .audit(
@@ -176,6 +188,28 @@ impl Obr {
         Ok(ended)
     }
 
+    /// The agent was just logged in as `principal`: a session it was in
+    /// for somebody else ends (a session is bound to the admin who started
+    /// it). Returns the ended session.
+    pub async fn end_for_new_login(
+        &self,
+        agent_id: &str,
+        principal: &Principal,
+    ) -> Result<Option<ObrSession>, ObrError> {
+        let Some(session) = self.store.get_obr(agent_id).await? else {
+            return Ok(None);
+        };
+        if session.admin_id == principal.person_id {
+            return Ok(None);
+        }
+        let Some(ended) = self.store.end_obr(agent_id, &session.id).await? else {
+            return Ok(None);
+        };
+        self.record_end("system", &ended, EndReason::LoginChanged)
+            .await?;
+        Ok(Some(ended))
+    }
+
     /// Claim and record every session past its TTL. Run periodically by
     /// every relay pod; the store hands each expired session to one of them.
     pub async fn expire_due(&self) -> Result<usize, ObrError> {
@@ -215,6 +249,59 @@ impl Obr {
                 json!({ "admin": session.admin_email, "rp_id": created.rp_id,
                         "account": created.user_name, "credential_id": credential_id,
                         "session": session.id }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The key signed for `session` with user presence: only ever a
+    /// credential created in that same session (the signer refuses any
+    /// other). Audited, and the user is told.
+    pub async fn assertion_done(
+        &self,
+        session: &ObrSession,
+        assertion: &ObrAssertion,
+    ) -> Result<(), ObrError> {
+        let credential_id = base64_url(&assertion.credential_id);
+        self.directory
+            .audit(
+                &session.admin_email,
+                "obr.assertion",
+                &session.user_email,
+                json!({ "session": session.id, "agent": session.agent_id,
+                        "rp_id": assertion.rp_id, "credential_id": credential_id }),
+            )
+            .await?;
+        self.directory
+            .notify(
+                &session.user_id,
+                "obr.assertion",
+                &format!(
+                    "{} verified the passkey they just registered for {} on your security key",
+                    session.admin_email, assertion.rp_id
+                ),
+                json!({ "admin": session.admin_email, "rp_id": assertion.rp_id,
+                        "credential_id": credential_id, "session": session.id }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The key refused to sign in `session` with a credential the session
+    /// did not create: an attempt to use the user's passkeys. Audited.
+    pub async fn assertion_refused(
+        &self,
+        session: &ObrSession,
+        assertion: &ObrAssertion,
+    ) -> Result<(), ObrError> {
+        self.directory
+            .audit(
+                &session.admin_email,
+                "obr.assertion_refused",
+                &session.user_email,
+                json!({ "session": session.id, "agent": session.agent_id,
+                        "rp_id": assertion.rp_id,
+                        "credential_id": base64_url(&assertion.credential_id) }),
             )
             .await?;
         Ok(())
@@ -280,11 +367,32 @@ impl Obr {
     }
 }
 
-/// The seed's prerequisites for OBR, checked before anything changes.
-fn check_target(admin: &Principal, user: &Person) -> Result<(), ObrError> {
-    if user.id == admin.person_id {
+/// Whether `session` may serve a request from the agent `agent_id`, logged
+/// in as `principal`, at `now_ms`: the session was started on that agent
+/// (its key) by that admin, and has not expired. Checked on every request.
+pub fn serves(session: &ObrSession, agent_id: &str, principal: &Principal, now_ms: i64) -> bool {
+    session.agent_id == agent_id
+        && session.admin_id == principal.person_id
+        && principal.is_admin
+        && now_ms < session.expires_at_ms
+}
+
+/// Whether `actor` may act on `target`'s key at all (OBR, reset, delete a
+/// passkey): never on their own, never on another admin's — an admin's
+/// power over a key must not become power over the people who hold it.
+pub fn may_act_on(actor: &Principal, target: &Person) -> Result<(), ObrError> {
+    if target.id == actor.person_id {
         return Err(ObrError::SelfObr);
     }
+    if target.is_admin {
+        return Err(ObrError::TargetIsAdmin(target.email.clone()));
+    }
+    Ok(())
+}
+
+/// The seed's prerequisites for OBR, checked before anything changes.
+fn check_target(admin: &Principal, user: &Person) -> Result<(), ObrError> {
+    may_act_on(admin, user)?;
     match user.key_status {
         KeyStatus::Active => Ok(()),
         other => Err(ObrError::KeyNotActive(other.as_str())),

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::agents::AgentRegistry;
+use crate::calls::Calls;
 use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::obr::Obr;
@@ -16,4 +17,5 @@ pub struct AppState {
     pub router: Router,
     pub agents: AgentRegistry,
     pub obr: Obr,
+    pub calls: Calls,
 }

@@ -91,6 +91,21 @@ pub struct CtapReply {
     /// Set when the call needs the key owner's approval on their device and
     /// carried none: what to ask. The payload is then empty.
     pub approval_needed: Option<ApprovalNeeded>,
+    /// Set for an on-behalf assertion with user presence: what was signed
+    /// or refused, for the audit log.
+    pub obr_assertion: Option<ObrAssertion>,
+}
+
+/// An on-behalf getAssertion (or getNextAssertion) that asked for user
+/// presence. An OBR session may create credentials, not sign in: the key
+/// signs only with a credential created in that same session (a site may
+/// verify a new key at once) and refuses every other one
+/// (`CTAP2_ERR_OPERATION_DENIED`). Either way the relay audits it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObrAssertion {
+    pub credential_id: Vec<u8>,
+    pub rp_id: String,
+    pub refused: bool,
 }
 
 /// What the key's owner is asked to approve on their device.
@@ -138,6 +153,7 @@ impl CtapReply {
             work: Duration::ZERO,
             owner: None,
             approval_needed: None,
+            obr_assertion: None,
         }
     }
 
@@ -150,6 +166,7 @@ impl CtapReply {
             work: Duration::ZERO,
             owner: Some(owner),
             approval_needed: None,
+            obr_assertion: None,
         }
     }
 }

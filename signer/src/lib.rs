@@ -47,8 +47,8 @@ mod store;
 mod vault;
 
 pub use crate::api::{
-    ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing, Operation,
-    SignerCore, UserApproval,
+    ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing,
+    ObrAssertion, Operation, SignerCore, UserApproval,
 };
 pub use crate::config::SignerConfig;
 pub use crate::ctap::attestation::{AttestationCa, AttestationConfig, AttestationError};

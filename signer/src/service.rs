@@ -217,6 +217,11 @@ async fn on_request(
                     work_us: micros(reply.work),
                     owner: reply.owner.unwrap_or_default(),
                     approval_needed: reply.approval_needed.map(to_proto_approval_needed),
+                    obr_assertion: reply.obr_assertion.map(|a| proto::ObrAssertion {
+                        credential_id: a.credential_id,
+                        rp_id: a.rp_id,
+                        refused: a.refused,
+                    }),
                 };
                 if replies.send(Ok(response)).await.is_err() {
                     tracing::debug!(id, "link closed before the reply");
@@ -270,6 +275,7 @@ async fn reply_status(
         work_us: 0,
         owner: String::new(),
         approval_needed: None,
+        obr_assertion: None,
     };
     if replies.send(Ok(response)).await.is_err() {
         tracing::debug!(id, "link closed before the reply");

@@ -5,9 +5,13 @@
 
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use obr_proto::agent::{AgentFrame, RelayFrame, agent_frame, relay_frame};
+use obr_proto::agent::{AgentFrame, Hello, RelayFrame, Welcome, agent_frame, relay_frame};
+use obr_proto::identity;
 use prost::Message as _;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use tokio_tungstenite::tungstenite::Message;
 
 type Socket =
@@ -23,6 +27,42 @@ impl RawAgent {
         let ws = format!("{}/agent/ws", relay_url.replace("http://", "ws://"));
         let (socket, _) = tokio_tungstenite::connect_async(ws).await?;
         Ok(Self { socket })
+    }
+
+    /// Connect as an agent of its own: a fresh key pair that answers the
+    /// relay's challenge. Returns the socket after the relay's welcome, the
+    /// agent id and the welcome.
+    pub async fn connect_proven(relay_url: &str) -> anyhow::Result<(Self, String, Welcome)> {
+        let mut agent = Self::connect(relay_url).await?;
+        let nonce = match agent.next_within(Duration::from_secs(5)).await {
+            Some(relay_frame::Kind::Challenge(c)) => c.nonce,
+            other => bail!("expected the relay's challenge, got {other:?}"),
+        };
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .ok()
+            .context("key generation")?;
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .ok()
+            .context("key")?;
+        let public_key = key.public_key().as_ref().to_vec();
+        let agent_id = identity::agent_id(&public_key);
+        let proof = key
+            .sign(&rng, &identity::proof_message(&nonce, &agent_id))
+            .ok()
+            .context("signing")?;
+        agent
+            .send(agent_frame::Kind::Hello(Hello {
+                agent_id: agent_id.clone(),
+                agent_version: "test".into(),
+                public_key,
+                proof: proof.as_ref().to_vec(),
+            }))
+            .await?;
+        match agent.next_within(Duration::from_secs(5)).await {
+            Some(relay_frame::Kind::Welcome(welcome)) => Ok((agent, agent_id, welcome)),
+            other => bail!("expected a welcome, got {other:?}"),
+        }
     }
 
     pub async fn send(&mut self, kind: agent_frame::Kind) -> anyhow::Result<()> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use obr_relay::sessions::{
-    AgentEvent, DeviceGrant, MemoryStore, ObrSession, Principal, RedisStore, SessionStore,
-    TokenScope,
+    AgentEvent, DeviceGrant, MemoryStore, ObrConflict, ObrSession, Principal, RedisStore,
+    SessionStore, TokenScope,
 };
 use obr_tests::redis_server::RedisServer;
 
@@ -22,14 +22,19 @@ fn principal(id: &str, scope: TokenScope) -> Principal {
     }
 }
 
+/// A session on `agent` for a user of its own (one session per user).
 fn session(id: &str, agent: &str, expires_at_ms: i64) -> ObrSession {
+    session_for(id, agent, &format!("user-of-{agent}"), expires_at_ms)
+}
+
+fn session_for(id: &str, agent: &str, user: &str, expires_at_ms: i64) -> ObrSession {
     ObrSession {
         id: id.to_owned(),
         agent_id: agent.to_owned(),
         admin_id: "admin".to_owned(),
         admin_email: "admin@example.org".to_owned(),
-        user_id: "user".to_owned(),
-        user_email: "user@example.org".to_owned(),
+        user_id: user.to_owned(),
+        user_email: format!("{user}@example.org"),
         started_at_ms: expires_at_ms - 60_000,
         expires_at_ms,
     }
@@ -101,16 +106,25 @@ async fn contract(store: Arc<dyn SessionStore>) {
         .unwrap();
     assert_eq!(store.agents_of("admin").await.unwrap(), vec!["agent-1"]);
 
-    // One OBR session per agent; compare-and-delete on end.
+    // One OBR session per agent and per user; compare-and-delete on end.
     let far = 4_000_000_000_000;
-    let s1 = session("s1", "agent-1", far);
-    assert!(store.create_obr(&s1).await.unwrap());
-    assert!(
-        !store
-            .create_obr(&session("s2", "agent-1", far))
+    let s1 = session_for("s1", "agent-1", "bob", far);
+    assert_eq!(store.create_obr(&s1).await.unwrap(), Ok(()));
+    assert_eq!(
+        store
+            .create_obr(&session_for("s2", "agent-1", "carol", far))
             .await
             .unwrap(),
+        Err(ObrConflict::Agent),
         "second session on one agent"
+    );
+    assert_eq!(
+        store
+            .create_obr(&session_for("s3", "agent-2", "bob", far))
+            .await
+            .unwrap(),
+        Err(ObrConflict::User),
+        "second session on one user's key"
     );
     assert_eq!(store.get_obr("agent-1").await.unwrap(), Some(s1.clone()));
     assert_eq!(
@@ -128,21 +142,34 @@ async fn contract(store: Arc<dyn SessionStore>) {
         None,
         "ended twice"
     );
+    // The user's key is free again once the session ended.
+    let s4 = session_for("s4", "agent-2", "bob", far);
+    assert_eq!(store.create_obr(&s4).await.unwrap(), Ok(()));
+    assert_eq!(store.end_obr("agent-2", "s4").await.unwrap(), Some(s4));
 
     // Expiry: each expired session is claimed exactly once.
     let now = 1_000_000;
-    store
-        .create_obr(&session("e1", "agent-7", now - 10))
-        .await
-        .unwrap();
-    store
-        .create_obr(&session("e2", "agent-8", now))
-        .await
-        .unwrap();
-    store
-        .create_obr(&session("live", "agent-9", far))
-        .await
-        .unwrap();
+    assert_eq!(
+        store
+            .create_obr(&session("e1", "agent-7", now - 10))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store
+            .create_obr(&session("e2", "agent-8", now))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store
+            .create_obr(&session("live", "agent-9", far))
+            .await
+            .unwrap(),
+        Ok(())
+    );
     let (a, b) = tokio::join!(store.claim_expired(now), store.claim_expired(now));
     let mut claimed: Vec<String> = a
         .unwrap()
@@ -159,12 +186,23 @@ async fn contract(store: Arc<dyn SessionStore>) {
         Some("live".into())
     );
     // An ended session is never claimed as expired later.
-    store
-        .create_obr(&session("ended", "agent-10", now))
-        .await
-        .unwrap();
+    assert_eq!(
+        store
+            .create_obr(&session("ended", "agent-10", now))
+            .await
+            .unwrap(),
+        Ok(())
+    );
     store.end_obr("agent-10", "ended").await.unwrap();
     assert!(store.claim_expired(now + 1).await.unwrap().is_empty());
+    // A claimed (expired) session frees its user's key too.
+    assert_eq!(
+        store
+            .create_obr(&session_for("after", "agent-11", "user-of-agent-7", far))
+            .await
+            .unwrap(),
+        Ok(())
+    );
 
     // Events reach every subscriber.
     let mut first = store.subscribe().await.unwrap();

@@ -1,30 +1,36 @@
-//! The connection task behind [`Tunnel`](super::Tunnel): connect, `Hello`,
-//! carry frames, and on loss reconnect with jittered exponential backoff
-//! (full jitter: a fleet of agents restarting together does not stampede
-//! the relay). Requests in flight when the socket drops are answered with
-//! CTAP1_ERR_OTHER — the browser retries — rather than left hanging.
+//! The connection task behind [`Tunnel`](super::Tunnel): connect, answer
+//! the relay's challenge with a `Hello` signed by the agent key
+//! ([`AgentKey`]), carry frames, and on loss reconnect with jittered
+//! exponential backoff (full jitter: a fleet of agents restarting together
+//! does not stampede the relay). Requests in flight when the socket drops
+//! are answered with CTAP1_ERR_OTHER — the browser retries — rather than
+//! left hanging.
+//!
+//! "Back to normal mode" takes effect here at once: from that moment no
+//! request is forwarded for the session being ended (the browser gets
+//! CTAP2_ERR_OPERATION_DENIED), whatever the relay answers; the caller is
+//! told whether the relay confirmed within [`END_OBR_CONFIRM_TIMEOUT`], and
+//! the end is sent again on every reconnect until the relay confirms.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use obr_proto::agent::{
     AgentFrame, CtapCancel, CtapRequest, EndObr, Hello, KeepaliveState, LoginPending, LoginStart,
-    ModeKind, RelayFrame, agent_frame, relay_frame,
+    ObrEndResult, RelayFrame, agent_frame, relay_frame,
 };
 use prost::Message as _;
 use ring::rand::{SecureRandom, SystemRandom};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use super::{Command, TunnelConfig, TunnelError};
+use super::identity::{AgentKey, StateFileError};
+use super::{Command, EndOutcome, TunnelConfig, TunnelError};
 use crate::ctaphid::KeepaliveStatus;
 use crate::status::{AgentStatus, LoginView, ModeView};
 
@@ -38,34 +44,43 @@ const RELAY_SILENCE_LIMIT: Duration = Duration::from_secs(35);
 const READ_BUFFER: usize = 4096;
 const MAX_MESSAGE: usize = 64 * 1024;
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
+/// How long the relay has to open a connection with its challenge.
+const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long "Back to normal mode" waits for the relay's confirmation
+/// before telling the admin it is not confirmed (it is in effect locally
+/// either way).
+pub const END_OBR_CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 const CTAP1_ERR_OTHER: u8 = 0x7F;
+const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot use state file {path}: {reason}")]
-    StateFile { path: String, reason: String },
+    #[error(transparent)]
+    StateFile(#[from] StateFileError),
     #[error("cannot load CA certificates from {path}: {reason}")]
     CaFile { path: String, reason: String },
 }
 
-/// What survives a restart: who this agent is, and its login token.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct SavedState {
-    agent_id: String,
-    #[serde(default)]
-    token: String,
+/// A "Back to normal mode" the relay has not confirmed yet.
+struct Ending {
+    session_id: String,
+    target_user: String,
+    waiters: Vec<oneshot::Sender<Result<EndOutcome, TunnelError>>>,
+    /// When the waiters are told the relay has not confirmed.
+    answer_by: tokio::time::Instant,
 }
 
 pub(crate) struct Connection {
     config: TunnelConfig,
     commands: mpsc::Receiver<Command>,
     status: watch::Sender<AgentStatus>,
-    saved: SavedState,
+    key: AgentKey,
     connector: Option<Connector>,
     pending: HashMap<u64, (oneshot::Sender<Vec<u8>>, KeepaliveStatus)>,
     login_waiters: Vec<oneshot::Sender<Result<LoginPending, TunnelError>>>,
+    ending: Option<Ending>,
 }
 
 enum SessionEnd {
@@ -79,20 +94,21 @@ impl Connection {
         commands: mpsc::Receiver<Command>,
         status: watch::Sender<AgentStatus>,
     ) -> Result<Self, SetupError> {
-        let saved = load_or_create_state(&config.state_file)?;
+        let key = AgentKey::load_or_create(&config.state_file)?;
         let connector = config.ca_file.as_deref().map(tls_connector).transpose()?;
         status.send_modify(|s| {
-            s.agent_id = saved.agent_id.clone();
+            s.agent_id = key.agent_id().to_owned();
             s.relay = config.url.clone();
         });
         Ok(Self {
             config,
             commands,
             status,
-            saved,
+            key,
             connector,
             pending: HashMap::new(),
             login_waiters: Vec::new(),
+            ending: None,
         })
     }
 
@@ -144,37 +160,46 @@ impl Connection {
         }
     }
 
-    /// Carry frames until the socket drops or every handle is gone.
+    /// Prove the agent key, then carry frames until the socket drops or
+    /// every handle is gone.
     async fn session(&mut self, socket: Socket) -> SessionEnd {
         let (mut sink, mut stream) = socket.split();
+        let nonce = match tokio::time::timeout(CHALLENGE_TIMEOUT, next_frame(&mut stream)).await {
+            Ok(Ok(relay_frame::Kind::Challenge(challenge))) => challenge.nonce,
+            Ok(Ok(other)) => {
+                return SessionEnd::Lost(format!(
+                    "the relay opened with {other:?}, not a challenge"
+                ));
+            }
+            Ok(Err(why)) => return SessionEnd::Lost(why),
+            Err(_) => return SessionEnd::Lost("the relay sent no challenge".into()),
+        };
+        let proof = match self.key.prove(&nonce) {
+            Ok(proof) => proof,
+            Err(_) => return SessionEnd::Lost("cannot sign the relay's challenge".into()),
+        };
         let hello = agent_frame::Kind::Hello(Hello {
-            agent_id: self.saved.agent_id.clone(),
-            token: self.saved.token.clone(),
+            agent_id: self.key.agent_id().to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            public_key: self.key.public_key(),
+            proof,
         });
         if let Err(e) = sink.send(encode(hello)).await {
             return SessionEnd::Lost(e.to_string());
         }
         loop {
+            let answer_by = self.ending.as_ref().map(|e| e.answer_by);
             tokio::select! {
-                incoming = tokio::time::timeout(RELAY_SILENCE_LIMIT, stream.next()) => {
-                    let message = match incoming {
+                incoming = tokio::time::timeout(RELAY_SILENCE_LIMIT, next_frame(&mut stream)) => {
+                    let frame = match incoming {
                         Err(_) => return SessionEnd::Lost("relay silent for too long".into()),
-                        Ok(None) => return SessionEnd::Lost("relay closed the connection".into()),
-                        Ok(Some(Err(e))) => return SessionEnd::Lost(e.to_string()),
-                        Ok(Some(Ok(m))) => m,
+                        Ok(Err(why)) => return SessionEnd::Lost(why),
+                        Ok(Ok(frame)) => frame,
                     };
-                    match message {
-                        Message::Binary(bytes) => match RelayFrame::decode(bytes.as_ref()) {
-                            Ok(RelayFrame { kind: Some(kind) }) => self.on_frame(kind),
-                            Ok(RelayFrame { kind: None }) => tracing::debug!("empty relay frame"),
-                            Err(e) => return SessionEnd::Lost(format!("malformed relay frame: {e}")),
-                        },
-                        Message::Close(frame) => {
-                            return SessionEnd::Lost(format!("relay closed the connection: {frame:?}"));
-                        }
-                        // Pings are answered by tungstenite; text is not ours.
-                        _ => {}
+                    if let Some(reply) = self.on_frame(frame)
+                        && let Err(e) = sink.send(encode(reply)).await
+                    {
+                        return SessionEnd::Lost(e.to_string());
                     }
                 }
                 command = self.commands.recv() => {
@@ -188,20 +213,19 @@ impl Connection {
                         return SessionEnd::Lost(e.to_string());
                     }
                 }
+                () = sleep_until_some(answer_by) => self.end_unconfirmed("the relay has not answered yet"),
             }
         }
     }
 
-    fn on_frame(&mut self, frame: relay_frame::Kind) {
+    fn on_frame(&mut self, frame: relay_frame::Kind) -> Option<agent_frame::Kind> {
         match frame {
             relay_frame::Kind::Welcome(welcome) => {
-                let mode = welcome.mode.unwrap_or_default();
-                if mode.kind == ModeKind::NotLoggedIn as i32 && !self.saved.token.is_empty() {
-                    tracing::info!("saved login is no longer valid; log in again");
-                    self.saved.token.clear();
-                    self.persist();
-                }
-                self.set_mode(ModeView::from(&mode), true);
+                let mode = ModeView::from(&welcome.mode.unwrap_or_default());
+                return self.relay_mode(mode);
+            }
+            relay_frame::Kind::Challenge(_) => {
+                tracing::warn!("a second challenge from the relay ignored");
             }
             relay_frame::Kind::LoginPending(pending) => {
                 self.status
@@ -211,15 +235,14 @@ impl Connection {
                 }
             }
             relay_frame::Kind::ModeChanged(changed) => {
-                if !changed.token.is_empty() {
-                    self.saved.token = changed.token;
-                    self.persist();
+                let mode = ModeView::from(&changed.mode.unwrap_or_default());
+                if !matches!(mode, ModeView::NotLoggedIn) {
                     self.status.send_modify(|s| s.login = None);
                 }
-                let mode = changed.mode.unwrap_or_default();
-                tracing::info!(mode = %ModeView::from(&mode).display(), "mode changed");
-                self.set_mode(ModeView::from(&mode), true);
+                tracing::info!(mode = %mode.display(), "mode changed");
+                return self.relay_mode(mode);
             }
+            relay_frame::Kind::EndObrResult(result) => self.on_end_result(result),
             relay_frame::Kind::CtapResponse(response) => {
                 if let Some((waiter, _)) = self.pending.remove(&response.id) {
                     let _ = waiter.send(response.payload);
@@ -242,6 +265,67 @@ impl Connection {
                     .send_modify(|s| s.last_error = Some(error.message.clone()));
             }
         }
+        None
+    }
+
+    /// The relay says what mode the agent is in. A session the admin ended
+    /// here stays ended here: it is shown as ending, and the end is sent
+    /// again, until the relay no longer has it.
+    fn relay_mode(&mut self, mode: ModeView) -> Option<agent_frame::Kind> {
+        if let Some(ending) = &self.ending {
+            match &mode {
+                ModeView::Obr { session_id, .. } if *session_id == ending.session_id => {
+                    let resend = agent_frame::Kind::EndObr(EndObr {
+                        obr_session_id: ending.session_id.clone(),
+                    });
+                    let shown = ModeView::EndingObr {
+                        target_user: ending.target_user.clone(),
+                        session_id: ending.session_id.clone(),
+                    };
+                    self.set_mode(shown, true);
+                    return Some(resend);
+                }
+                _ => self.end_confirmed(),
+            }
+        }
+        self.set_mode(mode, true);
+        None
+    }
+
+    fn on_end_result(&mut self, result: ObrEndResult) {
+        let ours = self
+            .ending
+            .as_ref()
+            .is_some_and(|e| e.session_id == result.obr_session_id);
+        if !ours {
+            return;
+        }
+        if result.ended {
+            // The ModeChanged that follows shows the new mode.
+            self.end_confirmed();
+        } else {
+            self.end_unconfirmed(&result.message);
+        }
+    }
+
+    /// The relay confirmed the end (or no longer has the session).
+    fn end_confirmed(&mut self) {
+        if let Some(ending) = self.ending.take() {
+            for waiter in ending.waiters {
+                let _ = waiter.send(Ok(EndOutcome::Confirmed));
+            }
+        }
+    }
+
+    /// Tell whoever waits that the relay has not confirmed; the end stays
+    /// in effect here and is sent again on the next connection.
+    fn end_unconfirmed(&mut self, why: &str) {
+        if let Some(ending) = self.ending.as_mut() {
+            for waiter in ending.waiters.drain(..) {
+                let _ = waiter.send(Ok(EndOutcome::Unconfirmed(why.to_owned())));
+            }
+            ending.answer_by = far_future();
+        }
     }
 
     /// Turn a command into a frame to send (or answer it right away).
@@ -253,12 +337,22 @@ impl Connection {
                 reply,
                 status,
             } => {
+                if self.ending.is_some() {
+                    // Back to normal mode is in effect here at once.
+                    let _ = reply.send(vec![CTAP2_ERR_OPERATION_DENIED]);
+                    return None;
+                }
+                let obr_session_id = match &self.status.borrow().mode {
+                    ModeView::Obr { session_id, .. } => session_id.clone(),
+                    _ => String::new(),
+                };
                 self.pending.insert(id, (reply, status));
                 Some(agent_frame::Kind::CtapRequest(CtapRequest {
                     id,
                     payload,
                     budget_ms: u32::try_from(self.config.ctap_budget.as_millis())
                         .unwrap_or(u32::MAX),
+                    obr_session_id,
                 }))
             }
             Command::Cancel { id } => self
@@ -269,19 +363,57 @@ impl Connection {
                 self.login_waiters.push(reply);
                 Some(agent_frame::Kind::LoginStart(LoginStart {}))
             }
-            Command::EndObr { reply } => {
-                let in_obr = matches!(self.status.borrow().mode, ModeView::Obr { .. });
-                if in_obr {
-                    let _ = reply.send(Ok(()));
-                    Some(agent_frame::Kind::EndObr(EndObr {}))
-                } else {
-                    let _ = reply.send(Err(TunnelError::Refused(
-                        "no on-behalf registration in progress".into(),
-                    )));
-                    None
-                }
-            }
+            Command::EndObr { reply } => self.begin_end(reply).map(|session_id| {
+                agent_frame::Kind::EndObr(EndObr {
+                    obr_session_id: session_id,
+                })
+            }),
         }
+    }
+
+    /// "Back to normal mode": stop acting for the user now; returns the
+    /// session to end at the relay (`None` when there is none).
+    fn begin_end(
+        &mut self,
+        reply: oneshot::Sender<Result<EndOutcome, TunnelError>>,
+    ) -> Option<String> {
+        let answer_by = tokio::time::Instant::now() + END_OBR_CONFIRM_TIMEOUT;
+        if let Some(ending) = self.ending.as_mut() {
+            ending.waiters.push(reply);
+            ending.answer_by = answer_by;
+            return Some(ending.session_id.clone());
+        }
+        let (target_user, session_id) = match &self.status.borrow().mode {
+            ModeView::Obr {
+                target_user,
+                session_id,
+                ..
+            } => (target_user.clone(), session_id.clone()),
+            _ => {
+                let _ = reply.send(Err(TunnelError::Refused(
+                    "no on-behalf registration in progress".into(),
+                )));
+                return None;
+            }
+        };
+        tracing::info!(%target_user, "back to normal mode: no longer acting for the user");
+        // (Not `self.status.borrow()` inline: its read guard would still be
+        // held when `set_mode` takes the write lock.)
+        let connected = self.status.borrow().connected;
+        self.set_mode(
+            ModeView::EndingObr {
+                target_user: target_user.clone(),
+                session_id: session_id.clone(),
+            },
+            connected,
+        );
+        self.ending = Some(Ending {
+            session_id: session_id.clone(),
+            target_user,
+            waiters: vec![reply],
+            answer_by,
+        });
+        Some(session_id)
     }
 
     /// Sit out a backoff pause, refusing commands meanwhile. Returns false
@@ -297,7 +429,12 @@ impl Connection {
                     Some(Command::Ctap { reply, .. }) => { let _ = reply.send(vec![CTAP1_ERR_OTHER]); }
                     Some(Command::Cancel { .. }) => {}
                     Some(Command::Login { reply }) => { let _ = reply.send(Err(TunnelError::NotConnected)); }
-                    Some(Command::EndObr { reply }) => { let _ = reply.send(Err(TunnelError::NotConnected)); }
+                    Some(Command::EndObr { reply }) => {
+                        // In effect here now; sent when the relay is back.
+                        if self.begin_end(reply).is_some() {
+                            self.end_unconfirmed("the agent is not connected to the relay");
+                        }
+                    }
                 },
             }
         }
@@ -310,6 +447,7 @@ impl Connection {
         for waiter in self.login_waiters.drain(..) {
             let _ = waiter.send(Err(TunnelError::NotConnected));
         }
+        self.end_unconfirmed("the connection to the relay was lost");
     }
 
     fn set_mode(&self, mode: ModeView, connected: bool) {
@@ -322,12 +460,43 @@ impl Connection {
             s.last_error = None;
         });
     }
+}
 
-    fn persist(&self) {
-        if let Err(e) = save_state(&self.config.state_file, &self.saved) {
-            tracing::warn!(error = %e, "cannot save the agent's login");
+/// The next relay frame, skipping pings; an error says why the link is
+/// done.
+async fn next_frame<S>(stream: &mut S) -> Result<relay_frame::Kind, String>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match stream.next().await {
+            None => return Err("relay closed the connection".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(Message::Binary(bytes))) => match RelayFrame::decode(bytes.as_ref()) {
+                Ok(RelayFrame { kind: Some(kind) }) => return Ok(kind),
+                Ok(RelayFrame { kind: None }) => tracing::debug!("empty relay frame"),
+                Err(e) => return Err(format!("malformed relay frame: {e}")),
+            },
+            Some(Ok(Message::Close(frame))) => {
+                return Err(format!("relay closed the connection: {frame:?}"));
+            }
+            // Pings are answered by tungstenite; text is not ours.
+            Some(Ok(_)) => {}
         }
     }
+}
+
+/// Sleep until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An instant no waiter reaches (about 30 years on).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 fn encode(kind: agent_frame::Kind) -> Message {
@@ -345,47 +514,6 @@ fn backoff(failures: u32) -> Duration {
         Err(_) => 1.0,
     };
     ceiling.mul_f64(fraction).max(Duration::from_millis(50))
-}
-
-/// This agent's id, from the state file at `path`, which is created (with a new id) when it
-/// does not exist yet.
-pub(crate) fn agent_id(path: &Path) -> Result<String, SetupError> {
-    load_or_create_state(path).map(|state| state.agent_id)
-}
-
-fn load_or_create_state(path: &Path) -> Result<SavedState, SetupError> {
-    let err = |reason: String| SetupError::StateFile {
-        path: path.display().to_string(),
-        reason,
-    };
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let state = SavedState {
-                agent_id: uuid::Uuid::new_v4().simple().to_string(),
-                token: String::new(),
-            };
-            save_state(path, &state).map_err(|e| err(e.to_string()))?;
-            Ok(state)
-        }
-        Err(e) => Err(err(e.to_string())),
-    }
-}
-
-fn save_state(path: &Path, state: &SavedState) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(state)?)?;
-    file.sync_all()?;
-    std::fs::rename(tmp, path)
 }
 
 fn tls_connector(ca_file: &Path) -> Result<Connector, SetupError> {

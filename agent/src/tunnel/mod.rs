@@ -1,7 +1,7 @@
 //! The tunnel: the agent's one WebSocket to the relay.
 //!
 //! [`Tunnel::spawn`] starts a task that connects (TLS via rustls for
-//! `wss://`), says `Hello` with the saved token, and then carries frames
+//! `wss://`), proves the agent's key ([`identity`]), and then carries frames
 //! both ways; on loss it reconnects with jittered exponential backoff.
 //! Callers talk to it through [`TunnelHandle`]: CTAP requests (the
 //! [`CborForwarder`](crate::ctaphid::CborForwarder) the CTAPHID engine
@@ -9,9 +9,10 @@
 //! pass through untouched, except that getInfo answers are cached per mode.
 
 mod connection;
-
-pub use self::connection::SetupError;
 mod forwarder;
+pub mod identity;
+
+pub use self::connection::{END_OBR_CONFIRM_TIMEOUT, SetupError};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ pub struct TunnelConfig {
     pub url: String,
     /// Extra PEM CA certificates to trust for `wss://` (else web PKI roots).
     pub ca_file: Option<PathBuf>,
-    /// Where the agent id and its login token are kept between runs.
+    /// Where the agent's key pair (and so its id) is kept between runs.
     pub state_file: PathBuf,
     pub ctap_budget: Duration,
 }
@@ -85,8 +86,18 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<LoginPending, TunnelError>>,
     },
     EndObr {
-        reply: oneshot::Sender<Result<(), TunnelError>>,
+        reply: oneshot::Sender<Result<EndOutcome, TunnelError>>,
     },
+}
+
+/// What "Back to normal mode" achieved. Either way the agent no longer
+/// acts for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndOutcome {
+    /// The relay ended the session.
+    Confirmed,
+    /// The relay has not confirmed (why); the agent keeps asking.
+    Unconfirmed(String),
 }
 
 /// A cheap, cloneable handle on the tunnel task.
@@ -99,10 +110,13 @@ pub struct TunnelHandle {
 pub struct Tunnel;
 
 impl Tunnel {
-    /// This agent's id (what the relay knows it by), read from the state file without
-    /// starting the tunnel; the file is created with a new id when it does not exist yet.
+    /// This agent's id (what the relay knows it by: a hash of its public
+    /// key), read from the state file without starting the tunnel; the key
+    /// is made when the file does not exist yet.
     pub fn agent_id(config: &TunnelConfig) -> Result<String, SetupError> {
-        connection::agent_id(&config.state_file)
+        Ok(identity::AgentKey::load_or_create(&config.state_file)?
+            .agent_id()
+            .to_owned())
     }
 
     /// Start the connection task; it runs until every handle is dropped.
@@ -130,8 +144,9 @@ impl TunnelHandle {
         rx.await.map_err(|_| TunnelError::Stopped)?
     }
 
-    /// "Back to normal mode": end the OBR session this agent is in.
-    pub async fn back_to_normal(&self) -> Result<(), TunnelError> {
+    /// "Back to normal mode": stop acting for the user at once, and end the
+    /// OBR session at the relay; says whether the relay confirmed.
+    pub async fn back_to_normal(&self) -> Result<EndOutcome, TunnelError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::EndObr { reply })

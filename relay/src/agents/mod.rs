@@ -1,14 +1,15 @@
 //! Agents: the WebSocket tunnel from each admin workstation.
 //!
+//! - [`identity`]: the challenge an agent signs with its key; an agent is
+//!   known by nothing else.
 //! - [`session`]: the [`AgentSession`] actor, one per connected agent,
-//!   that speaks the `obr.agent.v1` frames and routes CTAP requests.
-//! - `approval`: in normal mode, asking the key's owner to approve a call
-//!   on their device while the browser hears "user presence needed".
+//!   that speaks the `obr.agent.v1` frames and hands CTAP requests to
+//!   [`crate::calls`].
 //! - [`registry`]: which agents have a socket on *this* pod, and the pump
 //!   that delivers [`AgentEvent`](crate::sessions::AgentEvent)s from the
 //!   session store (published by any pod) to them.
 
-mod approval;
+pub mod identity;
 pub mod registry;
 pub mod session;
 

@@ -1,4 +1,5 @@
 //! [`AgentRegistry`]: agent id → the local actor holding its socket.
+//! Only a connection whose agent proved its key (`identity`) is filed.
 //!
 //! Events reach an agent through the session store's pub/sub, so the pod
 //! that changes an OBR session need not be the pod holding the agent's
@@ -44,8 +45,18 @@ impl AgentRegistry {
     }
 
     fn deliver(&self, event: AgentEvent) {
-        if let Some((_, recipient)) = self.lock().get(event.agent_id()) {
-            recipient.do_send(Deliver(event));
+        let local = self.lock();
+        match event.agent_id() {
+            Some(agent_id) => {
+                if let Some((_, recipient)) = local.get(agent_id) {
+                    recipient.do_send(Deliver(event));
+                }
+            }
+            None => {
+                for (_, recipient) in local.values() {
+                    recipient.do_send(Deliver(event.clone()));
+                }
+            }
         }
     }
 

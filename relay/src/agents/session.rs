@@ -1,18 +1,23 @@
 //! [`AgentSession`]: the actor behind one agent's WebSocket.
 //!
-//! It owns what this connection knows: the agent's id, who it is logged in
-//! as, and a cached copy of its OBR session (refreshed when an
-//! `AgentEvent::ModeChanged` arrives, so the per-request path does no store
-//! round trip). For each `CtapRequest` it picks the key — the OBR target's
-//! while a session is active, else the principal's own — and sends the
-//! request down that user's [`SignerLink`](crate::routing::SignerLink).
+//! It moves frames and keeps what this connection knows: the agent it
+//! proved to be, who that agent is logged in as, and a cached copy of its
+//! OBR session (refreshed on `AgentEvent`s and at least every
+//! [`OBR_REFRESH`] while a session is on, so the per-request path does no
+//! store round trip). What a CTAP request may reach is decided by
+//! [`crate::calls`], not here.
 //!
-//! Peer input is checked here: non-binary frames, frames that are not an
-//! `AgentFrame`, oversized payloads and out-of-order frames (CTAP before
-//! `Hello`) get a `ProtocolError` frame and the socket is closed. It never
-//! writes the audit log or notifications itself: that is [`crate::obr`].
+//! The connection opens with a [`Challenge`]; nothing is filed (registry,
+//! login, session) until the agent's `Hello` proves its key
+//! ([`super::identity`]). Peer input is checked here: non-binary frames,
+//! frames that are not an `AgentFrame`, a Hello that proves nothing,
+//! oversized payloads and out-of-order frames get a `ProtocolError` frame
+//! and the socket is closed. Limits: [`MAX_IN_FLIGHT`] CTAP requests and
+//! one pending device-code login per connection. It never writes the audit
+//! log or notifications itself: that is [`crate::obr`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,20 +29,21 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytes::Bytes;
 use obr_proto::agent::{
-    AgentFrame, CtapRequest, CtapResponse, HopTimings, LoginPending, Mode, ModeChanged, ModeKind,
+    AgentFrame, Challenge, CtapRequest, CtapResponse, CtapStatus, EndObr, Hello, HopTimings,
+    KeepaliveState, LoginPending, Mode, ModeChanged, ModeKind, ObrEndResult,
     ProtocolError as ProtocolErrorFrame, RelayFrame, Welcome, agent_frame, relay_frame,
 };
-use obr_proto::signer::{Acting, LinkResponse};
+use obr_proto::identity::NONCE_LEN;
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
-use super::approval::{AskUser, Decision};
+use super::identity::{self, ProvenAgent};
 use super::registry::Deliver;
 use crate::auth;
+use crate::calls::{self, Answer, CachedObr, CtapCall, StatusSink};
 use crate::clock::now_ms;
-use crate::obr::EndReason;
-use crate::routing::LinkError;
-use crate::sessions::{AgentEvent, DeviceGrant, ObrSession, Principal, TokenScope};
+use crate::obr::{EndReason, ObrError};
+use crate::sessions::{AgentEvent, DeviceGrant, ObrSession, Principal, StoreError};
 use crate::state::AppState;
 
 /// Largest frame we accept: one CTAP message plus protobuf overhead.
@@ -47,19 +53,25 @@ const OUTBOUND_QUEUE: usize = 256;
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// An agent silent for this long (no frame, no pong) is gone.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(35);
-/// Budget for a CTAP request when the agent sent none.
-pub const DEFAULT_CTAP_BUDGET: Duration = Duration::from_secs(30);
-/// Upper bound on any budget an agent asks for.
-const MAX_CTAP_BUDGET: Duration = Duration::from_secs(120);
+/// How long an agent has to answer the challenge with its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// While a session is on, the socket re-reads it at least this often, so
+/// an end the pod missed (lost event, store restarted empty) shows on the
+/// agent within about a second. Below [`calls::OBR_MAX_STALENESS`], so a
+/// request rarely pays for a store read itself.
+const OBR_REFRESH: Duration = Duration::from_millis(500);
+/// CTAP requests one agent may have in flight. The CTAPHID engine already
+/// serialises each channel, so this is the number of programs (browser,
+/// libfido2 tools) using the key at once; a workstation needs a handful.
+/// More get `CTAP1_ERR_CHANNEL_BUSY`.
+pub const MAX_IN_FLIGHT: usize = 8;
 /// How long a device-code login may wait for approval (RFC 8628 `expires_in`).
 pub const LOGIN_CODE_TTL: Duration = Duration::from_secs(600);
-const MAX_AGENT_ID_LEN: usize = 64;
 
-// CTAP status codes the relay itself may answer with (CTAP 2.1 §8.2).
+// CTAP status codes the socket answers with itself (CTAP 2.1 §8.2).
 const CTAP1_ERR_INVALID_LENGTH: u8 = 0x03;
-const CTAP1_ERR_OTHER: u8 = 0x7F;
+const CTAP1_ERR_CHANNEL_BUSY: u8 = 0x06;
 const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
-const CTAP2_ERR_TIMEOUT: u8 = 0x2F;
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
@@ -69,6 +81,7 @@ pub async fn agent_socket(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    let nonce = identity::new_nonce().map_err(actix_web::error::ErrorInternalServerError)?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(MAX_FRAME)
@@ -82,10 +95,13 @@ pub async fn agent_socket(
             state,
             connection: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
             out,
-            agent_id: None,
+            nonce,
+            agent: None,
             principal: None,
             obr: None,
+            pending_login: None,
             in_flight: HashMap::new(),
+            approval_gate: Arc::new(Semaphore::new(1)),
             last_seen: Instant::now(),
         }
     });
@@ -120,10 +136,16 @@ pub struct AgentSession {
     state: web::Data<AppState>,
     connection: u64,
     out: mpsc::Sender<Outgoing>,
-    agent_id: Option<String>,
+    /// This connection's challenge.
+    nonce: [u8; NONCE_LEN],
+    /// Set once the Hello proved the agent's key.
+    agent: Option<ProvenAgent>,
     principal: Option<Principal>,
-    obr: Option<ObrSession>,
+    obr: Option<CachedObr>,
+    /// The device-code login this connection asked for, until it expires.
+    pending_login: Option<(LoginPending, Instant)>,
     in_flight: HashMap<u64, SpawnHandle>,
+    approval_gate: Arc<Semaphore>,
     last_seen: Instant,
 }
 
@@ -131,20 +153,34 @@ impl Actor for AgentSession {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let nonce = self.nonce.to_vec();
+        self.send(ctx, relay_frame::Kind::Challenge(Challenge { nonce }));
+        ctx.run_later(HELLO_TIMEOUT, |act, ctx| {
+            if act.agent.is_none() {
+                act.refuse(ctx, "no Hello answered the challenge in time");
+            }
+        });
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_seen.elapsed() > CLIENT_TIMEOUT {
-                tracing::info!(agent = ?act.agent_id, "agent timed out");
+                tracing::info!(agent = ?act.agent_id(), "agent timed out");
                 ctx.stop();
                 return;
             }
             act.push(ctx, Outgoing::Ping);
         });
+        ctx.run_interval(OBR_REFRESH, |act, ctx| {
+            if act.obr.is_some() {
+                act.refresh(ctx);
+            }
+        });
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if let Some(agent_id) = &self.agent_id {
-            self.state.agents.unregister(agent_id, self.connection);
-            tracing::info!(agent = %agent_id, "agent disconnected");
+        if let Some(agent) = &self.agent {
+            self.state
+                .agents
+                .unregister(agent.agent_id(), self.connection);
+            tracing::info!(agent = %agent.agent_id(), "agent disconnected");
         }
     }
 }
@@ -179,32 +215,29 @@ impl Handler<Deliver> for AgentSession {
 
     fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Self::Context) {
         match event {
-            AgentEvent::LoginApproved {
-                token, principal, ..
-            } => {
-                tracing::info!(agent = ?self.agent_id, principal = %principal.email, "agent login approved");
-                self.principal = Some(principal);
-                self.obr = None;
-                self.send_mode(ctx, token);
+            AgentEvent::LoginChanged { .. } => {
+                self.pending_login = None;
+                self.refresh(ctx);
             }
-            AgentEvent::ModeChanged { .. } => self.refresh_obr(ctx),
+            AgentEvent::ModeChanged { .. } | AgentEvent::Resync => self.refresh(ctx),
         }
     }
 }
 
 impl AgentSession {
+    fn agent_id(&self) -> Option<&str> {
+        self.agent.as_ref().map(ProvenAgent::agent_id)
+    }
+
     fn on_frame(&mut self, frame: agent_frame::Kind, ctx: &mut actix::Context<Self>) {
         match frame {
             agent_frame::Kind::Hello(hello) => {
-                if self.agent_id.is_some() {
+                if self.agent.is_some() {
                     return self.refuse(ctx, "duplicate Hello");
                 }
-                if !valid_agent_id(&hello.agent_id) {
-                    return self.refuse(ctx, "agent_id must be 1-64 characters of [A-Za-z0-9_-]");
-                }
-                self.hello(hello.agent_id, hello.token, ctx);
+                self.hello(&hello, ctx);
             }
-            _ if self.agent_id.is_none() => self.refuse(ctx, "the first frame must be Hello"),
+            _ if self.agent.is_none() => self.refuse(ctx, "the first frame must be Hello"),
             agent_frame::Kind::LoginStart(_) => self.login_start(ctx),
             agent_frame::Kind::CtapRequest(request) => self.ctap(request, ctx),
             agent_frame::Kind::CtapCancel(cancel) => {
@@ -213,51 +246,84 @@ impl AgentSession {
                     ctx.cancel_future(handle);
                 }
             }
-            agent_frame::Kind::EndObr(_) => self.end_obr(ctx),
+            agent_frame::Kind::EndObr(end) => self.end_obr(end, ctx),
         }
     }
 
-    fn hello(&mut self, agent_id: String, token: String, ctx: &mut actix::Context<Self>) {
+    /// The agent proves its key, then is filed and told its mode.
+    fn hello(&mut self, hello: &Hello, ctx: &mut actix::Context<Self>) {
+        let agent = match identity::verify(&self.nonce, hello) {
+            Ok(agent) => agent,
+            Err(e) => return self.refuse(ctx, &e.to_string()),
+        };
         self.state
             .agents
-            .register(&agent_id, self.connection, ctx.address().recipient());
-        self.agent_id = Some(agent_id.clone());
-        tracing::info!(agent = %agent_id, "agent connected");
+            .register(agent.agent_id(), self.connection, ctx.address().recipient());
+        tracing::info!(agent = %agent.agent_id(), version = %hello.agent_version, "agent connected");
+        let agent_id = agent.agent_id().to_owned();
+        self.agent = Some(agent);
         let state = self.state.clone();
-        let restore = async move {
-            if token.is_empty() {
-                return Ok::<_, crate::sessions::StoreError>((None, None));
-            }
-            let principal = match state.store.get_token(&auth::token_hash(&token)).await? {
-                Some(p) if p.scope == TokenScope::Agent => p,
-                _ => return Ok((None, None)),
-            };
-            // The token must still be this agent's login.
-            match state.store.agent_login(&agent_id).await? {
-                Some(login) if login.person_id == principal.person_id => {}
-                _ => return Ok((None, None)),
-            }
-            let obr = state.store.get_obr(&agent_id).await?;
-            Ok((Some(principal), obr))
+        ctx.wait(
+            async move { load(&state, &agent_id).await }
+                .into_actor(self)
+                .map(|loaded, act, ctx| {
+                    act.apply(loaded);
+                    let mode = act.mode();
+                    act.send(
+                        ctx,
+                        relay_frame::Kind::Welcome(Welcome { mode: Some(mode) }),
+                    );
+                }),
+        );
+    }
+
+    /// Re-read login and session from the store; tell the agent if its
+    /// mode changed.
+    fn refresh(&mut self, ctx: &mut actix::Context<Self>) {
+        let Some(agent_id) = self.agent_id().map(str::to_owned) else {
+            return;
         };
-        ctx.wait(restore.into_actor(self).map(|result, act, ctx| {
-            match result {
-                Ok((principal, obr)) => {
-                    act.principal = principal;
-                    act.obr = obr;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot restore agent login"),
+        let state = self.state.clone();
+        ctx.spawn(
+            async move { load(&state, &agent_id).await }
+                .into_actor(self)
+                .map(|loaded, act, ctx| {
+                    let before = act.mode();
+                    act.apply(loaded);
+                    if act.mode() != before {
+                        act.send_mode(ctx);
+                    }
+                }),
+        );
+    }
+
+    fn apply(&mut self, loaded: Result<Loaded, StoreError>) {
+        match loaded {
+            Ok(loaded) => {
+                self.principal = loaded.principal;
+                self.obr = loaded.obr.map(|session| CachedObr {
+                    session,
+                    checked_at: Instant::now(),
+                });
             }
-            let mode = act.mode();
-            act.send(
-                ctx,
-                relay_frame::Kind::Welcome(Welcome { mode: Some(mode) }),
-            );
-        }));
+            // Fail closed: a session that cannot be confirmed is not
+            // served; the login stays as it was.
+            Err(e) => {
+                tracing::warn!(agent = ?self.agent_id(), error = %e, "cannot read the agent's state; dropping its OBR session");
+                self.obr = None;
+            }
+        }
     }
 
     fn login_start(&mut self, ctx: &mut actix::Context<Self>) {
-        let Some(agent_id) = self.agent_id.clone() else {
+        // One pending grant per connection: asking again shows the same code.
+        if let Some((pending, until)) = &self.pending_login
+            && *until > Instant::now()
+        {
+            let pending = pending.clone();
+            return self.send(ctx, relay_frame::Kind::LoginPending(pending));
+        }
+        let Some(agent_id) = self.agent_id().map(str::to_owned) else {
             return;
         };
         let state = self.state.clone();
@@ -282,7 +348,10 @@ impl AgentSession {
             })
         };
         ctx.spawn(start.into_actor(self).map(|result, act, ctx| match result {
-            Ok(pending) => act.send(ctx, relay_frame::Kind::LoginPending(pending)),
+            Ok(pending) => {
+                act.pending_login = Some((pending.clone(), Instant::now() + LOGIN_CODE_TTL));
+                act.send(ctx, relay_frame::Kind::LoginPending(pending));
+            }
             Err(e) => act.send(
                 ctx,
                 relay_frame::Kind::Error(ProtocolErrorFrame {
@@ -300,146 +369,113 @@ impl AgentSession {
         if request.payload.is_empty() || request.payload.len() > obr_proto::MAX_CTAP_MESSAGE {
             return self.answer(ctx, id, vec![CTAP1_ERR_INVALID_LENGTH], None);
         }
-        let Some(principal) = &self.principal else {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return self.answer(ctx, id, vec![CTAP1_ERR_CHANNEL_BUSY], None);
+        }
+        let (Some(agent_id), Some(principal)) = (self.agent_id(), self.principal.clone()) else {
             // Not logged in: this key belongs to nobody yet.
             return self.answer(ctx, id, vec![CTAP2_ERR_OPERATION_DENIED], None);
         };
-        if self
-            .obr
-            .as_ref()
-            .is_some_and(|o| o.expires_at_ms <= now_ms())
-        {
-            // Past its TTL: the sweeper records the expiry; act normal now.
-            self.obr = None;
-        }
-        let (user_id, acting) = match &self.obr {
-            Some(obr) => (
-                obr.user_id.clone(),
-                Some(Acting {
-                    admin_id: obr.admin_id.clone(),
-                    obr_session_id: obr.id.clone(),
-                }),
-            ),
-            None => (principal.person_id.clone(), None),
-        };
         let budget = match request.budget_ms {
-            0 => DEFAULT_CTAP_BUDGET,
-            ms => Duration::from_millis(u64::from(ms)).min(MAX_CTAP_BUDGET),
+            0 => calls::DEFAULT_CTAP_BUDGET,
+            ms => Duration::from_millis(u64::from(ms)).min(calls::MAX_CTAP_BUDGET),
         };
-        let obr = self.obr.clone();
+        let out = self.out.clone();
+        let status: StatusSink = Arc::new(move |state: KeepaliveState| {
+            let frame = RelayFrame {
+                kind: Some(relay_frame::Kind::CtapStatus(CtapStatus {
+                    id,
+                    state: state as i32,
+                })),
+            };
+            // Best effort: a full queue only means the agent keeps the old status.
+            let _ = out.try_send(Outgoing::Frame(frame));
+        });
+        let call = CtapCall {
+            agent_id: agent_id.to_owned(),
+            principal,
+            obr: self.obr.clone(),
+            agent_obr_session: request.obr_session_id,
+            payload: request.payload,
+            budget,
+            status,
+            approval_gate: self.approval_gate.clone(),
+        };
         let state = self.state.clone();
         let received = Instant::now();
-        let agent_id = self.agent_id.clone().unwrap_or_default();
-        let out = self.out.clone();
-        let call = async move {
-            let deadline = tokio::time::Instant::now() + budget;
-            let mut response = state
-                .router
-                .ctap(&user_id, request.payload.clone(), budget, acting, None)
-                .await?;
-            if let Some(needed) = response.approval_needed.take() {
-                // Normal mode: the key's owner approves on their device.
-                let asking = AskUser {
-                    state: &state,
-                    out: &out,
-                    request_id: id,
-                    person_id: &user_id,
-                    agent_id: &agent_id,
-                };
-                match asking.ask(&needed, deadline).await? {
-                    Decision::Approved(approval_id) => {
-                        let budget =
-                            deadline.saturating_duration_since(tokio::time::Instant::now());
-                        response = state
-                            .router
-                            .ctap(&user_id, request.payload, budget, None, Some(approval_id))
-                            .await?;
-                    }
-                    Decision::Refused(status) => {
-                        return Ok(LinkResponse {
-                            id: 0,
-                            payload: vec![status],
-                            ..LinkResponse::default()
-                        });
-                    }
-                }
-            }
-            // Record the registration before the browser hears of it: the
-            // audit log and the user's inbox never miss a credential the
-            // RP has seen.
-            if let (Some(created), Some(obr)) = (&response.created, &obr)
-                && let Err(e) = state.obr.registration_done(obr, created).await
-            {
-                tracing::error!(error = %e, session = %obr.id, "failed to record OBR registration");
-            }
-            Ok::<_, LinkError>(response)
-        };
-        let handle = ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
+        let serve = async move { state.calls.serve(call).await };
+        let handle = ctx.spawn(serve.into_actor(self).map(move |result, act, ctx| {
             act.in_flight.remove(&id);
             match result {
-                Ok(response) => {
-                    let total_us = duration_us(received.elapsed());
-                    let timings = HopTimings {
-                        relay_us: total_us
-                            .saturating_sub(response.queue_us.saturating_add(response.work_us)),
-                        signer_queue_us: response.queue_us,
-                        signer_us: response.work_us,
-                    };
-                    act.answer(ctx, id, response.payload, Some(timings));
+                Ok(Answer::ModeMismatch) => {
+                    act.answer(ctx, id, vec![CTAP2_ERR_OPERATION_DENIED], None);
+                    act.send_mode(ctx);
+                    act.refresh(ctx);
+                }
+                Ok(answer) => {
+                    let (payload, response) = answer.into_payload();
+                    let timings = response.map(|r| {
+                        let total_us = duration_us(received.elapsed());
+                        HopTimings {
+                            relay_us: total_us.saturating_sub(r.queue_us.saturating_add(r.work_us)),
+                            signer_queue_us: r.queue_us,
+                            signer_us: r.work_us,
+                        }
+                    });
+                    act.answer(ctx, id, payload, timings);
                 }
                 Err(e) => {
-                    tracing::warn!(agent = ?act.agent_id, error = %e, "CTAP request failed");
-                    let status = match e {
-                        LinkError::Timeout => CTAP2_ERR_TIMEOUT,
-                        _ => CTAP1_ERR_OTHER,
-                    };
-                    act.answer(ctx, id, vec![status], None);
+                    tracing::warn!(agent = ?act.agent_id(), error = %e, "CTAP request failed");
+                    act.answer(ctx, id, vec![e.status()], None);
                 }
             }
         }));
         self.in_flight.insert(id, handle);
     }
 
-    fn end_obr(&mut self, ctx: &mut actix::Context<Self>) {
-        let (Some(agent_id), Some(principal)) = (self.agent_id.clone(), self.principal.clone())
+    /// "Back to normal mode" from the agent: end the session it names, and
+    /// say whether it is over.
+    fn end_obr(&mut self, end: EndObr, ctx: &mut actix::Context<Self>) {
+        let (Some(agent_id), Some(principal)) =
+            (self.agent_id().map(str::to_owned), self.principal.clone())
         else {
-            return;
+            return self.send_end_result(ctx, end.obr_session_id, true, String::new());
         };
         let state = self.state.clone();
-        let end = async move {
+        let wanted = end.obr_session_id;
+        let ending = async move {
             state
                 .obr
                 .end(&principal, &agent_id, EndReason::BackToNormal)
                 .await
         };
-        ctx.spawn(end.into_actor(self).map(|result, act, ctx| match result {
-            // The ModeChanged event refreshes us; refresh now as well so the
-            // agent sees "normal" even if pub/sub is slow.
-            Ok(_) => act.refresh_obr(ctx),
-            Err(e) => act.send(
-                ctx,
-                relay_frame::Kind::Error(ProtocolErrorFrame {
-                    message: e.to_string(),
-                }),
-            ),
+        ctx.spawn(ending.into_actor(self).map(move |result, act, ctx| {
+            let (ended, message) = match result {
+                Ok(_) => (true, String::new()),
+                // Nothing to end: the agent is in normal mode either way.
+                Err(ObrError::NotActive(_)) => (true, String::new()),
+                Err(e) => (false, e.to_string()),
+            };
+            act.send_end_result(ctx, wanted, ended, message);
+            act.refresh(ctx);
         }));
     }
 
-    fn refresh_obr(&mut self, ctx: &mut actix::Context<Self>) {
-        let Some(agent_id) = self.agent_id.clone() else {
-            return;
-        };
-        let store = self.state.store.clone();
-        let load = async move { store.get_obr(&agent_id).await };
-        ctx.spawn(load.into_actor(self).map(|result, act, ctx| match result {
-            Ok(obr) => {
-                if obr != act.obr {
-                    act.obr = obr;
-                    act.send_mode(ctx, String::new());
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot refresh OBR session"),
-        }));
+    fn send_end_result(
+        &mut self,
+        ctx: &mut actix::Context<Self>,
+        obr_session_id: String,
+        ended: bool,
+        message: String,
+    ) {
+        self.send(
+            ctx,
+            relay_frame::Kind::EndObrResult(ObrEndResult {
+                obr_session_id,
+                ended,
+                message,
+            }),
+        );
     }
 
     fn mode(&self) -> Mode {
@@ -452,23 +488,20 @@ impl AgentSession {
             principal_is_admin: principal.is_admin,
             ..Mode::default()
         };
-        if let Some(obr) = &self.obr {
+        if let Some(CachedObr { session, .. }) = &self.obr {
             mode.kind = ModeKind::Obr as i32;
-            mode.target_user = obr.user_email.clone();
-            mode.obr_session_id = obr.id.clone();
-            mode.obr_expires_at_ms = obr.expires_at_ms;
+            mode.target_user = session.user_email.clone();
+            mode.obr_session_id = session.id.clone();
+            mode.obr_expires_at_ms = session.expires_at_ms;
         }
         mode
     }
 
-    fn send_mode(&mut self, ctx: &mut actix::Context<Self>, token: String) {
+    fn send_mode(&mut self, ctx: &mut actix::Context<Self>) {
         let mode = self.mode();
         self.send(
             ctx,
-            relay_frame::Kind::ModeChanged(ModeChanged {
-                mode: Some(mode),
-                token,
-            }),
+            relay_frame::Kind::ModeChanged(ModeChanged { mode: Some(mode) }),
         );
     }
 
@@ -495,14 +528,14 @@ impl AgentSession {
 
     fn push(&mut self, ctx: &mut actix::Context<Self>, item: Outgoing) {
         if self.out.try_send(item).is_err() {
-            tracing::warn!(agent = ?self.agent_id, "agent not reading; disconnecting");
+            tracing::warn!(agent = ?self.agent_id(), "agent not reading; disconnecting");
             ctx.stop();
         }
     }
 
     /// Tell the agent what it did wrong, then close the socket.
     fn refuse(&mut self, ctx: &mut actix::Context<Self>, why: &str) {
-        tracing::info!(agent = ?self.agent_id, why, "refusing agent frame");
+        tracing::info!(agent = ?self.agent_id(), why, "refusing agent frame");
         self.send(
             ctx,
             relay_frame::Kind::Error(ProtocolErrorFrame {
@@ -517,12 +550,24 @@ impl AgentSession {
     }
 }
 
-fn valid_agent_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_AGENT_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+/// What the store says about a proven agent.
+struct Loaded {
+    principal: Option<Principal>,
+    /// Only a session that serves this agent and its principal now.
+    obr: Option<ObrSession>,
+}
+
+async fn load(state: &AppState, agent_id: &str) -> Result<Loaded, StoreError> {
+    let principal = state.store.agent_login(agent_id).await?;
+    let obr = match &principal {
+        Some(p) => state
+            .store
+            .get_obr(agent_id)
+            .await?
+            .filter(|s| crate::obr::serves(s, agent_id, p, now_ms())),
+        None => None,
+    };
+    Ok(Loaded { principal, obr })
 }
 
 fn duration_us(d: Duration) -> u32 {

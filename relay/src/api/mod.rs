@@ -148,11 +148,14 @@ impl From<ObrError> for ApiError {
     fn from(e: ObrError) -> Self {
         match e {
             ObrError::UserNotFound => ApiError::NotFound(e.to_string()),
-            ObrError::SelfObr | ObrError::AgentNotYours(_) => ApiError::Forbidden(e.to_string()),
+            ObrError::SelfObr | ObrError::TargetIsAdmin(_) | ObrError::AgentNotYours(_) => {
+                ApiError::Forbidden(e.to_string())
+            }
             ObrError::KeyNotActive(_)
             | ObrError::NoAgent
             | ObrError::AgentAmbiguous(_)
             | ObrError::AlreadyActive { .. }
+            | ObrError::UserBusy(_)
             | ObrError::NotActive(_) => ApiError::Conflict(e.to_string()),
             ObrError::Store(e) => e.into(),
             ObrError::Directory(e) => e.into(),

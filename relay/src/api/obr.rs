@@ -13,7 +13,7 @@ use crate::sessions::{AgentEvent, Principal, TokenScope};
 use crate::state::AppState;
 
 /// How long an agent stays logged in without logging in again.
-pub const AGENT_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+pub const AGENT_LOGIN_TTL: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Deserialize)]
 pub struct ApproveRequest {
@@ -57,14 +57,12 @@ pub async fn approve_login(
         scope: TokenScope::Agent,
         ..approver
     };
-    let token = auth::new_token()?;
+    // The grant names the agent (its key) that asked for it; the login is
+    // bound to that key and reaches no other. No token is handed out: the
+    // agent proves its key on every connection instead.
     state
         .store
-        .put_token(&auth::token_hash(&token), &principal, AGENT_TOKEN_TTL)
-        .await?;
-    state
-        .store
-        .put_agent_login(&grant.agent_id, &principal, AGENT_TOKEN_TTL)
+        .put_agent_login(&grant.agent_id, &principal, AGENT_LOGIN_TTL)
         .await?;
     let action = if principal.is_admin {
         "obr.ready"
@@ -80,12 +78,15 @@ pub async fn approve_login(
             serde_json::json!({ "agent": grant.agent_id }),
         )
         .await?;
+    // Somebody else's session on this agent ends with the change of login.
+    state
+        .obr
+        .end_for_new_login(&grant.agent_id, &principal)
+        .await?;
     state
         .store
-        .publish(&AgentEvent::LoginApproved {
+        .publish(&AgentEvent::LoginChanged {
             agent_id: grant.agent_id.clone(),
-            token,
-            principal: principal.clone(),
         })
         .await?;
     Ok(HttpResponse::Ok().json(Approved {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, require_admin};
 use crate::auth;
 use crate::directory::{KeyStatus, Person};
-use crate::obr::base64_url;
+use crate::obr::{base64_url, may_act_on};
 use crate::state::AppState;
 
 pub const INVITATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -214,6 +214,7 @@ pub async fn delete_passkey(
         .person(&user_id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    may_act_on(&admin, &user)?;
     let credential_id = {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -264,6 +265,7 @@ pub async fn reset_key(
         .person(&path.into_inner())
         .await?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    may_act_on(&admin, &user)?;
     let deleted_credentials = state.router.reset_key(&user.id).await?;
     let detail =
         serde_json::json!({ "user_id": user.id, "deleted_credentials": deleted_credentials });

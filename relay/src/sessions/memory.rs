@@ -15,12 +15,15 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    AgentEvent, Approval, ApprovalState, DeviceGrant, ObrSession, Principal, SessionStore,
-    StoreResult,
+    AgentEvent, Approval, ApprovalState, DeviceGrant, ObrConflict, ObrSession, Principal,
+    SessionStore, StoreResult,
 };
 
 /// Events buffered per subscriber before a slow one starts losing them.
 const EVENT_BUFFER: usize = 1024;
+/// How often expired entries are swept out, so that a flood of logins or
+/// tokens that nobody reads again cannot grow the maps without bound.
+const PURGE_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct MemoryStore {
     state: Mutex<State>,
@@ -34,9 +37,24 @@ struct State {
     agent_logins: HashMap<String, (Principal, Instant)>,
     /// agent id -> session
     obr: HashMap<String, ObrSession>,
+    /// user id -> agent id, for every live session
+    obr_users: HashMap<String, String>,
     /// (expires_at_ms, agent id) of every live session
     expiring: BTreeSet<(i64, String)>,
     approvals: HashMap<String, (Approval, Instant)>,
+    last_purge: Option<Instant>,
+}
+
+impl State {
+    /// Drop every entry past its TTL (sessions expire through
+    /// `claim_expired`, which audits them).
+    fn purge_expired(&mut self, now: Instant) {
+        self.tokens.retain(|_, (_, until)| *until > now);
+        self.grants.retain(|_, (_, until)| *until > now);
+        self.agent_logins.retain(|_, (_, until)| *until > now);
+        self.approvals.retain(|_, (_, until)| *until > now);
+        self.last_purge = Some(now);
+    }
 }
 
 impl Default for MemoryStore {
@@ -58,6 +76,13 @@ impl MemoryStore {
         // A poisoned lock only means another thread panicked mid-update of
         // plain maps; every update here leaves them consistent, so go on.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if state
+            .last_purge
+            .is_none_or(|at| now.duration_since(at) >= PURGE_INTERVAL)
+        {
+            state.purge_expired(now);
+        }
         f(&mut state)
     }
 }
@@ -145,15 +170,20 @@ impl SessionStore for MemoryStore {
         }))
     }
 
-    async fn create_obr(&self, session: &ObrSession) -> StoreResult<bool> {
+    async fn create_obr(&self, session: &ObrSession) -> StoreResult<Result<(), ObrConflict>> {
         Ok(self.with(|s| {
             if s.obr.contains_key(&session.agent_id) {
-                return false;
+                return Err(ObrConflict::Agent);
+            }
+            if s.obr_users.contains_key(&session.user_id) {
+                return Err(ObrConflict::User);
             }
             s.obr.insert(session.agent_id.clone(), session.clone());
+            s.obr_users
+                .insert(session.user_id.clone(), session.agent_id.clone());
             s.expiring
                 .insert((session.expires_at_ms, session.agent_id.clone()));
-            true
+            Ok(())
         }))
     }
 
@@ -169,6 +199,7 @@ impl SessionStore for MemoryStore {
             let session = s.obr.remove(agent_id)?;
             s.expiring
                 .remove(&(session.expires_at_ms, session.agent_id.clone()));
+            s.obr_users.remove(&session.user_id);
             Some(session)
         }))
     }
@@ -184,7 +215,9 @@ impl SessionStore for MemoryStore {
             due.into_iter()
                 .filter_map(|key| {
                     s.expiring.remove(&key);
-                    s.obr.remove(&key.1)
+                    let session = s.obr.remove(&key.1)?;
+                    s.obr_users.remove(&session.user_id);
+                    Some(session)
                 })
                 .collect()
         }))
@@ -234,16 +267,41 @@ impl SessionStore for MemoryStore {
     async fn subscribe(&self) -> StoreResult<BoxStream<'static, AgentEvent>> {
         let rx = self.events.subscribe();
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(event) => return Some((event, rx)),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(lost = n, "agent event subscriber lagged");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+            match rx.recv().await {
+                Ok(event) => Some((event, rx)),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "agent event subscriber lagged; resyncing");
+                    Some((AgentEvent::Resync, rx))
                 }
+                Err(broadcast::error::RecvError::Closed) => None,
             }
         });
         Ok(stream.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_do_not_pile_up() {
+        let store = MemoryStore::new();
+        for i in 0..1000 {
+            let grant = DeviceGrant {
+                user_code: format!("code-{i}"),
+                agent_id: "agent".into(),
+                created_at_ms: 0,
+            };
+            store
+                .put_grant(&grant, Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.with(|s| s.grants.len()), 1000);
+        tokio::time::advance(PURGE_INTERVAL + Duration::from_secs(1)).await;
+        // Any later use sweeps them out, read or not.
+        assert_eq!(store.get_token("unrelated").await.unwrap(), None);
+        assert_eq!(store.with(|s| s.grants.len()), 0);
     }
 }

@@ -1,13 +1,13 @@
 //! The session store: everything ephemeral that all relay pods share.
 //!
-//! Owns OBR sessions (one per agent, with a hard expiry), agent logins
+//! Owns OBR sessions (one per agent and per user, with a hard expiry), agent logins
 //! (which principal an agent acts as), device-code grants, bearer tokens,
 //! and the fan-out of [`AgentEvent`]s to whichever pod holds an agent's
 //! socket. Every key carries a TTL so that a crashed relay leaves nothing
 //! behind; state changes are compare-and-set so two pods never both win.
 //!
 //! Two implementations behind one trait, held to one contract suite
-//! (`relay/tests/session_store.rs`): [`MemoryStore`] for the single-process
+//! (`tests/tests/session_store_contract.rs`): [`MemoryStore`] for the single-process
 //! embedded mode and [`RedisStore`] for a horizontally scaled relay. This
 //! module never touches the durable database: losing the store loses only
 //! sessions, never users, credentials or audit records.
@@ -89,27 +89,41 @@ pub enum ApprovalState {
 }
 
 /// Something an agent's socket must hear about, wherever it is connected.
+/// Events carry no secret: each tells the agent's socket to re-read its
+/// state from the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AgentEvent {
-    /// A device-code login was approved: the agent now acts as `principal`.
-    LoginApproved {
-        agent_id: String,
-        token: String,
-        principal: Principal,
-    },
+    /// Who the agent is logged in as changed (a device-code login was
+    /// approved): re-read its login.
+    LoginChanged { agent_id: String },
     /// The agent's OBR session started or ended: re-read it.
     ModeChanged { agent_id: String },
+    /// Events may have been lost (the subscription was re-established):
+    /// every local agent re-reads its state. Made by the subscriber,
+    /// never published.
+    Resync,
 }
 
 impl AgentEvent {
-    pub fn agent_id(&self) -> &str {
+    /// The agent this event is for; `None` for every local agent.
+    pub fn agent_id(&self) -> Option<&str> {
         match self {
-            AgentEvent::LoginApproved { agent_id, .. } | AgentEvent::ModeChanged { agent_id } => {
-                agent_id
+            AgentEvent::LoginChanged { agent_id } | AgentEvent::ModeChanged { agent_id } => {
+                Some(agent_id)
             }
+            AgentEvent::Resync => None,
         }
     }
+}
+
+/// Why an OBR session could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObrConflict {
+    /// The agent is already in a session.
+    Agent,
+    /// Somebody is already acting on the user's key.
+    User,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,9 +175,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The agents currently logged in as `person_id`.
     async fn agents_of(&self, person_id: &str) -> StoreResult<Vec<String>>;
 
-    /// Start `session` unless its agent already has one. Returns whether it
-    /// was created.
-    async fn create_obr(&self, session: &ObrSession) -> StoreResult<bool>;
+    /// Start `session` unless its agent is already in one or its user's
+    /// key already has one: one session per agent and per user.
+    async fn create_obr(&self, session: &ObrSession) -> StoreResult<Result<(), ObrConflict>>;
     /// The agent's OBR session, if one exists and has not been ended or
     /// claimed as expired (it may be past `expires_at_ms` until claimed).
     async fn get_obr(&self, agent_id: &str) -> StoreResult<Option<ObrSession>>;

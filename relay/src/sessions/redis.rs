@@ -4,7 +4,8 @@
 //! - `token:{hash}`, `grant:{code}`, `agent:{id}` — JSON values;
 //! - `agents_of:{person}` — a set of agent ids (members checked against
 //!   `agent:{id}` on read, so a stale member is harmless);
-//! - `obr:agent:{agent}` → session id, `obr:session:{id}` → JSON, and the
+//! - `obr:agent:{agent}` and `obr:user:{user}` → session id (one session
+//!   per agent and per user), `obr:session:{id}` → JSON, and the
 //!   sorted set `obr:expiring` (score = expires_at_ms) that the sweeper
 //!   claims from. Multi-key changes are Lua scripts, so each is atomic.
 //! - events are published on the `events` channel.
@@ -21,8 +22,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::{
-    AgentEvent, Approval, DeviceGrant, EXPIRED_SESSION_GRACE, ObrSession, Principal, SessionStore,
-    StoreError, StoreResult,
+    AgentEvent, Approval, DeviceGrant, EXPIRED_SESSION_GRACE, ObrConflict, ObrSession, Principal,
+    SessionStore, StoreError, StoreResult,
 };
 
 /// Bound on every Redis round trip; the relay answers 503 past it.
@@ -34,11 +35,13 @@ const RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(500);
 const CLAIM_BATCH: usize = 100;
 
 const CREATE_OBR: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'agent' end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 'user' end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-return 1
+return 'created'
 "#;
 
 const GET_OBR: &str = r#"
@@ -52,6 +55,10 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
 local session = redis.call('GET', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
+if session then
+  local ukey = ARGV[2] .. 'obr:user:' .. cjson.decode(session)['user_id']
+  if redis.call('GET', ukey) == ARGV[1] then redis.call('DEL', ukey) end
+end
 return session
 "#;
 
@@ -64,9 +71,11 @@ for _, id in ipairs(ids) do
     local session = redis.call('GET', skey)
     if session then
       redis.call('DEL', skey)
-      local agent = cjson.decode(session)['agent_id']
-      local akey = ARGV[2] .. 'obr:agent:' .. agent
+      local decoded = cjson.decode(session)
+      local akey = ARGV[2] .. 'obr:agent:' .. decoded['agent_id']
       if redis.call('GET', akey) == id then redis.call('DEL', akey) end
+      local ukey = ARGV[2] .. 'obr:user:' .. decoded['user_id']
+      if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
       table.insert(out, session)
     end
   end
@@ -207,22 +216,30 @@ impl SessionStore for RedisStore {
         Ok(live)
     }
 
-    async fn create_obr(&self, session: &ObrSession) -> StoreResult<bool> {
+    async fn create_obr(&self, session: &ObrSession) -> StoreResult<Result<(), ObrConflict>> {
         let ttl = Duration::from_millis(
             u64::try_from(session.expires_at_ms - session.started_at_ms).unwrap_or(0),
         ) + EXPIRED_SESSION_GRACE;
         let mut conn = self.conn.clone();
-        let created: i64 = Script::new(CREATE_OBR)
+        let outcome: String = Script::new(CREATE_OBR)
             .key(self.key(&["obr:agent:", &session.agent_id]))
             .key(self.key(&["obr:session:", &session.id]))
             .key(self.key(&["obr:expiring"]))
+            .key(self.key(&["obr:user:", &session.user_id]))
             .arg(&session.id)
             .arg(serde_json::to_string(session)?)
             .arg(session.expires_at_ms)
             .arg(ttl_ms(ttl))
             .invoke_async(&mut conn)
             .await?;
-        Ok(created == 1)
+        match outcome.as_str() {
+            "created" => Ok(Ok(())),
+            "agent" => Ok(Err(ObrConflict::Agent)),
+            "user" => Ok(Err(ObrConflict::User)),
+            other => Err(StoreError::Corrupt(format!(
+                "create_obr answered {other:?}"
+            ))),
+        }
     }
 
     async fn get_obr(&self, agent_id: &str) -> StoreResult<Option<ObrSession>> {
@@ -242,6 +259,7 @@ impl SessionStore for RedisStore {
             .key(self.key(&["obr:session:", session_id]))
             .key(self.key(&["obr:expiring"]))
             .arg(session_id)
+            .arg(&self.prefix)
             .invoke_async(&mut conn)
             .await?;
         Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
@@ -325,7 +343,12 @@ impl SessionStore for RedisStore {
                     }
                     tokio::time::sleep(RESUBSCRIBE_BACKOFF).await;
                     match subscribe_once(&client, &channel).await {
-                        Ok(s) => current = Some(s),
+                        Ok(s) => {
+                            // Whatever was published while we were away is
+                            // lost: every local agent re-reads its state.
+                            tracing::info!("redis pub/sub re-subscribed; resyncing local agents");
+                            return Some((AgentEvent::Resync, (Some(s), client, channel)));
+                        }
                         Err(e) => tracing::warn!(error = %e, "redis re-subscribe failed"),
                     }
                 }

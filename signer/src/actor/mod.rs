@@ -228,6 +228,7 @@ impl Handler<Ctap> for UserKey {
                 work: started.elapsed(),
                 owner: None,
                 approval_needed: outcome.approval_needed,
+                obr_assertion: outcome.obr_assertion,
             };
             (reply, fenced)
         };

@@ -21,7 +21,7 @@ use passkey_types::ctap2::make_credential::PublicKeyCredentialUserEntity;
 use passkey_types::webauthn::{PublicKeyCredentialDescriptor, PublicKeyCredentialType};
 use tokio::time::Instant;
 
-use crate::api::Operation;
+use crate::api::{ObrAssertion, Operation};
 use crate::store::{CredentialPolicy, StoredCredential};
 
 use super::codec::{Kind, Param, Params, encode_ok, has_text_key};
@@ -70,6 +70,9 @@ pub(super) struct PendingAssertions {
     /// The request's hmac-secret input, for every credential enumerated.
     hmac_secret: Option<HmacSecretRequest>,
     pub(super) expires_at: Instant,
+    /// An on-behalf enumeration with user presence: each assertion is
+    /// reported for the audit log.
+    on_behalf: bool,
 }
 
 /// A credential an assertion may use, with its algorithm and extension
@@ -135,21 +138,28 @@ impl Authenticator {
                 .permits(user_verified, by_allow_list)
                 .then_some(Candidate { credential, policy })
         });
-        let mut candidates: VecDeque<Candidate> = match &allow_list {
+        let candidates: VecDeque<Candidate> = match &allow_list {
             // Only credentials the RP names, of this user, for this RP.
             Some(list) => visible
                 .filter(|c| {
                     list.iter()
                         .any(|d| d.is_known() && d.id.as_slice() == c.credential.id.as_bytes())
                 })
-                .take(1)
                 .collect(),
             // Discoverable credentials, most recently created first.
-            None => visible
-                .filter(|c| c.credential.discoverable)
-                .take(MAX_ENUMERATED_CREDENTIALS)
-                .collect(),
+            None => visible.filter(|c| c.credential.discoverable).collect(),
         };
+        let obr_signs = caller.obr.is_some() && request.options.up;
+        let mut candidates =
+            on_behalf_candidates(candidates, caller, request.options.up, &request.rp_id)?;
+        candidates.truncate(if allow_list.is_some() {
+            1
+        } else {
+            MAX_ENUMERATED_CREDENTIALS
+        });
+        // A silent on-behalf lookup answers whether a credential exists,
+        // nothing more: no hmac-secret output leaves with it.
+        let hmac_secret = hmac_secret.filter(|_| caller.obr.is_none() || request.options.up);
         let Some(first) = candidates.pop_front() else {
             return Err(Ctap2Error::NoCredentials.into());
         };
@@ -190,6 +200,7 @@ impl Authenticator {
             &first,
         )
         .await?;
+        let obr_assertion = obr_signs.then(|| signed_on_behalf(&first, &request.rp_id));
         if number_of_credentials.is_some() {
             self.pending = Some(PendingAssertions {
                 rp_id: request.rp_id,
@@ -198,9 +209,13 @@ impl Authenticator {
                 remaining: candidates,
                 hmac_secret,
                 expires_at: Instant::now() + NEXT_ASSERTION_WINDOW,
+                on_behalf: obr_signs,
             });
         }
-        Ok(Success::payload(payload))
+        Ok(Success {
+            obr_assertion,
+            ..Success::payload(payload)
+        })
     }
 
     /// CTAP 2.1 §6.3: the next credential of the last getAssertion.
@@ -234,11 +249,54 @@ impl Authenticator {
             &next,
         )
         .await?;
+        let obr_assertion = pending
+            .on_behalf
+            .then(|| signed_on_behalf(&next, &pending.rp_id));
         if !pending.remaining.is_empty() {
             pending.expires_at = Instant::now() + NEXT_ASSERTION_WINDOW;
             self.pending = Some(pending);
         }
-        Ok(Success::payload(payload))
+        Ok(Success {
+            obr_assertion,
+            ..Success::payload(payload)
+        })
+    }
+}
+
+/// Least privilege on behalf (DESIGN, "Least-privilege OBR"): an OBR
+/// session creates credentials on the user's key; it does not sign in with
+/// them. Silent lookups (`up` false — the pre-flight browsers run against
+/// an excludeList) see every credential. With user presence, only the
+/// credentials created in this same session remain (a site may verify a
+/// new key at once); if the request found only others, it is refused and
+/// the first of them is returned for the record. Normal mode: unchanged.
+fn on_behalf_candidates(
+    candidates: VecDeque<Candidate>,
+    caller: Caller<'_>,
+    user_present: bool,
+    rp_id: &str,
+) -> Result<VecDeque<Candidate>, CommandError> {
+    let Some(obr) = caller.obr.filter(|_| user_present) else {
+        return Ok(candidates);
+    };
+    let (own, mut others): (VecDeque<_>, VecDeque<_>) = candidates
+        .into_iter()
+        .partition(|c| c.credential.obr_session_id.as_deref() == Some(obr.obr_session_id.as_str()));
+    match others.pop_front() {
+        Some(refused) if own.is_empty() => Err(CommandError::ObrSignInRefused(ObrAssertion {
+            credential_id: refused.credential.id.as_bytes().to_vec(),
+            rp_id: rp_id.to_owned(),
+            refused: true,
+        })),
+        _ => Ok(own),
+    }
+}
+
+fn signed_on_behalf(candidate: &Candidate, rp_id: &str) -> ObrAssertion {
+    ObrAssertion {
+        credential_id: candidate.credential.id.as_bytes().to_vec(),
+        rp_id: rp_id.to_owned(),
+        refused: false,
     }
 }
 

@@ -252,6 +252,7 @@ impl Authenticator {
                 user_display_name: user_display_name.to_owned(),
                 discoverable,
             }),
+            obr_assertion: None,
         })
     }
 }

@@ -31,7 +31,9 @@ use passkey_crypto::rust_crypto::RustCryptoBackend;
 use passkey_types::ctap2::{Aaguid, AuthenticatorData, Ctap2Error, Flags};
 use ring::rand::SystemRandom;
 
-use crate::api::{ApprovalNeeded, CreatedCredential, ObrActing, Operation, UserApproval};
+use crate::api::{
+    ApprovalNeeded, CreatedCredential, ObrActing, ObrAssertion, Operation, UserApproval,
+};
 use crate::error::SignerError;
 use crate::ids::{CredentialId, UserId};
 use crate::store::{Store, StoreError, StoredCredential};
@@ -201,6 +203,8 @@ pub(crate) struct Outcome {
     /// Normal mode: the owner must approve on their device first; the
     /// payload is empty.
     pub approval_needed: Option<ApprovalNeeded>,
+    /// On behalf: an assertion with user presence, signed or refused.
+    pub obr_assertion: Option<ObrAssertion>,
 }
 
 impl Outcome {
@@ -210,6 +214,7 @@ impl Outcome {
             created: None,
             fenced: false,
             approval_needed: None,
+            obr_assertion: None,
         }
     }
 }
@@ -219,6 +224,7 @@ impl Outcome {
 struct Success {
     payload: Vec<u8>,
     created: Option<CreatedCredential>,
+    obr_assertion: Option<ObrAssertion>,
 }
 
 impl Success {
@@ -226,6 +232,7 @@ impl Success {
         Self {
             payload,
             created: None,
+            obr_assertion: None,
         }
     }
 }
@@ -251,6 +258,10 @@ pub(crate) enum CommandError {
     /// Not a failure: the owner's approval is needed before going on.
     #[error("waiting for the owner's approval")]
     ApprovalNeeded(ApprovalNeeded),
+    /// An OBR session asked to sign in with a credential it did not
+    /// create (least privilege: it may create credentials, not use them).
+    #[error("an on-behalf session may not sign with this credential")]
+    ObrSignInRefused(ObrAssertion),
 }
 
 impl CommandError {
@@ -264,6 +275,8 @@ impl CommandError {
             // Only reached outside the CTAP path (the relay gets the
             // request for approval instead of a status).
             Self::ApprovalNeeded(_) => Ctap2Error::OperationDenied,
+            // CTAP 2.1 §8.2: "Not authorized for requested operation."
+            Self::ObrSignInRefused(_) => Ctap2Error::OperationDenied,
         }
     }
 
@@ -284,7 +297,10 @@ impl CommandError {
     fn is_peer_fault(&self) -> bool {
         matches!(
             self,
-            Self::Refused(_) | Self::Decode(_) | Self::ApprovalNeeded(_)
+            Self::Refused(_)
+                | Self::Decode(_)
+                | Self::ApprovalNeeded(_)
+                | Self::ObrSignInRefused(_)
         )
     }
 }
@@ -424,13 +440,26 @@ impl Authenticator {
                 created: success.created,
                 fenced: false,
                 approval_needed: None,
+                obr_assertion: success.obr_assertion,
             },
             Err(CommandError::ApprovalNeeded(needed)) => Outcome {
                 payload: Vec::new(),
                 created: None,
                 fenced: false,
                 approval_needed: Some(needed),
+                obr_assertion: None,
             },
+            Err(CommandError::ObrSignInRefused(refused)) => {
+                tracing::info!(user = %self.user, rp_id = %refused.rp_id,
+                    "on-behalf sign-in with a credential the session did not create refused");
+                Outcome {
+                    payload: vec![Ctap2Error::OperationDenied.into()],
+                    created: None,
+                    fenced: false,
+                    approval_needed: None,
+                    obr_assertion: Some(refused),
+                }
+            }
             Err(error) => {
                 let status = error.status();
                 if error.is_peer_fault() {
@@ -447,6 +476,7 @@ impl Authenticator {
                     created: None,
                     fenced,
                     approval_needed: None,
+                    obr_assertion: None,
                 }
             }
         }

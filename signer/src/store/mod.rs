@@ -172,6 +172,8 @@ pub(crate) struct StoredCredential {
     pub user_display_name: String,
     pub discoverable: bool,
     pub wrapped_private_key: WrappedKey,
+    /// The OBR session that created it, if an admin did.
+    pub obr_session_id: Option<String>,
 }
 
 /// A credential about to be stored.
@@ -271,7 +273,8 @@ impl Store {
         rp_id: &str,
     ) -> Result<Vec<(StoredCredential, CredentialPolicy)>, StoreError> {
         const SELECT: &str = "SELECT credential_id, user_handle, user_name, user_display_name, \
-                    discoverable, wrapped_private_key, algorithm, cred_protect, wrapped_cred_random \
+                    discoverable, wrapped_private_key, algorithm, cred_protect, wrapped_cred_random, \
+                    obr_session_id \
              FROM credentials WHERE user_id = $1 AND rp_id = $2 \
              ORDER BY created_seq DESC";
         with_pool!(self.pool, pool => {
@@ -626,6 +629,7 @@ fn stored_credential(row: &impl StoreRow) -> Result<StoredCredential, StoreError
         user_display_name: row.column("user_display_name")?,
         discoverable: row.column("discoverable")?,
         wrapped_private_key: WrappedKey::from_stored(row.column("wrapped_private_key")?),
+        obr_session_id: row.column("obr_session_id")?,
     })
 }
 

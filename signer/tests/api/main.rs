@@ -11,6 +11,7 @@ mod fencing;
 mod grpc;
 mod keys;
 mod memory;
+mod obr_scope;
 mod rotation;
 mod test_db;
 mod tokens;

@@ -355,7 +355,16 @@ async fn hmac_secret_and_a_token_agree_with_the_same_key() {
 async fn token_use_is_pin_auth_invalid_unless_everything_matches() {
     let db = TempDb::new();
     let core = open(&db).await;
-    let (id, _) = make_credential(&core, "alice", &Mc::new(RP, b"user-1")).await;
+    // Made in the session, so the session may sign with it.
+    let reply = core
+        .ctap(obr_call("alice", Mc::new(RP, b"user-1").message()))
+        .await;
+    let id = decode_make_credential(&reply)
+        .auth_data
+        .attested_credential_data
+        .expect("attested credential data")
+        .credential_id()
+        .to_vec();
     let allow = std::slice::from_ref(&id);
     let token = obtain(&core, obr_call, 2, GA, Some(RP)).await;
     let silent =
@@ -581,7 +590,16 @@ async fn a_token_does_not_survive_passivation() {
     })
     .await
     .unwrap();
-    let (id, _) = make_credential(&core, "alice", &Mc::new(RP, b"user-1")).await;
+    // Made in the session, so the session may sign with it.
+    let reply = core
+        .ctap(obr_call("alice", Mc::new(RP, b"user-1").message()))
+        .await;
+    let id = decode_make_credential(&reply)
+        .auth_data
+        .attested_credential_data
+        .expect("attested credential data")
+        .credential_id()
+        .to_vec();
     let allow = std::slice::from_ref(&id);
     let token = obtain(&core, obr_call, 2, GA, Some(RP)).await;
     let silent = ga_with_token(RP, allow, 2, &token, false);

@@ -10,16 +10,13 @@
 
 use std::time::Duration;
 
-use obr_proto::agent::{CtapStatus, KeepaliveState, RelayFrame, relay_frame};
+use obr_proto::agent::KeepaliveState;
 use obr_proto::signer::ApprovalNeeded;
 use serde_json::json;
-use tokio::sync::mpsc;
 
-use super::session::Outgoing;
+use super::{Calls, StatusSink};
 use crate::clock::now_ms;
-use crate::routing::LinkError;
 use crate::sessions::{Approval, ApprovalState};
-use crate::state::AppState;
 
 /// How often the waiting call looks for the owner's decision.
 const DECISION_POLL: Duration = Duration::from_millis(100);
@@ -36,9 +33,8 @@ pub(super) enum Decision {
 }
 
 pub(super) struct AskUser<'a> {
-    pub state: &'a AppState,
-    pub out: &'a mpsc::Sender<Outgoing>,
-    pub request_id: u64,
+    pub calls: &'a Calls,
+    pub status: &'a StatusSink,
     pub person_id: &'a str,
     pub agent_id: &'a str,
 }
@@ -48,7 +44,7 @@ impl AskUser<'_> {
         &self,
         needed: &ApprovalNeeded,
         deadline: tokio::time::Instant,
-    ) -> Result<Decision, LinkError> {
+    ) -> Decision {
         let approval = Approval {
             id: uuid::Uuid::new_v4().to_string(),
             person_id: self.person_id.to_owned(),
@@ -62,16 +58,16 @@ impl AskUser<'_> {
         let ttl = deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Err(e) = self.record(&approval, ttl).await {
             tracing::error!(error = %e, "cannot ask for approval");
-            return Ok(Decision::Refused(CTAP1_ERR_OTHER));
+            return Decision::Refused(CTAP1_ERR_OTHER);
         }
-        self.keepalive(KeepaliveState::UserPresenceNeeded);
+        (self.status)(KeepaliveState::UserPresenceNeeded);
         let decision = self.wait(&approval.id, deadline).await;
-        self.keepalive(KeepaliveState::Processing);
-        Ok(decision)
+        (self.status)(KeepaliveState::Processing);
+        decision
     }
 
     async fn record(&self, approval: &Approval, ttl: Duration) -> Result<(), String> {
-        self.state
+        self.calls
             .store
             .put_approval(approval, ttl)
             .await
@@ -83,7 +79,7 @@ impl AskUser<'_> {
         // Always named: the signer refuses a normal-mode pinUvAuthToken
         // request without an RP ID rather than have the owner approve blind.
         let site = approval.rp_id.as_str();
-        self.state
+        self.calls
             .directory
             .notify(
                 &approval.person_id,
@@ -110,7 +106,7 @@ impl AskUser<'_> {
                     return Decision::Refused(CTAP2_ERR_USER_ACTION_TIMEOUT);
                 }
             }
-            match self.state.store.get_approval(id).await {
+            match self.calls.store.get_approval(id).await {
                 Ok(Some(a)) if a.state == ApprovalState::Approved => {
                     return Decision::Approved(a.id);
                 }
@@ -122,16 +118,5 @@ impl AskUser<'_> {
                 Err(e) => tracing::warn!(error = %e, "cannot read approval; retrying"),
             }
         }
-    }
-
-    fn keepalive(&self, state: KeepaliveState) {
-        let frame = RelayFrame {
-            kind: Some(relay_frame::Kind::CtapStatus(CtapStatus {
-                id: self.request_id,
-                state: state as i32,
-            })),
-        };
-        // Best effort: a full queue only means the agent keeps the old status.
-        let _ = self.out.try_send(Outgoing::Frame(frame));
     }
 }

@@ -1,0 +1,249 @@
+//! One CTAP request's use case, from an agent's socket to a user's key and
+//! back: **check the session → route → call the signer → ask the owner →
+//! record**. The socket actor (`agents::session`) only moves frames; every
+//! rule about *whose* key a request may reach, and what must be on record
+//! before the browser hears the answer, is here, in this order:
+//!
+//! 1. The OBR session is re-read from the store when the socket's copy is
+//!    older than [`OBR_MAX_STALENESS`], and serves only the agent (key) and
+//!    admin it was started by, until its expiry ([`crate::obr::serves`]).
+//!    The agent must believe in the same session: a request the agent sent
+//!    in normal mode never reaches the user's key, nor one sent for a
+//!    session the relay no longer has ([`Answer::ModeMismatch`]).
+//! 2. The key is the session's user's, else the principal's own.
+//! 3. The signer answers over the user's link ([`crate::routing`]).
+//! 4. Normal mode: the key's owner approves on their device
+//!    ([`approval`]); one pending approval per agent.
+//! 5. On behalf: a created credential, and any assertion the key signed
+//!    or refused, is audited (and the user told) *before* the answer
+//!    leaves. If the record cannot be written the browser gets
+//!    `CTAP1_ERR_OTHER`, never an unrecorded credential or signature.
+//!
+//! It never touches sockets or the registry of connected agents.
+
+mod approval;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use obr_proto::agent::KeepaliveState;
+use obr_proto::signer::{Acting, LinkResponse};
+use tokio::sync::Semaphore;
+
+use self::approval::{AskUser, Decision};
+use crate::clock::now_ms;
+use crate::directory::Directory;
+use crate::obr::{self, Obr};
+use crate::routing::{LinkError, Router};
+use crate::sessions::{ObrSession, Principal, SessionStore, StoreError};
+
+/// Budget for a CTAP request when the agent sent none.
+pub const DEFAULT_CTAP_BUDGET: Duration = Duration::from_secs(30);
+/// Upper bound on any budget an agent asks for.
+pub const MAX_CTAP_BUDGET: Duration = Duration::from_secs(120);
+/// How old a socket's copy of its OBR session may be when it serves a
+/// request: older, and the store is asked again first. A session ended
+/// anywhere — by another pod, by its TTL, or lost with the store — stops
+/// serving within this time even if no event reached this pod.
+pub const OBR_MAX_STALENESS: Duration = Duration::from_secs(1);
+
+// CTAP status codes the relay answers with itself (CTAP 2.1 §8.2).
+const CTAP1_ERR_CHANNEL_BUSY: u8 = 0x06;
+const CTAP1_ERR_OTHER: u8 = 0x7F;
+const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
+const CTAP2_ERR_TIMEOUT: u8 = 0x2F;
+
+/// Tells the agent what a request's KEEPALIVEs should say meanwhile.
+pub type StatusSink = Arc<dyn Fn(KeepaliveState) + Send + Sync>;
+
+/// What every call needs; one per relay process.
+#[derive(Clone)]
+pub struct Calls {
+    store: Arc<dyn SessionStore>,
+    router: Router,
+    obr: Obr,
+    directory: Directory,
+}
+
+/// A socket's copy of its OBR session, and when the store last agreed.
+#[derive(Clone, Debug)]
+pub struct CachedObr {
+    pub session: ObrSession,
+    pub checked_at: Instant,
+}
+
+/// One CTAP request, as the agent's socket knows it.
+pub struct CtapCall {
+    /// Proven by the connection's challenge (`agents::identity`).
+    pub agent_id: String,
+    pub principal: Principal,
+    pub obr: Option<CachedObr>,
+    /// The session the agent believes it acts in ("" in normal mode).
+    pub agent_obr_session: String,
+    /// CTAP command byte + CBOR.
+    pub payload: Vec<u8>,
+    pub budget: Duration,
+    pub status: StatusSink,
+    /// One permit: at most one owner approval pending per agent.
+    pub approval_gate: Arc<Semaphore>,
+}
+
+/// How a call ended.
+#[derive(Debug)]
+pub enum Answer {
+    /// The signer's answer (or the relay's refusal) for the browser.
+    Reply(Box<LinkResponse>),
+    /// The agent and the relay disagree about the OBR session: refused
+    /// with `CTAP2_ERR_OPERATION_DENIED`; the socket tells the agent its
+    /// mode again.
+    ModeMismatch,
+}
+
+impl Answer {
+    fn status(status: u8) -> Self {
+        Answer::Reply(Box::new(LinkResponse {
+            payload: vec![status],
+            ..LinkResponse::default()
+        }))
+    }
+
+    /// The bytes for the browser.
+    pub fn into_payload(self) -> (Vec<u8>, Option<Box<LinkResponse>>) {
+        match self {
+            Answer::Reply(mut response) => {
+                let payload = std::mem::take(&mut response.payload);
+                (payload, Some(response))
+            }
+            Answer::ModeMismatch => (vec![CTAP2_ERR_OPERATION_DENIED], None),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("cannot check the OBR session: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl CallError {
+    /// The status the browser gets.
+    pub fn status(&self) -> u8 {
+        match self {
+            CallError::Link(LinkError::Timeout) => CTAP2_ERR_TIMEOUT,
+            _ => CTAP1_ERR_OTHER,
+        }
+    }
+}
+
+impl Calls {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        router: Router,
+        obr: Obr,
+        directory: Directory,
+    ) -> Self {
+        Self {
+            store,
+            router,
+            obr,
+            directory,
+        }
+    }
+
+    /// Serve one request; see the module's steps.
+    pub async fn serve(&self, call: CtapCall) -> Result<Answer, CallError> {
+        let deadline = tokio::time::Instant::now() + call.budget;
+        // 1. The session, fresh enough, bound to this agent and admin.
+        let session = self.current_session(&call).await?;
+        let believed = session.as_ref().map_or("", |s| s.id.as_str());
+        if believed != call.agent_obr_session {
+            tracing::info!(agent = %call.agent_id, relay = believed,
+                agent_believes = %call.agent_obr_session, "OBR mode mismatch; request refused");
+            return Ok(Answer::ModeMismatch);
+        }
+        // 2. Whose key.
+        let (user_id, acting) = match &session {
+            Some(s) => (
+                s.user_id.clone(),
+                Some(Acting {
+                    admin_id: s.admin_id.clone(),
+                    obr_session_id: s.id.clone(),
+                }),
+            ),
+            None => (call.principal.person_id.clone(), None),
+        };
+        // 3. The signer.
+        let mut response = self
+            .router
+            .ctap(&user_id, call.payload.clone(), call.budget, acting, None)
+            .await?;
+        // 4. Normal mode: the owner approves on their device.
+        if let Some(needed) = response.approval_needed.take() {
+            let Ok(_permit) = call.approval_gate.clone().try_acquire_owned() else {
+                tracing::info!(agent = %call.agent_id, "a second owner approval while one is pending");
+                return Ok(Answer::status(CTAP1_ERR_CHANNEL_BUSY));
+            };
+            let asking = AskUser {
+                calls: self,
+                status: &call.status,
+                person_id: &user_id,
+                agent_id: &call.agent_id,
+            };
+            match asking.ask(&needed, deadline).await {
+                Decision::Approved(approval_id) => {
+                    let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    response = self
+                        .router
+                        .ctap(&user_id, call.payload, budget, None, Some(approval_id))
+                        .await?;
+                }
+                Decision::Refused(status) => return Ok(Answer::status(status)),
+            }
+        }
+        // 5. On behalf: on record before the browser hears of it.
+        if let Some(session) = &session
+            && let Err(e) = self.record(session, &response).await
+        {
+            tracing::error!(error = %e, session = %session.id,
+                "cannot record an on-behalf operation; the browser gets an error");
+            return Ok(Answer::status(CTAP1_ERR_OTHER));
+        }
+        Ok(Answer::Reply(Box::new(response)))
+    }
+
+    /// Step 1: the cached session if the store agreed recently, else the
+    /// store's; either way only if it serves this agent and admin now.
+    async fn current_session(&self, call: &CtapCall) -> Result<Option<ObrSession>, CallError> {
+        // No session known: normal mode, the principal's own key. (A
+        // session started meanwhile whose event was lost only leaves the
+        // admin on their own key; no store round trip on this path.)
+        let session = match &call.obr {
+            None => None,
+            Some(cached) if cached.checked_at.elapsed() <= OBR_MAX_STALENESS => {
+                Some(cached.session.clone())
+            }
+            Some(_) => self.store.get_obr(&call.agent_id).await?,
+        };
+        Ok(session.filter(|s| obr::serves(s, &call.agent_id, &call.principal, now_ms())))
+    }
+
+    async fn record(
+        &self,
+        session: &ObrSession,
+        response: &LinkResponse,
+    ) -> Result<(), obr::ObrError> {
+        if let Some(created) = &response.created {
+            self.obr.registration_done(session, created).await?;
+        }
+        if let Some(assertion) = &response.obr_assertion {
+            if assertion.refused {
+                self.obr.assertion_refused(session, assertion).await?;
+            } else {
+                self.obr.assertion_done(session, assertion).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,395 @@
+//! The attack suite: each test plays one attacker of `docs/SECURITY.md`
+//! with only what that attacker really has — an agent id seen in a
+//! notification, a user's own device token, an admin's own token, a
+//! connection to the deployment's Redis — and checks the attack fails.
+//! Each of them succeeded against the relay before the defence it names.
+
+use std::time::Duration;
+
+use obr_proto::agent::{CtapRequest, Hello, LoginStart, ModeKind, agent_frame, relay_frame};
+use obr_tests::api::{Api, audit_actions};
+use obr_tests::hid_client::HidClient;
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, Stack};
+use obr_tests::raw_agent::RawAgent;
+use obr_tests::redis_server::RedisServer;
+use obr_tests::rp;
+use obr_tests::scratch::Scratch;
+use webauthn_rs::prelude::Uuid;
+
+const CTAP2_OK: u8 = 0x00;
+const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
+
+/// The agent id `user` saw in their own inbox when the admin acted on
+/// their behalf (the `agent` of an `obr.started` notification).
+fn agent_id_seen_by(api: &Api, device_token: &str) -> anyhow::Result<String> {
+    let inbox = api.notifications(device_token)?;
+    let started = inbox
+        .iter()
+        .find(|n| n["kind"] == "obr.started")
+        .ok_or_else(|| anyhow::anyhow!("no obr.started in {inbox:?}"))?;
+    Ok(started["detail"]["agent"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no agent in {started}"))?
+        .to_owned())
+}
+
+/// Select `user` as OBR on the stack's agent and end it again, so that the
+/// user has seen the admin's agent id.
+fn leave_agent_id_in_inbox(
+    stack: &Stack,
+    api: &Api,
+    admin: &str,
+    user: &obr_relay::demo::DemoUser,
+) -> anyhow::Result<String> {
+    stack.agent.select_as_obr(api, admin, user)?;
+    stack.agent.cli(&["back-to-normal"])?;
+    stack
+        .agent
+        .wait_status("ready for on behalf registration", Duration::from_secs(5))?;
+    agent_id_seen_by(api, user.device_token.as_deref().unwrap_or_default())
+}
+
+/// A Hello claiming `agent_id`: all an attacker who only saw the id can
+/// send (it has no key whose id that is).
+fn hello(agent_id: &str) -> agent_frame::Kind {
+    agent_frame::Kind::Hello(Hello {
+        agent_id: agent_id.to_owned(),
+        ..Hello::default()
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Finding 1: bob saw the admin's agent id in a notification. He opens a
+/// socket claiming it; the admin then logs the real agent in again. Bob's
+/// socket must not receive the admin's login (token or mode).
+#[test]
+fn a_seen_agent_id_does_not_receive_the_admins_login() -> anyhow::Result<()> {
+    let stack = Stack::start("attack-seen-id")?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    let seen = leave_agent_id_in_inbox(&stack, &api, &admin, bob)?;
+
+    let rt = runtime()?;
+    let mut attacker = rt.block_on(RawAgent::connect(&stack.relay.url))?;
+    rt.block_on(attacker.send(hello(&seen)))?;
+    // Whatever the relay answers the claim, give it time to file the socket.
+    let mut received = rt.block_on(attacker.drain(Duration::from_millis(500)));
+
+    // The admin presses Ctrl+I again and approves the new code.
+    let out = stack.agent.cli(&["login", "--no-wait"])?;
+    let code = obr_tests::api::login_code(&out)?;
+    api.approve_login(&admin, &code)?.ok()?;
+    received.extend(rt.block_on(attacker.drain(Duration::from_secs(2))));
+
+    for frame in &received {
+        let mode = match frame {
+            relay_frame::Kind::ModeChanged(changed) => changed.mode.clone(),
+            relay_frame::Kind::Welcome(welcome) => welcome.mode.clone(),
+            _ => continue,
+        };
+        assert_eq!(
+            mode.unwrap_or_default().kind,
+            ModeKind::NotLoggedIn as i32,
+            "the attacker's socket got the admin's login: {frame:?}"
+        );
+    }
+    // The real agent is the one logged in.
+    stack
+        .agent
+        .wait_status("ready for on behalf registration", Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Finding 2: bob, a plain user with his own device token, claims the
+/// admin's agent id, logs that id in as himself, and reconnects — hoping
+/// to inherit the admin's live OBR session on carol's key and register a
+/// passkey there.
+#[test]
+fn a_user_cannot_inherit_an_admins_obr_session() -> anyhow::Result<()> {
+    let stack = Stack::start("attack-inherit")?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    let carol = stack.relay.user("carol@demo.obr")?;
+    let bob_device = bob.device_token.clone().unwrap_or_default();
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    let seen = leave_agent_id_in_inbox(&stack, &api, &admin, bob)?;
+    stack.agent.select_as_obr(&api, &admin, carol)?;
+
+    let rt = runtime()?;
+    let mut frames = Vec::new();
+    let mut attacker = rt.block_on(RawAgent::connect(&stack.relay.url))?;
+    rt.block_on(attacker.send(hello(&seen)))?;
+    frames.extend(rt.block_on(attacker.drain(Duration::from_millis(300))));
+    // The relay may have closed the socket already; a failed send is the
+    // attack failing, not the test.
+    let _ = rt.block_on(attacker.send(agent_frame::Kind::LoginStart(LoginStart {})));
+    let pending = rt.block_on(attacker.drain(Duration::from_millis(500)));
+    let code = pending.iter().find_map(|f| match f {
+        relay_frame::Kind::LoginPending(p) => Some(p.user_code.clone()),
+        _ => None,
+    });
+    frames.extend(pending);
+    if let Some(code) = code {
+        // Bob approves the code with his own device token, as the user app
+        // would for his own workstation.
+        let _ = api.approve_login(&bob_device, &code)?;
+        frames.extend(rt.block_on(attacker.drain(Duration::from_secs(1))));
+        // Reconnect as the id, and send a registration.
+        let mut again = rt.block_on(RawAgent::connect(&stack.relay.url))?;
+        rt.block_on(again.send(hello(&seen)))?;
+        frames.extend(rt.block_on(again.drain(Duration::from_millis(500))));
+        let webauthn = rp::webauthn()?;
+        let (options, _) = webauthn.start_securitykey_registration(
+            Uuid::new_v4(),
+            "carol",
+            "Carol",
+            None,
+            None,
+            None,
+        )?;
+        let request = rp::make_credential(&options, false)?;
+        let _ = rt.block_on(again.send(agent_frame::Kind::CtapRequest(CtapRequest {
+            id: 1,
+            payload: request.ctap_request,
+            budget_ms: 3000,
+            ..CtapRequest::default()
+        })));
+        frames.extend(rt.block_on(again.drain(Duration::from_secs(4))));
+    }
+
+    for frame in &frames {
+        let mode = match frame {
+            relay_frame::Kind::ModeChanged(c) => c.mode.clone(),
+            relay_frame::Kind::Welcome(w) => w.mode.clone(),
+            relay_frame::Kind::CtapResponse(r) => {
+                assert_ne!(r.payload.first(), Some(&CTAP2_OK), "bob's call succeeded");
+                None
+            }
+            _ => None,
+        };
+        assert_ne!(
+            mode.unwrap_or_default().kind,
+            ModeKind::Obr as i32,
+            "bob's socket was put in the admin's OBR session: {frame:?}"
+        );
+    }
+    assert!(
+        api.passkeys(&admin, &carol.id)?.is_empty(),
+        "a passkey landed on carol's key"
+    );
+    Ok(())
+}
+
+/// Finding 3: an admin in an OBR session on bob's key tries to sign in
+/// with a passkey bob's key already holds (one made in an earlier
+/// session). The key answers the browser's silent pre-flight, refuses the
+/// sign-in, and the attempt is audited. A passkey made in the same session
+/// may be verified at once, and that is audited and bob is told.
+#[test]
+fn an_obr_session_signs_only_with_what_it_created() -> anyhow::Result<()> {
+    let stack = Stack::start("attack-sign-in")?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    let bob_device = bob.device_token.clone().unwrap_or_default();
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    let webauthn = rp::webauthn()?;
+    let mut hid = HidClient::open(&stack.agent.hid_socket)?;
+
+    // Session 1 leaves a passkey on bob's key.
+    stack.agent.select_as_obr(&api, &admin, bob)?;
+    let (options, state) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
+    let request = rp::make_credential(&options, false)?;
+    let response = hid.cbor(&request.ctap_request)?;
+    let old = webauthn.finish_securitykey_registration(&request.credential(&response)?, &state)?;
+    stack.agent.cli(&["back-to-normal"])?;
+    stack
+        .agent
+        .wait_status("ready for on behalf registration", Duration::from_secs(5))?;
+
+    // Session 2: the old passkey may be looked up silently, not used.
+    stack.agent.select_as_obr(&api, &admin, bob)?;
+    let (options, _) = webauthn.start_securitykey_authentication(std::slice::from_ref(&old))?;
+    let preflight = rp::silent_lookup(&options)?;
+    assert_eq!(
+        hid.cbor(&preflight.ctap_request)?.first(),
+        Some(&CTAP2_OK),
+        "the exclude-list pre-flight still works"
+    );
+    let sign_in = rp::get_assertion(&options)?;
+    assert_eq!(
+        hid.cbor(&sign_in.ctap_request)?,
+        vec![CTAP2_ERR_OPERATION_DENIED],
+        "an OBR session signed in with a passkey it did not create"
+    );
+    let actions = audit_actions(&api.audit(&admin)?);
+    assert!(
+        actions.iter().any(|a| a == "obr.assertion_refused"),
+        "{actions:?}"
+    );
+
+    // A passkey made in this session may be verified at once: audited, told.
+    let (options, state) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob2", "Bob", None, None, None)?;
+    let request = rp::make_credential(&options, false)?;
+    let response = hid.cbor(&request.ctap_request)?;
+    let new = webauthn.finish_securitykey_registration(&request.credential(&response)?, &state)?;
+    let (options, state) = webauthn.start_securitykey_authentication(std::slice::from_ref(&new))?;
+    let sign_in = rp::get_assertion(&options)?;
+    let response = hid.cbor(&sign_in.ctap_request)?;
+    webauthn.finish_securitykey_authentication(&sign_in.credential(&response)?, &state)?;
+    let actions = audit_actions(&api.audit(&admin)?);
+    assert!(actions.iter().any(|a| a == "obr.assertion"), "{actions:?}");
+    let inbox = api.notifications(&bob_device)?;
+    assert!(
+        inbox.iter().any(|n| n["kind"] == "obr.assertion"),
+        "bob was not told of the sign-in: {inbox:?}"
+    );
+    Ok(())
+}
+
+/// Finding 6: an admin selects another admin as OBR, resets their key,
+/// deletes their passkeys, or resets their own key. All refused, nothing
+/// recorded as done.
+#[test]
+fn an_admin_cannot_act_on_an_admin() -> anyhow::Result<()> {
+    let stack = Stack::start("attack-admins")?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    let other = &demo.helpdesk.id;
+
+    let select = api.select_obr(&admin, other)?;
+    assert_eq!(select.status, 403, "{:?}", select.body);
+    for target in [other, &demo.admin_id] {
+        let reset = api.call(
+            "POST",
+            &format!("/api/users/{target}/reset-key"),
+            Some(&admin),
+            None,
+        )?;
+        assert_eq!(reset.status, 403, "{:?}", reset.body);
+        let delete = api.call(
+            "DELETE",
+            &format!("/api/users/{target}/passkeys/AAAA"),
+            Some(&admin),
+            None,
+        )?;
+        assert_eq!(delete.status, 403, "{:?}", delete.body);
+    }
+    let actions = audit_actions(&api.audit(&admin)?);
+    for done in ["obr.started", "key.reset", "passkey.deleted"] {
+        assert!(!actions.iter().any(|a| a == done), "{done} in {actions:?}");
+    }
+    Ok(())
+}
+
+/// Finding 10: Redis restarts empty while an admin's agent is in an OBR
+/// session (here: FLUSHALL, what an empty restart leaves). The session no
+/// longer exists anywhere but in the relay's memory; no registration may
+/// land on the user's key after that.
+#[test]
+fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
+    let Some(redis) = RedisServer::start()? else {
+        eprintln!("redis-server not installed; .ci/run installs it");
+        return Ok(());
+    };
+    let scratch = Scratch::new("attack-lost-session")?;
+    let relay = RelayProc::start(
+        &scratch.join("relay"),
+        &RelayOptions {
+            redis_url: Some(redis.url()),
+            ..RelayOptions::default()
+        },
+    )?;
+    std::fs::create_dir_all(scratch.join("agent"))?;
+    let agent = AgentProc::start_with(
+        &scratch.join("agent"),
+        &relay.url,
+        &["--ctap-budget-ms", "3000"],
+    )?;
+    let api = Api::new(&relay.url);
+    let bob = relay.user("bob@demo.obr")?;
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    agent.login(&api, &admin)?;
+    agent.select_as_obr(&api, &admin, bob)?;
+
+    let flushed = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "FLUSHALL"])
+        .output()?;
+    assert!(flushed.status.success(), "{flushed:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let webauthn = rp::webauthn()?;
+    let (options, _) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
+    let request = rp::make_credential(&options, false)?;
+    let mut hid = HidClient::open(&agent.hid_socket)?;
+    let response = hid.cbor(&request.ctap_request)?;
+    assert_ne!(
+        response.first(),
+        Some(&CTAP2_OK),
+        "the registration went through"
+    );
+    // The admin's token went with the flush; bob's key is read as an admin
+    // again after logging in anew.
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    assert!(api.passkeys(&admin, &bob.id)?.is_empty());
+    Ok(())
+}
+
+/// Finding 10, the agent's side: "Back to normal mode" while the relay does
+/// not answer. The agent stops acting for the user at once, says truthfully
+/// that the relay has not confirmed, and the session ends once it can.
+#[test]
+fn back_to_normal_takes_effect_on_the_agent_at_once() -> anyhow::Result<()> {
+    let stack = Stack::start("attack-back-to-normal")?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    stack.agent.select_as_obr(&api, &admin, bob)?;
+
+    stack.relay.proc.freeze()?;
+    let said = stack.agent.cli(&["back-to-normal"]);
+    let status = stack.agent.cli(&["status"]);
+    // A registration now is refused by the agent itself.
+    let webauthn = rp::webauthn()?;
+    let (options, _) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
+    let request = rp::make_credential(&options, false)?;
+    let mut hid = HidClient::open(&stack.agent.hid_socket)?;
+    let started = std::time::Instant::now();
+    let response = hid.cbor(&request.ctap_request)?;
+    let refused_in = started.elapsed();
+    stack.relay.proc.thaw()?;
+
+    let said = said?;
+    assert!(said.contains("not confirmed"), "{said}");
+    let status = status?;
+    assert!(!status.contains("OBR: acting for"), "{status}");
+    assert_eq!(response, vec![CTAP2_ERR_OPERATION_DENIED]);
+    assert!(refused_in < Duration::from_secs(1), "{refused_in:?}");
+    // Once the relay answers again, the session ends there too.
+    stack
+        .agent
+        .wait_status("ready for on behalf registration", Duration::from_secs(10))?;
+    let actions = audit_actions(&api.audit(&admin)?);
+    assert!(actions.iter().any(|a| a == "obr.ended"), "{actions:?}");
+    assert!(api.passkeys(&admin, &bob.id)?.is_empty());
+    Ok(())
+}
