@@ -17,6 +17,7 @@
 pub mod api;
 pub mod guest;
 pub mod hid_client;
+pub mod postgres;
 pub mod processes;
 pub mod python;
 pub mod raw_agent;

@@ -173,14 +173,21 @@ impl SignerProc {
     /// `dir` (two signers given one `dir` share them, as pods share a
     /// database and a Secret).
     pub fn start_with(dir: &Path, extra: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
+        let sqlite = format!("sqlite://{}?mode=rwc", dir.join("signer.db").display());
+        Self::start_on(dir, &sqlite, extra)
+    }
+
+    /// On the database at `database_url` (its KEK still in `dir`).
+    pub fn start_on(
+        dir: &Path,
+        database_url: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary("obr-signer")?);
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--database-url")
-            .arg(format!(
-                "sqlite://{}?mode=rwc",
-                dir.join("signer.db").display()
-            ))
+            .arg(database_url)
             .arg("--kek-file")
             .arg(dir.join("signer-kek.key"))
             .args(extra);

@@ -61,10 +61,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// request rarely pays for a store read itself.
 const OBR_REFRESH: Duration = Duration::from_millis(500);
 /// CTAP requests one agent may have in flight. The CTAPHID engine already
-/// serialises each channel, so this is the number of programs (browser,
-/// libfido2 tools) using the key at once; a workstation needs a handful.
-/// More get `CTAP1_ERR_CHANNEL_BUSY`.
-pub const MAX_IN_FLIGHT: usize = 8;
+/// serialises each channel, so this is the number of channels (browser
+/// tabs, libfido2 tools, a load test's 16 clients) using the key at once:
+/// twice the 16 the load test drives, and bounded so one agent cannot hold
+/// more than 32 requests × 120 s of budget. More get
+/// `CTAP1_ERR_CHANNEL_BUSY`.
+pub const MAX_IN_FLIGHT: usize = 32;
 /// How long a device-code login may wait for approval (RFC 8628 `expires_in`).
 pub const LOGIN_CODE_TTL: Duration = Duration::from_secs(600);
 

@@ -3,7 +3,9 @@
 //! Each record's `hash` is SHA-256 over the previous record's hash and this
 //! record's fields, so deleting or editing any record breaks every later
 //! link; [`Directory::verify_audit_chain`] checks the whole chain. Records
-//! are only ever inserted; nothing here updates or deletes.
+//! are only ever inserted; nothing here updates or deletes. Appends take
+//! the database's write lock first (`BEGIN IMMEDIATE`), so the chain stays
+//! linear across connections and processes sharing the file.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -41,7 +43,12 @@ impl Directory {
         detail: serde_json::Value,
     ) -> DirResult<AuditRecord> {
         let _guard = self.audit_lock().lock().await;
-        let mut tx = self.pool().begin().await?;
+        // BEGIN IMMEDIATE takes SQLite's write lock before the chain head is
+        // read. A deferred transaction would read, then fail to upgrade to
+        // a writer ("database is locked", no busy wait) whenever any other
+        // connection — a notification insert, another relay process on the
+        // same file — wrote in between.
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let head: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
