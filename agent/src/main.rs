@@ -65,6 +65,11 @@ enum Cmd {
         /// Budget for each CTAP request at the relay, in milliseconds.
         #[arg(long, env = "OBR_AGENT_CTAP_BUDGET_MS", default_value_t = DEFAULT_CTAP_BUDGET.as_millis() as u64)]
         ctap_budget_ms: u64,
+        /// Allow a plain ws:// (http://) relay that is not on this machine:
+        /// for test setups only; the tunnel then crosses the network
+        /// unencrypted.
+        #[arg(long, env = "OBR_AGENT_INSECURE")]
+        insecure: bool,
     },
     /// Log in ("Ctrl+I"): print a code to approve in the admin panel, wait.
     Login {
@@ -108,10 +113,13 @@ async fn main() -> anyhow::Result<()> {
             state_file,
             ca_file,
             ctap_budget_ms,
+            insecure,
         } => {
+            let url = TunnelConfig::normalize_url(&relay);
+            TunnelConfig::check_transport(&url, insecure)?;
             let config = AgentConfig {
                 tunnel: TunnelConfig {
-                    url: TunnelConfig::normalize_url(&relay),
+                    url,
                     ca_file,
                     state_file,
                     ctap_budget: Duration::from_millis(ctap_budget_ms),

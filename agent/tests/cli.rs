@@ -154,3 +154,26 @@ fn an_invalid_uhid_serial_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("printable ASCII"), "{err}");
 }
+
+#[test]
+fn a_remote_relay_over_plain_websocket_is_refused() {
+    let dir = scratch("plaintext");
+    let out = agent()
+        .arg("--control")
+        .arg(dir.join("agent.ctl"))
+        .args(["run", "--relay", "http://relay.example.com:8080"])
+        .arg("--hid-socket")
+        .arg(dir.join("hid.sock"))
+        .arg("--state-file")
+        .arg(dir.join("agent.json"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unencrypted") && err.contains("--insecure"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -14,6 +14,8 @@
 //! - [`api`] — the admin/user HTTP API (`/api/*`).
 //! - [`sessions`] — the session store trait, memory and Redis.
 //! - [`directory`] — people, invitations, audit log, notifications.
+//! - [`files`] — the data directory and databases, private to the relay.
+//! - [`mail`] — mail to people (invitations), out of band: an outbox folder.
 //! - [`auth`] — tokens, codes, password hashes.
 //! - [`demo`] — the demo organisation for the first README command.
 
@@ -25,6 +27,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod directory;
+pub mod files;
+pub mod mail;
 pub mod obr;
 pub mod routing;
 pub mod sessions;
@@ -39,6 +43,7 @@ use crate::agents::AgentRegistry;
 use crate::calls::Calls;
 pub use crate::config::RelayConfig;
 use crate::directory::Directory;
+use crate::mail::Outbox;
 use crate::obr::Obr;
 use crate::routing::Router;
 use crate::sessions::{MemoryStore, RedisStore, SessionStore};
@@ -84,11 +89,15 @@ impl Relay {
     /// Open the directory and session store, start an in-process signer if
     /// none is configured, and seed the demo organisation if asked.
     pub async fn open(config: RelayConfig) -> Result<Self, RelayError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::DataDir {
-            path: config.data_dir.display().to_string(),
+        let data_dir = config.data_dir.display().to_string();
+        let data_dir_err = |source| RelayError::DataDir {
+            path: data_dir.clone(),
             source,
-        })?;
-        let directory = Directory::open(&config.data_dir.join("relay.db")).await?;
+        };
+        files::private_dir(&config.data_dir).map_err(data_dir_err)?;
+        let relay_db = config.data_dir.join("relay.db");
+        files::private_file(&relay_db).map_err(data_dir_err)?;
+        let directory = Directory::open(&relay_db).await?;
         let store: Arc<dyn SessionStore> = match &config.redis_url {
             Some(url) => Arc::new(RedisStore::connect(url, &config.redis_prefix).await?),
             None => Arc::new(MemoryStore::new()),
@@ -110,7 +119,9 @@ impl Relay {
         };
         let config = Arc::new(config);
         let obr = Obr::new(directory.clone(), store.clone(), config.obr_ttl);
+        let outbox = Outbox::open(&config.data_dir.join("outbox")).map_err(data_dir_err)?;
         let state = web::Data::new(AppState {
+            outbox,
             calls: Calls::new(
                 store.clone(),
                 router.clone(),
@@ -212,11 +223,10 @@ async fn start_embedded_signer(
     let signer_err = |e: &dyn std::fmt::Display| RelayError::Signer(e.to_string());
     let kek = obr_signer::Kek::load_or_create(&config.data_dir.join("signer-kek.key"))
         .map_err(|e| signer_err(&e))?;
+    let signer_db = config.data_dir.join("signer.db");
+    files::private_file(&signer_db).map_err(|e| signer_err(&e))?;
     let signer_config = obr_signer::SignerConfig::embedded(
-        format!(
-            "sqlite://{}?mode=rwc",
-            config.data_dir.join("signer.db").display()
-        ),
+        format!("sqlite://{}?mode=rwc", signer_db.display()),
         kek,
     );
     let core = obr_signer::SignerCore::open(signer_config)

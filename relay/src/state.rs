@@ -6,6 +6,7 @@ use crate::agents::AgentRegistry;
 use crate::calls::Calls;
 use crate::config::RelayConfig;
 use crate::directory::Directory;
+use crate::mail::Outbox;
 use crate::obr::Obr;
 use crate::routing::Router;
 use crate::sessions::SessionStore;
@@ -18,4 +19,5 @@ pub struct AppState {
     pub agents: AgentRegistry,
     pub obr: Obr,
     pub calls: Calls,
+    pub outbox: Outbox,
 }

@@ -149,8 +149,7 @@ struct RotateArgs {
     batch_size: u32,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -158,8 +157,31 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let env_kek = take_env_kek()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli, env_kek))
+}
+
+/// The KEK from `OBR_SIGNER_KEK`, if set, taken out of the environment so
+/// that no child process inherits it and no later reader of this process's
+/// environment finds it. (`/proc/PID/environ` keeps showing the environment
+/// the process started with, to root and its own user: prefer `--kek-file`.)
+fn take_env_kek() -> anyhow::Result<Option<Kek>> {
+    if std::env::var_os(KEK_ENV).is_none() {
+        return Ok(None);
+    }
+    let kek = Kek::from_env(KEK_ENV)?;
+    // SAFETY: called from `main` before the tokio runtime (or any other
+    // thread) starts, so nothing reads or writes the environment meanwhile.
+    unsafe { std::env::remove_var(KEK_ENV) };
+    Ok(Some(kek))
+}
+
+async fn run(cli: Cli, env_kek: Option<Kek>) -> anyhow::Result<()> {
     match cli.command {
-        None => serve(cli.serve).await,
+        None => serve(cli.serve, env_kek).await,
         Some(Command::NewKek { kek_file }) => {
             let kek = Kek::create_new(&kek_file)?;
             println!("created KEK {} in {}", kek.id(), kek_file.display());
@@ -169,11 +191,10 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let current = if std::env::var_os(KEK_ENV).is_some() {
-        Kek::from_env(KEK_ENV)?
-    } else {
-        Kek::load_or_create(&args.kek_file)?
+async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
+    let current = match env_kek {
+        Some(kek) => kek,
+        None => Kek::load_or_create(&args.kek_file)?,
     };
     let kek = with_previous(current, &args.previous_kek_files)?;
     let attestation = match args.attestation {

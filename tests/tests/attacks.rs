@@ -393,3 +393,64 @@ fn back_to_normal_takes_effect_on_the_agent_at_once() -> anyhow::Result<()> {
     assert!(api.passkeys(&admin, &bob.id)?.is_empty());
     Ok(())
 }
+
+/// Every string in a JSON value.
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(items) => items.iter().flat_map(strings).collect(),
+        serde_json::Value::Object(map) => map.values().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Finding 7: the admin who invites a user must not hold the invitation's
+/// secret — with it they could accept for the user and hold the user's
+/// "phone" (their device token). It reaches the user by mail (the
+/// embedded relay's outbox folder).
+#[test]
+fn the_inviting_admin_never_holds_the_invitation() -> anyhow::Result<()> {
+    let scratch = Scratch::new("attack-invitation")?;
+    let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
+    let api = Api::new(&relay.url);
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    let invited = api
+        .call(
+            "POST",
+            "/api/users",
+            Some(&admin),
+            Some(serde_json::json!({ "email": "erin@demo.obr", "display_name": "Erin" })),
+        )?
+        .ok()?;
+    // Nothing the admin was given accepts the invitation.
+    for candidate in strings(&invited) {
+        let accept = api.call(
+            "POST",
+            "/api/invitations/accept",
+            None,
+            Some(serde_json::json!({ "token": candidate })),
+        )?;
+        assert_eq!(accept.status, 404, "the admin accepted with {candidate:?}");
+    }
+    // Erin's mail does.
+    let mail = std::fs::read_dir(scratch.join("relay").join("outbox"))?
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .find(|mail| mail.starts_with("To: erin@demo.obr\r\n"))
+        .ok_or_else(|| anyhow::anyhow!("no mail to erin in the outbox"))?;
+    let token = mail
+        .split("\"token\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("no token in {mail}"))?;
+    let accepted = api
+        .call(
+            "POST",
+            "/api/invitations/accept",
+            None,
+            Some(serde_json::json!({ "token": token })),
+        )?
+        .ok()?;
+    assert_eq!(accepted["user"]["key_status"], "active");
+    assert!(accepted["device_token"].is_string());
+    Ok(())
+}

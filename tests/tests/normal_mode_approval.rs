@@ -62,6 +62,9 @@ fn the_owner_approves_denies_or_ignores_on_their_device() -> anyhow::Result<()> 
     let phone = {
         let (url, device) = (relay.url.clone(), device.clone());
         std::thread::spawn(move || {
+            // A person takes a moment: long enough for several KEEPALIVEs
+            // (every 80 ms) to say what the key waits for.
+            std::thread::sleep(Duration::from_millis(400));
             Api::new(&url).answer_next_approval(&device, head, true, Duration::from_secs(10))
         })
     };

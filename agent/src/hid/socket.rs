@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,10 @@ use tracing::{debug, warn};
 
 use super::{ClientId, HidBackend, HidError, REPORT_LEN, Report};
 
+/// The socket file's mode: whoever may use the key must be the agent's user
+/// or in its group (run the agent with a dedicated group, e.g. `obr`, to
+/// let CTAPHID clients of other users in). Never world-writable.
+pub const SOCKET_FILE_MODE: u32 = 0o660;
 /// Pending connections the kernel queues before `accept`.
 pub const LISTEN_BACKLOG: i32 = 16;
 /// Events (connects, reports, disconnects) buffered between the socket tasks and the engine.
@@ -54,6 +58,12 @@ impl SocketHid {
         listener.bind(&SockAddr::unix(&path)?)?;
         // From here on the file is ours, and is removed on every exit path.
         let socket_file = SocketFile(path);
+        // Before `listen` nobody can connect, so the mode is set in time:
+        // the agent's user and group only (connecting needs write access).
+        std::fs::set_permissions(
+            &socket_file.0,
+            std::fs::Permissions::from_mode(SOCKET_FILE_MODE),
+        )?;
         listener.listen(LISTEN_BACKLOG)?;
         listener.set_nonblocking(true)?;
         let listener = register(listener)?;

@@ -41,6 +41,18 @@ pub struct TunnelConfig {
 }
 
 impl TunnelConfig {
+    /// The agent speaks to the relay over TLS, except on this machine
+    /// (loopback) or when told `insecure`.
+    pub fn check_transport(url: &str, insecure: bool) -> Result<(), TransportError> {
+        let parsed = url::Url::parse(url).map_err(|_| TransportError::Scheme(url.to_owned()))?;
+        match parsed.scheme() {
+            "wss" => Ok(()),
+            "ws" if insecure || is_loopback(&parsed) => Ok(()),
+            "ws" => Err(TransportError::Plaintext(url.to_owned())),
+            _ => Err(TransportError::Scheme(url.to_owned())),
+        }
+    }
+
     /// Accept `http(s)://relay` as well as the WebSocket URL itself.
     pub fn normalize_url(relay: &str) -> String {
         let trimmed = relay.trim_end_matches('/');
@@ -57,6 +69,26 @@ impl TunnelConfig {
             format!("{url}/agent/ws")
         }
     }
+}
+
+/// A relay URL the agent will not use.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error(
+        "refusing to tunnel to {0} unencrypted: use https:// (wss://), or --insecure for a test setup"
+    )]
+    Plaintext(String),
+    #[error("{0} is not a ws:// or wss:// URL")]
+    Scheme(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,5 +193,39 @@ impl TunnelHandle {
 
     pub(crate) fn commands(&self) -> &mpsc::Sender<Command> {
         &self.commands
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_websockets_only_on_this_machine_or_when_told() {
+        for url in [
+            "wss://relay.example.com/agent/ws",
+            "ws://127.0.0.1:8080/agent/ws",
+            "ws://127.9.9.9/agent/ws",
+            "ws://localhost:8080/agent/ws",
+            "ws://[::1]:8080/agent/ws",
+        ] {
+            assert_eq!(TunnelConfig::check_transport(url, false), Ok(()), "{url}");
+        }
+        for url in [
+            "ws://relay.example.com/agent/ws",
+            "ws://10.0.0.7:8080/agent/ws",
+            "ws://localhost.example.com/agent/ws",
+        ] {
+            assert_eq!(
+                TunnelConfig::check_transport(url, false),
+                Err(TransportError::Plaintext(url.to_owned())),
+                "{url}"
+            );
+            assert_eq!(TunnelConfig::check_transport(url, true), Ok(()), "{url}");
+        }
+        assert!(matches!(
+            TunnelConfig::check_transport("ftp://relay/agent/ws", true),
+            Err(TransportError::Scheme(_))
+        ));
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, require_admin};
 use crate::auth;
 use crate::directory::{KeyStatus, Person};
+use crate::mail::Mail;
 use crate::obr::{base64_url, may_act_on};
 use crate::state::AppState;
 
@@ -33,11 +34,12 @@ pub struct InviteRequest {
 #[derive(Serialize)]
 pub struct Invited {
     user: Person,
-    /// Sent to the user (by email in production); shown once.
-    invitation_token: String,
+    /// Where the invitation went. Its secret reaches the user only.
+    invitation_sent_to: String,
 }
 
-/// `POST /api/users`: add a user with an `invited` key.
+/// `POST /api/users`: add a user with an `invited` key; the invitation is
+/// mailed to them (the answer never carries its secret).
 pub async fn invite(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -66,9 +68,25 @@ pub async fn invite(
                 }
                 other => other.into(),
             })?;
+    let mail = Mail {
+        to: user.email.clone(),
+        subject: "Your security key: accept the invitation".to_owned(),
+        body: format!(
+            "{} added you to obr. Accept in the obr app, or:\n\n  \
+             POST {}/api/invitations/accept\n  {{\"token\": \"{invitation_token}\"}}\n\n\
+             The invitation expires in {} days and works once.",
+            admin.email,
+            state.config.public_url,
+            INVITATION_TTL.as_secs() / 86_400
+        ),
+    };
+    state
+        .outbox
+        .send(&mail)
+        .map_err(|e| ApiError::Internal(format!("cannot queue the invitation mail: {e}")))?;
     Ok(HttpResponse::Created().json(Invited {
+        invitation_sent_to: user.email.clone(),
         user,
-        invitation_token,
     }))
 }
 

@@ -533,6 +533,23 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Create the database file 0600 before SQLite does (with the process's
+/// umask, often world-readable); SQLite gives its `-wal` and `-shm` files
+/// the same mode. An existing file is left as it is.
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Database(sqlx::Error::Io(e))),
+    }
+}
+
 async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
@@ -550,6 +567,7 @@ async fn open_sqlite(url: &str, max_connections: u32) -> Result<SqlitePool, Stor
             .connect_with(options)
             .await?
     } else {
+        create_private(options.get_filename())?;
         // WAL lets readers run beside the writer; FULL sync makes every
         // committed sign counter survive a power cut (a counter that
         // went backwards would look like a cloned key to the RP).

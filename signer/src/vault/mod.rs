@@ -74,6 +74,11 @@ pub enum KekError {
     Create { path: PathBuf, source: io::Error },
     #[error("the KEK in {origin} is not {KEK_LEN} hex-encoded bytes")]
     Format { origin: String },
+    #[error(
+        "KEK file {path} is readable by group or others (mode {mode:o}): chmod 600 it \
+         (a Kubernetes Secret: defaultMode 0400)"
+    )]
+    NotPrivate { path: PathBuf, mode: u32 },
     #[error("environment variable {0} is not set or not unicode")]
     MissingEnv(String),
     #[error("the system random generator failed")]
@@ -216,7 +221,7 @@ impl Kek {
     }
 
     fn from_file_text(path: &Path, text: Zeroizing<String>) -> Result<Self, KekError> {
-        warn_if_readable_by_others(path);
+        refuse_if_readable_by_others(path)?;
         Self::from_hex(&text, || path.display().to_string())
     }
 
@@ -440,17 +445,26 @@ fn open(
 }
 
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
+fn refuse_if_readable_by_others(path: &Path) -> Result<(), KekError> {
     use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), "KEK file is accessible by group or others; chmod 600 it");
+    let meta = std::fs::metadata(path).map_err(|source| KekError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KekError::NotPrivate {
+            path: path.to_owned(),
+            mode,
+        });
     }
+    Ok(())
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
+fn refuse_if_readable_by_others(_path: &Path) -> Result<(), KekError> {
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests;

@@ -141,6 +141,27 @@ fn kek_file_is_created_private_and_read_back() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[cfg(unix)]
+#[test]
+fn a_kek_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("obr-kek-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kek");
+    Kek::create_new(&path).unwrap();
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        match Kek::load(&path) {
+            Err(KekError::NotPrivate { mode: found, .. }) => assert_eq!(found, mode),
+            other => panic!("mode {mode:o}: {other:?}"),
+        }
+        assert!(Kek::load_or_create(&path).is_err());
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    Kek::load(&path).expect("0400, as a Secret mounted with defaultMode 0400");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_keyring_unwraps_under_every_kek_it_holds_and_wraps_under_the_current() {
     let rng = SystemRandom::new();

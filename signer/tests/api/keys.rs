@@ -40,3 +40,17 @@ async fn a_different_kek_cannot_open_existing_keys() {
         "wrong KEK: our fault, not the browser's"
     );
 }
+
+/// The database holds wrapped keys: SQLite's file (and its WAL) is created
+/// readable by the signer's user only, whatever the umask.
+#[tokio::test]
+async fn the_sqlite_database_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TempDb::new();
+    let core = open(&db).await;
+    make_credential(&core, "alice", &Mc::new("example.com", b"alice")).await;
+    for file in [db.file(), db.file().with_extension("db-wal")] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
+}

@@ -5,6 +5,7 @@
 //! idempotence, a clear failure for a KEK not held, no key material in
 //! their output.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -213,6 +214,8 @@ async fn rotate_kek_command_counts_resumes_and_prints_no_key_material() {
     let keys = KekDir::new();
     let (old_file, new_file) = (keys.path("old.key"), keys.path("new.key"));
     std::fs::write(&old_file, hex::encode(KEK_A)).unwrap();
+    // As an operator must: a KEK file others can read is refused.
+    std::fs::set_permissions(&old_file, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let old = Kek::load(&old_file).unwrap();
     let core = SignerCore::open(signer_config(&db, old.clone()))

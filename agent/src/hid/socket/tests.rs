@@ -111,6 +111,11 @@ async fn two_clients_init_and_ping_at_once() {
     let path = unique_socket_path();
     let hid = SocketHid::bind(path.clone()).unwrap();
     assert_eq!(hid.path(), path);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SOCKET_FILE_MODE, "user and group only, not {mode:o}");
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let engine = tokio::spawn(run(hid, Arc::new(Ok0), EngineConfig::default(), async {
         let _ = stopped.await;
