@@ -50,7 +50,8 @@ pub fn new_user_code() -> Result<String, SecretError> {
             code.push('-');
         }
         // 256 is not a multiple of 20, so this is very slightly biased
-        // (≤ 1.2%); harmless for a short-lived, single-use, rate-limited code.
+        // (≤ 1.2%); harmless for a short-lived, single-use code whose guessing backs off
+        // (`crate::limits`).
         let idx = usize::from(*b) % USER_CODE_ALPHABET.len();
         code.push(char::from(USER_CODE_ALPHABET[idx]));
     }

@@ -16,6 +16,7 @@
 //! - [`directory`] — people, invitations, audit log, notifications.
 //! - [`files`] — the data directory and databases, private to the relay.
 //! - [`mail`] — mail to people (invitations), out of band: an outbox folder.
+//! - [`limits`] — backoff on guessing (logins, login codes), argon2 slots.
 //! - [`auth`] — tokens, codes, password hashes.
 //! - [`demo`] — the demo organisation for the first README command.
 
@@ -28,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod directory;
 pub mod files;
+pub mod limits;
 pub mod mail;
 pub mod obr;
 pub mod routing;
@@ -43,6 +45,7 @@ use crate::agents::AgentRegistry;
 use crate::calls::Calls;
 pub use crate::config::RelayConfig;
 use crate::directory::Directory;
+use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
 use crate::routing::Router;
@@ -122,6 +125,7 @@ impl Relay {
         let outbox = Outbox::open(&config.data_dir.join("outbox")).map_err(data_dir_err)?;
         let state = web::Data::new(AppState {
             outbox,
+            limits: Limits::default(),
             calls: Calls::new(
                 store.clone(),
                 router.clone(),

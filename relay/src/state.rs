@@ -6,6 +6,7 @@ use crate::agents::AgentRegistry;
 use crate::calls::Calls;
 use crate::config::RelayConfig;
 use crate::directory::Directory;
+use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
 use crate::routing::Router;
@@ -20,4 +21,5 @@ pub struct AppState {
     pub obr: Obr,
     pub calls: Calls,
     pub outbox: Outbox,
+    pub limits: Limits,
 }

@@ -454,3 +454,47 @@ fn the_inviting_admin_never_holds_the_invitation() -> anyhow::Result<()> {
     assert!(accepted["device_token"].is_string());
     Ok(())
 }
+
+/// Finding 8: guessing an admin's password, or login codes, as fast as the
+/// relay answers. Past a few failures the relay answers 429 with
+/// `Retry-After` — for the guessed account even with the right password,
+/// while other accounts from elsewhere are unaffected.
+#[test]
+fn guessing_is_slowed_down() -> anyhow::Result<()> {
+    let scratch = Scratch::new("attack-guessing")?;
+    let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
+    let api = Api::new(&relay.url);
+    let login = |email: &str, password: &str| {
+        api.call(
+            "POST",
+            "/api/admin/login",
+            None,
+            Some(serde_json::json!({ "email": email, "password": password })),
+        )
+    };
+    let mut statuses = Vec::new();
+    for guess in 0..8 {
+        statuses.push(login(&relay.demo.admin_email, &format!("guess-{guess}"))?.status);
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    let blocked = login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    assert_eq!(blocked.status, 429, "{:?}", blocked.body);
+    assert_eq!(blocked.body["error"], "too_many_requests");
+    // The other admin is not locked out by it.
+    api.admin_login(&relay.demo.helpdesk.email, &relay.demo.helpdesk.password)?;
+
+    // Login codes: a user guessing codes with their own device token.
+    let bob = relay.user("bob@demo.obr")?;
+    let device = bob.device_token.as_deref().unwrap_or_default();
+    let mut statuses = Vec::new();
+    for guess in 0..7 {
+        statuses.push(
+            api.approve_login(device, &format!("BCDF-GH{guess:02}"))?
+                .status,
+        );
+    }
+    assert_eq!(&statuses[..5], &[404; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    Ok(())
+}

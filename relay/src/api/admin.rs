@@ -1,12 +1,13 @@
 //! Admin sign-in and the audit log.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, require_admin};
+use super::{ApiError, client_address, require_admin};
 use crate::auth;
+use crate::limits::{ARGON2_QUEUE_WAIT, TooMany};
 use crate::sessions::{Principal, TokenScope};
 use crate::state::AppState;
 
@@ -27,11 +28,23 @@ pub struct LoginResponse {
     person_id: String,
 }
 
-/// `POST /api/admin/login`.
+/// `POST /api/admin/login`. Failures back off per account and per client
+/// address (429 with `Retry-After`); argon2 runs a bounded number at once.
 pub async fn login(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let account = body.email.trim().to_lowercase();
+    let address = client_address(&req);
+    let limits = &state.limits;
+    let now = Instant::now();
+    limits.login_accounts.check(&account, now)?;
+    limits.login_addresses.check(&address, now)?;
+    let _slot = tokio::time::timeout(ARGON2_QUEUE_WAIT, limits.argon2.acquire())
+        .await
+        .map_err(|_| TooMany(Duration::from_secs(1)))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let found = state.directory.admin_credentials(&body.email).await?;
     let password = body.password.clone();
     // argon2 is deliberately slow: keep it off the async workers.
@@ -51,10 +64,13 @@ pub async fn login(
     let person = match (person, ok) {
         (Some(p), true) => p,
         _ => {
-            tracing::info!(email = %body.email, "admin login refused");
+            tracing::info!(email = %body.email, %address, "admin login refused");
+            limits.login_accounts.failed(&account, Instant::now());
+            limits.login_addresses.failed(&address, Instant::now());
             return Err(ApiError::Unauthorized);
         }
     };
+    limits.login_accounts.succeeded(&account);
     let token = auth::new_token()?;
     let principal = Principal {
         person_id: person.id.clone(),

@@ -72,6 +72,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error(transparent)]
+    TooMany(#[from] crate::limits::TooMany),
     #[error("internal error")]
     Internal(String),
 }
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::TooMany(_) => "too_many_requests",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -105,6 +108,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,7 +117,14 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(detail) = self {
             tracing::error!(%detail, "internal error answering an API call");
         }
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::TooMany(crate::limits::TooMany(wait)) = self {
+            response.insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                crate::limits::retry_after_s(*wait),
+            ));
+        }
+        response.json(ErrorBody {
             error: self.code(),
             message: self.to_string(),
         })
@@ -161,6 +172,12 @@ impl From<ObrError> for ApiError {
             ObrError::Directory(e) => e.into(),
         }
     }
+}
+
+/// The TCP peer's address (never a forwarded header a client could write).
+fn client_address(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
 }
 
 fn bearer(req: &HttpRequest) -> Option<&str> {

@@ -1,12 +1,12 @@
 //! On-behalf registration from the panel: approve an agent's login code,
 //! list your agents, "Select as OBR", and "Done" (end the session).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, bearer, require_admin, require_device};
+use super::{ApiError, bearer, client_address, require_admin, require_device};
 use crate::auth;
 use crate::obr::EndReason;
 use crate::sessions::{AgentEvent, Principal, TokenScope};
@@ -47,12 +47,21 @@ pub async fn approve_login(
         }
         Err(e) => return Err(e),
     };
+    // Guessing codes backs off per approver and per address.
+    let approver_key = auth::token_hash(bearer(&req).unwrap_or_default());
+    let address = client_address(&req);
+    let now = Instant::now();
+    state.limits.approvers.check(&approver_key, now)?;
+    state.limits.approve_addresses.check(&address, now)?;
     let code = auth::normalize_user_code(&body.user_code);
-    let grant = state
-        .store
-        .take_grant(&code)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("unknown or expired login code".into()))?;
+    let Some(grant) = state.store.take_grant(&code).await? else {
+        state.limits.approvers.failed(&approver_key, Instant::now());
+        state
+            .limits
+            .approve_addresses
+            .failed(&address, Instant::now());
+        return Err(ApiError::NotFound("unknown or expired login code".into()));
+    };
     let principal = Principal {
         scope: TokenScope::Agent,
         ..approver
