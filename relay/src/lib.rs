@@ -77,6 +77,9 @@ pub enum RelayError {
     Tls(String),
 }
 
+/// The embedded signer's socket, in the data directory.
+pub const EMBEDDED_SIGNER_SOCKET: &str = "signer.sock";
+
 /// How long a discovering relay waits at start-up for a live signer.
 const SIGNER_DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -236,11 +239,24 @@ async fn start_embedded_signer(
     let core = obr_signer::SignerCore::open(signer_config)
         .await
         .map_err(|e| signer_err(&e))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
+    // A UNIX socket in the private data directory, mode 0600: only this
+    // relay's user reaches the embedded signer — no TCP port that any local
+    // user could call ResetKey or a CTAP call on.
+    let socket = config.data_dir.join(EMBEDDED_SIGNER_SOCKET);
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(RelayError::Signer(format!("{}: {e}", socket.display()))),
+    }
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let endpoint = format!("unix:{}", socket.display());
     let serving = core.clone();
     tokio::spawn(async move {
-        if let Err(e) = obr_signer::serve(serving, listener, std::future::pending()).await {
+        if let Err(e) = obr_signer::serve_unix(serving, listener, std::future::pending()).await {
             tracing::error!(error = %e, "embedded signer stopped");
         }
     });

@@ -78,6 +78,28 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serve `core` on a UNIX socket (the relay's embedded signer: reachable
+/// through the file system's permissions only, never a TCP port) until
+/// `shutdown` resolves.
+pub async fn serve_unix(
+    core: SignerCore,
+    listener: tokio::net::UnixListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SignerError> {
+    let service =
+        SignerServer::new(SignerService { core }).max_decoding_message_size(MAX_REQUEST_MESSAGE);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
 /// The tonic service over a [`SignerCore`].
 #[derive(Debug)]
 struct SignerService {
@@ -117,11 +139,14 @@ impl Signer for SignerService {
         request: Request<DeleteCredentialRequest>,
     ) -> Result<Response<DeleteCredentialResponse>, Status> {
         let request = request.into_inner();
+        let admin = acting_admin(&request.acting_admin_id)?;
         let deleted = self
             .core
             .delete_credential(&request.user_id, &request.credential_id)
             .await
             .map_err(to_status)?;
+        tracing::info!(target: "obr::audit", action = "passkey.deleted", admin,
+            user = %request.user_id, deleted, "panel: delete a passkey");
         Ok(Response::new(DeleteCredentialResponse { deleted }))
     }
 
@@ -130,15 +155,31 @@ impl Signer for SignerService {
         request: Request<ResetKeyRequest>,
     ) -> Result<Response<ResetKeyResponse>, Status> {
         let request = request.into_inner();
+        let admin = acting_admin(&request.acting_admin_id)?;
         let deleted_credentials = self
             .core
             .reset_user_key(&request.user_id)
             .await
             .map_err(to_status)?;
+        tracing::info!(target: "obr::audit", action = "key.reset", admin,
+            user = %request.user_id, deleted_credentials, "panel: reset a key");
         Ok(Response::new(ResetKeyResponse {
             deleted_credentials,
         }))
     }
+}
+
+/// Longest admin id a management call may name.
+const MAX_ID_LEN: usize = 128;
+
+/// A management call names the admin it acts for, or it is refused.
+fn acting_admin(admin_id: &str) -> Result<&str, Status> {
+    if admin_id.is_empty() || admin_id.len() > MAX_ID_LEN {
+        return Err(Status::invalid_argument(
+            "a management call must name the acting admin (acting_admin_id)",
+        ));
+    }
+    Ok(admin_id)
 }
 
 /// One link: read requests until the relay closes its side, run each CTAP

@@ -498,3 +498,109 @@ fn guessing_is_slowed_down() -> anyhow::Result<()> {
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
     Ok(())
 }
+
+/// The TCP ports process `pid` listens on (from /proc: its socket inodes
+/// matched against the kernel's TCP tables), as a local user finds them.
+fn listening_ports(pid: u32) -> anyhow::Result<Vec<u16>> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)?.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            // State 0A is LISTEN.
+            if *state == "0A" && inodes.iter().any(|i| i == inode) {
+                let port = local.rsplit(':').next().unwrap_or_default();
+                ports.push(u16::from_str_radix(port, 16)?);
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(ports)
+}
+
+/// Finding 4 (embedded): a local user on the relay's machine looks for the
+/// embedded signer's port and calls its management API — ResetKey on
+/// bob's key — with no credentials at all. The embedded signer must not be
+/// reachable that way: it listens on a 0600 UNIX socket in the relay's
+/// 0700 data directory, and every TCP port of the relay is its HTTP API.
+#[test]
+fn a_local_user_cannot_reach_the_embedded_signer() -> anyhow::Result<()> {
+    let stack = Stack::start("attack-local-signer")?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    stack.agent.select_as_obr(&api, &admin, bob)?;
+    let webauthn = rp::webauthn()?;
+    let (options, _) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
+    let request = rp::make_credential(&options, false)?;
+    let mut hid = HidClient::open(&stack.agent.hid_socket)?;
+    assert_eq!(hid.cbor(&request.ctap_request)?.first(), Some(&CTAP2_OK));
+
+    let ports = listening_ports(stack.relay.proc.pid())?;
+    assert!(!ports.is_empty(), "the relay listens somewhere");
+    let rt = runtime()?;
+    for port in &ports {
+        let reset = rt.block_on(async {
+            let mut client = obr_proto::signer::signer_client::SignerClient::connect(format!(
+                "http://127.0.0.1:{port}"
+            ))
+            .await?;
+            client
+                .reset_key(obr_proto::signer::ResetKeyRequest {
+                    user_id: bob.id.clone(),
+                    acting_admin_id: "made-up".into(),
+                })
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        assert!(
+            reset.is_err(),
+            "ResetKey on port {port} succeeded: {reset:?}"
+        );
+    }
+    assert_eq!(
+        api.passkeys(&admin, &bob.id)?.len(),
+        1,
+        "bob's key was reset"
+    );
+    let http_port = stack
+        .relay
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .parse::<u16>()?;
+    assert_eq!(ports, vec![http_port], "the relay listens only for HTTP");
+    // The socket the relay does use is its own user's.
+    use std::os::unix::fs::PermissionsExt;
+    let data_dir = stack.scratch.join("relay");
+    let mode = |p: &std::path::Path| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+    };
+    assert_eq!(mode(&data_dir)?, 0o700);
+    assert_eq!(
+        mode(&data_dir.join(obr_relay::EMBEDDED_SIGNER_SOCKET))?,
+        0o600
+    );
+    Ok(())
+}

@@ -241,7 +241,7 @@ pub async fn delete_passkey(
     };
     if !state
         .router
-        .delete_credential(&user_id, credential_id)
+        .delete_credential(&admin.person_id, &user_id, credential_id)
         .await?
     {
         return Err(ApiError::NotFound(
@@ -284,7 +284,7 @@ pub async fn reset_key(
         .await?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
     may_act_on(&admin, &user)?;
-    let deleted_credentials = state.router.reset_key(&user.id).await?;
+    let deleted_credentials = state.router.reset_key(&admin.person_id, &user.id).await?;
     let detail =
         serde_json::json!({ "user_id": user.id, "deleted_credentials": deleted_credentials });
     state

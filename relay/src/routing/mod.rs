@@ -217,6 +217,7 @@ impl Router {
 
     pub async fn delete_credential(
         &self,
+        admin_id: &str,
         user_id: &str,
         credential_id: Vec<u8>,
     ) -> Result<bool, LinkError> {
@@ -224,6 +225,7 @@ impl Router {
         let request = DeleteCredentialRequest {
             user_id: user_id.to_owned(),
             credential_id,
+            acting_admin_id: admin_id.to_owned(),
         };
         let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.delete_credential(request))
             .await
@@ -234,10 +236,11 @@ impl Router {
 
 impl Router {
     /// Delete all of the user's credentials and replace their data key.
-    pub async fn reset_key(&self, user_id: &str) -> Result<u64, LinkError> {
+    pub async fn reset_key(&self, admin_id: &str, user_id: &str) -> Result<u64, LinkError> {
         let mut client = SignerClient::new(self.link_for(user_id)?.channel());
         let request = ResetKeyRequest {
             user_id: user_id.to_owned(),
+            acting_admin_id: admin_id.to_owned(),
         };
         let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.reset_key(request))
             .await

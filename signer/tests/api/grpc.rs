@@ -170,8 +170,18 @@ async fn link_multiplexes_calls_cancels_and_serves_the_panel() {
     let delete = |credential_id: Vec<u8>| DeleteCredentialRequest {
         user_id: "alice".to_owned(),
         credential_id,
+        acting_admin_id: "admin-7".to_owned(),
     };
     let id = listed[0].credential_id.clone();
+    // Management calls name the admin they act for.
+    let status = client
+        .delete_credential(DeleteCredentialRequest {
+            acting_admin_id: String::new(),
+            ..delete(id.clone())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(
         client
             .delete_credential(delete(id.clone()))
