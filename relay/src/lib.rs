@@ -167,6 +167,7 @@ impl Relay {
         let state = self.state;
         let pump = tokio::spawn(state.agents.clone().pump(state.store.clone()));
         let sweeper = tokio::spawn(sweep(state.clone()));
+        let outbox = tokio::spawn(sweep_outbox(state.clone()));
         let workers = match state.config.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -198,6 +199,7 @@ impl Relay {
         }
         pump.abort();
         sweeper.abort();
+        outbox.abort();
         drop(self.embedded_signer);
         Ok(())
     }
@@ -262,6 +264,53 @@ async fn start_embedded_signer(
     });
     tracing::info!(%endpoint, "embedded signer started");
     Ok((core, endpoint))
+}
+
+/// How often each relay looks in the signers' outbox for on-behalf
+/// credentials whose record was never confirmed.
+pub const OUTBOX_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How old an outbox entry must be before the sweep records it: the live
+/// path (which records before the browser hears) has its chance first.
+pub const OUTBOX_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// Outbox entries recorded per sweep.
+const OUTBOX_BATCH: u32 = 100;
+
+/// Record, forever, every on-behalf credential whose live record never
+/// happened (cancelled, timed out, relay died), then take it out of the
+/// outbox. Exactly once: the directory refuses a second record of a
+/// credential; the ack that follows is idempotent.
+async fn sweep_outbox(state: web::Data<AppState>) {
+    let mut tick = tokio::time::interval(OUTBOX_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let before = clock::now_ms() - crate::directory::duration_ms(OUTBOX_GRACE);
+        let records = match state.router.pending_records(before, OUTBOX_BATCH).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::debug!(error = %e, "outbox sweep: signers unavailable");
+                continue;
+            }
+        };
+        for record in records {
+            match state.obr.registration_recovered(&record).await {
+                Ok(recorded) => {
+                    if recorded {
+                        tracing::warn!(user = %record.user_id, rp_id = %record.rp_id,
+                            "recorded an on-behalf registration its request never recorded");
+                    }
+                    if let Err(e) = state
+                        .router
+                        .ack_record(&record.user_id, record.credential_id.clone())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "outbox ack failed; retrying next sweep");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "outbox sweep cannot record; retrying"),
+            }
+        }
+    }
 }
 
 /// Expire OBR sessions past their TTL, forever.

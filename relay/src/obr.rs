@@ -9,11 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use obr_proto::signer::{CredentialCreated, ObrAssertion};
+use obr_proto::signer::{CredentialCreated, ObrAssertion, ObrRecord};
 use serde_json::json;
 
 use crate::clock::now_ms;
 use crate::directory::Person;
+use crate::directory::audit::RegistrationRecord;
 use crate::directory::{Directory, DirectoryError, KeyStatus};
 use crate::sessions::{AgentEvent, ObrConflict, ObrSession, Principal, SessionStore, StoreError};
 
@@ -221,7 +222,9 @@ impl Obr {
         Ok(expired.len())
     }
 
-    /// A credential was created on the user's key during `session`.
+    /// A credential was created on the user's key during `session`:
+    /// audited and the user told, exactly once (the outbox sweep may have
+    /// recorded it already).
     pub async fn registration_done(
         &self,
         session: &ObrSession,
@@ -229,29 +232,61 @@ impl Obr {
     ) -> Result<(), ObrError> {
         let credential_id = base64_url(&created.credential_id);
         self.directory
-            .audit(
-                &session.admin_email,
-                "obr.registration",
-                &session.user_email,
-                json!({ "session": session.id, "agent": session.agent_id, "rp_id": created.rp_id,
-                        "account": created.user_name, "credential_id": credential_id,
-                        "discoverable": created.discoverable }),
-            )
-            .await?;
-        self.directory
-            .notify(
-                &session.user_id,
-                "obr.registration",
-                &format!(
-                    "{} registered a passkey for {} ({}) on your security key",
-                    session.admin_email, created.rp_id, created.user_name
+            .record_registration(&RegistrationRecord {
+                audit_detail: json!({ "session": session.id, "agent": session.agent_id,
+                    "rp_id": created.rp_id, "account": created.user_name,
+                    "credential_id": credential_id, "discoverable": created.discoverable }),
+                message: registration_message(
+                    &session.admin_email,
+                    &created.rp_id,
+                    &created.user_name,
                 ),
-                json!({ "admin": session.admin_email, "rp_id": created.rp_id,
-                        "account": created.user_name, "credential_id": credential_id,
-                        "session": session.id }),
-            )
+                notification_detail: json!({ "admin": session.admin_email, "rp_id": created.rp_id,
+                    "account": created.user_name, "credential_id": credential_id,
+                    "session": session.id }),
+                credential_id,
+                admin_email: session.admin_email.clone(),
+                user_id: session.user_id.clone(),
+                user_email: session.user_email.clone(),
+            })
             .await?;
         Ok(())
+    }
+
+    /// A credential the signers' outbox holds with no confirmed record:
+    /// its request was cancelled, timed out, or its relay died after the
+    /// key created it. Recorded now, marked `recovered`. Returns whether
+    /// this call recorded it (false: it already was).
+    pub async fn registration_recovered(&self, record: &ObrRecord) -> Result<bool, ObrError> {
+        let email =
+            |person: Option<Person>, id: &str| person.map_or_else(|| id.to_owned(), |p| p.email);
+        let admin_email = email(
+            self.directory.person(&record.admin_id).await?,
+            &record.admin_id,
+        );
+        let user_email = email(
+            self.directory.person(&record.user_id).await?,
+            &record.user_id,
+        );
+        let credential_id = base64_url(&record.credential_id);
+        let recorded = self
+            .directory
+            .record_registration(&RegistrationRecord {
+                audit_detail: json!({ "session": record.obr_session_id, "rp_id": record.rp_id,
+                    "account": record.user_name, "credential_id": credential_id,
+                    "discoverable": record.discoverable, "created_at_ms": record.created_at_ms,
+                    "recovered": true }),
+                message: registration_message(&admin_email, &record.rp_id, &record.user_name),
+                notification_detail: json!({ "admin": admin_email, "rp_id": record.rp_id,
+                    "account": record.user_name, "credential_id": credential_id,
+                    "session": record.obr_session_id }),
+                credential_id,
+                admin_email,
+                user_id: record.user_id.clone(),
+                user_email,
+            })
+            .await?;
+        Ok(recorded)
     }
 
     /// The key signed for `session` with user presence: only ever a
@@ -397,6 +432,10 @@ fn check_target(admin: &Principal, user: &Person) -> Result<(), ObrError> {
         KeyStatus::Active => Ok(()),
         other => Err(ObrError::KeyNotActive(other.as_str())),
     }
+}
+
+fn registration_message(admin_email: &str, rp_id: &str, account: &str) -> String {
+    format!("{admin_email} registered a passkey for {rp_id} ({account}) on your security key")
 }
 
 pub(crate) fn base64_url(bytes: &[u8]) -> String {

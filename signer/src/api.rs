@@ -182,6 +182,21 @@ pub struct CreatedCredential {
     pub discoverable: bool,
 }
 
+/// An on-behalf credential waiting for its record (the outbox row written
+/// with it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObrRecord {
+    pub credential_id: Vec<u8>,
+    pub user_id: String,
+    pub admin_id: String,
+    pub obr_session_id: String,
+    pub rp_id: String,
+    pub user_name: String,
+    pub user_display_name: String,
+    pub discoverable: bool,
+    pub created_at_ms: i64,
+}
+
 /// A credential as the panel lists it (public data only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialInfo {
@@ -287,6 +302,28 @@ impl SignerCore {
                 call.deadline,
             )
             .await
+    }
+
+    /// On-behalf credentials whose record no relay has confirmed yet,
+    /// created at or before `created_before_ms`, oldest first, at most
+    /// `limit` (the outbox, migration 0003). Shared by every signer pod on
+    /// the database; activates nothing.
+    pub async fn pending_obr_records(
+        &self,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ObrRecord>, SignerError> {
+        Ok(self
+            .inner
+            .store
+            .pending_obr_records(created_before_ms, i64::from(limit))
+            .await?)
+    }
+
+    /// A relay recorded `credential_id`'s creation (audit and the user's
+    /// notification): it leaves the outbox. Returns whether it was there.
+    pub async fn ack_obr_record(&self, credential_id: &[u8]) -> Result<bool, SignerError> {
+        Ok(self.inner.store.ack_obr_record(credential_id).await?)
     }
 
     /// `user_id`'s credentials, oldest first. A read: activates nothing.

@@ -48,7 +48,7 @@ mod vault;
 
 pub use crate::api::{
     ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing,
-    ObrAssertion, Operation, SignerCore, UserApproval,
+    ObrAssertion, ObrRecord, Operation, SignerCore, UserApproval,
 };
 pub use crate::config::SignerConfig;
 pub use crate::ctap::attestation::{AttestationCa, AttestationConfig, AttestationError};

@@ -150,6 +150,45 @@ impl Signer for SignerService {
         Ok(Response::new(DeleteCredentialResponse { deleted }))
     }
 
+    async fn pending_records(
+        &self,
+        request: Request<proto::PendingRecordsRequest>,
+    ) -> Result<Response<proto::PendingRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = request.limit.clamp(1, MAX_RECORDS_PER_CALL);
+        let records = self
+            .core
+            .pending_obr_records(request.created_before_ms, limit)
+            .await
+            .map_err(to_status)?
+            .into_iter()
+            .map(|r| proto::ObrRecord {
+                credential_id: r.credential_id,
+                user_id: r.user_id,
+                admin_id: r.admin_id,
+                obr_session_id: r.obr_session_id,
+                rp_id: r.rp_id,
+                user_name: r.user_name,
+                user_display_name: r.user_display_name,
+                discoverable: r.discoverable,
+                created_at_ms: r.created_at_ms,
+            })
+            .collect();
+        Ok(Response::new(proto::PendingRecordsResponse { records }))
+    }
+
+    async fn ack_record(
+        &self,
+        request: Request<proto::AckRecordRequest>,
+    ) -> Result<Response<proto::AckRecordResponse>, Status> {
+        let acked = self
+            .core
+            .ack_obr_record(&request.into_inner().credential_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::AckRecordResponse { acked }))
+    }
+
     async fn reset_key(
         &self,
         request: Request<ResetKeyRequest>,
@@ -168,6 +207,9 @@ impl Signer for SignerService {
         }))
     }
 }
+
+/// Most outbox records one PendingRecords answer carries.
+const MAX_RECORDS_PER_CALL: u32 = 500;
 
 /// Longest admin id a management call may name.
 const MAX_ID_LEN: usize = 128;

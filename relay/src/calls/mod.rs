@@ -236,6 +236,15 @@ impl Calls {
     ) -> Result<(), obr::ObrError> {
         if let Some(created) = &response.created {
             self.obr.registration_done(session, created).await?;
+            // Recorded: the signers' outbox may let it go. If this is lost
+            // the outbox sweep finds it recorded and acks it then.
+            let router = self.router.clone();
+            let (user, credential) = (session.user_id.clone(), created.credential_id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = router.ack_record(&user, credential).await {
+                    tracing::debug!(error = %e, "outbox ack deferred to the sweep");
+                }
+            });
         }
         if let Some(assertion) = &response.obr_assertion {
             if assertion.refused {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+use super::notifications::insert_notification;
 use super::{DirResult, Directory};
 use crate::clock::now_ms;
 
@@ -49,43 +50,51 @@ impl Directory {
         // connection — a notification insert, another relay process on the
         // same file — wrote in between.
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (seq, prev_hash) = match head {
-            Some((seq, hash)) => (seq + 1, hash),
-            None => (1, GENESIS.to_owned()),
-        };
-        let at_ms = now_ms();
-        let detail_text = detail.to_string();
-        let hash = chain_hash(&prev_hash, seq, at_ms, actor, action, subject, &detail_text);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at_ms, actor, action, subject, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        let record = append(&mut tx, actor, action, subject, detail).await?;
+        tx.commit().await?;
+        log(&record);
+        Ok(record)
+    }
+
+    /// Record an on-behalf registration once: its audit record and the
+    /// user's notification, in one transaction with the marker that says
+    /// it is recorded. `Ok(false)` if it already was (the live path and
+    /// the outbox sweep may both try; exactly one writes).
+    pub async fn record_registration(&self, record: &RegistrationRecord) -> DirResult<bool> {
+        let _guard = self.audit_lock().lock().await;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let fresh = sqlx::query(
+            "INSERT INTO recorded_registrations (credential_id, recorded_at_ms) VALUES ($1, $2) \
+             ON CONFLICT (credential_id) DO NOTHING",
         )
-        .bind(seq)
-        .bind(at_ms)
-        .bind(actor)
-        .bind(action)
-        .bind(subject)
-        .bind(&detail_text)
-        .bind(&prev_hash)
-        .bind(&hash)
+        .bind(&record.credential_id)
+        .bind(now_ms())
         .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(false);
+        }
+        let audited = append(
+            &mut tx,
+            &record.admin_email,
+            "obr.registration",
+            &record.user_email,
+            record.audit_detail.clone(),
+        )
+        .await?;
+        insert_notification(
+            &mut tx,
+            &record.user_id,
+            "obr.registration",
+            &record.message,
+            &record.notification_detail,
+        )
         .await?;
         tx.commit().await?;
-        tracing::info!(target: "obr::audit", seq, actor, action, subject, detail = %detail_text);
-        Ok(AuditRecord {
-            seq,
-            at_ms,
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            subject: subject.to_owned(),
-            detail,
-            prev_hash,
-            hash,
-        })
+        log(&audited);
+        Ok(true)
     }
 
     /// Records with `seq > after`, oldest first, at most `limit`.
@@ -144,6 +153,69 @@ impl Directory {
         }
         Ok(None)
     }
+}
+
+/// What recording one on-behalf registration writes.
+#[derive(Clone, Debug)]
+pub struct RegistrationRecord {
+    /// base64url; the key of exactly-once.
+    pub credential_id: String,
+    pub admin_email: String,
+    pub user_id: String,
+    pub user_email: String,
+    pub audit_detail: serde_json::Value,
+    pub message: String,
+    pub notification_detail: serde_json::Value,
+}
+
+/// Extend the chain by one record inside `tx` (which holds the write lock).
+async fn append(
+    tx: &mut sqlx::SqliteConnection,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: serde_json::Value,
+) -> DirResult<AuditRecord> {
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (seq, prev_hash) = match head {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_owned()),
+    };
+    let at_ms = now_ms();
+    let detail_text = detail.to_string();
+    let hash = chain_hash(&prev_hash, seq, at_ms, actor, action, subject, &detail_text);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at_ms, actor, action, subject, detail, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(seq)
+    .bind(at_ms)
+    .bind(actor)
+    .bind(action)
+    .bind(subject)
+    .bind(&detail_text)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
+    Ok(AuditRecord {
+        seq,
+        at_ms,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        subject: subject.to_owned(),
+        detail,
+        prev_hash,
+        hash,
+    })
+}
+
+fn log(record: &AuditRecord) {
+    tracing::info!(target: "obr::audit", seq = record.seq, actor = %record.actor,
+        action = %record.action, subject = %record.subject, detail = %record.detail);
 }
 
 fn chain_hash(

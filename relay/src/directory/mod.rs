@@ -281,11 +281,18 @@ fn person_from_row(r: &sqlx::sqlite::SqliteRow) -> DirResult<Person> {
 
 /// The migrations, compiled into the binary (sqlx's `migrate!` macro would
 /// pull in sqlx-macros and its compile time for this one job).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "directory",
-    include_str!("../../migrations/0001_directory.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "directory",
+        include_str!("../../migrations/0001_directory.sql"),
+    ),
+    (
+        2,
+        "recorded_registrations",
+        include_str!("../../migrations/0002_recorded_registrations.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct EmbeddedMigrations;

@@ -27,24 +27,8 @@ impl Directory {
         message: &str,
         detail: serde_json::Value,
     ) -> DirResult<Notification> {
-        let at_ms = now_ms();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO notifications (person_id, at_ms, kind, message, detail) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(person_id)
-        .bind(at_ms)
-        .bind(kind)
-        .bind(message)
-        .bind(detail.to_string())
-        .fetch_one(self.pool())
-        .await?;
-        Ok(Notification {
-            id,
-            at_ms,
-            kind: kind.to_owned(),
-            message: message.to_owned(),
-            detail,
-        })
+        let mut conn = self.pool().acquire().await?;
+        insert_notification(&mut conn, person_id, kind, message, &detail).await
     }
 
     /// The person's notifications with `id > after`, oldest first.
@@ -70,4 +54,33 @@ impl Directory {
             })
             .collect()
     }
+}
+
+/// Put one notification in `person_id`'s inbox, on `conn` (a pooled
+/// connection, or a transaction that records more with it).
+pub(super) async fn insert_notification(
+    conn: &mut sqlx::SqliteConnection,
+    person_id: &str,
+    kind: &str,
+    message: &str,
+    detail: &serde_json::Value,
+) -> DirResult<Notification> {
+    let at_ms = now_ms();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO notifications (person_id, at_ms, kind, message, detail) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(person_id)
+    .bind(at_ms)
+    .bind(kind)
+    .bind(message)
+    .bind(detail.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Notification {
+        id,
+        at_ms,
+        kind: kind.to_owned(),
+        message: message.to_owned(),
+        detail: detail.clone(),
+    })
 }

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use obr_proto::signer::signer_client::SignerClient;
 use obr_proto::signer::{
-    Acting, Credential, CtapCall, DeleteCredentialRequest, LinkResponse, ListCredentialsRequest,
-    ResetKeyRequest,
+    AckRecordRequest, Acting, Credential, CtapCall, DeleteCredentialRequest, LinkResponse,
+    ListCredentialsRequest, ObrRecord, PendingRecordsRequest, ResetKeyRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -235,6 +235,42 @@ impl Router {
 }
 
 impl Router {
+    /// On-behalf credentials whose record no relay confirmed, created at or
+    /// before `created_before_ms`. Every signer pod reads the one database,
+    /// so any live pod answers for all.
+    pub async fn pending_records(
+        &self,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ObrRecord>, LinkError> {
+        // Rendezvous over a fixed key: the same pod while membership holds.
+        let mut client = SignerClient::new(self.link_for("obr-outbox")?.channel());
+        let request = PendingRecordsRequest {
+            created_before_ms,
+            limit,
+        };
+        let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.pending_records(request))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        Ok(response.into_inner().records)
+    }
+
+    /// Tell the signers `credential_id`'s creation is recorded.
+    pub async fn ack_record(
+        &self,
+        user_id: &str,
+        credential_id: Vec<u8>,
+    ) -> Result<bool, LinkError> {
+        let mut client = SignerClient::new(self.link_for(user_id)?.channel());
+        let response = tokio::time::timeout(
+            MANAGEMENT_TIMEOUT,
+            client.ack_record(AckRecordRequest { credential_id }),
+        )
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+        Ok(response.into_inner().acked)
+    }
+
     /// Delete all of the user's credentials and replace their data key.
     pub async fn reset_key(&self, admin_id: &str, user_id: &str) -> Result<u64, LinkError> {
         let mut client = SignerClient::new(self.link_for(user_id)?.channel());

@@ -37,7 +37,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, Row, Type};
 
-use crate::api::{CredentialInfo, ObrActing};
+use crate::api::{CredentialInfo, ObrActing, ObrRecord};
 use crate::ids::{CredentialId, UserId};
 use crate::vault::WrappedKey;
 
@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "authenticator",
         include_str!("../../migrations/0002_authenticator.sql"),
+    ),
+    (
+        3,
+        "obr_outbox",
+        include_str!("../../migrations/0003_obr_outbox.sql"),
     ),
 ];
 
@@ -175,6 +180,12 @@ pub(crate) struct StoredCredential {
     /// The OBR session that created it, if an admin did.
     pub obr_session_id: Option<String>,
 }
+
+/// The statement that queues an on-behalf credential's record.
+const OUTBOX_INSERT: &str = "INSERT INTO obr_outbox \
+         (credential_id, user_id, admin_id, obr_session_id, rp_id, user_name, \
+          user_display_name, discoverable, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// A credential about to be stored.
 #[derive(Debug)]
@@ -412,9 +423,54 @@ impl Store {
                 .bind(credential.wrapped_cred_random.map(WrappedKey::as_bytes))
                 .execute(&mut *tx)
                 .await?;
+            // On behalf: the record to make travels with the credential.
+            if let Some(obr) = credential.created_by {
+                sqlx::query(OUTBOX_INSERT)
+                    .bind(credential.id.as_bytes())
+                    .bind(user.as_str())
+                    .bind(obr.admin_id.as_str())
+                    .bind(obr.obr_session_id.as_str())
+                    .bind(credential.rp_id)
+                    .bind(credential.user_name)
+                    .bind(credential.user_display_name)
+                    .bind(credential.discoverable)
+                    .bind(credential.created_at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             Ok(replaced)
         })
+    }
+
+    /// On-behalf credentials whose record the relay has not confirmed,
+    /// created at or before `created_before_ms`, oldest first.
+    pub(crate) async fn pending_obr_records(
+        &self,
+        created_before_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ObrRecord>, StoreError> {
+        const SELECT: &str = "SELECT credential_id, user_id, admin_id, obr_session_id, rp_id, \
+                    user_name, user_display_name, discoverable, created_at \
+             FROM obr_outbox WHERE created_at <= $1 ORDER BY created_at LIMIT $2";
+        with_pool!(self.pool, pool => {
+            let rows = sqlx::query(SELECT)
+                .bind(created_before_ms)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(obr_record).collect()
+        })
+    }
+
+    /// The relay recorded `credential`'s creation: its outbox row goes.
+    /// Returns whether there was one.
+    pub(crate) async fn ack_obr_record(&self, credential: &[u8]) -> Result<bool, StoreError> {
+        const DELETE: &str = "DELETE FROM obr_outbox WHERE credential_id = $1";
+        let deleted = with_pool!(self.pool, pool => {
+            sqlx::query(DELETE).bind(credential).execute(pool).await?.rows_affected()
+        });
+        Ok(deleted > 0)
     }
 
     /// Increment and return a credential's signature counter under the
@@ -648,6 +704,20 @@ fn stored_credential(row: &impl StoreRow) -> Result<StoredCredential, StoreError
         discoverable: row.column("discoverable")?,
         wrapped_private_key: WrappedKey::from_stored(row.column("wrapped_private_key")?),
         obr_session_id: row.column("obr_session_id")?,
+    })
+}
+
+fn obr_record(row: &impl StoreRow) -> Result<ObrRecord, StoreError> {
+    Ok(ObrRecord {
+        credential_id: row.column("credential_id")?,
+        user_id: row.column("user_id")?,
+        admin_id: row.column("admin_id")?,
+        obr_session_id: row.column("obr_session_id")?,
+        rp_id: row.column("rp_id")?,
+        user_name: row.column("user_name")?,
+        user_display_name: row.column("user_display_name")?,
+        discoverable: row.column("discoverable")?,
+        created_at_ms: row.column("created_at")?,
     })
 }
 

@@ -12,6 +12,7 @@ mod grpc;
 mod keys;
 mod memory;
 mod obr_scope;
+mod outbox;
 mod rotation;
 mod test_db;
 mod tokens;

@@ -1,0 +1,175 @@
+//! No on-behalf credential without its record, even when the request that
+//! made it never finished: the browser cancels (CTAPHID_CANCEL) while the
+//! key is creating it, or the relay is killed mid-registration. The signer
+//! writes each on-behalf credential's record into its outbox in the same
+//! transaction as the credential; a relay records what the live path did
+//! not (audit record and the user's notification), exactly once.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use obr_tests::api::Api;
+use obr_tests::hid_client::{CMD_CANCEL, CMD_CBOR, HidClient};
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, Stack};
+use obr_tests::rp;
+use obr_tests::scratch::Scratch;
+use webauthn_rs::prelude::Uuid;
+
+/// How long the outbox sweep may take to record what a request left
+/// behind (it waits 3 s, sweeps every 2 s).
+const SWEEP_WAIT: Duration = Duration::from_secs(20);
+
+/// What is known of bob's on-behalf passkeys, by credential id.
+struct Ledger {
+    on_key: BTreeSet<String>,
+    audited: BTreeSet<String>,
+    notified: BTreeSet<String>,
+    /// Records the outbox sweep made (`recovered`).
+    recovered: usize,
+}
+
+fn ledger(api: &Api, admin: &str, bob: &obr_relay::demo::DemoUser) -> anyhow::Result<Ledger> {
+    let on_key = api
+        .passkeys(admin, &bob.id)?
+        .iter()
+        .filter_map(|p| p["credential_id"].as_str().map(str::to_owned))
+        .collect();
+    let records: Vec<serde_json::Value> = api.audit(admin)?["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["action"] == "obr.registration")
+        .cloned()
+        .collect();
+    let recovered = records
+        .iter()
+        .filter(|r| r["detail"]["recovered"] == true)
+        .count();
+    let audited = records
+        .iter()
+        .filter_map(|r| r["detail"]["credential_id"].as_str().map(str::to_owned))
+        .collect();
+    let notified = api
+        .notifications(bob.device_token.as_deref().unwrap_or_default())?
+        .iter()
+        .filter(|n| n["kind"] == "obr.registration")
+        .filter_map(|n| n["detail"]["credential_id"].as_str().map(str::to_owned))
+        .collect();
+    Ok(Ledger {
+        on_key,
+        audited,
+        notified,
+        recovered,
+    })
+}
+
+/// Wait until every passkey on bob's key is audited and notified (exactly
+/// those), or fail with the three sets.
+fn all_recorded(api: &Api, admin: &str, bob: &obr_relay::demo::DemoUser) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + SWEEP_WAIT;
+    loop {
+        let Ledger {
+            on_key,
+            audited,
+            notified,
+            recovered,
+        } = ledger(api, admin, bob)?;
+        if on_key == audited && on_key == notified {
+            eprintln!(
+                "{} passkeys on the key, all audited and notified; {recovered} recorded by the outbox sweep",
+                on_key.len()
+            );
+            return Ok(on_key.len());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "after {SWEEP_WAIT:?}: on the key {on_key:?}, audited {audited:?}, notified {notified:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn registration_request() -> anyhow::Result<Vec<u8>> {
+    let webauthn = rp::webauthn()?;
+    let (options, _) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
+    Ok(rp::make_credential(&options, false)?.ctap_request)
+}
+
+#[test]
+fn registrations_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
+    let stack = Stack::start("record-cancelled")?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    stack.agent.select_as_obr(&api, &admin, bob)?;
+
+    // Cancel at every moment of the request's life: before the relay sees
+    // it, while the key creates the credential, after.
+    let mut outcomes = Vec::new();
+    for delay_ms in 0..24u64 {
+        let hid = HidClient::open(&stack.agent.hid_socket)?;
+        let cid = hid.cid;
+        hid.send_message(cid, CMD_CBOR, &registration_request()?)?;
+        std::thread::sleep(Duration::from_micros(delay_ms * 500));
+        hid.send_message(cid, CMD_CANCEL, &[])?;
+        let reply = hid.read_reply(cid, Duration::from_secs(10))?;
+        outcomes.push(reply.payload.first().copied());
+    }
+    eprintln!("answers to the cancelled requests: {outcomes:?}");
+    all_recorded(&api, &admin, bob)?;
+    Ok(())
+}
+
+#[test]
+fn registrations_a_killed_relay_left_are_recorded_after_restart() -> anyhow::Result<()> {
+    let scratch = Scratch::new("record-killed")?;
+    let relay_dir = scratch.join("relay");
+    let relay = RelayProc::start(&relay_dir, &RelayOptions::default())?;
+    std::fs::create_dir_all(scratch.join("agent"))?;
+    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
+    let api = Api::new(&relay.url);
+    let bob = relay.user("bob@demo.obr")?.clone();
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    agent.login(&api, &admin)?;
+    agent.select_as_obr(&api, &admin, &bob)?;
+
+    // Sixteen browsers register one passkey after another; the relay (and
+    // its embedded signer) is killed with SIGKILL while they do.
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let socket = agent.hid_socket.clone();
+            std::thread::spawn(move || -> anyhow::Result<usize> {
+                let mut hid = HidClient::open(&socket)?;
+                let mut answered = 0;
+                while hid.cbor(&registration_request()?)?.first() == Some(&0) {
+                    answered += 1;
+                }
+                Ok(answered)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(relay);
+    let answered: usize = clients
+        .into_iter()
+        .filter_map(|c| c.join().ok()?.ok())
+        .sum();
+    drop(agent);
+
+    let relay = restart(&relay_dir)?;
+    let api = Api::new(&relay.url);
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    let on_key = all_recorded(&api, &admin, &bob)?;
+    eprintln!("{answered} registrations answered before the kill; {on_key} on the key");
+    assert!(on_key >= answered);
+    Ok(())
+}
+
+fn restart(dir: &Path) -> anyhow::Result<RelayProc> {
+    RelayProc::start(dir, &RelayOptions::default())
+}
