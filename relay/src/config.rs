@@ -17,6 +17,10 @@ pub struct RelayConfig {
     pub redis_url: Option<String>,
     /// Namespace for every Redis key of this deployment.
     pub redis_prefix: String,
+    /// The key that seals every Redis value and event (64 hex characters,
+    /// 0600); every relay of a deployment needs the same one. Default:
+    /// `cluster.key` in the data directory, created when missing.
+    pub cluster_key_file: Option<PathBuf>,
     /// Signer endpoints (`http://host:port`); empty runs one in-process,
     /// unless `discover_signers`.
     pub signers: Vec<String>,
@@ -48,6 +52,7 @@ impl RelayConfig {
             data_dir,
             redis_url: None,
             redis_prefix: "obr:".to_owned(),
+            cluster_key_file: None,
             signers: Vec::new(),
             discover_signers: false,
             obr_ttl: crate::obr::DEFAULT_OBR_TTL,

@@ -49,7 +49,7 @@ use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
 use crate::routing::Router;
-use crate::sessions::{MemoryStore, RedisStore, SessionStore};
+use crate::sessions::{MemoryStore, RedisStore, Sealer, SessionStore};
 use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,8 @@ pub enum RelayError {
     #[error(transparent)]
     Store(#[from] sessions::StoreError),
     #[error(transparent)]
+    ClusterKey(#[from] sessions::seal::ClusterKeyError),
+    #[error(transparent)]
     Routing(#[from] routing::LinkError),
     #[error("--discover-signers needs --redis-url (signers announce themselves there)")]
     DiscoveryNeedsRedis,
@@ -76,6 +78,10 @@ pub enum RelayError {
     #[error("TLS: {0}")]
     Tls(String),
 }
+
+/// The cluster key's default file, in the data directory (relays that
+/// share a Redis must share it: `--cluster-key-file`).
+pub const CLUSTER_KEY_FILE: &str = "cluster.key";
 
 /// The embedded signer's socket, in the data directory.
 pub const EMBEDDED_SIGNER_SOCKET: &str = "signer.sock";
@@ -105,7 +111,14 @@ impl Relay {
         files::private_file(&relay_db).map_err(data_dir_err)?;
         let directory = Directory::open(&relay_db).await?;
         let store: Arc<dyn SessionStore> = match &config.redis_url {
-            Some(url) => Arc::new(RedisStore::connect(url, &config.redis_prefix).await?),
+            Some(url) => {
+                let key_file = config
+                    .cluster_key_file
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join(CLUSTER_KEY_FILE));
+                let sealer = Sealer::load_or_create(&key_file)?;
+                Arc::new(RedisStore::connect(url, &config.redis_prefix, sealer).await?)
+            }
             None => Arc::new(MemoryStore::new()),
         };
         let mut config = config;

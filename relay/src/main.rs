@@ -29,6 +29,11 @@ struct Args {
     redis_url: Option<String>,
     #[arg(long, env = "OBR_RELAY_REDIS_PREFIX", default_value = "obr:")]
     redis_prefix: String,
+    /// The cluster key that seals what relays keep in Redis (64 hex
+    /// characters, mode 0600; every relay of a deployment needs the same
+    /// one). Default: cluster.key in the data directory, made if missing.
+    #[arg(long, env = "OBR_RELAY_CLUSTER_KEY_FILE")]
+    cluster_key_file: Option<PathBuf>,
     /// Signer endpoint (repeat for several); none runs one in-process.
     #[arg(long = "signer", env = "OBR_RELAY_SIGNERS", value_delimiter = ',')]
     signers: Vec<String>,
@@ -80,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|(cert_chain, key)| obr_relay::config::TlsFiles { cert_chain, key });
     config.redis_url = args.redis_url;
     config.redis_prefix = args.redis_prefix;
+    config.cluster_key_file = args.cluster_key_file;
     config.signers = args.signers;
     config.discover_signers = args.discover_signers;
     config.obr_ttl = Duration::from_secs(args.obr_ttl_s);

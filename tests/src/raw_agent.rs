@@ -33,34 +33,37 @@ impl RawAgent {
     /// relay's challenge. Returns the socket after the relay's welcome, the
     /// agent id and the welcome.
     pub async fn connect_proven(relay_url: &str) -> anyhow::Result<(Self, String, Welcome)> {
+        let key = TestAgentKey::generate()?;
+        let (agent, welcome) = Self::connect_as(relay_url, &key).await?;
+        Ok((agent, key.agent_id(), welcome))
+    }
+
+    /// Connect as the agent whose key is `key`, answering the challenge.
+    pub async fn connect_as(
+        relay_url: &str,
+        key: &TestAgentKey,
+    ) -> anyhow::Result<(Self, Welcome)> {
         let mut agent = Self::connect(relay_url).await?;
         let nonce = match agent.next_within(Duration::from_secs(5)).await {
             Some(relay_frame::Kind::Challenge(c)) => c.nonce,
             other => bail!("expected the relay's challenge, got {other:?}"),
         };
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-            .ok()
-            .context("key generation")?;
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-            .ok()
-            .context("key")?;
-        let public_key = key.public_key().as_ref().to_vec();
-        let agent_id = identity::agent_id(&public_key);
+        let agent_id = key.agent_id();
         let proof = key
-            .sign(&rng, &identity::proof_message(&nonce, &agent_id))
+            .pair
+            .sign(&key.rng, &identity::proof_message(&nonce, &agent_id))
             .ok()
             .context("signing")?;
         agent
             .send(agent_frame::Kind::Hello(Hello {
-                agent_id: agent_id.clone(),
+                agent_id,
                 agent_version: "test".into(),
-                public_key,
+                public_key: key.public_key(),
                 proof: proof.as_ref().to_vec(),
             }))
             .await?;
         match agent.next_within(Duration::from_secs(5)).await {
-            Some(relay_frame::Kind::Welcome(welcome)) => Ok((agent, agent_id, welcome)),
+            Some(relay_frame::Kind::Welcome(welcome)) => Ok((agent, welcome)),
             other => bail!("expected a welcome, got {other:?}"),
         }
     }
@@ -102,5 +105,33 @@ impl RawAgent {
             frames.push(frame);
         }
         frames
+    }
+}
+
+/// A test agent's own P-256 key pair (what an attacker has: a key of their
+/// own, never the victim's).
+pub struct TestAgentKey {
+    pair: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl TestAgentKey {
+    pub fn generate() -> anyhow::Result<Self> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .ok()
+            .context("key generation")?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .ok()
+            .context("key")?;
+        Ok(Self { pair, rng })
+    }
+
+    pub fn public_key(&self) -> Vec<u8> {
+        self.pair.public_key().as_ref().to_vec()
+    }
+
+    pub fn agent_id(&self) -> String {
+        identity::agent_id(&self.public_key())
     }
 }

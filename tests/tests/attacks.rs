@@ -10,7 +10,7 @@ use obr_proto::agent::{CtapRequest, Hello, LoginStart, ModeKind, agent_frame, re
 use obr_tests::api::{Api, audit_actions};
 use obr_tests::hid_client::HidClient;
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, Stack};
-use obr_tests::raw_agent::RawAgent;
+use obr_tests::raw_agent::{RawAgent, TestAgentKey};
 use obr_tests::redis_server::RedisServer;
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
@@ -601,6 +601,68 @@ fn a_local_user_cannot_reach_the_embedded_signer() -> anyhow::Result<()> {
     assert_eq!(
         mode(&data_dir.join(obr_relay::EMBEDDED_SIGNER_SOCKET))?,
         0o600
+    );
+    Ok(())
+}
+
+/// Finding 5: someone who can write to the deployment's Redis — but holds
+/// no cluster key — mints an admin token and logs their own agent in as
+/// the admin. Neither works: every value the relay reads from Redis must
+/// carry the cluster key's MAC for its own key.
+#[test]
+fn a_redis_writer_cannot_grant_power() -> anyhow::Result<()> {
+    let Some(redis) = RedisServer::start()? else {
+        eprintln!("redis-server not installed; .ci/run installs it");
+        return Ok(());
+    };
+    let scratch = Scratch::new("attack-redis-writer")?;
+    let relay = RelayProc::start(
+        &scratch.join("relay"),
+        &RelayOptions {
+            redis_url: Some(redis.url()),
+            ..RelayOptions::default()
+        },
+    )?;
+    let api = Api::new(&relay.url);
+    let client = ::redis::Client::open(redis.url())?;
+    let mut writer = client.get_connection()?;
+    let admin = serde_json::json!({ "person_id": relay.demo.admin_id,
+        "email": relay.demo.admin_email, "is_admin": true, "scope": "admin" });
+
+    // A token of the attacker's choosing, filed as the admin's.
+    let token = "attacker-chosen-token";
+    let key = format!("obr:token:{}", obr_relay::auth::token_hash(token));
+    ::redis::cmd("SET")
+        .arg(&key)
+        .arg(admin.to_string())
+        .query::<()>(&mut writer)?;
+    let users = api.call("GET", "/api/users", Some(token), None)?;
+    assert_eq!(
+        users.status, 401,
+        "a minted token was accepted: {:?}",
+        users.body
+    );
+
+    // The attacker's own agent (its own key), logged in as the admin.
+    let rt = runtime()?;
+    let key = TestAgentKey::generate()?;
+    let agent_id = key.agent_id();
+    let mut agent_login = admin.clone();
+    agent_login["scope"] = "agent".into();
+    ::redis::cmd("SET")
+        .arg(format!("obr:agent:{agent_id}"))
+        .arg(agent_login.to_string())
+        .query::<()>(&mut writer)?;
+    ::redis::cmd("PUBLISH")
+        .arg("obr:events")
+        .arg(serde_json::json!({ "kind": "login_changed", "agent_id": agent_id }).to_string())
+        .query::<()>(&mut writer)?;
+    // The attacker connects with its key (its own, so it can prove it).
+    let (_, welcome) = rt.block_on(RawAgent::connect_as(&relay.url, &key))?;
+    assert_eq!(
+        welcome.mode.unwrap_or_default().kind,
+        ModeKind::NotLoggedIn as i32,
+        "a minted agent login was accepted"
     );
     Ok(())
 }

@@ -8,10 +8,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use obr_relay::sessions::{
-    AgentEvent, DeviceGrant, MemoryStore, ObrConflict, ObrSession, Principal, RedisStore,
+    AgentEvent, DeviceGrant, MemoryStore, ObrConflict, ObrSession, Principal, RedisStore, Sealer,
     SessionStore, TokenScope,
 };
 use obr_tests::redis_server::RedisServer;
+
+fn sealer() -> Sealer {
+    Sealer::new(&[0x5e; 32])
+}
 
 fn principal(id: &str, scope: TokenScope) -> Principal {
     Principal {
@@ -229,7 +233,7 @@ async fn redis_store_meets_the_contract() {
     let server = RedisServer::start()
         .expect("redis-server failed to start")
         .expect("redis-server is not installed: `apt-get install -y redis-server` (.ci/run does)");
-    let store = RedisStore::connect(&server.url(), "contract:")
+    let store = RedisStore::connect(&server.url(), "contract:", sealer())
         .await
         .unwrap();
     contract(Arc::new(store)).await;
@@ -242,9 +246,102 @@ async fn redis_store_reports_an_unreachable_server() {
         .local_addr()
         .unwrap()
         .port();
-    let result = RedisStore::connect(&format!("redis://127.0.0.1:{port}/"), "x:").await;
+    let result = RedisStore::connect(&format!("redis://127.0.0.1:{port}/"), "x:", sealer()).await;
     assert!(
         result.is_err(),
         "connecting to a closed port must fail, not hang"
     );
+}
+
+/// A Redis writer (no cluster key) writes values and events the relay
+/// would act on: an admin token, an agent login, an OBR session, a copy of
+/// a genuine value under another key, an event. None is read; genuine
+/// values still are.
+#[tokio::test]
+async fn redis_store_reads_nothing_a_redis_writer_forged() {
+    let server = RedisServer::start()
+        .expect("redis-server failed to start")
+        .expect("redis-server is not installed: `apt-get install -y redis-server` (.ci/run does)");
+    let store = RedisStore::connect(&server.url(), "forge:", sealer())
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let writer = client.get_multiplexed_async_connection().await.unwrap();
+    let set = |key: &str, value: String| {
+        let (key, mut writer) = (key.to_owned(), writer.clone());
+        async move {
+            let _: () = redis::AsyncCommands::set(&mut writer, key, value)
+                .await
+                .unwrap();
+        }
+    };
+    let admin = principal("admin", TokenScope::Admin);
+    let admin_json = serde_json::to_string(&admin).unwrap();
+
+    // Minted in clear, and sealed by another deployment's key.
+    set("forge:token:minted", admin_json.clone()).await;
+    assert_eq!(store.get_token("minted").await.unwrap(), None);
+    set(
+        "forge:token:other-key",
+        Sealer::new(&[1; 32]).seal("forge:token:other-key", &admin_json),
+    )
+    .await;
+    assert_eq!(store.get_token("other-key").await.unwrap(), None);
+    // A genuine token copied to the attacker's token hash.
+    store
+        .put_token("genuine", &admin, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_token("genuine").await.unwrap(),
+        Some(admin.clone())
+    );
+    let genuine: String = redis::AsyncCommands::get(&mut writer.clone(), "forge:token:genuine")
+        .await
+        .unwrap();
+    set("forge:token:copied", genuine).await;
+    assert_eq!(store.get_token("copied").await.unwrap(), None);
+    // An agent login, minted.
+    set(
+        "forge:agent:attacker",
+        serde_json::to_string(&principal("admin", TokenScope::Agent)).unwrap(),
+    )
+    .await;
+    assert_eq!(store.agent_login("attacker").await.unwrap(), None);
+    // A genuine OBR session pointed at from the attacker's agent.
+    let far = 4_000_000_000_000;
+    let victim = session_for("victim-session", "victim-agent", "bob", far);
+    assert_eq!(store.create_obr(&victim).await.unwrap(), Ok(()));
+    set("forge:obr:agent:attacker", "victim-session".to_owned()).await;
+    assert_eq!(store.get_obr("attacker").await.unwrap(), None);
+    assert_eq!(
+        store.get_obr("victim-agent").await.unwrap(),
+        Some(victim.clone())
+    );
+    // A session minted in clear.
+    set("forge:obr:agent:minted-agent", "minted".to_owned()).await;
+    set(
+        "forge:obr:session:minted",
+        serde_json::to_string(&session_for("minted", "minted-agent", "carol", far)).unwrap(),
+    )
+    .await;
+    assert_eq!(store.get_obr("minted-agent").await.unwrap(), None);
+
+    // A forged event is dropped; the genuine one after it arrives.
+    let mut events = store.subscribe().await.unwrap();
+    let _: i64 = redis::AsyncCommands::publish(
+        &mut writer.clone(),
+        "forge:events",
+        r#"{"kind":"login_changed","agent_id":"forged"}"#,
+    )
+    .await
+    .unwrap();
+    let genuine = AgentEvent::ModeChanged {
+        agent_id: "agent-1".into(),
+    };
+    store.publish(&genuine).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap();
+    assert_eq!(got, Some(genuine));
 }

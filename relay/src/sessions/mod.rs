@@ -14,6 +14,7 @@
 
 mod memory;
 mod redis;
+pub mod seal;
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
+pub use self::seal::Sealer;
 
 /// Who a bearer token (or a logged-in agent) stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

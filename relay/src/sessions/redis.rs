@@ -10,9 +10,14 @@
 //!   claims from. Multi-key changes are Lua scripts, so each is atomic.
 //! - events are published on the `events` channel.
 //!
+//! Every value and event is sealed ([`super::seal`]): a MAC under the
+//! deployment's cluster key, bound to its key or channel. What does not
+//! verify is dropped and logged, so a Redis writer cannot grant power.
+//!
 //! Connections: one `ConnectionManager` (multiplexed, reconnects by itself)
 //! and one pub/sub connection per subscriber, re-established on loss.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,9 +26,10 @@ use futures_util::stream::BoxStream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
+use super::seal::{Forged, Sealer, unverified_json};
 use super::{
-    AgentEvent, Approval, DeviceGrant, EXPIRED_SESSION_GRACE, ObrConflict, ObrSession, Principal,
-    SessionStore, StoreError, StoreResult,
+    AgentEvent, Approval, ApprovalState, DeviceGrant, EXPIRED_SESSION_GRACE, ObrConflict,
+    ObrSession, Principal, SessionStore, StoreError, StoreResult,
 };
 
 /// Bound on every Redis round trip; the relay answers 503 past it.
@@ -55,8 +61,9 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
 local session = redis.call('GET', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
-if session then
-  local ukey = ARGV[2] .. 'obr:user:' .. cjson.decode(session)['user_id']
+local dot = session and string.find(session, '.', 1, true)
+if dot then
+  local ukey = ARGV[2] .. 'obr:user:' .. cjson.decode(string.sub(session, dot + 1))['user_id']
   if redis.call('GET', ukey) == ARGV[1] then redis.call('DEL', ukey) end
 end
 return session
@@ -69,9 +76,10 @@ for _, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 then
     local skey = ARGV[2] .. 'obr:session:' .. id
     local session = redis.call('GET', skey)
-    if session then
+    local dot = session and string.find(session, '.', 1, true)
+    if dot then
       redis.call('DEL', skey)
-      local decoded = cjson.decode(session)
+      local decoded = cjson.decode(string.sub(session, dot + 1))
       local akey = ARGV[2] .. 'obr:agent:' .. decoded['agent_id']
       if redis.call('GET', akey) == id then redis.call('DEL', akey) end
       local ukey = ARGV[2] .. 'obr:user:' .. decoded['user_id']
@@ -83,15 +91,12 @@ end
 return out
 "#;
 
-const DECIDE_APPROVAL: &str = r#"
-local json = redis.call('GET', KEYS[1])
-if not json then return false end
-local approval = cjson.decode(json)
-if approval['person_id'] ~= ARGV[1] or approval['state'] ~= 'pending' then return false end
-approval['state'] = ARGV[2]
-local updated = cjson.encode(approval)
-redis.call('SET', KEYS[1], updated, 'KEEPTTL')
-return updated
+/// Replace a value only if it is still what was read (KEEPTTL): the
+/// decision is made and sealed in Rust, never by rewriting JSON in Lua.
+const COMPARE_AND_SET: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
 "#;
 
 #[derive(Clone)]
@@ -99,12 +104,13 @@ pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
+    sealer: Arc<Sealer>,
 }
 
 impl RedisStore {
     /// Connect to `url` (`redis://host:port/db`); keys are namespaced under
     /// `prefix` so several deployments (or test runs) can share a server.
-    pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+    pub async fn connect(url: &str, prefix: &str, sealer: Sealer) -> StoreResult<Self> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(DEFAULT_REDIS_RESPONSE_TIMEOUT))
@@ -114,6 +120,7 @@ impl RedisStore {
             client,
             conn,
             prefix: prefix.to_owned(),
+            sealer: Arc::new(sealer),
         })
     }
 
@@ -129,9 +136,9 @@ impl RedisStore {
         value: &T,
         ttl: Duration,
     ) -> StoreResult<()> {
-        let json = serde_json::to_string(value)?;
+        let sealed = self.sealer.seal(&key, &serde_json::to_string(value)?);
         let mut conn = self.conn.clone();
-        let _: () = conn.pset_ex(key, json, ttl_ms(ttl)).await?;
+        let _: () = conn.pset_ex(key, sealed, ttl_ms(ttl)).await?;
         Ok(())
     }
 
@@ -140,8 +147,53 @@ impl RedisStore {
         key: String,
     ) -> StoreResult<Option<T>> {
         let mut conn = self.conn.clone();
-        let json: Option<String> = conn.get(key).await?;
-        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        let sealed: Option<String> = conn.get(&key).await?;
+        sealed.map_or(Ok(None), |s| self.open(&key, &s))
+    }
+
+    /// The value sealed for `key`; a forged one is logged and read as
+    /// absent (fail closed).
+    fn open<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        sealed: &str,
+    ) -> StoreResult<Option<T>> {
+        match self.sealer.open(key, sealed) {
+            Ok(json) => Ok(Some(serde_json::from_str(json)?)),
+            Err(Forged) => {
+                tracing::warn!(key, "dropped a Redis value the cluster key did not seal");
+                Ok(None)
+            }
+        }
+    }
+
+    /// A sealed OBR session, checked against the key it says it lives at;
+    /// `agent_id`, when given, must be the session's.
+    fn open_session(
+        &self,
+        sealed: &str,
+        agent_id: Option<&str>,
+    ) -> StoreResult<Option<ObrSession>> {
+        let Ok(json) = unverified_json(sealed) else {
+            tracing::warn!("dropped an unsealed OBR session from Redis");
+            return Ok(None);
+        };
+        let claimed: ObrSession = match serde_json::from_str(json) {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropped a malformed OBR session from Redis");
+                return Ok(None);
+            }
+        };
+        let key = self.key(&["obr:session:", &claimed.id]);
+        let session: Option<ObrSession> = self.open(&key, sealed)?;
+        Ok(session.filter(|s| {
+            let matches = agent_id.is_none_or(|agent| s.agent_id == agent);
+            if !matches {
+                tracing::warn!(session = %s.id, "dropped an OBR session filed under another agent");
+            }
+            matches
+        }))
     }
 }
 
@@ -171,9 +223,10 @@ impl SessionStore for RedisStore {
     }
 
     async fn take_grant(&self, user_code: &str) -> StoreResult<Option<DeviceGrant>> {
+        let key = self.key(&["grant:", user_code]);
         let mut conn = self.conn.clone();
-        let json: Option<String> = conn.get_del(self.key(&["grant:", user_code])).await?;
-        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        let sealed: Option<String> = conn.get_del(&key).await?;
+        sealed.map_or(Ok(None), |s| self.open(&key, &s))
     }
 
     async fn put_agent_login(
@@ -227,7 +280,10 @@ impl SessionStore for RedisStore {
             .key(self.key(&["obr:expiring"]))
             .key(self.key(&["obr:user:", &session.user_id]))
             .arg(&session.id)
-            .arg(serde_json::to_string(session)?)
+            .arg(self.sealer.seal(
+                &self.key(&["obr:session:", &session.id]),
+                &serde_json::to_string(session)?,
+            ))
             .arg(session.expires_at_ms)
             .arg(ttl_ms(ttl))
             .invoke_async(&mut conn)
@@ -244,17 +300,17 @@ impl SessionStore for RedisStore {
 
     async fn get_obr(&self, agent_id: &str) -> StoreResult<Option<ObrSession>> {
         let mut conn = self.conn.clone();
-        let json: Option<String> = Script::new(GET_OBR)
+        let sealed: Option<String> = Script::new(GET_OBR)
             .key(self.key(&["obr:agent:", agent_id]))
             .arg(self.key(&["obr:session:"]))
             .invoke_async(&mut conn)
             .await?;
-        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        sealed.map_or(Ok(None), |s| self.open_session(&s, Some(agent_id)))
     }
 
     async fn end_obr(&self, agent_id: &str, session_id: &str) -> StoreResult<Option<ObrSession>> {
         let mut conn = self.conn.clone();
-        let json: Option<String> = Script::new(END_OBR)
+        let sealed: Option<String> = Script::new(END_OBR)
             .key(self.key(&["obr:agent:", agent_id]))
             .key(self.key(&["obr:session:", session_id]))
             .key(self.key(&["obr:expiring"]))
@@ -262,7 +318,7 @@ impl SessionStore for RedisStore {
             .arg(&self.prefix)
             .invoke_async(&mut conn)
             .await?;
-        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        sealed.map_or(Ok(None), |s| self.open_session(&s, Some(agent_id)))
     }
 
     async fn claim_expired(&self, now_ms: i64) -> StoreResult<Vec<ObrSession>> {
@@ -274,10 +330,11 @@ impl SessionStore for RedisStore {
             .arg(CLAIM_BATCH)
             .invoke_async(&mut conn)
             .await?;
-        sessions
-            .iter()
-            .map(|j| serde_json::from_str(j).map_err(StoreError::from))
-            .collect()
+        let mut claimed = Vec::with_capacity(sessions.len());
+        for sealed in &sessions {
+            claimed.extend(self.open_session(sealed, None)?);
+        }
+        Ok(claimed)
     }
 
     async fn put_approval(&self, approval: &Approval, ttl: Duration) -> StoreResult<()> {
@@ -295,23 +352,38 @@ impl SessionStore for RedisStore {
         person_id: &str,
         approve: bool,
     ) -> StoreResult<Option<Approval>> {
+        let key = self.key(&["approval:", id]);
         let mut conn = self.conn.clone();
-        let state = if approve { "approved" } else { "denied" };
-        let json: Option<String> = Script::new(DECIDE_APPROVAL)
-            .key(self.key(&["approval:", id]))
-            .arg(person_id)
-            .arg(state)
+        let Some(sealed): Option<String> = conn.get(&key).await? else {
+            return Ok(None);
+        };
+        let Some(mut approval): Option<Approval> = self.open(&key, &sealed)? else {
+            return Ok(None);
+        };
+        if approval.person_id != person_id || approval.state != ApprovalState::Pending {
+            return Ok(None);
+        }
+        approval.state = if approve {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Denied
+        };
+        let decided = self.sealer.seal(&key, &serde_json::to_string(&approval)?);
+        let swapped: i64 = Script::new(COMPARE_AND_SET)
+            .key(&key)
+            .arg(&sealed)
+            .arg(&decided)
             .invoke_async(&mut conn)
             .await?;
-        // cjson re-encodes the whole object; serde reads it back.
-        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        // Lost a race with another decision (or the expiry): not ours.
+        Ok((swapped == 1).then_some(approval))
     }
 
     async fn publish(&self, event: &AgentEvent) -> StoreResult<()> {
         let mut conn = self.conn.clone();
-        let _: i64 = conn
-            .publish(self.key(&["events"]), serde_json::to_string(event)?)
-            .await?;
+        let channel = self.key(&["events"]);
+        let sealed = self.sealer.seal(&channel, &serde_json::to_string(event)?);
+        let _: i64 = conn.publish(&channel, sealed).await?;
         Ok(())
     }
 
@@ -321,35 +393,56 @@ impl SessionStore for RedisStore {
         // returns are never missed; later losses re-subscribe.
         let first = subscribe_once(&self.client, &channel).await?;
         let client = self.client.clone();
+        let sealer = self.sealer.clone();
         let stream = futures_util::stream::unfold(
             (Some(first), client, channel),
-            |(mut current, client, channel)| async move {
-                loop {
-                    if let Some(messages) = current.as_mut() {
-                        match messages.next().await {
-                            Some(msg) => {
-                                match serde_json::from_slice::<AgentEvent>(msg.get_payload_bytes())
-                                {
-                                    Ok(event) => return Some((event, (current, client, channel))),
-                                    Err(e) => tracing::warn!(error = %e, "malformed agent event"),
+            move |(mut current, client, channel)| {
+                let sealer = sealer.clone();
+                async move {
+                    loop {
+                        if let Some(messages) = current.as_mut() {
+                            match messages.next().await {
+                                Some(msg) => {
+                                    let payload = String::from_utf8_lossy(msg.get_payload_bytes());
+                                    let Ok(json) = sealer.open(&channel, &payload) else {
+                                        tracing::warn!(
+                                            "dropped an agent event the cluster key did not seal"
+                                        );
+                                        continue;
+                                    };
+                                    match serde_json::from_str::<AgentEvent>(json) {
+                                        Ok(AgentEvent::Resync) => {
+                                            tracing::warn!(
+                                                "dropped a published Resync (never published)"
+                                            );
+                                        }
+                                        Ok(event) => {
+                                            return Some((event, (current, client, channel)));
+                                        }
+                                        Err(e) => {
+                                            tracing::warn!(error = %e, "malformed agent event")
+                                        }
+                                    }
+                                    continue;
                                 }
-                                continue;
-                            }
-                            None => {
-                                tracing::warn!("redis pub/sub connection lost; re-subscribing");
-                                current = None;
+                                None => {
+                                    tracing::warn!("redis pub/sub connection lost; re-subscribing");
+                                    current = None;
+                                }
                             }
                         }
-                    }
-                    tokio::time::sleep(RESUBSCRIBE_BACKOFF).await;
-                    match subscribe_once(&client, &channel).await {
-                        Ok(s) => {
-                            // Whatever was published while we were away is
-                            // lost: every local agent re-reads its state.
-                            tracing::info!("redis pub/sub re-subscribed; resyncing local agents");
-                            return Some((AgentEvent::Resync, (Some(s), client, channel)));
+                        tokio::time::sleep(RESUBSCRIBE_BACKOFF).await;
+                        match subscribe_once(&client, &channel).await {
+                            Ok(s) => {
+                                // Whatever was published while we were away is
+                                // lost: every local agent re-reads its state.
+                                tracing::info!(
+                                    "redis pub/sub re-subscribed; resyncing local agents"
+                                );
+                                return Some((AgentEvent::Resync, (Some(s), client, channel)));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "redis re-subscribe failed"),
                         }
-                        Err(e) => tracing::warn!(error = %e, "redis re-subscribe failed"),
                     }
                 }
             },

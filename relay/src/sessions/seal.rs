@@ -1,0 +1,207 @@
+//! [`Sealer`]: a MAC on everything the relay keeps in, or sends through,
+//! Redis, under the cluster key every relay of a deployment shares and
+//! Redis never sees. A Redis writer can delete what is there, not grant
+//! power: a value it wrote (an admin token, an agent login, an OBR
+//! session), or one it copied to another key, does not verify and is
+//! dropped and logged as if absent.
+//!
+//! A sealed value is `base64url(tag) "." json`, where the tag is
+//! HMAC-SHA256 over the length-prefixed *binding* (the value's full Redis
+//! key, or the event channel) and the JSON, so a value is only valid where
+//! it was written.
+
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+/// Bytes of the cluster key.
+pub const CLUSTER_KEY_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterKeyError {
+    #[error("cluster key file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("cluster key file {path} is readable by group or others (mode {mode:o}): chmod 600 it")]
+    NotPrivate { path: String, mode: u32 },
+}
+
+/// A value or event that did not verify.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not sealed by this deployment's cluster key")]
+pub struct Forged;
+
+/// Seals and opens values under the cluster key.
+pub struct Sealer {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+impl Sealer {
+    pub fn new(key: &[u8; CLUSTER_KEY_LEN]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+        }
+    }
+
+    /// The cluster key in `path` (64 hex characters), created (random, 0600)
+    /// when missing; a file group or others can read is refused.
+    pub fn load_or_create(path: &Path) -> Result<Self, ClusterKeyError> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file_err = |reason: String| ClusterKeyError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut key = Zeroizing::new([0u8; CLUSTER_KEY_LEN]);
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| file_err(e.to_string()))?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(ClusterKeyError::NotPrivate {
+                        path: path.display().to_string(),
+                        mode,
+                    });
+                }
+                hex_decode(text.trim(), key.as_mut())
+                    .map_err(|()| file_err(format!("not {CLUSTER_KEY_LEN} hex-encoded bytes")))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                SystemRandom::new()
+                    .fill(key.as_mut())
+                    .map_err(|_| file_err("the system random generator failed".into()))?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| file_err(e.to_string()))?;
+                let text = Zeroizing::new(hex_encode(key.as_ref()));
+                file.write_all(text.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| file_err(e.to_string()))?;
+                tracing::info!(path = %path.display(), "created a new cluster key");
+            }
+            Err(e) => return Err(file_err(e.to_string())),
+        }
+        Ok(Self::new(&key))
+    }
+
+    /// `json`, sealed for `binding`.
+    pub fn seal(&self, binding: &str, json: &str) -> String {
+        let tag = hmac::sign(&self.key, &mac_input(binding, json));
+        format!("{}.{json}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    /// The JSON of `sealed` if it was sealed for `binding` (constant-time
+    /// tag check).
+    pub fn open<'a>(&self, binding: &str, sealed: &'a str) -> Result<&'a str, Forged> {
+        let (tag, json) = split(sealed)?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| Forged)?;
+        hmac::verify(&self.key, &mac_input(binding, json), &tag).map_err(|_| Forged)?;
+        Ok(json)
+    }
+}
+
+/// The JSON part of a sealed value, unverified (to learn which binding to
+/// check it against); only [`Sealer::open`] says it is genuine.
+pub fn unverified_json(sealed: &str) -> Result<&str, Forged> {
+    split(sealed).map(|(_, json)| json)
+}
+
+fn split(sealed: &str) -> Result<(&str, &str), Forged> {
+    sealed.split_once('.').ok_or(Forged)
+}
+
+fn mac_input(binding: &str, json: &str) -> Vec<u8> {
+    let mut input = Vec::with_capacity(8 + binding.len() + json.len());
+    input.extend_from_slice(&(binding.len() as u64).to_be_bytes());
+    input.extend_from_slice(binding.as_bytes());
+    input.extend_from_slice(json.as_bytes());
+    input
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str, out: &mut [u8]) -> Result<(), ()> {
+    if text.len() != out.len() * 2 {
+        return Err(());
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        let pair = text.get(2 * i..2 * i + 2).ok_or(())?;
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_opens_only_where_it_was_sealed_and_as_it_was() {
+        let sealer = Sealer::new(&[7; CLUSTER_KEY_LEN]);
+        let sealed = sealer.seal("obr:token:abc", r#"{"admin":true}"#);
+        assert_eq!(
+            sealer.open("obr:token:abc", &sealed),
+            Ok(r#"{"admin":true}"#)
+        );
+        assert_eq!(sealer.open("obr:token:xyz", &sealed), Err(Forged), "copied");
+        let edited = sealed.replace("true", "false");
+        assert_eq!(sealer.open("obr:token:abc", &edited), Err(Forged), "edited");
+        assert_eq!(
+            sealer.open("obr:token:abc", r#"{"admin":true}"#),
+            Err(Forged),
+            "unsealed"
+        );
+        let other = Sealer::new(&[8; CLUSTER_KEY_LEN]);
+        assert_eq!(
+            other.open("obr:token:abc", &sealed),
+            Err(Forged),
+            "other key"
+        );
+        // Shifting bytes between binding and JSON does not verify.
+        let shifted = sealer.seal("obr:token:ab", r#"c{"admin":true}"#);
+        assert_eq!(
+            sealer.open("obr:token:abc", &shifted.replacen(".c", ".", 1)),
+            Err(Forged)
+        );
+    }
+
+    #[test]
+    fn the_cluster_key_file_is_made_private_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("obr-cluster-key-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cluster.key");
+        let first = Sealer::load_or_create(&path).unwrap();
+        let sealed = first.seal("b", "{}");
+        let again = Sealer::load_or_create(&path).unwrap();
+        assert_eq!(again.open("b", &sealed), Ok("{}"));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            Sealer::load_or_create(&path),
+            Err(ClusterKeyError::NotPrivate { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
