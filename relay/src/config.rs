@@ -34,6 +34,12 @@ pub struct RelayConfig {
     pub demo_org: bool,
     /// Serve HTTPS/WSS with this certificate chain and key (PEM).
     pub tls: Option<TlsFiles>,
+    /// The audit signing key (Ed25519, PKCS#8, 0600). Default:
+    /// `audit-signing.key` in the data directory, made when missing.
+    pub audit_key_file: Option<PathBuf>,
+    /// Where signed checkpoints of the audit chain are appended. Default:
+    /// `audit-checkpoints.jsonl` in the data directory.
+    pub audit_checkpoints: Option<PathBuf>,
 }
 
 /// A PEM certificate chain and its PKCS#8 (or SEC1/PKCS#1) private key.
@@ -60,6 +66,8 @@ impl RelayConfig {
             workers: 0,
             demo_org: false,
             tls: None,
+            audit_key_file: None,
+            audit_checkpoints: None,
         }
     }
 }

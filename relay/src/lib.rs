@@ -45,6 +45,7 @@ use crate::agents::AgentRegistry;
 use crate::calls::Calls;
 pub use crate::config::RelayConfig;
 use crate::directory::Directory;
+use crate::directory::anchor::{self, AuditAnchor};
 use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
@@ -65,6 +66,8 @@ pub enum RelayError {
     Store(#[from] sessions::StoreError),
     #[error(transparent)]
     ClusterKey(#[from] sessions::seal::ClusterKeyError),
+    #[error("audit anchor: {0}")]
+    Anchor(#[from] directory::anchor::AnchorError),
     #[error(transparent)]
     Routing(#[from] routing::LinkError),
     #[error("--discover-signers needs --redis-url (signers announce themselves there)")]
@@ -139,8 +142,19 @@ impl Relay {
         let config = Arc::new(config);
         let obr = Obr::new(directory.clone(), store.clone(), config.obr_ttl);
         let outbox = Outbox::open(&config.data_dir.join("outbox")).map_err(data_dir_err)?;
+        let anchor = AuditAnchor::open(
+            &config
+                .audit_key_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join(anchor::SIGNING_KEY_FILE)),
+            &config
+                .audit_checkpoints
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join(anchor::CHECKPOINTS_FILE)),
+        )?;
         let state = web::Data::new(AppState {
             outbox,
+            anchor,
             limits: Limits::default(),
             calls: Calls::new(
                 store.clone(),
@@ -181,6 +195,7 @@ impl Relay {
         let pump = tokio::spawn(state.agents.clone().pump(state.store.clone()));
         let sweeper = tokio::spawn(sweep(state.clone()));
         let outbox = tokio::spawn(sweep_outbox(state.clone()));
+        let checkpoints = tokio::spawn(checkpoint_audit(state.clone()));
         let workers = match state.config.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -213,6 +228,11 @@ impl Relay {
         pump.abort();
         sweeper.abort();
         outbox.abort();
+        checkpoints.abort();
+        // The last records get their checkpoint before the relay goes.
+        if let Err(e) = state.anchor.checkpoint(&state.directory).await {
+            tracing::error!(error = %e, "cannot write the final audit checkpoint");
+        }
         drop(self.embedded_signer);
         Ok(())
     }
@@ -322,6 +342,19 @@ async fn sweep_outbox(state: web::Data<AppState>) {
                 }
                 Err(e) => tracing::error!(error = %e, "outbox sweep cannot record; retrying"),
             }
+        }
+    }
+}
+
+/// Sign the audit chain's head every [`anchor::CHECKPOINT_INTERVAL`] when
+/// it moved, forever.
+async fn checkpoint_audit(state: web::Data<AppState>) {
+    let mut tick = tokio::time::interval(anchor::CHECKPOINT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.anchor.checkpoint(&state.directory).await {
+            tracing::error!(error = %e, "cannot write an audit checkpoint");
         }
     }
 }

@@ -1,19 +1,61 @@
-//! `obr-relay`: parse configuration, open the relay, serve until SIGINT/SIGTERM.
+//! `obr-relay`: parse configuration, open the relay, serve until
+//! SIGINT/SIGTERM. `obr-relay audit verify` checks the audit log against
+//! its signed checkpoints.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use obr_relay::directory::Directory;
+use obr_relay::directory::anchor::{self, Verdict};
 use obr_relay::{Relay, RelayConfig};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "obr-relay",
     version,
-    about = "obr relay: agents <-> signers, admin API"
+    about = "obr relay: agents <-> signers, admin API",
+    args_conflicts_with_subcommands = true
 )]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the hash chain and every signed checkpoint: an edited,
+    /// removed or truncated record, or a rehashed chain, is reported and
+    /// the exit status is 1.
+    Verify {
+        /// The relay's data directory (relay.db).
+        #[arg(long, env = "OBR_RELAY_DATA_DIR", default_value = "obr-data")]
+        data_dir: PathBuf,
+        /// The checkpoints file (default: in the data directory).
+        #[arg(long, env = "OBR_RELAY_AUDIT_CHECKPOINTS")]
+        checkpoints: Option<PathBuf>,
+        /// The trusted public key, base64url (default: audit-signing.pub in
+        /// the data directory; keep a copy where the database's writers
+        /// cannot change it).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "OBR_RELAY_LISTEN", default_value = "127.0.0.1:8080")]
@@ -55,6 +97,14 @@ struct Args {
     /// Create a demo organisation if the directory is empty.
     #[arg(long, env = "OBR_RELAY_DEMO_ORG")]
     demo_org: bool,
+    /// The audit signing key (Ed25519 PKCS#8, 0600; default: in the data
+    /// directory, made when missing).
+    #[arg(long, env = "OBR_RELAY_AUDIT_KEY_FILE")]
+    audit_key_file: Option<PathBuf>,
+    /// Where signed audit checkpoints are appended (default: in the data
+    /// directory); put it where the database's writers cannot change it.
+    #[arg(long, env = "OBR_RELAY_AUDIT_CHECKPOINTS")]
+    audit_checkpoints: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -65,7 +115,19 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
         )
         .init();
-    let args = Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Audit {
+        action:
+            AuditCommand::Verify {
+                data_dir,
+                checkpoints,
+                public_key,
+            },
+    }) = cli.command
+    {
+        return verify_audit(&data_dir, checkpoints, public_key).await;
+    }
+    let args = cli.serve;
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -91,6 +153,8 @@ async fn main() -> anyhow::Result<()> {
     config.obr_ttl = Duration::from_secs(args.obr_ttl_s);
     config.workers = args.workers;
     config.demo_org = args.demo_org;
+    config.audit_key_file = args.audit_key_file;
+    config.audit_checkpoints = args.audit_checkpoints;
     let relay = Relay::open(config)
         .await
         .context("cannot start the relay")?;
@@ -103,6 +167,53 @@ async fn main() -> anyhow::Result<()> {
     println!("obr-relay listening on {addr}");
     relay.run(listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// `obr-relay audit verify`.
+async fn verify_audit(
+    data_dir: &std::path::Path,
+    checkpoints: Option<PathBuf>,
+    public_key: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    let database = data_dir.join("relay.db");
+    if !database.exists() {
+        anyhow::bail!("no relay database at {}", database.display());
+    }
+    let checkpoints = checkpoints.unwrap_or_else(|| data_dir.join(anchor::CHECKPOINTS_FILE));
+    let public_key = public_key.unwrap_or_else(|| data_dir.join(anchor::PUBLIC_KEY_FILE));
+    let text = std::fs::read_to_string(&checkpoints)
+        .with_context(|| format!("reading checkpoints {}", checkpoints.display()))?;
+    let key = std::fs::read_to_string(&public_key)
+        .with_context(|| format!("reading public key {}", public_key.display()))?;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key.trim())
+        .with_context(|| format!("{} is not base64url", public_key.display()))?;
+    let directory = Directory::open(&database).await?;
+    let why = match anchor::verify(&directory, &text, &key).await? {
+        Verdict::Intact {
+            records,
+            checkpoints,
+        } => {
+            println!("audit log intact: {records} records, {checkpoints} signed checkpoints hold");
+            return Ok(());
+        }
+        Verdict::ChainBroken { seq } => {
+            format!("the hash chain breaks at record {seq} (edited or removed)")
+        }
+        Verdict::Missing { seq } => format!(
+            "record {seq}, signed in a checkpoint, is gone (removed, or the log was truncated)"
+        ),
+        Verdict::Rewritten { seq } => {
+            format!("record {seq} differs from its signed checkpoint (rewritten and rehashed)")
+        }
+        Verdict::BadCheckpoint { line } => format!(
+            "checkpoint on line {line} of {} is not signed by the trusted key",
+            checkpoints.display()
+        ),
+    };
+    println!("audit log TAMPERED: {why}");
+    std::process::exit(1);
 }
 
 async fn shutdown_signal() {

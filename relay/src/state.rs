@@ -6,6 +6,7 @@ use crate::agents::AgentRegistry;
 use crate::calls::Calls;
 use crate::config::RelayConfig;
 use crate::directory::Directory;
+use crate::directory::anchor::AuditAnchor;
 use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
@@ -21,5 +22,6 @@ pub struct AppState {
     pub obr: Obr,
     pub calls: Calls,
     pub outbox: Outbox,
+    pub anchor: AuditAnchor,
     pub limits: Limits,
 }

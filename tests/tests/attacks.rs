@@ -666,3 +666,141 @@ fn a_redis_writer_cannot_grant_power() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `obr-relay audit verify --data-dir <dir>`: (exit success, what it said).
+fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<(bool, String)> {
+    let out = std::process::Command::new(obr_tests::processes::binary("obr-relay")?)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data_dir)
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), said))
+}
+
+/// Run `statements` on the relay's database, as its writer would.
+fn tamper(
+    database: &std::path::Path,
+    work: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    runtime()?.block_on(async {
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display())).await?;
+        work(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
+    })
+}
+
+/// Finding 9: someone who can write `relay.db` deletes the audit log's
+/// tail, or rewrites a record and rehashes every later one — both keep
+/// the hash chain linked. The signed checkpoints (a key not in the
+/// database) catch both: `obr-relay audit verify` fails.
+#[test]
+fn a_database_writer_cannot_erase_or_rewrite_the_audit_log() -> anyhow::Result<()> {
+    use obr_relay::directory::audit::chain_hash;
+    let stack = Stack::start("attack-audit-log")?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    stack.agent.select_as_obr(&api, &admin, bob)?;
+    let webauthn = rp::webauthn()?;
+    let (options, _) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
+    let request = rp::make_credential(&options, false)?;
+    let mut hid = HidClient::open(&stack.agent.hid_socket)?;
+    assert_eq!(hid.cbor(&request.ctap_request)?.first(), Some(&CTAP2_OK));
+    let Stack {
+        relay,
+        agent,
+        scratch,
+    } = stack;
+    drop(agent);
+    // A clean stop writes the last checkpoint.
+    relay.proc.stop()?;
+    let data_dir = scratch.join("relay");
+    let database = data_dir.join("relay.db");
+    let (ok, said) = audit_verify(&data_dir)?;
+    assert!(ok && said.contains("intact"), "{said}");
+    let pristine = scratch.join("pristine.db");
+    tamper(&database, async |db| {
+        sqlx::query(&format!("VACUUM INTO '{}'", pristine.display()))
+            .execute(db)
+            .await?;
+        Ok(())
+    })?;
+    let restore = || -> anyhow::Result<()> {
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+        }
+        std::fs::copy(&pristine, &database)?;
+        Ok(())
+    };
+
+    // 1. The tail (the registration's record) deleted: the chain still links.
+    tamper(&database, async |db| {
+        sqlx::query("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)")
+            .execute(db)
+            .await?;
+        Ok(())
+    })?;
+    let chain_breaks_at = runtime()?.block_on(async {
+        obr_relay::directory::Directory::open(&database)
+            .await?
+            .verify_audit_chain()
+            .await
+    })?;
+    assert_eq!(chain_breaks_at, None, "the chain alone cannot see it");
+    let (ok, said) = audit_verify(&data_dir)?;
+    assert!(!ok && said.contains("gone"), "{said}");
+
+    // 2. The registration's record rewritten (another site), every hash
+    //    from there recomputed.
+    restore()?;
+    tamper(&database, async |db| {
+        let rows: Vec<(i64, i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT seq, at_ms, actor, action, subject, detail FROM audit_log ORDER BY seq",
+        )
+        .fetch_all(&mut *db)
+        .await?;
+        let mut prev = "0".repeat(64);
+        for (seq, at_ms, actor, action, subject, detail) in rows {
+            let detail = if action == "obr.registration" {
+                detail.replace(rp::RP_ID, "innocent.example")
+            } else {
+                detail
+            };
+            let hash = chain_hash(&prev, seq, at_ms, &actor, &action, &subject, &detail);
+            sqlx::query(
+                "UPDATE audit_log SET detail = $1, prev_hash = $2, hash = $3 WHERE seq = $4",
+            )
+            .bind(&detail)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(seq)
+            .execute(&mut *db)
+            .await?;
+            prev = hash;
+        }
+        Ok(())
+    })?;
+    let (ok, said) = audit_verify(&data_dir)?;
+    assert!(!ok && said.contains("rewritten"), "{said}");
+
+    // 3. A forged checkpoint to match is not signed by the relay's key.
+    restore()?;
+    let checkpoints = data_dir.join(obr_relay::directory::anchor::CHECKPOINTS_FILE);
+    let mut text = std::fs::read_to_string(&checkpoints)?;
+    text.push_str(r#"{"seq":1,"hash":"00","at_ms":0,"signature":"AAAA"}"#);
+    text.push('\n');
+    std::fs::write(&checkpoints, text)?;
+    let (ok, said) = audit_verify(&data_dir)?;
+    assert!(!ok && said.contains("not signed"), "{said}");
+    Ok(())
+}

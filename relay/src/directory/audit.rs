@@ -97,6 +97,25 @@ impl Directory {
         Ok(true)
     }
 
+    /// The chain's head: the last record's `seq` and hash.
+    pub async fn audit_head(&self) -> DirResult<Option<(i64, String)>> {
+        Ok(
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// The stored hash of record `seq`, if it exists.
+    pub async fn audit_hash(&self, seq: i64) -> DirResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
     /// Records with `seq > after`, oldest first, at most `limit`.
     pub async fn audit_records(&self, after: i64, limit: i64) -> DirResult<Vec<AuditRecord>> {
         let rows = sqlx::query(
@@ -218,7 +237,9 @@ fn log(record: &AuditRecord) {
         action = %record.action, subject = %record.subject, detail = %record.detail);
 }
 
-fn chain_hash(
+/// The chain's hash of one record: public, so anyone can check the chain —
+/// and, without the signed checkpoints (`super::anchor`), recompute it.
+pub fn chain_hash(
     prev: &str,
     seq: i64,
     at_ms: i64,

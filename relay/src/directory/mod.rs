@@ -2,10 +2,12 @@
 //! PostgreSQL), behind typed methods.
 //!
 //! Owns people (admins and users) with their key status, invitations,
-//! device tokens, the audit log ([`audit`]) and each user's notification
+//! device tokens, the audit log ([`audit`], anchored by signed checkpoints
+//! outside the database: [`anchor`]) and each user's notification
 //! inbox ([`notifications`]). It never holds key material or credentials:
 //! those live in the signer's own database.
 
+pub mod anchor;
 pub mod audit;
 pub mod notifications;
 
