@@ -26,6 +26,8 @@ pub struct RelayConfig {
     pub signers: Vec<String>,
     /// Find signers through their heartbeats in Redis (needs `redis_url`).
     pub discover_signers: bool,
+    /// Mutual TLS towards `https://` signers.
+    pub signer_tls: Option<SignerTlsFiles>,
     pub obr_ttl: Duration,
     pub sweep_interval: Duration,
     /// HTTP worker threads; 0 = one per core.
@@ -40,6 +42,15 @@ pub struct RelayConfig {
     /// Where signed checkpoints of the audit chain are appended. Default:
     /// `audit-checkpoints.jsonl` in the data directory.
     pub audit_checkpoints: Option<PathBuf>,
+}
+
+/// The relay's client certificate and key for signers, and the CA their
+/// certificates chain to (PEM).
+#[derive(Clone, Debug)]
+pub struct SignerTlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A PEM certificate chain and its PKCS#8 (or SEC1/PKCS#1) private key.
@@ -61,6 +72,7 @@ impl RelayConfig {
             cluster_key_file: None,
             signers: Vec::new(),
             discover_signers: false,
+            signer_tls: None,
             obr_ttl: crate::obr::DEFAULT_OBR_TTL,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             workers: 0,

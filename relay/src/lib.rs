@@ -126,17 +126,19 @@ impl Relay {
         };
         let mut config = config;
         let mut embedded_signer = None;
+        let signer_tls = config.signer_tls.as_ref().map(signer_tls).transpose()?;
         let router = match (&config.redis_url, config.discover_signers) {
-            _ if !config.signers.is_empty() => Router::new(&config.signers)?,
+            _ if !config.signers.is_empty() => Router::new(&config.signers, signer_tls)?,
             (Some(url), true) => {
-                Router::discover(url, &config.redis_prefix, SIGNER_DISCOVERY_WAIT).await?
+                Router::discover(url, &config.redis_prefix, SIGNER_DISCOVERY_WAIT, signer_tls)
+                    .await?
             }
             (None, true) => return Err(RelayError::DiscoveryNeedsRedis),
             (_, false) => {
                 let (core, endpoint) = start_embedded_signer(&config).await?;
                 config.signers.push(endpoint);
                 embedded_signer = Some(core);
-                Router::new(&config.signers)?
+                Router::new(&config.signers, None)?
             }
         };
         let config = Arc::new(config);
@@ -257,6 +259,19 @@ fn tls_config(files: &config::TlsFiles) -> Result<rustls::ServerConfig, RelayErr
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .map_err(|e| tls_err("certificate and key", &e))
+}
+
+/// The relay's side of mutual TLS with standalone signers.
+fn signer_tls(
+    files: &config::SignerTlsFiles,
+) -> Result<tonic::transport::ClientTlsConfig, RelayError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| RelayError::Tls(format!("{}: {e}", path.display())))
+    };
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&files.ca)?))
+        .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?)))
 }
 
 async fn start_embedded_signer(

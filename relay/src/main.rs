@@ -79,6 +79,16 @@ struct Args {
     /// Signer endpoint (repeat for several); none runs one in-process.
     #[arg(long = "signer", env = "OBR_RELAY_SIGNERS", value_delimiter = ',')]
     signers: Vec<String>,
+    /// Mutual TLS with https:// signers: the CA their certificates chain
+    /// to (PEM)…
+    #[arg(long, env = "OBR_RELAY_SIGNER_CA", requires_all = ["signer_client_cert", "signer_client_key"])]
+    signer_ca: Option<PathBuf>,
+    /// …this relay's client certificate (PEM)…
+    #[arg(long, env = "OBR_RELAY_SIGNER_CLIENT_CERT", requires = "signer_ca")]
+    signer_client_cert: Option<PathBuf>,
+    /// …and its key (PEM).
+    #[arg(long, env = "OBR_RELAY_SIGNER_CLIENT_KEY", requires = "signer_ca")]
+    signer_client_key: Option<PathBuf>,
     /// Find signers by their heartbeats in Redis instead of --signer.
     #[arg(long, env = "OBR_RELAY_DISCOVER_SIGNERS")]
     discover_signers: bool,
@@ -150,6 +160,16 @@ async fn main() -> anyhow::Result<()> {
     config.cluster_key_file = args.cluster_key_file;
     config.signers = args.signers;
     config.discover_signers = args.discover_signers;
+    config.signer_tls = match (
+        args.signer_ca,
+        args.signer_client_cert,
+        args.signer_client_key,
+    ) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(obr_relay::config::SignerTlsFiles { ca, cert, key })
+        }
+        _ => None,
+    };
     config.obr_ttl = Duration::from_secs(args.obr_ttl_s);
     config.workers = args.workers;
     config.demo_org = args.demo_org;

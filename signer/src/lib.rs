@@ -56,7 +56,7 @@ pub use crate::error::SignerError;
 pub use crate::ids::{CredentialId, InvalidId, UserId};
 pub use crate::service::{
     DEFAULT_CTAP_BUDGET, LINK_OUTBOUND_CAPACITY, MAX_CTAP_BUDGET, MAX_IN_FLIGHT_PER_LINK, serve,
-    serve_unix,
+    serve_tls, serve_unix,
 };
 pub use crate::store::{
     DEFAULT_ROTATION_BATCH, RotationError, RotationProgress, RotationReport, StoreError, rotate_kek,

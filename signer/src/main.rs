@@ -115,6 +115,21 @@ struct ServeArgs {
     /// platform asks for it (`false`: such requests are refused).
     #[arg(long, env = "OBR_SIGNER_OBR_STANDS_FOR_UV", default_value_t = true, action = clap::ArgAction::Set)]
     obr_stands_for_uv: bool,
+    /// Mutual TLS with the relays: this signer's certificate chain (PEM)…
+    #[arg(long, env = "OBR_SIGNER_TLS_CERT", requires_all = ["tls_key", "client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// …its private key (PEM)…
+    #[arg(long, env = "OBR_SIGNER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// …and the CA (PEM) whose client certificates relays present; no other
+    /// client gets a connection.
+    #[arg(long, env = "OBR_SIGNER_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC on an address other than loopback (without
+    /// mutual TLS anyone who reaches the port can act on every user's key:
+    /// only on a network only relays reach).
+    #[arg(long, env = "OBR_SIGNER_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     /// How long a user's lease lasts without renewal, in milliseconds.
     #[arg(long, env = "OBR_SIGNER_LEASE_TTL_MS", default_value_t = obr_signer::placement::DEFAULT_LEASE_TTL.as_millis() as u64)]
     lease_ttl_ms: u64,
@@ -204,6 +219,14 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
             &args.attestation_ca_key,
         )?),
     };
+    let tls = server_tls(&args)?;
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_plaintext {
+        anyhow::bail!(
+            "refusing to serve relays in plaintext on {}: give --tls-cert, --tls-key and \
+             --client-ca (mutual TLS), or --insecure-plaintext on a network only relays reach",
+            args.listen
+        );
+    }
     // Bind first: the advertised endpoint may need the chosen port.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -211,10 +234,10 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let placement = match &args.redis_url {
         Some(url) => {
-            let me = args
-                .advertise_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{addr}"));
+            let me = args.advertise_url.clone().unwrap_or_else(|| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{addr}")
+            });
             let lease_ttl = Duration::from_millis(args.lease_ttl_ms);
             let placement = Placement::connect(url, &args.redis_prefix, &me, lease_ttl)
                 .await
@@ -237,7 +260,7 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
     };
     let core = SignerCore::open(config).await?;
     println!("obr-signer listening on {addr}");
-    obr_signer::serve(core.clone(), listener, shutdown_signal()).await?;
+    obr_signer::serve_tls(core.clone(), listener, tls, shutdown_signal()).await?;
     if let Some(placement) = placement
         && let Err(e) = placement.leave().await
     {
@@ -246,6 +269,21 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
     core.shutdown().await;
     tracing::info!("obr-signer stopped");
     Ok(())
+}
+
+/// The mutual-TLS configuration `--tls-cert/--tls-key/--client-ca` ask for.
+fn server_tls(args: &ServeArgs) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.client_ca) else {
+        return Ok(None);
+    };
+    let read =
+        |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    Ok(Some(
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(cert)?, read(key)?))
+            .client_ca_root(Certificate::from_pem(read(ca)?)),
+    ))
 }
 
 async fn rotate(args: RotateArgs) -> anyhow::Result<()> {

@@ -58,8 +58,24 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SignerError> {
+    serve_tls(core, listener, None, shutdown).await
+}
+
+/// [`serve`], with mutual TLS when `tls` is given: only clients whose
+/// certificate chains to the configured CA (the deployment's relays) get a
+/// connection at all.
+pub async fn serve_tls(
+    core: SignerCore,
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SignerError> {
     let service =
         SignerServer::new(SignerService { core }).max_decoding_message_size(MAX_REQUEST_MESSAGE);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     // Small request/response messages: never wait for Nagle.
     let incoming = TcpListenerStream::new(listener).map(|accepted| {
         if let Ok(stream) = &accepted
@@ -69,7 +85,7 @@ pub async fn serve(
         }
         accepted
     });
-    tonic::transport::Server::builder()
+    builder
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(service)

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod guest;
 pub mod hid_client;
+pub mod pki;
 pub mod postgres;
 pub mod processes;
 pub mod python;

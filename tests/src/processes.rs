@@ -216,6 +216,8 @@ pub struct RelayOptions {
     pub listen: Option<String>,
     /// Find signers in Redis (`--discover-signers`).
     pub discover_signers: bool,
+    /// More `obr-relay` arguments.
+    pub extra_args: Vec<std::ffi::OsString>,
 }
 
 impl RelayProc {
@@ -243,6 +245,7 @@ impl RelayProc {
         if let Some(ttl) = options.obr_ttl_s {
             cmd.arg("--obr-ttl-s").arg(ttl.to_string());
         }
+        cmd.args(&options.extra_args);
         let (proc, addr) = Proc::spawn("relay", cmd, "obr-relay listening on ")?;
         let demo_path = dir.join(obr_relay::demo::DEMO_FILE);
         let demo = serde_json::from_slice(

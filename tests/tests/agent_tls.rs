@@ -7,90 +7,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use obr_tests::pki::{TestCa, Usage};
 use obr_tests::processes::{AgentProc, Proc, binary};
 use obr_tests::scratch::Scratch;
-
-fn openssl(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .context("openssl is not installed (.ci/run installs it)")?;
-    if !out.status.success() {
-        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it.
-fn make_certificates(dir: &std::path::Path) -> anyhow::Result<()> {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=obr test CA",
-        "-days",
-        "1",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    openssl(dir, &ca)?;
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "relay.key",
-        "-out",
-        "relay.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(dir, &csr)?;
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "relay.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "relay.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ],
-    )
-}
 
 #[test]
 fn the_agent_connects_over_wss_to_a_relay_it_trusts() -> anyhow::Result<()> {
     let scratch = Scratch::new("tls")?;
-    let certs = scratch.join("certs");
-    std::fs::create_dir_all(&certs)?;
-    make_certificates(&certs)?;
+    let ca = TestCa::create(&scratch.join("certs"), "relay")?;
+    let (relay_cert, relay_key) = ca.issue("relay", Usage::Server)?;
 
     let mut relay = Command::new(binary("obr-relay")?);
     relay
@@ -98,14 +23,14 @@ fn the_agent_connects_over_wss_to_a_relay_it_trusts() -> anyhow::Result<()> {
         .arg("--data-dir")
         .arg(scratch.join("relay"))
         .arg("--tls-cert")
-        .arg(certs.join("relay.pem"))
+        .arg(&relay_cert)
         .arg("--tls-key")
-        .arg(certs.join("relay.key"));
+        .arg(&relay_key);
     let (_relay, addr) = Proc::spawn("relay", relay, "obr-relay listening on ")?;
     let url = format!("wss://{addr}");
 
     std::fs::create_dir_all(scratch.join("trusting"))?;
-    let ca = certs.join("ca.pem");
+    let ca = ca.cert();
     let trusting = AgentProc::start_with(
         &scratch.join("trusting"),
         &url,

@@ -804,3 +804,125 @@ fn a_database_writer_cannot_erase_or_rewrite_the_audit_log() -> anyhow::Result<(
     assert!(!ok && said.contains("not signed"), "{said}");
     Ok(())
 }
+
+/// Finding 4 (standalone signers): a signer served with mutual TLS talks
+/// only to clients whose certificate chains to the deployment's CA. A
+/// local user — or anyone who reaches the port — with plaintext gRPC, with
+/// TLS and no certificate, or with a certificate of their own CA, cannot
+/// call `ResetKey` on bob's key; the relay, with its client certificate,
+/// serves an on-behalf registration through it.
+#[test]
+fn only_relays_reach_a_standalone_signer() -> anyhow::Result<()> {
+    use obr_tests::pki::{TestCa, Usage};
+    use obr_tests::processes::SignerProc;
+    let scratch = Scratch::new("attack-signer-mtls")?;
+    let pki = scratch.join("pki");
+    let deployment = TestCa::create(&pki, "deployment")?;
+    let (signer_cert, signer_key) = deployment.issue("signer", Usage::Server)?;
+    let (relay_cert, relay_key) = deployment.issue("relay", Usage::Client)?;
+    let own = TestCa::create(&pki, "attacker")?;
+    let (attacker_cert, attacker_key) = own.issue("attacker", Usage::Client)?;
+
+    std::fs::create_dir_all(scratch.join("signer"))?;
+    let signer = SignerProc::start_with(
+        &scratch.join("signer"),
+        &[
+            "--tls-cert".as_ref(),
+            signer_cert.as_os_str(),
+            "--tls-key".as_ref(),
+            signer_key.as_os_str(),
+            "--client-ca".as_ref(),
+            deployment.cert().as_os_str(),
+        ],
+    )?;
+    let https = signer.endpoint.replace("http://", "https://");
+    let relay = RelayProc::start(
+        &scratch.join("relay"),
+        &RelayOptions {
+            signers: vec![https.clone()],
+            extra_args: vec![
+                "--signer-ca".into(),
+                deployment.cert().into(),
+                "--signer-client-cert".into(),
+                relay_cert.into(),
+                "--signer-client-key".into(),
+                relay_key.into(),
+            ],
+            ..RelayOptions::default()
+        },
+    )?;
+    std::fs::create_dir_all(scratch.join("agent"))?;
+    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
+    let api = Api::new(&relay.url);
+    let bob = relay.user("bob@demo.obr")?;
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    agent.login(&api, &admin)?;
+    agent.select_as_obr(&api, &admin, bob)?;
+    let webauthn = rp::webauthn()?;
+    let (options, _) =
+        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
+    let request = rp::make_credential(&options, false)?;
+    let mut hid = HidClient::open(&agent.hid_socket)?;
+    assert_eq!(hid.cbor(&request.ctap_request)?.first(), Some(&CTAP2_OK));
+
+    let reset = |endpoint: String, tls: Option<tonic::transport::ClientTlsConfig>| {
+        let user_id = bob.id.clone();
+        runtime()?.block_on(async move {
+            let mut channel = tonic::transport::Endpoint::from_shared(endpoint)?
+                .connect_timeout(Duration::from_secs(3));
+            if let Some(tls) = tls {
+                channel = channel.tls_config(tls)?;
+            }
+            let mut client =
+                obr_proto::signer::signer_client::SignerClient::new(channel.connect().await?);
+            client
+                .reset_key(obr_proto::signer::ResetKeyRequest {
+                    user_id,
+                    acting_admin_id: "made-up".into(),
+                })
+                .await?;
+            anyhow::Ok(())
+        })
+    };
+    let trust_the_signer = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(std::fs::read(deployment.cert())?),
+    );
+    let attempts = [
+        ("plaintext", reset(signer.endpoint.clone(), None)),
+        (
+            "TLS without a client certificate",
+            reset(https.clone(), Some(trust_the_signer.clone())),
+        ),
+        (
+            "a client certificate of another CA",
+            reset(
+                https.clone(),
+                Some(
+                    trust_the_signer.identity(tonic::transport::Identity::from_pem(
+                        std::fs::read(&attacker_cert)?,
+                        std::fs::read(&attacker_key)?,
+                    )),
+                ),
+            ),
+        ),
+    ];
+    for (how, result) in attempts {
+        assert!(result.is_err(), "ResetKey with {how} succeeded");
+    }
+    assert_eq!(
+        api.passkeys(&admin, &bob.id)?.len(),
+        1,
+        "bob's key was reset"
+    );
+
+    // And a signer will not serve plaintext beyond loopback unless told.
+    let refused = std::process::Command::new(obr_tests::processes::binary("obr-signer")?)
+        .args(["--listen", "0.0.0.0:0", "--database-url", "sqlite::memory:"])
+        .arg("--kek-file")
+        .arg(scratch.join("signer").join("other.kek"))
+        .output()?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("mutual TLS"), "{said}");
+    Ok(())
+}

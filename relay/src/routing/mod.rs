@@ -23,6 +23,7 @@ use obr_proto::signer::{
     ListCredentialsRequest, ObrRecord, PendingRecordsRequest, ResetKeyRequest,
 };
 use sha2::{Digest, Sha256};
+use tonic::transport::ClientTlsConfig;
 
 pub use self::signer_link::{LinkError, SignerLink};
 
@@ -37,6 +38,9 @@ pub struct Router {
 }
 
 struct Inner {
+    /// Mutual TLS towards `https://` signers (the relay's client
+    /// certificate and the CA the signers' certificates chain to).
+    tls: Option<ClientTlsConfig>,
     /// Every endpoint ever seen, with its (lazily connected) link.
     links: RwLock<HashMap<String, Arc<SignerLink>>>,
     /// The endpoints users are hashed over right now.
@@ -45,12 +49,13 @@ struct Inner {
 
 impl Router {
     /// A fixed set of signers, e.g. `http://10.0.0.7:7400`.
-    pub fn new(endpoints: &[String]) -> Result<Self, LinkError> {
+    pub fn new(endpoints: &[String], tls: Option<ClientTlsConfig>) -> Result<Self, LinkError> {
         if endpoints.is_empty() {
             return Err(LinkError::NoSigners);
         }
         let router = Self {
             inner: Arc::new(Inner {
+                tls,
                 links: RwLock::default(),
                 live: RwLock::new(Arc::from([])),
             }),
@@ -66,6 +71,7 @@ impl Router {
         redis_url: &str,
         prefix: &str,
         wait: Duration,
+        tls: Option<ClientTlsConfig>,
     ) -> Result<Self, LinkError> {
         let unavailable = |e: &dyn std::fmt::Display| LinkError::Unavailable(e.to_string());
         let client = redis::Client::open(redis_url).map_err(|e| unavailable(&e))?;
@@ -75,6 +81,7 @@ impl Router {
             .map_err(|e| unavailable(&e))?;
         let router = Self {
             inner: Arc::new(Inner {
+                tls,
                 links: RwLock::default(),
                 live: RwLock::new(Arc::from([])),
             }),
@@ -145,7 +152,7 @@ impl Router {
         if let Some(link) = links.get(endpoint) {
             return Ok(link.clone());
         }
-        let link = Arc::new(SignerLink::new(endpoint)?);
+        let link = Arc::new(SignerLink::new(endpoint, self.inner.tls.clone())?);
         links.insert(endpoint.to_owned(), link.clone());
         Ok(link)
     }
@@ -310,7 +317,7 @@ mod tests {
         let endpoints: Vec<String> = (0..3)
             .map(|i| format!("http://127.0.0.1:{}", 7400 + i))
             .collect();
-        let router = Router::new(&endpoints).unwrap();
+        let router = Router::new(&endpoints, None).unwrap();
         let mut counts = [0usize; 3];
         for u in 0..3000 {
             let user = format!("user-{u}");
@@ -327,7 +334,7 @@ mod tests {
             assert!((800..1200).contains(&c), "uneven spread: {counts:?}");
         }
         // Removing one pod moves only that pod's users.
-        let fewer = Router::new(&endpoints[..2]).unwrap();
+        let fewer = Router::new(&endpoints[..2], None).unwrap();
         for u in 0..1000 {
             let user = format!("user-{u}");
             let before = router.link_for(&user).unwrap().endpoint().to_owned();
@@ -339,6 +346,6 @@ mod tests {
 
     #[tokio::test]
     async fn no_signers_is_an_error() {
-        assert!(matches!(Router::new(&[]), Err(LinkError::NoSigners)));
+        assert!(matches!(Router::new(&[], None), Err(LinkError::NoSigners)));
     }
 }

@@ -17,7 +17,7 @@ use obr_proto::signer::signer_client::SignerClient;
 use obr_proto::signer::{Cancel, CtapCall, LinkRequest, LinkResponse, link_request};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Requests queued towards one signer before senders wait.
 const LINK_QUEUE: usize = 1024;
@@ -42,6 +42,18 @@ pub enum LinkError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<LinkResponse>>>>;
 
+fn is_loopback(endpoint: &Endpoint) -> bool {
+    match endpoint.uri().host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
 struct Stream {
     tx: mpsc::Sender<LinkRequest>,
     pending: Pending,
@@ -55,9 +67,31 @@ pub struct SignerLink {
 }
 
 impl SignerLink {
-    pub fn new(endpoint: &str) -> Result<Self, LinkError> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|_| LinkError::BadEndpoint(endpoint.to_owned()))?
+    /// A link to `endpoint`: `unix:/path` (the embedded signer),
+    /// `https://…` (mutual TLS with `tls`: required for https) or
+    /// `http://…`.
+    pub fn new(endpoint: &str, tls: Option<ClientTlsConfig>) -> Result<Self, LinkError> {
+        let mut target = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|_| LinkError::BadEndpoint(endpoint.to_owned()))?;
+        // A relay that talks to signers over mutual TLS never sends a
+        // user's CTAP traffic in clear to another host — not even to an
+        // endpoint a Redis writer added to the membership.
+        if tls.is_some() && endpoint.starts_with("http://") && !is_loopback(&target) {
+            return Err(LinkError::Unavailable(format!(
+                "refusing plaintext to {endpoint}: this relay talks to signers over mutual TLS (https://)"
+            )));
+        }
+        if endpoint.starts_with("https://") {
+            let tls = tls.ok_or_else(|| {
+                LinkError::Unavailable(format!(
+                    "{endpoint} needs --signer-ca, --signer-client-cert and --signer-client-key"
+                ))
+            })?;
+            target = target
+                .tls_config(tls)
+                .map_err(|e| LinkError::Unavailable(format!("{endpoint}: {e}")))?;
+        }
+        let channel = target
             .connect_timeout(DEFAULT_SIGNER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(HTTP2_KEEPALIVE)
@@ -188,4 +222,25 @@ impl Drop for InFlight {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Holders only insert/remove map entries; a poisoned map is consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_mutual_tls_relay_sends_nothing_in_clear_to_another_host() {
+        let tls = || Some(ClientTlsConfig::new());
+        assert!(matches!(
+            SignerLink::new("http://10.0.0.7:7400", tls()),
+            Err(LinkError::Unavailable(_))
+        ));
+        assert!(SignerLink::new("http://127.0.0.1:7400", tls()).is_ok());
+        assert!(SignerLink::new("https://10.0.0.7:7400", tls()).is_ok());
+        assert!(matches!(
+            SignerLink::new("https://10.0.0.7:7400", None),
+            Err(LinkError::Unavailable(_))
+        ));
+        assert!(SignerLink::new("unix:/run/obr/signer.sock", None).is_ok());
+    }
 }
