@@ -2,6 +2,8 @@
 //!
 //! - [`agent`]: the frames of the agent <-> relay WebSocket tunnel
 //!   (`proto/obr/agent.proto`), one protobuf message per binary WebSocket message.
+//! - [`identity`], [`approval`]: how agents prove their key and how owner
+//!   approvals are bound to one request (shared by both ends).
 //! - [`signer`]: the relay <-> signer gRPC service (`proto/obr/signer.proto`),
 //!   one long-lived multiplexed `Link` stream per relay/signer pair.
 //!
@@ -57,6 +59,29 @@ pub mod identity {
         message.extend_from_slice(nonce);
         message.extend_from_slice(agent_id.as_bytes());
         message
+    }
+}
+
+/// Owner approvals as the relay mints them and the signer checks them: an
+/// HMAC-SHA256 under the approval key relays and signers share, over what
+/// [`approval::mac_input`] returns. No I/O, no keys.
+pub mod approval {
+    use sha2::{Digest, Sha256};
+
+    /// Bytes of the approval key.
+    pub const KEY_LEN: usize = 32;
+    const LABEL: &[u8] = b"obr owner approval v1\0";
+
+    /// Label, the approval id and user id (length-prefixed), and SHA-256 of
+    /// the exact CTAP message approved.
+    pub fn mac_input(approval_id: &str, user_id: &str, payload: &[u8]) -> Vec<u8> {
+        let mut input = LABEL.to_vec();
+        for field in [approval_id.as_bytes(), user_id.as_bytes()] {
+            input.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            input.extend_from_slice(field);
+        }
+        input.extend_from_slice(&Sha256::digest(payload));
+        input
     }
 }
 

@@ -28,6 +28,9 @@ pub struct RelayConfig {
     pub discover_signers: bool,
     /// Mutual TLS towards `https://` signers.
     pub signer_tls: Option<SignerTlsFiles>,
+    /// The key owner approvals are MACed with for standalone signers (their
+    /// `--approval-key-file`); the embedded signer gets a fresh one.
+    pub approval_key_file: Option<PathBuf>,
     pub obr_ttl: Duration,
     pub sweep_interval: Duration,
     /// HTTP worker threads; 0 = one per core.
@@ -73,6 +76,7 @@ impl RelayConfig {
             signers: Vec::new(),
             discover_signers: false,
             signer_tls: None,
+            approval_key_file: None,
             obr_ttl: crate::obr::DEFAULT_OBR_TTL,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             workers: 0,

@@ -126,6 +126,14 @@ impl Relay {
         };
         let mut config = config;
         let mut embedded_signer = None;
+        // Owner approvals are MACed for the signers: a fresh key shared
+        // in-process with the embedded signer, or the deployment's file.
+        let mut approval_key = config
+            .approval_key_file
+            .as_deref()
+            .map(obr_signer::load_approval_key)
+            .transpose()
+            .map_err(|e| RelayError::Signer(e.to_string()))?;
         let signer_tls = config.signer_tls.as_ref().map(signer_tls).transpose()?;
         let router = match (&config.redis_url, config.discover_signers) {
             _ if !config.signers.is_empty() => Router::new(&config.signers, signer_tls)?,
@@ -135,7 +143,9 @@ impl Relay {
             }
             (None, true) => return Err(RelayError::DiscoveryNeedsRedis),
             (_, false) => {
-                let (core, endpoint) = start_embedded_signer(&config).await?;
+                let key = random_approval_key()?;
+                approval_key = Some(key);
+                let (core, endpoint) = start_embedded_signer(&config, key).await?;
                 config.signers.push(endpoint);
                 embedded_signer = Some(core);
                 Router::new(&config.signers, None)?
@@ -163,6 +173,7 @@ impl Relay {
                 router.clone(),
                 obr.clone(),
                 directory.clone(),
+                approval_key,
             ),
             obr,
             config,
@@ -274,18 +285,32 @@ fn signer_tls(
         .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?)))
 }
 
+/// A fresh random approval key (for the embedded signer, shared in-process).
+fn random_approval_key() -> Result<[u8; obr_proto::approval::KEY_LEN], RelayError> {
+    use ring::rand::SecureRandom;
+    let mut key = [0u8; obr_proto::approval::KEY_LEN];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| RelayError::Signer("the system random generator failed".into()))?;
+    Ok(key)
+}
+
 async fn start_embedded_signer(
     config: &RelayConfig,
+    approval_key: [u8; obr_proto::approval::KEY_LEN],
 ) -> Result<(obr_signer::SignerCore, String), RelayError> {
     let signer_err = |e: &dyn std::fmt::Display| RelayError::Signer(e.to_string());
     let kek = obr_signer::Kek::load_or_create(&config.data_dir.join("signer-kek.key"))
         .map_err(|e| signer_err(&e))?;
     let signer_db = config.data_dir.join("signer.db");
     files::private_file(&signer_db).map_err(|e| signer_err(&e))?;
-    let signer_config = obr_signer::SignerConfig::embedded(
-        format!("sqlite://{}?mode=rwc", signer_db.display()),
-        kek,
-    );
+    let signer_config = obr_signer::SignerConfig {
+        approval_key: Some(approval_key),
+        ..obr_signer::SignerConfig::embedded(
+            format!("sqlite://{}?mode=rwc", signer_db.display()),
+            kek,
+        )
+    };
     let core = obr_signer::SignerCore::open(signer_config)
         .await
         .map_err(|e| signer_err(&e))?;

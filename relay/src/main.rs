@@ -89,6 +89,12 @@ struct Args {
     /// …and its key (PEM).
     #[arg(long, env = "OBR_RELAY_SIGNER_CLIENT_KEY", requires = "signer_ca")]
     signer_client_key: Option<PathBuf>,
+    /// The key owner approvals are MACed with for standalone signers (64
+    /// hex characters, 0600; the signers' --approval-key-file). Without it,
+    /// normal-mode calls through standalone signers that need the owner's
+    /// approval are refused.
+    #[arg(long, env = "OBR_RELAY_APPROVAL_KEY_FILE")]
+    approval_key_file: Option<PathBuf>,
     /// Find signers by their heartbeats in Redis instead of --signer.
     #[arg(long, env = "OBR_RELAY_DISCOVER_SIGNERS")]
     discover_signers: bool,
@@ -160,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
     config.cluster_key_file = args.cluster_key_file;
     config.signers = args.signers;
     config.discover_signers = args.discover_signers;
+    config.approval_key_file = args.approval_key_file;
     config.signer_tls = match (
         args.signer_ca,
         args.signer_client_cert,

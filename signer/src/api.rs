@@ -224,11 +224,21 @@ pub struct SignerCore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     registry: Arc<Registry>,
     store: Store,
     runtime: ActorRuntime,
+    approval_key: Option<ring::hmac::Key>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("registry", &self.registry)
+            .field("store", &self.store)
+            .field("approval_key", &self.approval_key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Inner {
@@ -269,8 +279,30 @@ impl SignerCore {
                 registry,
                 store,
                 runtime,
+                approval_key: config
+                    .approval_key
+                    .map(|key| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key)),
             }),
         })
+    }
+
+    /// The owner's approval of exactly this call, if `mac` is the relay's
+    /// MAC over it (`obr_proto::approval`); `None` for anything else — a
+    /// made-up id, another user's or another request's approval, or no
+    /// approval key configured.
+    pub fn approval_for(
+        &self,
+        approval_id: &str,
+        user_id: &str,
+        payload: &[u8],
+        mac: &[u8],
+    ) -> Option<UserApproval> {
+        let key = self.inner.approval_key.as_ref()?;
+        let input = obr_proto::approval::mac_input(approval_id, user_id, payload);
+        ring::hmac::verify(key, &input, mac).ok()?;
+        Some(UserApproval::granted_by_device(format!(
+            "approval:{approval_id}"
+        )))
     }
 
     /// Answer one CTAP message. Never fails: every failure is a CTAP status

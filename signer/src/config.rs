@@ -46,6 +46,10 @@ pub struct SignerConfig {
     /// the platform asks for `uv` (DESIGN: "policy may forbid it"). When
     /// false, on-behalf requests with `uv` are refused (OPERATION_DENIED).
     pub obr_stands_for_uv: bool,
+    /// The key relays MAC owner approvals with (`obr_proto::approval`).
+    /// Without one, a call's approval is never taken: normal-mode calls
+    /// that need the owner are refused.
+    pub approval_key: Option<[u8; obr_proto::approval::KEY_LEN]>,
 }
 
 impl SignerConfig {
@@ -62,6 +66,49 @@ impl SignerConfig {
             attestation: crate::AttestationConfig::None,
             placement: None,
             obr_stands_for_uv: true,
+            approval_key: None,
         }
     }
+}
+
+/// Why the approval key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalKeyError {
+    #[error("approval key file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error(
+        "approval key file {path} is readable by group or others (mode {mode:o}): chmod 600 it"
+    )]
+    NotPrivate { path: String, mode: u32 },
+}
+
+/// The approval key in `path`: 64 hex characters (make one with
+/// `obr-signer new-kek --kek-file PATH`: same format), readable by its
+/// owner only.
+pub fn load_approval_key(
+    path: &std::path::Path,
+) -> Result<[u8; obr_proto::approval::KEY_LEN], ApprovalKeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let file_err = |reason: String| ApprovalKeyError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?,
+    );
+    let mode = std::fs::metadata(path)
+        .map_err(|e| file_err(e.to_string()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ApprovalKeyError::NotPrivate {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    let mut key = [0u8; obr_proto::approval::KEY_LEN];
+    hex::decode_to_slice(text.trim(), &mut key)
+        .map_err(|_| file_err(format!("not {} hex-encoded bytes", key.len())))?;
+    Ok(key)
 }

@@ -125,6 +125,11 @@ struct ServeArgs {
     /// client gets a connection.
     #[arg(long, env = "OBR_SIGNER_CLIENT_CA", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// The key relays MAC owner approvals with (64 hex characters, mode
+    /// 0600; the relays' --approval-key-file). Without it, normal-mode
+    /// calls that need the owner's approval are refused.
+    #[arg(long, env = "OBR_SIGNER_APPROVAL_KEY_FILE")]
+    approval_key_file: Option<PathBuf>,
     /// Serve plaintext gRPC on an address other than loopback (without
     /// mutual TLS anyone who reaches the port can act on every user's key:
     /// only on a network only relays reach).
@@ -256,6 +261,11 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
         idle_passivation: Duration::from_secs(args.idle_passivation_secs),
         actor_threads: args.actor_threads,
         db_max_connections: args.db_max_connections,
+        approval_key: args
+            .approval_key_file
+            .as_deref()
+            .map(obr_signer::load_approval_key)
+            .transpose()?,
         ..SignerConfig::embedded(args.database_url, kek)
     };
     let core = SignerCore::open(config).await?;

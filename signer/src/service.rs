@@ -33,7 +33,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{
     ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, ObrActing, SignerCore,
-    UserApproval,
 };
 use crate::error::SignerError;
 
@@ -296,7 +295,7 @@ async fn on_request(
                 reply_status(replies, id, Ctap2Error::ChannelBusy).await;
                 return;
             }
-            let call = match to_core_call(call) {
+            let call = match to_core_call(core, call) {
                 Ok(call) => call,
                 Err(problem) => {
                     tracing::warn!(id, problem, "malformed CTAP call");
@@ -390,7 +389,7 @@ fn to_proto_approval_needed(needed: ApprovalNeeded) -> proto::ApprovalNeeded {
 }
 
 /// A protobuf call as the core takes it; the deadline starts now.
-fn to_core_call(call: proto::CtapCall) -> Result<CtapCall, &'static str> {
+fn to_core_call(core: &SignerCore, call: proto::CtapCall) -> Result<CtapCall, &'static str> {
     if call.user_id.is_empty() {
         return Err("user_id is empty");
     }
@@ -408,13 +407,27 @@ fn to_core_call(call: proto::CtapCall) -> Result<CtapCall, &'static str> {
         0 => DEFAULT_CTAP_BUDGET,
         ms => Duration::from_millis(u64::from(ms)).min(MAX_CTAP_BUDGET),
     };
+    // The relay sets it only after the key's owner approved this call on
+    // their device, with its MAC over this user's this request; an id
+    // without a MAC that verifies is no approval.
+    let approval = if call.approval_id.is_empty() {
+        None
+    } else {
+        let approval = core.approval_for(
+            &call.approval_id,
+            &call.user_id,
+            &call.payload,
+            &call.approval_mac,
+        );
+        if approval.is_none() {
+            tracing::warn!(user = %call.user_id, "an approval whose MAC does not verify was ignored");
+        }
+        approval
+    };
     Ok(CtapCall {
         user_id: call.user_id,
         obr,
-        // The relay sets it only after the key's owner approved this call
-        // on their device.
-        approval: (!call.approval_id.is_empty())
-            .then(|| UserApproval::granted_by_device(format!("approval:{}", call.approval_id))),
+        approval,
         payload: call.payload,
         deadline: tokio::time::Instant::now() + budget,
     })

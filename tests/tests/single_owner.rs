@@ -122,6 +122,7 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
                     budget_ms: 10_000,
                     acting: Some(acting),
                     approval_id: String::new(),
+                    approval_mac: Vec::new(),
                 })),
             })
             .await?;
@@ -257,6 +258,7 @@ async fn send_all(
                 budget_ms: 30_000,
                 acting: None,
                 approval_id: String::new(),
+                approval_mac: Vec::new(),
             })),
         })
         .await?;

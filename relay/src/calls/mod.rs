@@ -63,6 +63,8 @@ pub struct Calls {
     router: Router,
     obr: Obr,
     directory: Directory,
+    /// What owner approvals are MACed with for the signers.
+    approval_key: Option<ring::hmac::Key>,
 }
 
 /// A socket's copy of its OBR session, and when the store last agreed.
@@ -143,12 +145,14 @@ impl Calls {
         router: Router,
         obr: Obr,
         directory: Directory,
+        approval_key: Option<[u8; obr_proto::approval::KEY_LEN]>,
     ) -> Self {
         Self {
             store,
             router,
             obr,
             directory,
+            approval_key: approval_key.map(|k| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k)),
         }
     }
 
@@ -193,11 +197,36 @@ impl Calls {
             };
             match asking.ask(&needed, deadline).await {
                 Decision::Approved(approval_id) => {
+                    let Some(key) = &self.approval_key else {
+                        tracing::error!(
+                            "an owner approved, but this relay has no approval key for \
+                            its signers (--approval-key-file): refused"
+                        );
+                        return Ok(Answer::status(CTAP2_ERR_OPERATION_DENIED));
+                    };
+                    // The approval is good for this user's this request only.
+                    let input =
+                        obr_proto::approval::mac_input(&approval_id, &user_id, &call.payload);
+                    let mac = ring::hmac::sign(key, &input).as_ref().to_vec();
                     let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
                     response = self
                         .router
-                        .ctap(&user_id, call.payload, budget, None, Some(approval_id))
+                        .ctap(
+                            &user_id,
+                            call.payload,
+                            budget,
+                            None,
+                            Some((approval_id, mac)),
+                        )
                         .await?;
+                    if response.approval_needed.is_some() {
+                        // The signer did not take it (another approval key).
+                        tracing::error!(
+                            "the signer refused the owner's approval: do relays and \
+                            signers share one approval key?"
+                        );
+                        return Ok(Answer::status(CTAP2_ERR_OPERATION_DENIED));
+                    }
                 }
                 Decision::Refused(status) => return Ok(Answer::status(status)),
             }

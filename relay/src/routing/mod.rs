@@ -172,23 +172,27 @@ impl Router {
         self.link(endpoint)
     }
 
-    /// Send one CTAP request to the user's key, bounded by `budget`. If the
-    /// chosen pod names another owner, follow it once.
+    /// Send one CTAP request to the user's key, bounded by `budget`, with
+    /// the owner's approval (its id and the relay's MAC over this request)
+    /// when there is one. If the chosen pod names another owner, follow it
+    /// once.
     pub async fn ctap(
         &self,
         user_id: &str,
         payload: Vec<u8>,
         budget: Duration,
         acting: Option<Acting>,
-        approval_id: Option<String>,
+        approval: Option<(String, Vec<u8>)>,
     ) -> Result<LinkResponse, LinkError> {
         let started = tokio::time::Instant::now();
+        let (approval_id, approval_mac) = approval.unwrap_or_default();
         let call = CtapCall {
             user_id: user_id.to_owned(),
             payload,
             budget_ms: millis(budget),
             acting,
-            approval_id: approval_id.unwrap_or_default(),
+            approval_id,
+            approval_mac,
         };
         let first = self.link_for(user_id)?;
         let response = first.call(call.clone(), budget).await?;

@@ -17,10 +17,13 @@ pub const RS256: i64 = -257;
 pub use crate::test_db::{Backend, TempDb};
 
 pub const TEST_KEK: [u8; 32] = [0x5A; 32];
+/// The approval key the tests' relay side MACs owner approvals with.
+pub const TEST_APPROVAL_KEY: [u8; 32] = [0xA9; 32];
 
 pub fn config(db: &TempDb) -> SignerConfig {
     SignerConfig {
         actor_threads: 2,
+        approval_key: Some(TEST_APPROVAL_KEY),
         ..SignerConfig::embedded(db.url(), Kek::from_bytes(TEST_KEK))
     }
 }

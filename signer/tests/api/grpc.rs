@@ -24,7 +24,19 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// after the owner approved it on their device.
 fn ctap(id: u64, user: &str, payload: Vec<u8>, acting: Option<Acting>) -> LinkRequest {
     let approval_id = if acting.is_none() { "approval-1" } else { "" };
-    unapproved(id, user, payload, acting, approval_id)
+    let mac = if acting.is_none() {
+        approval_mac(approval_id, user, &payload)
+    } else {
+        Vec::new()
+    };
+    unapproved(id, user, payload, acting, approval_id, mac)
+}
+
+/// The relay's MAC over an owner's approval of exactly this call.
+fn approval_mac(approval_id: &str, user: &str, payload: &[u8]) -> Vec<u8> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &TEST_APPROVAL_KEY);
+    let input = obr_proto::approval::mac_input(approval_id, user, payload);
+    ring::hmac::sign(&key, &input).as_ref().to_vec()
 }
 
 fn unapproved(
@@ -33,6 +45,7 @@ fn unapproved(
     payload: Vec<u8>,
     acting: Option<Acting>,
     approval_id: &str,
+    approval_mac: Vec<u8>,
 ) -> LinkRequest {
     LinkRequest {
         id,
@@ -42,6 +55,7 @@ fn unapproved(
             budget_ms: 10_000,
             acting,
             approval_id: approval_id.to_owned(),
+            approval_mac,
         })),
     }
 }
@@ -232,18 +246,55 @@ async fn a_normal_mode_call_without_approval_asks_for_it_over_the_link() {
         .await
         .unwrap()
         .into_inner();
+    // No approval, a made-up one, one MACed for another request, another
+    // user's, or under another key: none is the owner's approval.
+    let message = Mc::new(RP, b"user-c").message();
+    let forged = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[1; 32]),
+        &obr_proto::approval::mac_input("approval-9", "carol", &message),
+    )
+    .as_ref()
+    .to_vec();
+    let attempts = [
+        ("", Vec::new()),
+        ("approval-9", Vec::new()),
+        (
+            "approval-9",
+            approval_mac("approval-9", "carol", b"another request"),
+        ),
+        ("approval-9", approval_mac("approval-9", "bob", &message)),
+        ("approval-9", forged),
+    ];
+    for (id, (approval_id, mac)) in (9..).zip(attempts) {
+        requests
+            .send(unapproved(
+                id,
+                "carol",
+                message.clone(),
+                None,
+                approval_id,
+                mac,
+            ))
+            .await
+            .unwrap();
+        let response = next(&mut responses).await.expect("a reply");
+        assert_eq!(response.id, id);
+        assert!(response.payload.is_empty(), "attempt {id} was served");
+        assert!(response.approval_needed.is_some(), "attempt {id}");
+    }
     requests
         .send(unapproved(
-            9,
+            20,
             "carol",
-            Mc::new(RP, b"user-c").message(),
+            message.clone(),
             None,
             "",
+            Vec::new(),
         ))
         .await
         .unwrap();
     let response = next(&mut responses).await.expect("a reply");
-    assert_eq!(response.id, 9);
+    assert_eq!(response.id, 20);
     assert!(response.payload.is_empty());
     let needed = response.approval_needed.expect("approval needed");
     assert_eq!(
