@@ -56,7 +56,7 @@ enum Cmd {
         /// agent id in the state file (a hash, not the id itself).
         #[arg(long, env = "OBR_AGENT_UHID_SERIAL")]
         uhid_serial: Option<UhidSerial>,
-        /// Where the agent keeps its id and login token.
+        /// Where the agent keeps its key pair (mode 0600), and so its id.
         #[arg(long, env = "OBR_AGENT_STATE", default_value = "obr-agent.json")]
         state_file: PathBuf,
         /// Extra CA certificates (PEM) to trust for a wss:// relay.

@@ -172,10 +172,23 @@ impl Obr {
         agent_id: &str,
         reason: EndReason,
     ) -> Result<ObrSession, ObrError> {
+        self.end_session(actor, agent_id, None, reason).await
+    }
+
+    /// End the agent's session if it is `session_id` (a late "Back to
+    /// normal mode" for an earlier session must not end a newer one).
+    pub async fn end_session(
+        &self,
+        actor: &Principal,
+        agent_id: &str,
+        session_id: Option<&str>,
+        reason: EndReason,
+    ) -> Result<ObrSession, ObrError> {
         let session = self
             .store
             .get_obr(agent_id)
             .await?
+            .filter(|s| session_id.is_none_or(|id| s.id == id))
             .ok_or_else(|| ObrError::NotActive(agent_id.to_owned()))?;
         if session.admin_id != actor.person_id {
             return Err(ObrError::AgentNotYours(agent_id.to_owned()));

@@ -116,11 +116,16 @@ fn write_private(path: &Path, state: &SavedState) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    // A fresh, unpredictable name, created here (never an existing file
+    // someone else made in a shared directory), 0600 from the start.
+    let tmp = PathBuf::from(format!(
+        "{}.{}.tmp",
+        path.display(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
     file.write_all(&serde_json::to_vec_pretty(state)?)?;

@@ -19,8 +19,21 @@ use crate::sessions::{AgentEvent, SessionStore};
 #[rtype(result = "()")]
 pub struct Deliver(pub AgentEvent);
 
-/// agent id → (connection number, the actor holding that connection)
-type Local = HashMap<String, (u64, Recipient<Deliver>)>;
+/// A newer connection of the same agent (key) took over: this one closes,
+/// so an agent's limits and login checks are never split over sockets.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Replaced;
+
+/// One agent's connection on this pod.
+struct Connection {
+    number: u64,
+    events: Recipient<Deliver>,
+    replaced: Recipient<Replaced>,
+}
+
+/// agent id → the actor holding its connection
+type Local = HashMap<String, Connection>;
 
 #[derive(Clone, Default)]
 pub struct AgentRegistry {
@@ -28,14 +41,31 @@ pub struct AgentRegistry {
 }
 
 impl AgentRegistry {
-    pub fn register(&self, agent_id: &str, connection: u64, recipient: Recipient<Deliver>) {
-        self.lock()
-            .insert(agent_id.to_owned(), (connection, recipient));
+    /// File `connection` as `agent_id`'s; an older connection of the same
+    /// agent on this pod is told it was replaced.
+    pub fn register(
+        &self,
+        agent_id: &str,
+        connection: u64,
+        events: Recipient<Deliver>,
+        replaced: Recipient<Replaced>,
+    ) {
+        let previous = self.lock().insert(
+            agent_id.to_owned(),
+            Connection {
+                number: connection,
+                events,
+                replaced,
+            },
+        );
+        if let Some(previous) = previous.filter(|p| p.number != connection) {
+            previous.replaced.do_send(Replaced);
+        }
     }
 
     pub fn unregister(&self, agent_id: &str, connection: u64) {
         let mut local = self.lock();
-        if local.get(agent_id).is_some_and(|(c, _)| *c == connection) {
+        if local.get(agent_id).is_some_and(|c| c.number == connection) {
             local.remove(agent_id);
         }
     }
@@ -48,13 +78,13 @@ impl AgentRegistry {
         let local = self.lock();
         match event.agent_id() {
             Some(agent_id) => {
-                if let Some((_, recipient)) = local.get(agent_id) {
-                    recipient.do_send(Deliver(event));
+                if let Some(connection) = local.get(agent_id) {
+                    connection.events.do_send(Deliver(event));
                 }
             }
             None => {
-                for (_, recipient) in local.values() {
-                    recipient.do_send(Deliver(event.clone()));
+                for connection in local.values() {
+                    connection.events.do_send(Deliver(event.clone()));
                 }
             }
         }

@@ -38,7 +38,7 @@ use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::identity::{self, ProvenAgent};
-use super::registry::Deliver;
+use super::registry::{Deliver, Replaced};
 use crate::auth;
 use crate::calls::{self, Answer, CachedObr, CtapCall, StatusSink};
 use crate::clock::now_ms;
@@ -105,6 +105,8 @@ pub async fn agent_socket(
             in_flight: HashMap::new(),
             approval_gate: Arc::new(Semaphore::new(1)),
             last_seen: Instant::now(),
+            reads_started: 0,
+            read_applied: 0,
         }
     });
     Ok(response)
@@ -149,6 +151,9 @@ pub struct AgentSession {
     in_flight: HashMap<u64, SpawnHandle>,
     approval_gate: Arc<Semaphore>,
     last_seen: Instant,
+    /// Store reads of login and session started, and the newest applied.
+    reads_started: u64,
+    read_applied: u64,
 }
 
 impl Actor for AgentSession {
@@ -226,6 +231,14 @@ impl Handler<Deliver> for AgentSession {
     }
 }
 
+impl Handler<Replaced> for AgentSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Replaced, ctx: &mut Self::Context) {
+        self.refuse(ctx, "a newer connection of this agent replaced this one");
+    }
+}
+
 impl AgentSession {
     fn agent_id(&self) -> Option<&str> {
         self.agent.as_ref().map(ProvenAgent::agent_id)
@@ -258,18 +271,24 @@ impl AgentSession {
             Ok(agent) => agent,
             Err(e) => return self.refuse(ctx, &e.to_string()),
         };
-        self.state
-            .agents
-            .register(agent.agent_id(), self.connection, ctx.address().recipient());
+        self.state.agents.register(
+            agent.agent_id(),
+            self.connection,
+            ctx.address().recipient(),
+            ctx.address().recipient(),
+        );
         tracing::info!(agent = %agent.agent_id(), version = %hello.agent_version, "agent connected");
         let agent_id = agent.agent_id().to_owned();
         self.agent = Some(agent);
         let state = self.state.clone();
+        self.reads_started += 1;
+        let (read, started) = (self.reads_started, Instant::now());
         ctx.wait(
             async move { load(&state, &agent_id).await }
                 .into_actor(self)
-                .map(|loaded, act, ctx| {
-                    act.apply(loaded);
+                .map(move |loaded, act, ctx| {
+                    act.read_applied = read;
+                    act.apply(loaded, started);
                     let mode = act.mode();
                     act.send(
                         ctx,
@@ -280,18 +299,25 @@ impl AgentSession {
     }
 
     /// Re-read login and session from the store; tell the agent if its
-    /// mode changed.
+    /// mode changed. Reads may finish out of order: only a newer one than
+    /// the last applied counts, and its freshness is when it started.
     fn refresh(&mut self, ctx: &mut actix::Context<Self>) {
         let Some(agent_id) = self.agent_id().map(str::to_owned) else {
             return;
         };
+        self.reads_started += 1;
+        let (read, started) = (self.reads_started, Instant::now());
         let state = self.state.clone();
         ctx.spawn(
             async move { load(&state, &agent_id).await }
                 .into_actor(self)
-                .map(|loaded, act, ctx| {
+                .map(move |loaded, act, ctx| {
+                    if read <= act.read_applied {
+                        return;
+                    }
+                    act.read_applied = read;
                     let before = act.mode();
-                    act.apply(loaded);
+                    act.apply(loaded, started);
                     if act.mode() != before {
                         act.send_mode(ctx);
                     }
@@ -299,13 +325,13 @@ impl AgentSession {
         );
     }
 
-    fn apply(&mut self, loaded: Result<Loaded, StoreError>) {
+    fn apply(&mut self, loaded: Result<Loaded, StoreError>, started: Instant) {
         match loaded {
             Ok(loaded) => {
                 self.principal = loaded.principal;
                 self.obr = loaded.obr.map(|session| CachedObr {
                     session,
-                    checked_at: Instant::now(),
+                    checked_at: started,
                 });
             }
             // Fail closed: a session that cannot be confirmed is not
@@ -445,10 +471,12 @@ impl AgentSession {
         };
         let state = self.state.clone();
         let wanted = end.obr_session_id;
+        let session_id = wanted.clone();
         let ending = async move {
+            let session = (!session_id.is_empty()).then_some(session_id.as_str());
             state
                 .obr
-                .end(&principal, &agent_id, EndReason::BackToNormal)
+                .end_session(&principal, &agent_id, session, EndReason::BackToNormal)
                 .await
         };
         ctx.spawn(ending.into_actor(self).map(move |result, act, ctx| {

@@ -45,6 +45,11 @@ pub async fn login(
         .await
         .map_err(|_| TooMany(Duration::from_secs(1)))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Again now that it is our turn: guesses sent in parallel all passed the
+    // first check while earlier ones were still being verified.
+    let now = Instant::now();
+    limits.login_accounts.check(&account, now)?;
+    limits.login_addresses.check(&address, now)?;
     let found = state.directory.admin_credentials(&body.email).await?;
     let password = body.password.clone();
     // argon2 is deliberately slow: keep it off the async workers.

@@ -60,7 +60,7 @@ impl Router {
                 live: RwLock::new(Arc::from([])),
             }),
         };
-        router.set_live(endpoints.to_vec())?;
+        router.set_live(endpoints.to_vec(), true)?;
         Ok(router)
     }
 
@@ -91,8 +91,7 @@ impl Router {
             let members = obr_signer::placement::live_members(&mut conn, prefix)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            if !members.is_empty() {
-                router.set_live(members)?;
+            if !members.is_empty() && router.set_live(members, false).is_ok() {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
@@ -111,7 +110,7 @@ impl Router {
                     // signer is gone; keep routing to the last known ones
                     // so their answers (or errors) reach the browser.
                     Ok(members) if !members.is_empty() => {
-                        if let Err(e) = refresher.set_live(members) {
+                        if let Err(e) = refresher.set_live(members, false) {
                             tracing::warn!(error = %e, "bad signer membership");
                         }
                     }
@@ -123,12 +122,27 @@ impl Router {
         Ok(router)
     }
 
-    fn set_live(&self, mut endpoints: Vec<String>) -> Result<(), LinkError> {
+    /// Hash users over `endpoints` from now on. Configured ones
+    /// (`strict`) must all be usable; discovered ones that are not (say, an
+    /// `http://` entry a Redis writer added while this relay requires
+    /// mutual TLS) are left out with a warning.
+    fn set_live(&self, mut endpoints: Vec<String>, strict: bool) -> Result<(), LinkError> {
         endpoints.sort();
         endpoints.dedup();
-        for endpoint in &endpoints {
-            self.link(endpoint)?;
+        let mut usable = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            match self.link(&endpoint) {
+                Ok(_) => usable.push(endpoint),
+                Err(e) if !strict => {
+                    tracing::warn!(%endpoint, error = %e, "signer left out of the membership");
+                }
+                Err(e) => return Err(e),
+            }
         }
+        if usable.is_empty() {
+            return Err(LinkError::NoSigners);
+        }
+        let endpoints = usable;
         let mut live = self.inner.live.write().unwrap_or_else(|p| p.into_inner());
         if **live != *endpoints {
             tracing::info!(signers = ?endpoints, "signer membership changed");

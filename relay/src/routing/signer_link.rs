@@ -42,18 +42,6 @@ pub enum LinkError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<LinkResponse>>>>;
 
-fn is_loopback(endpoint: &Endpoint) -> bool {
-    match endpoint.uri().host() {
-        Some("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
-}
-
 struct Stream {
     tx: mpsc::Sender<LinkRequest>,
     pending: Pending,
@@ -73,12 +61,12 @@ impl SignerLink {
     pub fn new(endpoint: &str, tls: Option<ClientTlsConfig>) -> Result<Self, LinkError> {
         let mut target = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|_| LinkError::BadEndpoint(endpoint.to_owned()))?;
-        // A relay that talks to signers over mutual TLS never sends a
-        // user's CTAP traffic in clear to another host — not even to an
-        // endpoint a Redis writer added to the membership.
-        if tls.is_some() && endpoint.starts_with("http://") && !is_loopback(&target) {
+        // A relay that talks to signers over mutual TLS sends a user's CTAP
+        // traffic to nothing else — not even to an endpoint a Redis writer
+        // added to the membership, on this host or another.
+        if tls.is_some() && !endpoint.starts_with("https://") {
             return Err(LinkError::Unavailable(format!(
-                "refusing plaintext to {endpoint}: this relay talks to signers over mutual TLS (https://)"
+                "refusing {endpoint}: this relay talks to signers over mutual TLS (https:// only)"
             )));
         }
         if endpoint.starts_with("https://") {
@@ -229,13 +217,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_mutual_tls_relay_sends_nothing_in_clear_to_another_host() {
+    async fn a_mutual_tls_relay_talks_to_https_signers_only() {
         let tls = || Some(ClientTlsConfig::new());
-        assert!(matches!(
-            SignerLink::new("http://10.0.0.7:7400", tls()),
-            Err(LinkError::Unavailable(_))
-        ));
-        assert!(SignerLink::new("http://127.0.0.1:7400", tls()).is_ok());
+        for rogue in [
+            "http://10.0.0.7:7400",
+            "http://127.0.0.1:7400",
+            "unix:/tmp/rogue.sock",
+        ] {
+            assert!(
+                matches!(
+                    SignerLink::new(rogue, tls()),
+                    Err(LinkError::Unavailable(_))
+                ),
+                "{rogue}"
+            );
+        }
         assert!(SignerLink::new("https://10.0.0.7:7400", tls()).is_ok());
         assert!(matches!(
             SignerLink::new("https://10.0.0.7:7400", None),

@@ -62,8 +62,10 @@ local session = redis.call('GET', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local dot = session and string.find(session, '.', 1, true)
-if dot then
-  local ukey = ARGV[2] .. 'obr:user:' .. cjson.decode(string.sub(session, dot + 1))['user_id']
+local ok, decoded = false, nil
+if dot then ok, decoded = pcall(cjson.decode, string.sub(session, dot + 1)) end
+if ok and type(decoded) == 'table' and type(decoded['user_id']) == 'string' then
+  local ukey = ARGV[2] .. 'obr:user:' .. decoded['user_id']
   if redis.call('GET', ukey) == ARGV[1] then redis.call('DEL', ukey) end
 end
 return session
@@ -76,14 +78,23 @@ for _, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 then
     local skey = ARGV[2] .. 'obr:session:' .. id
     local session = redis.call('GET', skey)
-    local dot = session and string.find(session, '.', 1, true)
-    if dot then
+    if session then
       redis.call('DEL', skey)
-      local decoded = cjson.decode(string.sub(session, dot + 1))
-      local akey = ARGV[2] .. 'obr:agent:' .. decoded['agent_id']
-      if redis.call('GET', akey) == id then redis.call('DEL', akey) end
-      local ukey = ARGV[2] .. 'obr:user:' .. decoded['user_id']
-      if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+      -- Sealed values are "tag.json"; a forged one may not decode: skip
+      -- its pointers, and let the relay drop it (it checks the seal).
+      local dot = string.find(session, '.', 1, true)
+      local ok, decoded = false, nil
+      if dot then ok, decoded = pcall(cjson.decode, string.sub(session, dot + 1)) end
+      if ok and type(decoded) == 'table' then
+        if type(decoded['agent_id']) == 'string' then
+          local akey = ARGV[2] .. 'obr:agent:' .. decoded['agent_id']
+          if redis.call('GET', akey) == id then redis.call('DEL', akey) end
+        end
+        if type(decoded['user_id']) == 'string' then
+          local ukey = ARGV[2] .. 'obr:user:' .. decoded['user_id']
+          if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+        end
+      end
       table.insert(out, session)
     end
   end

@@ -27,7 +27,7 @@ use crate::store::{CredentialPolicy, StoredCredential};
 use super::codec::{Kind, Param, Params, encode_ok, has_text_key};
 use super::extensions::{self, CredProtect, HmacSecretRequest};
 use super::keys;
-use super::pin_uv_auth_token::Permissions;
+use super::pin_uv_auth_token::{Holder, Permissions};
 use super::{
     Authenticator, Caller, CommandError, Success, authenticator_data, claimed, pin_uv_auth_request,
     response_flags, user_presence_used,
@@ -73,6 +73,8 @@ pub(super) struct PendingAssertions {
     /// An on-behalf enumeration with user presence: each assertion is
     /// reported for the audit log.
     on_behalf: bool,
+    /// Who started it (the owner, or one OBR session): only they continue.
+    caller: Holder,
 }
 
 /// A credential an assertion may use, with its algorithm and extension
@@ -117,8 +119,13 @@ impl Authenticator {
             None => None,
         };
         let user_verified = token.is_some() || caller.verified(uv_requested)?;
+        // A silent on-behalf lookup (the exclude-list pre-flight) answers
+        // whether a credential exists, nothing more: no UV, no hmac-secret
+        // output, no enumeration, and a signature over a labelled hash, not
+        // the caller's, so it can never serve as a sign-in anywhere.
+        let silent_on_behalf = caller.obr.is_some() && !request.options.up;
         // "up": false asks for a silent assertion, without the UP flag.
-        let flags = response_flags(request.options.up, user_verified);
+        let flags = response_flags(request.options.up, user_verified && !silent_on_behalf);
         // §12.5: salts are authenticated and decrypted before any
         // credential is looked at; a bad input fails the whole request.
         let hmac_secret =
@@ -182,17 +189,19 @@ impl Authenticator {
             // spent.
             user_presence_used(&mut self.pin_uv_auth_token);
         }
-        let number_of_credentials = if allow_list.is_none() && !candidates.is_empty() {
-            Some(u8::try_from(candidates.len() + 1).unwrap_or(u8::MAX))
-        } else {
-            None
-        };
+        let number_of_credentials =
+            if allow_list.is_none() && !candidates.is_empty() && !silent_on_behalf {
+                Some(u8::try_from(candidates.len() + 1).unwrap_or(u8::MAX))
+            } else {
+                None
+            };
 
+        let lookup_hash = silent_on_behalf.then(|| silent_lookup_hash(&request.client_data_hash));
         let payload = sign_assertion(
             self,
             Assertion {
                 rp_id: &request.rp_id,
-                client_data_hash: &request.client_data_hash,
+                client_data_hash: lookup_hash.as_deref().unwrap_or(&request.client_data_hash),
                 flags,
                 hmac_secret: hmac_secret.as_ref(),
                 number_of_credentials,
@@ -210,6 +219,7 @@ impl Authenticator {
                 hmac_secret,
                 expires_at: Instant::now() + NEXT_ASSERTION_WINDOW,
                 on_behalf: obr_signs,
+                caller: caller.holder(),
             });
         }
         Ok(Success {
@@ -219,12 +229,21 @@ impl Authenticator {
     }
 
     /// CTAP 2.1 §6.3: the next credential of the last getAssertion.
-    pub(super) async fn get_next_assertion(&mut self) -> Result<Success, CommandError> {
+    pub(super) async fn get_next_assertion(
+        &mut self,
+        caller: Caller<'_>,
+    ) -> Result<Success, CommandError> {
         // "If authenticator does not remember any authenticatorGetAssertion
         // parameters, return CTAP2_ERR_NOT_ALLOWED."
         let Some(mut pending) = self.pending.take() else {
             return Err(Ctap2Error::NotAllowed.into());
         };
+        // The enumeration continues only for whoever started it: the owner's
+        // own sign-in is nobody else's to continue (and an OBR session's
+        // nobody else's either).
+        if pending.caller != caller.holder() {
+            return Err(Ctap2Error::NotAllowed.into());
+        }
         // "If timer since the last call to authenticatorGetAssertion/
         // authenticatorGetNextAssertion is greater than 30 seconds, discard
         // the current authenticatorGetAssertion state and return
@@ -261,6 +280,17 @@ impl Authenticator {
             ..Success::payload(payload)
         })
     }
+}
+
+/// What a silent on-behalf lookup signs instead of the caller's
+/// clientDataHash: SHA-256 over a label and it. Platforms read only the
+/// credential id of a pre-flight; no relying party's challenge is ever
+/// signed without presence on the admin's behalf.
+fn silent_lookup_hash(client_data_hash: &[u8]) -> Vec<u8> {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"obr on-behalf silent lookup\0");
+    context.update(client_data_hash);
+    context.finish().as_ref().to_vec()
 }
 
 /// Least privilege on behalf (DESIGN, "Least-privilege OBR"): an OBR

@@ -425,7 +425,7 @@ impl Authenticator {
             CMD_MAKE_CREDENTIAL => self.make_credential(params, caller).await,
             CMD_GET_ASSERTION => self.get_assertion(params, caller).await,
             CMD_GET_INFO => Ok(Success::payload(self.shared.get_info.clone())),
-            CMD_GET_NEXT_ASSERTION => self.get_next_assertion().await,
+            CMD_GET_NEXT_ASSERTION => self.get_next_assertion(caller).await,
             // CTAP 2.1 §6.9: nothing to select among; presence is implied.
             CMD_SELECTION => Ok(Success::payload(vec![STATUS_OK])),
             // CTAP 2.1 §6.6 lets an authenticator refuse a reset; an admin

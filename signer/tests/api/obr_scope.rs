@@ -172,3 +172,74 @@ async fn a_session_with_no_credentials_at_the_rp_gets_no_credentials() {
     assert_eq!(reply.status(), 0x2E, "CTAP2_ERR_NO_CREDENTIALS, as any key");
     assert_eq!(reply.obr_assertion, None);
 }
+
+/// A silent on-behalf lookup answers only "this credential exists": no UV
+/// even when asked, no enumeration, and its signature is not over the
+/// caller's clientDataHash — so it can never serve a relying party as a
+/// sign-in, even one that does not check UP.
+#[tokio::test]
+async fn a_silent_lookup_on_behalf_signs_nothing_usable() {
+    use passkey_types::ctap2::Flags;
+    let db = TempDb::new();
+    let core = open(&db).await;
+    let (own, public_key) = make_credential(&core, "alice", &Mc::new(RP, b"own").rk()).await;
+    make_credential(&core, "alice", &Mc::new(RP, b"own-2").rk()).await;
+    let mut params = vec![
+        (int(1), text(RP)),
+        (int(2), Value::Bytes(CDH.to_vec())),
+        (int(3), descriptors(std::slice::from_ref(&own))),
+        (
+            int(5),
+            Value::Map(vec![
+                (text("up"), Value::Bool(false)),
+                (text("uv"), Value::Bool(true)),
+            ]),
+        ),
+    ];
+    let reply = core
+        .ctap(in_session(
+            "alice",
+            "session-1",
+            message(0x02, params.clone()),
+        ))
+        .await;
+    let response = decode_get_assertion(&reply);
+    assert_eq!(
+        response.auth_data.flags,
+        Flags::BE | Flags::BS,
+        "no UP, no UV"
+    );
+    let signed_over_cdh = std::panic::catch_unwind(|| verify_assertion(&public_key, &reply, &CDH));
+    assert!(
+        signed_over_cdh.is_err(),
+        "the caller's clientDataHash was signed"
+    );
+    // Discoverable: the first one only, no enumeration to continue.
+    params.remove(2);
+    let reply = core
+        .ctap(in_session("alice", "session-1", message(0x02, params)))
+        .await;
+    assert_eq!(decode_get_assertion(&reply).number_of_credentials, None);
+    let next = core
+        .ctap(in_session("alice", "session-1", vec![0x08]))
+        .await;
+    assert_eq!(next.status(), 0x30, "CTAP2_ERR_NOT_ALLOWED");
+}
+
+/// The owner's own discoverable sign-in (approved on their device) leaves
+/// an enumeration behind; an OBR session must not continue it with
+/// getNextAssertion and get the owner's next credential signed.
+#[tokio::test]
+async fn an_obr_session_cannot_continue_the_owners_enumeration() {
+    let db = TempDb::new();
+    let core = open(&db).await;
+    make_credential(&core, "alice", &Mc::new(RP, b"one").rk()).await;
+    make_credential(&core, "alice", &Mc::new(RP, b"two").rk()).await;
+    let reply = core.ctap(call("alice", ga(&[], true))).await;
+    assert_eq!(decode_get_assertion(&reply).number_of_credentials, Some(2));
+    let stolen = core
+        .ctap(in_session("alice", "session-1", vec![0x08]))
+        .await;
+    assert_eq!(stolen.status(), 0x30, "CTAP2_ERR_NOT_ALLOWED");
+    assert_eq!(stolen.obr_assertion, None);
+}

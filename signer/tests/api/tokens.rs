@@ -403,9 +403,10 @@ async fn token_use_is_pin_auth_invalid_unless_everything_matches() {
         let reply = core.ctap(obr_call("alice", request)).await;
         assert_eq!(reply.status(), status, "{what}");
     }
-    // None of those spent it: a silent pre-flight verifies (UV, no UP)...
+    // None of those spent it: a silent pre-flight is answered (on behalf:
+    // neither UP nor UV, see obr_scope)...
     let reply = core.ctap(obr_call("alice", silent(RP, 2, &token))).await;
-    assert_eq!(flags(&reply), Flags::UV | Flags::BE | Flags::BS);
+    assert_eq!(flags(&reply), Flags::BE | Flags::BS);
     // ...and so does the sign-in with presence, which spends it.
     let sign_in = ga_with_token(RP, allow, 2, &token, true);
     let reply = core.ctap(obr_call("alice", sign_in.clone())).await;
@@ -567,7 +568,9 @@ async fn a_cred_protect_3_credential_is_found_by_allow_list_with_a_token() {
             ga_with_token(RP, allow, 2, &token, false),
         ))
         .await;
-    assert_eq!(flags(&preflight), Flags::UV | Flags::BE | Flags::BS);
+    // Found (the token's UV makes it visible); on behalf a silent lookup
+    // claims no UV.
+    assert_eq!(flags(&preflight), Flags::BE | Flags::BS);
     let sign_in = core
         .ctap(obr_call("alice", ga_with_token(RP, allow, 2, &token, true)))
         .await;
