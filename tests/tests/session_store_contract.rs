@@ -283,7 +283,7 @@ async fn redis_store_reads_nothing_a_redis_writer_forged() {
     assert_eq!(store.get_token("minted").await.unwrap(), None);
     set(
         "forge:token:other-key",
-        Sealer::new(&[1; 32]).seal("forge:token:other-key", &admin_json),
+        Sealer::new(&[1; 32]).seal("forge:token:other-key", &admin_json, i64::MAX),
     )
     .await;
     assert_eq!(store.get_token("other-key").await.unwrap(), None);
@@ -301,6 +301,17 @@ async fn redis_store_reads_nothing_a_redis_writer_forged() {
         .unwrap();
     set("forge:token:copied", genuine).await;
     assert_eq!(store.get_token("copied").await.unwrap(), None);
+    // A genuine token saved, and put back (for good) after it expired.
+    store
+        .put_token("short", &admin, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let saved: String = redis::AsyncCommands::get(&mut writer.clone(), "forge:token:short")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set("forge:token:short", saved).await;
+    assert_eq!(store.get_token("short").await.unwrap(), None, "replayed");
     // An agent login, minted.
     set(
         "forge:agent:attacker",

@@ -194,7 +194,14 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 async fn require_admin(req: &HttpRequest, state: &AppState) -> Result<Principal, ApiError> {
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
     match state.store.get_token(&auth::token_hash(token)).await? {
-        Some(p) if p.scope == TokenScope::Admin && p.is_admin => Ok(p),
+        Some(p) if p.scope == TokenScope::Admin && p.is_admin => {
+            // Power is where it is used: the directory, not the token's
+            // copy, says whether this person is an admin now.
+            match state.directory.person(&p.person_id).await? {
+                Some(person) if person.is_admin => Ok(p),
+                _ => Err(ApiError::Forbidden("no longer an admin".into())),
+            }
+        }
         Some(_) => Err(ApiError::Forbidden(
             "this token is not an admin token".into(),
         )),

@@ -31,12 +31,15 @@ use super::{
     AgentEvent, Approval, ApprovalState, DeviceGrant, EXPIRED_SESSION_GRACE, ObrConflict,
     ObrSession, Principal, SessionStore, StoreError, StoreResult,
 };
+use crate::clock::now_ms;
 
 /// Bound on every Redis round trip; the relay answers 503 past it.
 pub const DEFAULT_REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause before re-subscribing after the pub/sub connection was lost.
 const RESUBSCRIBE_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a published event stays valid (a replay later is dropped).
+const EVENT_LIFETIME: Duration = Duration::from_secs(60);
 /// Sessions claimed per sweep; the sweeper runs again soon after.
 const CLAIM_BATCH: usize = 100;
 
@@ -62,6 +65,7 @@ local session = redis.call('GET', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local dot = session and string.find(session, '.', 1, true)
+dot = dot and string.find(session, '.', dot + 1, true)
 local ok, decoded = false, nil
 if dot then ok, decoded = pcall(cjson.decode, string.sub(session, dot + 1)) end
 if ok and type(decoded) == 'table' and type(decoded['user_id']) == 'string' then
@@ -80,9 +84,10 @@ for _, id in ipairs(ids) do
     local session = redis.call('GET', skey)
     if session then
       redis.call('DEL', skey)
-      -- Sealed values are "tag.json"; a forged one may not decode: skip
-      -- its pointers, and let the relay drop it (it checks the seal).
+      -- Sealed values are "tag.expiry.json"; a forged one may not decode:
+      -- skip its pointers, and let the relay drop it (it checks the seal).
       local dot = string.find(session, '.', 1, true)
+      dot = dot and string.find(session, '.', dot + 1, true)
       local ok, decoded = false, nil
       if dot then ok, decoded = pcall(cjson.decode, string.sub(session, dot + 1)) end
       if ok and type(decoded) == 'table' then
@@ -147,7 +152,10 @@ impl RedisStore {
         value: &T,
         ttl: Duration,
     ) -> StoreResult<()> {
-        let sealed = self.sealer.seal(&key, &serde_json::to_string(value)?);
+        let expires = now_ms().saturating_add(i64::try_from(ttl_ms(ttl)).unwrap_or(i64::MAX));
+        let sealed = self
+            .sealer
+            .seal(&key, &serde_json::to_string(value)?, expires);
         let mut conn = self.conn.clone();
         let _: () = conn.pset_ex(key, sealed, ttl_ms(ttl)).await?;
         Ok(())
@@ -159,18 +167,19 @@ impl RedisStore {
     ) -> StoreResult<Option<T>> {
         let mut conn = self.conn.clone();
         let sealed: Option<String> = conn.get(&key).await?;
-        sealed.map_or(Ok(None), |s| self.open(&key, &s))
+        sealed.map_or(Ok(None), |s| self.open(&key, &s, now_ms()))
     }
 
-    /// The value sealed for `key`; a forged one is logged and read as
-    /// absent (fail closed).
+    /// The value sealed for `key`, unexpired at `now_ms`; a forged or
+    /// expired one is logged and read as absent (fail closed).
     fn open<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
         sealed: &str,
+        now_ms: i64,
     ) -> StoreResult<Option<T>> {
-        match self.sealer.open(key, sealed) {
-            Ok(json) => Ok(Some(serde_json::from_str(json)?)),
+        match self.sealer.open(key, sealed, now_ms) {
+            Ok((json, _)) => Ok(Some(serde_json::from_str(json)?)),
             Err(Forged) => {
                 tracing::warn!(key, "dropped a Redis value the cluster key did not seal");
                 Ok(None)
@@ -178,12 +187,14 @@ impl RedisStore {
         }
     }
 
-    /// A sealed OBR session, checked against the key it says it lives at;
-    /// `agent_id`, when given, must be the session's.
+    /// A sealed OBR session, checked against the key it says it lives at
+    /// and its seal's expiry at `now_ms`; `agent_id`, when given, must be
+    /// the session's.
     fn open_session(
         &self,
         sealed: &str,
         agent_id: Option<&str>,
+        now_ms: i64,
     ) -> StoreResult<Option<ObrSession>> {
         let Ok(json) = unverified_json(sealed) else {
             tracing::warn!("dropped an unsealed OBR session from Redis");
@@ -197,7 +208,7 @@ impl RedisStore {
             }
         };
         let key = self.key(&["obr:session:", &claimed.id]);
-        let session: Option<ObrSession> = self.open(&key, sealed)?;
+        let session: Option<ObrSession> = self.open(&key, sealed, now_ms)?;
         Ok(session.filter(|s| {
             let matches = agent_id.is_none_or(|agent| s.agent_id == agent);
             if !matches {
@@ -237,7 +248,7 @@ impl SessionStore for RedisStore {
         let key = self.key(&["grant:", user_code]);
         let mut conn = self.conn.clone();
         let sealed: Option<String> = conn.get_del(&key).await?;
-        sealed.map_or(Ok(None), |s| self.open(&key, &s))
+        sealed.map_or(Ok(None), |s| self.open(&key, &s, now_ms()))
     }
 
     async fn put_agent_login(
@@ -291,10 +302,15 @@ impl SessionStore for RedisStore {
             .key(self.key(&["obr:expiring"]))
             .key(self.key(&["obr:user:", &session.user_id]))
             .arg(&session.id)
-            .arg(self.sealer.seal(
-                &self.key(&["obr:session:", &session.id]),
-                &serde_json::to_string(session)?,
-            ))
+            .arg(
+                self.sealer.seal(
+                    &self.key(&["obr:session:", &session.id]),
+                    &serde_json::to_string(session)?,
+                    session
+                        .expires_at_ms
+                        .saturating_add(crate::directory::duration_ms(EXPIRED_SESSION_GRACE)),
+                ),
+            )
             .arg(session.expires_at_ms)
             .arg(ttl_ms(ttl))
             .invoke_async(&mut conn)
@@ -316,7 +332,9 @@ impl SessionStore for RedisStore {
             .arg(self.key(&["obr:session:"]))
             .invoke_async(&mut conn)
             .await?;
-        sealed.map_or(Ok(None), |s| self.open_session(&s, Some(agent_id)))
+        sealed.map_or(Ok(None), |s| {
+            self.open_session(&s, Some(agent_id), now_ms())
+        })
     }
 
     async fn end_obr(&self, agent_id: &str, session_id: &str) -> StoreResult<Option<ObrSession>> {
@@ -329,7 +347,9 @@ impl SessionStore for RedisStore {
             .arg(&self.prefix)
             .invoke_async(&mut conn)
             .await?;
-        sealed.map_or(Ok(None), |s| self.open_session(&s, Some(agent_id)))
+        sealed.map_or(Ok(None), |s| {
+            self.open_session(&s, Some(agent_id), now_ms())
+        })
     }
 
     async fn claim_expired(&self, now_ms: i64) -> StoreResult<Vec<ObrSession>> {
@@ -343,7 +363,8 @@ impl SessionStore for RedisStore {
             .await?;
         let mut claimed = Vec::with_capacity(sessions.len());
         for sealed in &sessions {
-            claimed.extend(self.open_session(sealed, None)?);
+            // The sweeper's clock: what it claims expired must still open.
+            claimed.extend(self.open_session(sealed, None, now_ms)?);
         }
         Ok(claimed)
     }
@@ -368,9 +389,11 @@ impl SessionStore for RedisStore {
         let Some(sealed): Option<String> = conn.get(&key).await? else {
             return Ok(None);
         };
-        let Some(mut approval): Option<Approval> = self.open(&key, &sealed)? else {
+        let Ok((json, expires)) = self.sealer.open(&key, &sealed, now_ms()) else {
+            tracing::warn!(key, "dropped a Redis value the cluster key did not seal");
             return Ok(None);
         };
+        let mut approval: Approval = serde_json::from_str(json)?;
         if approval.person_id != person_id || approval.state != ApprovalState::Pending {
             return Ok(None);
         }
@@ -379,7 +402,9 @@ impl SessionStore for RedisStore {
         } else {
             ApprovalState::Denied
         };
-        let decided = self.sealer.seal(&key, &serde_json::to_string(&approval)?);
+        let decided = self
+            .sealer
+            .seal(&key, &serde_json::to_string(&approval)?, expires);
         let swapped: i64 = Script::new(COMPARE_AND_SET)
             .key(&key)
             .arg(&sealed)
@@ -393,7 +418,11 @@ impl SessionStore for RedisStore {
     async fn publish(&self, event: &AgentEvent) -> StoreResult<()> {
         let mut conn = self.conn.clone();
         let channel = self.key(&["events"]);
-        let sealed = self.sealer.seal(&channel, &serde_json::to_string(event)?);
+        let sealed = self.sealer.seal(
+            &channel,
+            &serde_json::to_string(event)?,
+            now_ms().saturating_add(crate::directory::duration_ms(EVENT_LIFETIME)),
+        );
         let _: i64 = conn.publish(&channel, sealed).await?;
         Ok(())
     }
@@ -415,7 +444,8 @@ impl SessionStore for RedisStore {
                             match messages.next().await {
                                 Some(msg) => {
                                     let payload = String::from_utf8_lossy(msg.get_payload_bytes());
-                                    let Ok(json) = sealer.open(&channel, &payload) else {
+                                    let Ok((json, _)) = sealer.open(&channel, &payload, now_ms())
+                                    else {
                                         tracing::warn!(
                                             "dropped an agent event the cluster key did not seal"
                                         );

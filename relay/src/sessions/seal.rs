@@ -5,10 +5,11 @@
 //! session), or one it copied to another key, does not verify and is
 //! dropped and logged as if absent.
 //!
-//! A sealed value is `base64url(tag) "." json`, where the tag is
-//! HMAC-SHA256 over the length-prefixed *binding* (the value's full Redis
-//! key, or the event channel) and the JSON, so a value is only valid where
-//! it was written.
+//! A sealed value is `base64url(tag) "." expires_at_ms "." json`, where
+//! the tag is HMAC-SHA256 over the length-prefixed *binding* (the value's
+//! full Redis key, or the event channel), the expiry and the JSON: a value
+//! is valid only where it was written and only until it expires — a saved
+//! copy put back later, or a key made persistent, is dropped.
 
 use std::path::Path;
 
@@ -100,36 +101,51 @@ impl Sealer {
         Ok(Self::new(&key))
     }
 
-    /// `json`, sealed for `binding`.
-    pub fn seal(&self, binding: &str, json: &str) -> String {
-        let tag = hmac::sign(&self.key, &mac_input(binding, json));
-        format!("{}.{json}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    /// `json`, sealed for `binding` until `expires_at_ms`.
+    pub fn seal(&self, binding: &str, json: &str, expires_at_ms: i64) -> String {
+        let tag = hmac::sign(&self.key, &mac_input(binding, expires_at_ms, json));
+        format!(
+            "{}.{expires_at_ms}.{json}",
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
     }
 
-    /// The JSON of `sealed` if it was sealed for `binding` (constant-time
-    /// tag check).
-    pub fn open<'a>(&self, binding: &str, sealed: &'a str) -> Result<&'a str, Forged> {
-        let (tag, json) = split(sealed)?;
+    /// The JSON of `sealed` and its expiry, if it was sealed for `binding`
+    /// (constant-time tag check) and has not expired at `now_ms`.
+    pub fn open<'a>(
+        &self,
+        binding: &str,
+        sealed: &'a str,
+        now_ms: i64,
+    ) -> Result<(&'a str, i64), Forged> {
+        let (tag, expires_at_ms, json) = split(sealed)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| Forged)?;
-        hmac::verify(&self.key, &mac_input(binding, json), &tag).map_err(|_| Forged)?;
-        Ok(json)
+        hmac::verify(&self.key, &mac_input(binding, expires_at_ms, json), &tag)
+            .map_err(|_| Forged)?;
+        if now_ms >= expires_at_ms {
+            return Err(Forged);
+        }
+        Ok((json, expires_at_ms))
     }
 }
 
 /// The JSON part of a sealed value, unverified (to learn which binding to
 /// check it against); only [`Sealer::open`] says it is genuine.
 pub fn unverified_json(sealed: &str) -> Result<&str, Forged> {
-    split(sealed).map(|(_, json)| json)
+    split(sealed).map(|(_, _, json)| json)
 }
 
-fn split(sealed: &str) -> Result<(&str, &str), Forged> {
-    sealed.split_once('.').ok_or(Forged)
+fn split(sealed: &str) -> Result<(&str, i64, &str), Forged> {
+    let (tag, rest) = sealed.split_once('.').ok_or(Forged)?;
+    let (expires, json) = rest.split_once('.').ok_or(Forged)?;
+    Ok((tag, expires.parse().map_err(|_| Forged)?, json))
 }
 
-fn mac_input(binding: &str, json: &str) -> Vec<u8> {
-    let mut input = Vec::with_capacity(8 + binding.len() + json.len());
+fn mac_input(binding: &str, expires_at_ms: i64, json: &str) -> Vec<u8> {
+    let mut input = Vec::with_capacity(16 + binding.len() + json.len());
     input.extend_from_slice(&(binding.len() as u64).to_be_bytes());
     input.extend_from_slice(binding.as_bytes());
+    input.extend_from_slice(&expires_at_ms.to_be_bytes());
     input.extend_from_slice(json.as_bytes());
     input
 }
@@ -154,32 +170,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_value_opens_only_where_it_was_sealed_and_as_it_was() {
+    fn a_value_opens_only_where_it_was_sealed_as_it_was_and_until_it_expires() {
         let sealer = Sealer::new(&[7; CLUSTER_KEY_LEN]);
-        let sealed = sealer.seal("obr:token:abc", r#"{"admin":true}"#);
+        let (now, until) = (1_000, 2_000);
+        let sealed = sealer.seal("obr:token:abc", r#"{"admin":true}"#, until);
         assert_eq!(
-            sealer.open("obr:token:abc", &sealed),
-            Ok(r#"{"admin":true}"#)
+            sealer.open("obr:token:abc", &sealed, now),
+            Ok((r#"{"admin":true}"#, until))
         );
-        assert_eq!(sealer.open("obr:token:xyz", &sealed), Err(Forged), "copied");
-        let edited = sealed.replace("true", "false");
-        assert_eq!(sealer.open("obr:token:abc", &edited), Err(Forged), "edited");
         assert_eq!(
-            sealer.open("obr:token:abc", r#"{"admin":true}"#),
+            sealer.open("obr:token:abc", &sealed, until),
+            Err(Forged),
+            "expired"
+        );
+        let extended = sealed.replace(".2000.", ".9000.");
+        assert_eq!(
+            sealer.open("obr:token:abc", &extended, now),
+            Err(Forged),
+            "extended"
+        );
+        assert_eq!(
+            sealer.open("obr:token:xyz", &sealed, now),
+            Err(Forged),
+            "copied"
+        );
+        let edited = sealed.replace("true", "false");
+        assert_eq!(
+            sealer.open("obr:token:abc", &edited, now),
+            Err(Forged),
+            "edited"
+        );
+        assert_eq!(
+            sealer.open("obr:token:abc", r#"{"admin":true}"#, now),
             Err(Forged),
             "unsealed"
         );
         let other = Sealer::new(&[8; CLUSTER_KEY_LEN]);
         assert_eq!(
-            other.open("obr:token:abc", &sealed),
+            other.open("obr:token:abc", &sealed, now),
             Err(Forged),
             "other key"
-        );
-        // Shifting bytes between binding and JSON does not verify.
-        let shifted = sealer.seal("obr:token:ab", r#"c{"admin":true}"#);
-        assert_eq!(
-            sealer.open("obr:token:abc", &shifted.replacen(".c", ".", 1)),
-            Err(Forged)
         );
     }
 
@@ -190,9 +220,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("cluster.key");
         let first = Sealer::load_or_create(&path).unwrap();
-        let sealed = first.seal("b", "{}");
+        let sealed = first.seal("b", "{}", 10);
         let again = Sealer::load_or_create(&path).unwrap();
-        assert_eq!(again.open("b", &sealed), Ok("{}"));
+        assert_eq!(again.open("b", &sealed, 5), Ok(("{}", 10)));
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
