@@ -113,6 +113,21 @@ pub struct PendingRegistration {
     client_data: Vec<u8>,
 }
 
+/// A security-key registration (not discoverable) for a new account named
+/// `user_name` at the test RP: the CTAP message a browser would send. For
+/// tests that need a credential made, not verified.
+pub fn registration_request(user_name: &str) -> anyhow::Result<Vec<u8>> {
+    let (options, _) = webauthn()?.start_securitykey_registration(
+        webauthn_rs::prelude::Uuid::new_v4(),
+        user_name,
+        user_name,
+        None,
+        None,
+        None,
+    )?;
+    Ok(make_credential(&options, false)?.ctap_request)
+}
+
 /// authenticatorMakeCredential for `options` (a CreationChallengeResponse).
 pub fn make_credential(
     options: &CreationChallengeResponse,

@@ -49,6 +49,26 @@ fn leave_agent_id_in_inbox(
     agent_id_seen_by(api, user.device_token.as_deref().unwrap_or_default())
 }
 
+/// A relay (embedded signer) whose sessions live in a private
+/// `redis-server`; `None` when redis-server is not installed.
+fn relay_on_private_redis(
+    label: &str,
+) -> anyhow::Result<Option<(RedisServer, Scratch, RelayProc)>> {
+    let Some(redis) = RedisServer::start()? else {
+        eprintln!("redis-server not installed; .ci/run installs it");
+        return Ok(None);
+    };
+    let scratch = Scratch::new(label)?;
+    let relay = RelayProc::start(
+        &scratch.join("relay"),
+        &RelayOptions {
+            redis_url: Some(redis.url()),
+            ..RelayOptions::default()
+        },
+    )?;
+    Ok(Some((redis, scratch, relay)))
+}
+
 /// A Hello claiming `agent_id`: all an attacker who only saw the id can
 /// send (it has no key whose id that is).
 fn hello(agent_id: &str) -> agent_frame::Kind {
@@ -303,18 +323,9 @@ fn an_admin_cannot_act_on_an_admin() -> anyhow::Result<()> {
 /// land on the user's key after that.
 #[test]
 fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
-    let Some(redis) = RedisServer::start()? else {
-        eprintln!("redis-server not installed; .ci/run installs it");
+    let Some((redis, scratch, relay)) = relay_on_private_redis("attack-lost-session")? else {
         return Ok(());
     };
-    let scratch = Scratch::new("attack-lost-session")?;
-    let relay = RelayProc::start(
-        &scratch.join("relay"),
-        &RelayOptions {
-            redis_url: Some(redis.url()),
-            ..RelayOptions::default()
-        },
-    )?;
     std::fs::create_dir_all(scratch.join("agent"))?;
     let agent = AgentProc::start_with(
         &scratch.join("agent"),
@@ -333,12 +344,9 @@ fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
     assert!(flushed.status.success(), "{flushed:?}");
     std::thread::sleep(Duration::from_millis(1500));
 
-    let webauthn = rp::webauthn()?;
-    let (options, _) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let request = rp::registration_request("bob")?;
     let mut hid = HidClient::open(&agent.hid_socket)?;
-    let response = hid.cbor(&request.ctap_request)?;
+    let response = hid.cbor(&request)?;
     assert_ne!(
         response.first(),
         Some(&CTAP2_OK),
@@ -368,13 +376,10 @@ fn back_to_normal_takes_effect_on_the_agent_at_once() -> anyhow::Result<()> {
     let said = stack.agent.cli(&["back-to-normal"]);
     let status = stack.agent.cli(&["status"]);
     // A registration now is refused by the agent itself.
-    let webauthn = rp::webauthn()?;
-    let (options, _) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let request = rp::registration_request("bob")?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
     let started = std::time::Instant::now();
-    let response = hid.cbor(&request.ctap_request)?;
+    let response = hid.cbor(&request)?;
     let refused_in = started.elapsed();
     stack.relay.proc.thaw()?;
 
@@ -549,12 +554,9 @@ fn a_local_user_cannot_reach_the_embedded_signer() -> anyhow::Result<()> {
     let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
     stack.agent.login(&api, &admin)?;
     stack.agent.select_as_obr(&api, &admin, bob)?;
-    let webauthn = rp::webauthn()?;
-    let (options, _) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let request = rp::registration_request("bob")?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
-    assert_eq!(hid.cbor(&request.ctap_request)?.first(), Some(&CTAP2_OK));
+    assert_eq!(hid.cbor(&request)?.first(), Some(&CTAP2_OK));
 
     let ports = listening_ports(stack.relay.proc.pid())?;
     assert!(!ports.is_empty(), "the relay listens somewhere");
@@ -611,18 +613,9 @@ fn a_local_user_cannot_reach_the_embedded_signer() -> anyhow::Result<()> {
 /// carry the cluster key's MAC for its own key.
 #[test]
 fn a_redis_writer_cannot_grant_power() -> anyhow::Result<()> {
-    let Some(redis) = RedisServer::start()? else {
-        eprintln!("redis-server not installed; .ci/run installs it");
+    let Some((redis, _scratch, relay)) = relay_on_private_redis("attack-redis-writer")? else {
         return Ok(());
     };
-    let scratch = Scratch::new("attack-redis-writer")?;
-    let relay = RelayProc::start(
-        &scratch.join("relay"),
-        &RelayOptions {
-            redis_url: Some(redis.url()),
-            ..RelayOptions::default()
-        },
-    )?;
     let api = Api::new(&relay.url);
     let client = ::redis::Client::open(redis.url())?;
     let mut writer = client.get_connection()?;
@@ -710,12 +703,9 @@ fn a_database_writer_cannot_erase_or_rewrite_the_audit_log() -> anyhow::Result<(
     let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
     stack.agent.login(&api, &admin)?;
     stack.agent.select_as_obr(&api, &admin, bob)?;
-    let webauthn = rp::webauthn()?;
-    let (options, _) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let request = rp::registration_request("bob")?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
-    assert_eq!(hid.cbor(&request.ctap_request)?.first(), Some(&CTAP2_OK));
+    assert_eq!(hid.cbor(&request)?.first(), Some(&CTAP2_OK));
     let Stack {
         relay,
         agent,
@@ -858,12 +848,9 @@ fn only_relays_reach_a_standalone_signer() -> anyhow::Result<()> {
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, bob)?;
-    let webauthn = rp::webauthn()?;
-    let (options, _) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let request = rp::registration_request("bob")?;
     let mut hid = HidClient::open(&agent.hid_socket)?;
-    assert_eq!(hid.cbor(&request.ctap_request)?.first(), Some(&CTAP2_OK));
+    assert_eq!(hid.cbor(&request)?.first(), Some(&CTAP2_OK));
 
     let reset = |endpoint: String, tls: Option<tonic::transport::ClientTlsConfig>| {
         let user_id = bob.id.clone();

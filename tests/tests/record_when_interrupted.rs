@@ -14,7 +14,6 @@ use obr_tests::hid_client::{CMD_CANCEL, CMD_CBOR, HidClient};
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, Stack};
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
-use webauthn_rs::prelude::Uuid;
 
 /// How long the outbox sweep may take to record what a request left
 /// behind (it waits 3 s, sweeps every 2 s).
@@ -91,13 +90,6 @@ fn all_recorded(api: &Api, admin: &str, bob: &obr_relay::demo::DemoUser) -> anyh
     }
 }
 
-fn registration_request() -> anyhow::Result<Vec<u8>> {
-    let webauthn = rp::webauthn()?;
-    let (options, _) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    Ok(rp::make_credential(&options, false)?.ctap_request)
-}
-
 #[test]
 fn registrations_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
     let stack = Stack::start("record-cancelled")?;
@@ -114,7 +106,7 @@ fn registrations_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
     for delay_ms in 0..24u64 {
         let hid = HidClient::open(&stack.agent.hid_socket)?;
         let cid = hid.cid;
-        hid.send_message(cid, CMD_CBOR, &registration_request()?)?;
+        hid.send_message(cid, CMD_CBOR, &rp::registration_request("bob")?)?;
         std::thread::sleep(Duration::from_micros(delay_ms * 500));
         hid.send_message(cid, CMD_CANCEL, &[])?;
         let reply = hid.read_reply(cid, Duration::from_secs(10))?;
@@ -146,7 +138,7 @@ fn registrations_a_killed_relay_left_are_recorded_after_restart() -> anyhow::Res
             std::thread::spawn(move || -> anyhow::Result<usize> {
                 let mut hid = HidClient::open(&socket)?;
                 let mut answered = 0;
-                while hid.cbor(&registration_request()?)?.first() == Some(&0) {
+                while hid.cbor(&rp::registration_request("bob")?)?.first() == Some(&0) {
                     answered += 1;
                 }
                 Ok(answered)
