@@ -393,13 +393,20 @@ impl Authenticator {
             Operation::SignIn
         };
         let holder = caller.verify_for_token(rp_id.as_deref(), operation)?;
-        // Step 11: every existing token is invalidated.
-        self.pin_uv_auth_token = None;
+        // Step 11: every existing token is invalidated — this holder's: the
+        // owner's and an on-behalf session's live side by side (`Tokens`).
+        *self.tokens.slot(&holder) = None;
         // Steps 12–14: the owner's approval and the admin's session are both
         // evidence of user interaction: beginUsingPinUvAuthToken(true);
         // the permissions and the RP ID.
-        let token =
-            PinUvAuthToken::issue(protocol, permissions, rp_id, holder, true, &self.shared.rng)?;
+        let token = PinUvAuthToken::issue(
+            protocol,
+            permissions,
+            rp_id,
+            holder.clone(),
+            true,
+            &self.shared.rng,
+        )?;
         // Step 15: encrypt(shared secret, pinUvAuthToken).
         let encrypted = secret.encrypt(token.bytes(), &self.shared.rng)?;
         tracing::debug!(
@@ -409,7 +416,7 @@ impl Authenticator {
             rp_id = token.rp_id(),
             "pinUvAuthToken issued"
         );
-        self.pin_uv_auth_token = Some(token);
+        *self.tokens.slot(&holder) = Some(token);
         let response = Value::Map(vec![(
             Value::Integer(RESPONSE_PIN_UV_AUTH_TOKEN.into()),
             Value::Bytes(encrypted),

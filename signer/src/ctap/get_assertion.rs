@@ -187,7 +187,7 @@ impl Authenticator {
         if request.options.up {
             // 9.4: the token's presence, verification and permissions are
             // spent.
-            user_presence_used(&mut self.pin_uv_auth_token);
+            user_presence_used(self.tokens.slot(&caller.holder()));
         }
         let number_of_credentials =
             if allow_list.is_none() && !candidates.is_empty() && !silent_on_behalf {

@@ -145,7 +145,7 @@ impl Authenticator {
         }
         // 14.4: the token's presence, verification and permissions are
         // spent.
-        user_presence_used(&mut self.pin_uv_auth_token);
+        user_presence_used(self.tokens.slot(&caller.holder()));
 
         // Step 16: a new key pair, wrapped before anything is stored.
         let credential_id = new_credential_id(&self.shared.rng)?;

@@ -45,7 +45,7 @@ use self::codec::{DecodeError, EncodeError, STATUS_OK};
 use self::extensions::CredRandom;
 use self::get_assertion::PendingAssertions;
 use self::keys::{Algorithm, KeyCache, KeyError, SigningKey};
-use self::pin_uv_auth_token::{Grant, Holder, Permissions, PinUvAuthToken, TokenUse};
+use self::pin_uv_auth_token::{Grant, Holder, Permissions, PinUvAuthToken, TokenUse, Tokens};
 
 /// CTAP 2.1 §6: authenticator API command bytes.
 const CMD_MAKE_CREDENTIAL: u8 = 0x01;
@@ -390,9 +390,9 @@ pub(crate) struct Authenticator {
     /// first getKeyAgreement and kept until the actor passivates or the key
     /// is reset.
     key_agreement: Option<KeyAgreementKey>,
-    /// The last pinUvAuthToken issued, until replaced, expired or
-    /// forgotten with this actor.
-    pin_uv_auth_token: Option<PinUvAuthToken>,
+    /// The pinUvAuthTokens issued, one per holder (owner, on-behalf
+    /// session), each until replaced, expired or forgotten with this actor.
+    tokens: Tokens,
 }
 
 impl Authenticator {
@@ -403,7 +403,7 @@ impl Authenticator {
             owner: None,
             pending: None,
             key_agreement: None,
-            pin_uv_auth_token: None,
+            tokens: Tokens::default(),
         }
     }
 
@@ -507,7 +507,7 @@ impl Authenticator {
     pub(crate) async fn reset(&mut self) -> Result<u64, CommandError> {
         self.pending = None;
         self.key_agreement = None;
-        self.pin_uv_auth_token = None;
+        self.tokens.clear();
         let owner = claimed(&mut self.owner, &self.user, &self.shared).await?;
         let fresh_key = DataKey::generate(&self.shared.rng)?;
         let wrapped = self
@@ -553,17 +553,12 @@ impl Authenticator {
         caller: Caller<'_>,
     ) -> Result<Grant, CommandError> {
         let now = tokio::time::Instant::now();
-        if self
-            .pin_uv_auth_token
-            .as_ref()
-            .is_some_and(|token| !token.in_use(now))
-        {
-            self.pin_uv_auth_token = None;
+        let holder = caller.holder();
+        let slot = self.tokens.slot(&holder);
+        if slot.as_ref().is_some_and(|token| !token.in_use(now)) {
+            *slot = None;
         }
-        let token = self
-            .pin_uv_auth_token
-            .as_mut()
-            .ok_or(Ctap2Error::PinAuthInvalid)?;
+        let token = slot.as_mut().ok_or(Ctap2Error::PinAuthInvalid)?;
         token.authorize(
             TokenUse {
                 param: auth.param,
@@ -571,7 +566,7 @@ impl Authenticator {
                 client_data_hash,
                 permission,
                 rp_id,
-                holder: &caller.holder(),
+                holder: &holder,
             },
             now,
         )

@@ -95,6 +95,34 @@ pub(crate) enum Holder {
     Obr { session_id: String },
 }
 
+/// The pinUvAuthTokens this key holds: one per holder — the owner's own,
+/// and one on-behalf session's. CTAP 2.1 §6.5.5.7 step 11 invalidates
+/// "every existing pinUvAuthToken" on a new request; a cloud key serves the
+/// owner's platforms and an admin's at once, so a new request replaces only
+/// its own holder's token, and the user's own sign-ins and an admin's
+/// on-behalf registration never invalidate each other's tokens.
+#[derive(Debug, Default)]
+pub(crate) struct Tokens {
+    owner: Option<PinUvAuthToken>,
+    on_behalf: Option<PinUvAuthToken>,
+}
+
+impl Tokens {
+    /// `holder`'s token slot.
+    pub(crate) fn slot(&mut self, holder: &Holder) -> &mut Option<PinUvAuthToken> {
+        match holder {
+            Holder::Owner => &mut self.owner,
+            Holder::Obr { .. } => &mut self.on_behalf,
+        }
+    }
+
+    /// Forget every token (the key was reset).
+    pub(crate) fn clear(&mut self) {
+        self.owner = None;
+        self.on_behalf = None;
+    }
+}
+
 /// What an operation presents to use the token.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TokenUse<'a> {

@@ -525,9 +525,22 @@ mod tokens {
 
     use super::super::client_pin::test_support::encapsulate;
     use super::super::pin_uv_auth_token::{
-        INITIAL_USAGE_TIME_LIMIT, MAX_USAGE_TIME_PERIOD, Permissions, USER_PRESENT_TIME_LIMIT,
+        Holder, INITIAL_USAGE_TIME_LIMIT, MAX_USAGE_TIME_PERIOD, Permissions, PinUvAuthToken,
+        USER_PRESENT_TIME_LIMIT,
     };
     use super::*;
+
+    /// The on-behalf sessions' token slot.
+    fn on_behalf_token(authenticator: &mut Authenticator) -> &mut Option<PinUvAuthToken> {
+        authenticator.tokens.slot(&Holder::Obr {
+            session_id: String::new(),
+        })
+    }
+
+    /// The owner's token slot.
+    fn owner_token(authenticator: &mut Authenticator) -> &mut Option<PinUvAuthToken> {
+        authenticator.tokens.slot(&Holder::Owner)
+    }
 
     const RP: &str = "rp.example";
     const CLIENT_DATA_HASH: [u8; 32] = [0x5C; 32];
@@ -665,8 +678,7 @@ mod tokens {
         )
         .await
         .unwrap();
-        authenticator
-            .pin_uv_auth_token
+        on_behalf_token(&mut authenticator)
             .as_mut()
             .unwrap()
             .backdate(INITIAL_USAGE_TIME_LIMIT + Duration::from_millis(1));
@@ -678,7 +690,7 @@ mod tokens {
             .await;
         assert_eq!(status(&outcome), Some(Ctap2Error::PinAuthInvalid));
         assert!(
-            authenticator.pin_uv_auth_token.is_none(),
+            on_behalf_token(&mut authenticator).is_none(),
             "an ended token is forgotten"
         );
     }
@@ -705,7 +717,7 @@ mod tokens {
         // Past the user present time limit, the token still verifies but
         // no longer stands for presence: the owner is asked (for presence
         // only), and with their approval the call goes through.
-        let token_state = authenticator.pin_uv_auth_token.as_mut().unwrap();
+        let token_state = owner_token(&mut authenticator).as_mut().unwrap();
         token_state.backdate(USER_PRESENT_TIME_LIMIT + Duration::from_secs(1));
         let sign_in = get_assertion_with(protocol, &token, true);
         let outcome = authenticator.handle(&sign_in, unapproved).await;
@@ -727,13 +739,61 @@ mod tokens {
         let silent = get_assertion_with(protocol, &token, false);
         let outcome = authenticator.handle(&silent, unapproved).await;
         assert_eq!(outcome.payload[0], STATUS_OK);
-        authenticator
-            .pin_uv_auth_token
+        owner_token(&mut authenticator)
             .as_mut()
             .unwrap()
             .backdate(MAX_USAGE_TIME_PERIOD + Duration::from_secs(1));
         let outcome = authenticator.handle(&silent, unapproved).await;
         assert_eq!(status(&outcome), Some(Ctap2Error::PinAuthInvalid));
+    }
+
+    /// The owner signing in on their own workstation while an admin
+    /// registers on their behalf: each gets a token, and neither request
+    /// invalidates the other's (one slot per holder, not per key).
+    #[tokio::test]
+    async fn the_owners_token_and_an_on_behalf_token_live_side_by_side() {
+        let mut authenticator = authenticator().await;
+        let s1 = session("s1");
+        let outcome = authenticator
+            .handle(&make_credential(b"h", "x"), on_behalf(&s1))
+            .await;
+        assert_eq!(outcome.payload[0], STATUS_OK);
+        let protocol = PinUvAuthProtocol::Two;
+        let admins = obtain(&mut authenticator, on_behalf(&s1), protocol, 0x02, Some(RP))
+            .await
+            .unwrap();
+        let owners = obtain(&mut authenticator, owner(), protocol, 0x02, Some(RP))
+            .await
+            .unwrap();
+        let outcome = authenticator
+            .handle(
+                &get_assertion_with(protocol, &admins, false),
+                on_behalf(&s1),
+            )
+            .await;
+        assert_eq!(
+            outcome.payload[0], STATUS_OK,
+            "the admin's token still works"
+        );
+        let outcome = authenticator
+            .handle(&get_assertion_with(protocol, &owners, false), owner())
+            .await;
+        assert_eq!(outcome.payload[0], STATUS_OK, "the owner's token works");
+        // Each holder's new request still replaces its own old token.
+        let again = obtain(&mut authenticator, on_behalf(&s1), protocol, 0x02, Some(RP))
+            .await
+            .unwrap();
+        let outcome = authenticator
+            .handle(
+                &get_assertion_with(protocol, &admins, false),
+                on_behalf(&s1),
+            )
+            .await;
+        assert_eq!(status(&outcome), Some(Ctap2Error::PinAuthInvalid));
+        let outcome = authenticator
+            .handle(&get_assertion_with(protocol, &again, false), on_behalf(&s1))
+            .await;
+        assert_eq!(outcome.payload[0], STATUS_OK);
     }
 
     #[tokio::test]
@@ -759,7 +819,10 @@ mod tokens {
         assert!(!flags(&outcome).contains(Flags::UV));
         // Obtained without an rpId: the first use associated this one.
         assert_eq!(
-            authenticator.pin_uv_auth_token.as_ref().unwrap().rp_id(),
+            on_behalf_token(&mut authenticator)
+                .as_ref()
+                .unwrap()
+                .rp_id(),
             Some(RP)
         );
     }
@@ -777,7 +840,7 @@ mod tokens {
         )
         .await
         .unwrap();
-        let debug = format!("{:?}", authenticator.pin_uv_auth_token);
+        let debug = format!("{:?}", authenticator.tokens);
         assert!(debug.contains("PinUvAuthToken"), "{debug}");
         let listed = format!("{:?}", &token[..4]);
         assert!(!debug.contains(listed.trim_end_matches(']')));
