@@ -16,6 +16,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// `None` when `redis-server` is not installed (`.ci/run` installs it).
     pub fn start() -> anyhow::Result<Option<Self>> {
+        Self::start_with(&[])
+    }
+
+    /// With more `redis-server` arguments (e.g. ACL users).
+    pub fn start_with(extra: &[&str]) -> anyhow::Result<Option<Self>> {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -34,6 +39,7 @@ impl RedisServer {
                 "--protected-mode",
                 "yes",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
