@@ -1,5 +1,5 @@
 //! [`TestCa`]: a private certificate authority for one test, made with the
-//! openssl CLI (`.ci/run` installs it): P-256 keys, one-day certificates
+//! openssl CLI (`scripts/test` installs it): P-256 keys, one-day certificates
 //! for 127.0.0.1 and localhost, for a server (`serverAuth`) or a client
 //! (`clientAuth`). Stands in for a deployment's own PKI.
 
@@ -120,7 +120,7 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
         .current_dir(dir)
         .args(args)
         .output()
-        .context("openssl is not installed (.ci/run installs it)")?;
+        .context("openssl is not installed (scripts/test installs it)")?;
     if !out.status.success() {
         bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }

@@ -1,6 +1,6 @@
 //! [`TempPostgres`]: a fresh PostgreSQL database for one test, on the
 //! server named by `OBR_TEST_POSTGRES_URL` (default: the machine's own, as
-//! `postgres`, which `.ci/run` sets up), dropped afterwards. Tests never
+//! `postgres`, which `scripts/test` sets up), dropped afterwards. Tests never
 //! reuse what an earlier run left there.
 
 use anyhow::Context;
@@ -24,7 +24,7 @@ impl TempPostgres {
         let name = format!("obr_test_{}", uuid::Uuid::new_v4().simple());
         run(async {
             let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
-                format!("cannot reach PostgreSQL at {admin_url} (set {POSTGRES_URL_ENV}; .ci/run starts one)")
+                format!("cannot reach PostgreSQL at {admin_url} (set {POSTGRES_URL_ENV}; scripts/test starts one)")
             })?;
             sqlx::query(&format!("CREATE DATABASE {name}"))
                 .execute(&mut admin)

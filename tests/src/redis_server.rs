@@ -14,7 +14,7 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// `None` when `redis-server` is not installed (`.ci/run` installs it).
+    /// `None` when `redis-server` is not installed (`scripts/test` installs it).
     pub fn start() -> anyhow::Result<Option<Self>> {
         Self::start_with(&[])
     }

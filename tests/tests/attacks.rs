@@ -55,7 +55,7 @@ fn relay_on_private_redis(
     label: &str,
 ) -> anyhow::Result<Option<(RedisServer, Scratch, RelayProc)>> {
     let Some(redis) = RedisServer::start()? else {
-        eprintln!("redis-server not installed; .ci/run installs it");
+        eprintln!("redis-server not installed; scripts/test installs it");
         return Ok(None);
     };
     let scratch = Scratch::new(label)?;

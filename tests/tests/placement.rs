@@ -11,7 +11,7 @@ use obr_tests::redis_server::RedisServer;
 async fn leases_are_exclusive_and_expire() {
     let redis = RedisServer::start()
         .unwrap()
-        .expect("redis-server is not installed (.ci/run installs it)");
+        .expect("redis-server is not installed (scripts/test installs it)");
     let ttl = Duration::from_millis(400);
     let a = Placement::connect(&redis.url(), "t:", "http://a:1", ttl)
         .await
@@ -56,7 +56,7 @@ async fn leases_are_exclusive_and_expire() {
 async fn membership_shows_live_pods() {
     let redis = RedisServer::start()
         .unwrap()
-        .expect("redis-server is not installed (.ci/run installs it)");
+        .expect("redis-server is not installed (scripts/test installs it)");
     let a = Placement::connect(&redis.url(), "m:", "http://a:1", Duration::from_secs(5))
         .await
         .unwrap();
@@ -87,7 +87,7 @@ async fn a_thousand_users_each_live_on_exactly_one_pod() {
     use obr_signer::{CtapCall, Kek, SignerConfig, SignerCore};
     let redis = RedisServer::start()
         .unwrap()
-        .expect("redis-server is not installed (.ci/run installs it)");
+        .expect("redis-server is not installed (scripts/test installs it)");
     let scratch = obr_tests::scratch::Scratch::new("thousand").unwrap();
     let db = format!("sqlite://{}?mode=rwc", scratch.join("signer.db").display());
     let mut pods = Vec::new();

@@ -170,7 +170,7 @@ fn sixteen_registrations_at_once_all_recorded_with_the_key_on_postgres() -> anyh
 #[test]
 fn two_relays_on_one_directory_record_everything() -> anyhow::Result<()> {
     let Some(redis) = obr_tests::redis_server::RedisServer::start()? else {
-        eprintln!("redis-server not installed; .ci/run installs it");
+        eprintln!("redis-server not installed; scripts/test installs it");
         return Ok(());
     };
     let scratch = Scratch::new("load-two-relays")?;

@@ -13,7 +13,8 @@ use obr_tests::scratch::Scratch;
 
 #[test]
 fn agent_reconnects_and_keeps_its_session_across_a_relay_restart() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?.expect("redis-server is not installed (.ci/run installs it)");
+    let redis =
+        RedisServer::start()?.expect("redis-server is not installed (scripts/test installs it)");
     let scratch = Scratch::new("restart")?;
     let options = RelayOptions {
         redis_url: Some(redis.url()),

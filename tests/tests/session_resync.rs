@@ -15,7 +15,7 @@ use obr_tests::scratch::Scratch;
 #[test]
 fn a_relay_resyncs_its_agents_after_losing_its_subscription() -> anyhow::Result<()> {
     let Some(redis) = RedisServer::start()? else {
-        eprintln!("redis-server not installed; .ci/run installs it");
+        eprintln!("redis-server not installed; scripts/test installs it");
         return Ok(());
     };
     let scratch = Scratch::new("resync")?;
@@ -76,7 +76,7 @@ fn the_relay_uses_a_redis_acl_user() -> anyhow::Result<()> {
         "+@all",
     ])?
     else {
-        eprintln!("redis-server not installed; .ci/run installs it");
+        eprintln!("redis-server not installed; scripts/test installs it");
         return Ok(());
     };
     let scratch = Scratch::new("redis-acl")?;

@@ -1,6 +1,6 @@
 //! One contract, two session stores: the in-memory store (embedded mode)
 //! and the Redis store (a private `redis-server` on a free port) must give
-//! the same answers. `.ci/run` installs `redis-server`; without it the
+//! the same answers. `scripts/test` installs `redis-server`; without it the
 //! Redis half fails with a message saying so.
 
 use std::sync::Arc;
@@ -232,7 +232,9 @@ async fn memory_store_meets_the_contract() {
 async fn redis_store_meets_the_contract() {
     let server = RedisServer::start()
         .expect("redis-server failed to start")
-        .expect("redis-server is not installed: `apt-get install -y redis-server` (.ci/run does)");
+        .expect(
+            "redis-server is not installed: `apt-get install -y redis-server` (scripts/test does)",
+        );
     let store = RedisStore::connect(&server.url(), "contract:", sealer())
         .await
         .unwrap();
@@ -261,7 +263,9 @@ async fn redis_store_reports_an_unreachable_server() {
 async fn redis_store_reads_nothing_a_redis_writer_forged() {
     let server = RedisServer::start()
         .expect("redis-server failed to start")
-        .expect("redis-server is not installed: `apt-get install -y redis-server` (.ci/run does)");
+        .expect(
+            "redis-server is not installed: `apt-get install -y redis-server` (scripts/test does)",
+        );
     let store = RedisStore::connect(&server.url(), "forge:", sealer())
         .await
         .unwrap();

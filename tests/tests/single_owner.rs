@@ -30,7 +30,8 @@ fn start_signer(dir: &std::path::Path, redis: &str) -> anyhow::Result<SignerProc
 
 #[test]
 fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?.expect("redis-server is not installed (.ci/run installs it)");
+    let redis =
+        RedisServer::start()?.expect("redis-server is not installed (scripts/test installs it)");
     let scratch = Scratch::new("owner")?;
     for dir in ["signers", "relay", "agent"] {
         std::fs::create_dir_all(scratch.join(dir))?;
@@ -177,7 +178,8 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
 /// while the other pointed at it (and still does, without activating).
 #[test]
 fn a_thousand_users_race_two_signer_processes_and_each_gets_one_owner() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?.expect("redis-server is not installed (.ci/run installs it)");
+    let redis =
+        RedisServer::start()?.expect("redis-server is not installed (scripts/test installs it)");
     let scratch = Scratch::new("race")?;
     std::fs::create_dir_all(scratch.join("signers"))?;
     let pods = [
@@ -285,7 +287,8 @@ async fn send_all(
 #[test]
 fn the_relay_follows_a_redirect_to_the_owner() -> anyhow::Result<()> {
     use sha2::{Digest, Sha256};
-    let redis = RedisServer::start()?.expect("redis-server is not installed (.ci/run installs it)");
+    let redis =
+        RedisServer::start()?.expect("redis-server is not installed (scripts/test installs it)");
     let scratch = Scratch::new("redirect")?;
     for dir in ["signers", "relay", "agent"] {
         std::fs::create_dir_all(scratch.join(dir))?;

@@ -3,7 +3,7 @@
 //! The answer must be a CTAP status byte (plus CBOR on success) — never a
 //! panic, a hang, or an empty reply.
 //!
-//! `cargo fuzz run ctap_cbor` (from `signer/`), or `.ci/run`'s bounded run.
+//! `cargo fuzz run ctap_cbor` (from `signer/`), or `scripts/test`'s bounded run.
 
 #![no_main]
 

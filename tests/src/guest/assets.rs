@@ -89,7 +89,7 @@ fn ensure_kernel(cache: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
                 .arg("download")
                 .arg(&package)
                 .current_dir(&partial),
-            "apt-get download (install apt, or run .ci/run)",
+            "apt-get download (install apt, or run scripts/test)",
         )?;
         let deb = std::fs::read_dir(&partial)?
             .filter_map(Result::ok)
@@ -135,7 +135,7 @@ fn kernel_package() -> anyhow::Result<String> {
         let out = Command::new("apt-cache")
             .args(["depends", KERNEL_META_PACKAGE])
             .output()
-            .context("cannot run apt-cache: the guest needs a Debian host (or run .ci/run)")?;
+            .context("cannot run apt-cache: the guest needs a Debian host (or run scripts/test)")?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|line| line.trim().strip_prefix("Depends: "))
@@ -176,7 +176,7 @@ fn ensure_rootfs(cache: &Path) -> anyhow::Result<PathBuf> {
             .arg(&partial)
             .arg(&mirror),
         "debootstrap (needs root and the debootstrap package: apt-get install debootstrap, or run \
-         .ci/run)",
+         scripts/test)",
     )?;
     for mount_point in ROOTFS_MOUNT_POINTS {
         std::fs::create_dir_all(partial.join(mount_point))?;
