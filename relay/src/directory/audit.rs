@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::notifications::insert_notification;
-use super::{DirResult, Directory};
+use super::{DirResult, Directory, DirectoryError};
 use crate::clock::now_ms;
 
 /// The `prev_hash` of the first record.
@@ -43,17 +43,22 @@ impl Directory {
         subject: &str,
         detail: serde_json::Value,
     ) -> DirResult<AuditRecord> {
-        let _guard = self.audit_lock().lock().await;
-        // BEGIN IMMEDIATE takes SQLite's write lock before the chain head is
-        // read. A deferred transaction would read, then fail to upgrade to
-        // a writer ("database is locked", no busy wait) whenever any other
-        // connection — a notification insert, another relay process on the
-        // same file — wrote in between.
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let record = append(&mut tx, actor, action, subject, detail).await?;
-        tx.commit().await?;
-        log(&record);
-        Ok(record)
+        let (actor, action, subject) = (actor.to_owned(), action.to_owned(), subject.to_owned());
+        let dir = self.clone();
+        uninterrupted(async move {
+            let _guard = dir.audit_lock().lock().await;
+            // BEGIN IMMEDIATE takes SQLite's write lock before the chain head
+            // is read. A deferred transaction would read, then fail to
+            // upgrade to a writer ("database is locked", no busy wait)
+            // whenever any other connection — a notification insert, another
+            // relay process on the same file — wrote in between.
+            let mut tx = dir.pool().begin_with("BEGIN IMMEDIATE").await?;
+            let record = append(&mut tx, &actor, &action, &subject, detail).await?;
+            tx.commit().await?;
+            log(&record);
+            Ok(record)
+        })
+        .await
     }
 
     /// Record an on-behalf registration once: its audit record and the
@@ -61,6 +66,11 @@ impl Directory {
     /// it is recorded. `Ok(false)` if it already was (the live path and
     /// the outbox sweep may both try; exactly one writes).
     pub async fn record_registration(&self, record: &RegistrationRecord) -> DirResult<bool> {
+        let (dir, record) = (self.clone(), record.clone());
+        uninterrupted(async move { dir.record_registration_now(&record).await }).await
+    }
+
+    async fn record_registration_now(&self, record: &RegistrationRecord) -> DirResult<bool> {
         let _guard = self.audit_lock().lock().await;
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let fresh = sqlx::query(
@@ -172,6 +182,18 @@ impl Directory {
         }
         Ok(None)
     }
+}
+
+/// Run a write transaction to its end even if the caller stops waiting (a
+/// browser's CANCEL drops the request's future): a transaction dropped
+/// half-way can leave its pooled connection inside `BEGIN`, and every later
+/// `BEGIN` on that connection fails.
+async fn uninterrupted<T: Send + 'static>(
+    work: impl std::future::Future<Output = DirResult<T>> + Send + 'static,
+) -> DirResult<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| DirectoryError::Corrupt(format!("audit write did not finish: {e}")))?
 }
 
 /// What recording one on-behalf registration writes.
