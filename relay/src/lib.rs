@@ -131,7 +131,7 @@ impl Relay {
         let mut approval_key = config
             .approval_key_file
             .as_deref()
-            .map(obr_signer::load_approval_key)
+            .map(obr_signer::load_key_file)
             .transpose()
             .map_err(|e| RelayError::Signer(e.to_string()))?;
         let signer_tls = config.signer_tls.as_ref().map(signer_tls).transpose()?;

@@ -71,25 +71,24 @@ impl SignerConfig {
     }
 }
 
-/// Why the approval key file cannot be used.
+/// Why a 32-byte key file (the approval key, the relays' cluster key)
+/// cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ApprovalKeyError {
-    #[error("approval key file {path}: {reason}")]
+pub enum KeyFileError {
+    #[error("key file {path}: {reason}")]
     File { path: String, reason: String },
-    #[error(
-        "approval key file {path} is readable by group or others (mode {mode:o}): chmod 600 it"
-    )]
+    #[error("key file {path} is readable by group or others (mode {mode:o}): chmod 600 it")]
     NotPrivate { path: String, mode: u32 },
 }
 
-/// The approval key in `path`: 64 hex characters (make one with
-/// `obr-signer new-kek --kek-file PATH`: same format), readable by its
-/// owner only.
-pub fn load_approval_key(
+/// The 32-byte key in `path` (the approval key, or the relays' cluster
+/// key): 64 hex characters (make one with `obr-signer new-kek --kek-file
+/// PATH`: same format), readable by its owner only.
+pub fn load_key_file(
     path: &std::path::Path,
-) -> Result<[u8; obr_proto::approval::KEY_LEN], ApprovalKeyError> {
+) -> Result<[u8; obr_proto::approval::KEY_LEN], KeyFileError> {
     use std::os::unix::fs::PermissionsExt;
-    let file_err = |reason: String| ApprovalKeyError::File {
+    let file_err = |reason: String| KeyFileError::File {
         path: path.display().to_string(),
         reason,
     };
@@ -102,7 +101,7 @@ pub fn load_approval_key(
         .mode()
         & 0o777;
     if mode & 0o077 != 0 {
-        return Err(ApprovalKeyError::NotPrivate {
+        return Err(KeyFileError::NotPrivate {
             path: path.display().to_string(),
             mode,
         });

@@ -50,7 +50,7 @@ pub use crate::api::{
     ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing,
     ObrAssertion, ObrRecord, Operation, SignerCore, UserApproval,
 };
-pub use crate::config::{ApprovalKeyError, SignerConfig, load_approval_key};
+pub use crate::config::{KeyFileError, SignerConfig, load_key_file};
 pub use crate::ctap::attestation::{AttestationCa, AttestationConfig, AttestationError};
 pub use crate::error::SignerError;
 pub use crate::ids::{CredentialId, InvalidId, UserId};

@@ -264,7 +264,7 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
         approval_key: args
             .approval_key_file
             .as_deref()
-            .map(obr_signer::load_approval_key)
+            .map(obr_signer::load_key_file)
             .transpose()?,
         ..SignerConfig::embedded(args.database_url, kek)
     };

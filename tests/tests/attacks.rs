@@ -19,6 +19,17 @@ use webauthn_rs::prelude::Uuid;
 const CTAP2_OK: u8 = 0x00;
 const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
 
+/// A relay with its embedded signer and an agent the demo admin logged in
+/// (Ctrl+I, approved in the panel): the stack, the API and the admin's token.
+fn admin_at_agent(label: &str) -> anyhow::Result<(Stack, Api, String)> {
+    let stack = Stack::start(label)?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    Ok((stack, api, admin))
+}
+
 /// The agent id `user` saw in their own inbox when the admin acted on
 /// their behalf (the `agent` of an `obr.started` notification).
 fn agent_id_seen_by(api: &Api, device_token: &str) -> anyhow::Result<String> {
@@ -89,12 +100,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// socket must not receive the admin's login (token or mode).
 #[test]
 fn a_seen_agent_id_does_not_receive_the_admins_login() -> anyhow::Result<()> {
-    let stack = Stack::start("attack-seen-id")?;
-    let api = Api::new(&stack.relay.url);
-    let demo = &stack.relay.demo;
+    let (stack, api, admin) = admin_at_agent("attack-seen-id")?;
     let bob = stack.relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
-    stack.agent.login(&api, &admin)?;
     let seen = leave_agent_id_in_inbox(&stack, &api, &admin, bob)?;
 
     let rt = runtime()?;
@@ -134,14 +141,10 @@ fn a_seen_agent_id_does_not_receive_the_admins_login() -> anyhow::Result<()> {
 /// passkey there.
 #[test]
 fn a_user_cannot_inherit_an_admins_obr_session() -> anyhow::Result<()> {
-    let stack = Stack::start("attack-inherit")?;
-    let api = Api::new(&stack.relay.url);
-    let demo = &stack.relay.demo;
+    let (stack, api, admin) = admin_at_agent("attack-inherit")?;
     let bob = stack.relay.user("bob@demo.obr")?;
     let carol = stack.relay.user("carol@demo.obr")?;
     let bob_device = bob.device_token.clone().unwrap_or_default();
-    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
-    stack.agent.login(&api, &admin)?;
     let seen = leave_agent_id_in_inbox(&stack, &api, &admin, bob)?;
     stack.agent.select_as_obr(&api, &admin, carol)?;
 
@@ -217,13 +220,9 @@ fn a_user_cannot_inherit_an_admins_obr_session() -> anyhow::Result<()> {
 /// may be verified at once, and that is audited and bob is told.
 #[test]
 fn an_obr_session_signs_only_with_what_it_created() -> anyhow::Result<()> {
-    let stack = Stack::start("attack-sign-in")?;
-    let api = Api::new(&stack.relay.url);
-    let demo = &stack.relay.demo;
+    let (stack, api, admin) = admin_at_agent("attack-sign-in")?;
     let bob = stack.relay.user("bob@demo.obr")?;
     let bob_device = bob.device_token.clone().unwrap_or_default();
-    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
-    stack.agent.login(&api, &admin)?;
     let webauthn = rp::webauthn()?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
 
@@ -285,11 +284,8 @@ fn an_obr_session_signs_only_with_what_it_created() -> anyhow::Result<()> {
 /// recorded as done.
 #[test]
 fn an_admin_cannot_act_on_an_admin() -> anyhow::Result<()> {
-    let stack = Stack::start("attack-admins")?;
-    let api = Api::new(&stack.relay.url);
+    let (stack, api, admin) = admin_at_agent("attack-admins")?;
     let demo = &stack.relay.demo;
-    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
-    stack.agent.login(&api, &admin)?;
     let other = &demo.helpdesk.id;
 
     let select = api.select_obr(&admin, other)?;
@@ -364,12 +360,8 @@ fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
 /// that the relay has not confirmed, and the session ends once it can.
 #[test]
 fn back_to_normal_takes_effect_on_the_agent_at_once() -> anyhow::Result<()> {
-    let stack = Stack::start("attack-back-to-normal")?;
-    let api = Api::new(&stack.relay.url);
-    let demo = &stack.relay.demo;
+    let (stack, api, admin) = admin_at_agent("attack-back-to-normal")?;
     let bob = stack.relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
-    stack.agent.login(&api, &admin)?;
     stack.agent.select_as_obr(&api, &admin, bob)?;
 
     stack.relay.proc.freeze()?;
@@ -547,12 +539,8 @@ fn listening_ports(pid: u32) -> anyhow::Result<Vec<u16>> {
 /// 0700 data directory, and every TCP port of the relay is its HTTP API.
 #[test]
 fn a_local_user_cannot_reach_the_embedded_signer() -> anyhow::Result<()> {
-    let stack = Stack::start("attack-local-signer")?;
-    let api = Api::new(&stack.relay.url);
-    let demo = &stack.relay.demo;
+    let (stack, api, admin) = admin_at_agent("attack-local-signer")?;
     let bob = stack.relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
-    stack.agent.login(&api, &admin)?;
     stack.agent.select_as_obr(&api, &admin, bob)?;
     let request = rp::registration_request("bob")?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
@@ -696,12 +684,8 @@ fn tamper(
 #[test]
 fn a_database_writer_cannot_erase_or_rewrite_the_audit_log() -> anyhow::Result<()> {
     use obr_relay::directory::audit::chain_hash;
-    let stack = Stack::start("attack-audit-log")?;
-    let api = Api::new(&stack.relay.url);
-    let demo = &stack.relay.demo;
+    let (stack, api, admin) = admin_at_agent("attack-audit-log")?;
     let bob = stack.relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
-    stack.agent.login(&api, &admin)?;
     stack.agent.select_as_obr(&api, &admin, bob)?;
     let request = rp::registration_request("bob")?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;

@@ -26,8 +26,8 @@ pub const CLUSTER_KEY_LEN: usize = 32;
 pub enum ClusterKeyError {
     #[error("cluster key file {path}: {reason}")]
     File { path: String, reason: String },
-    #[error("cluster key file {path} is readable by group or others (mode {mode:o}): chmod 600 it")]
-    NotPrivate { path: String, mode: u32 },
+    #[error("cluster key: {0}")]
+    Read(#[from] obr_signer::KeyFileError),
 }
 
 /// A value or event that did not verify.
@@ -57,29 +57,15 @@ impl Sealer {
     /// when missing; a file group or others can read is refused.
     pub fn load_or_create(path: &Path) -> Result<Self, ClusterKeyError> {
         use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let file_err = |reason: String| ClusterKeyError::File {
             path: path.display().to_string(),
             reason,
         };
         let mut key = Zeroizing::new([0u8; CLUSTER_KEY_LEN]);
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let text = Zeroizing::new(text);
-                let mode = std::fs::metadata(path)
-                    .map_err(|e| file_err(e.to_string()))?
-                    .permissions()
-                    .mode()
-                    & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(ClusterKeyError::NotPrivate {
-                        path: path.display().to_string(),
-                        mode,
-                    });
-                }
-                hex_decode(text.trim(), key.as_mut())
-                    .map_err(|()| file_err(format!("not {CLUSTER_KEY_LEN} hex-encoded bytes")))?;
-            }
+        match std::fs::metadata(path) {
+            // Same format and checks as the signers' key files.
+            Ok(_) => *key = obr_signer::load_key_file(path)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 SystemRandom::new()
                     .fill(key.as_mut())
@@ -154,17 +140,6 @@ fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn hex_decode(text: &str, out: &mut [u8]) -> Result<(), ()> {
-    if text.len() != out.len() * 2 {
-        return Err(());
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        let pair = text.get(2 * i..2 * i + 2).ok_or(())?;
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| ())?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +205,9 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             Sealer::load_or_create(&path),
-            Err(ClusterKeyError::NotPrivate { .. })
+            Err(ClusterKeyError::Read(
+                obr_signer::KeyFileError::NotPrivate { .. }
+            ))
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
