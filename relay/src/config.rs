@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use obr_signer::RedisEndpoint;
+
 /// How often each relay looks for OBR sessions past their TTL.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -13,8 +15,9 @@ pub struct RelayConfig {
     pub public_url: String,
     /// Where the SQLite databases (and, embedded, the signer's KEK) live.
     pub data_dir: PathBuf,
-    /// `redis://…`; `None` keeps sessions in this process's memory.
-    pub redis_url: Option<String>,
+    /// `redis://…` or `rediss://…` (with its TLS files); `None` keeps
+    /// sessions in this process's memory.
+    pub redis: Option<RedisEndpoint>,
     /// Namespace for every Redis key of this deployment.
     pub redis_prefix: String,
     /// The key that seals every Redis value and event (64 hex characters,
@@ -24,10 +27,14 @@ pub struct RelayConfig {
     /// Signer endpoints (`http://host:port`); empty runs one in-process,
     /// unless `discover_signers`.
     pub signers: Vec<String>,
-    /// Find signers through their heartbeats in Redis (needs `redis_url`).
+    /// Find signers through their heartbeats in Redis (needs `redis`).
     pub discover_signers: bool,
     /// Mutual TLS towards `https://` signers.
     pub signer_tls: Option<SignerTlsFiles>,
+    /// Talk plaintext gRPC to standalone signers (no `signer_tls`): only
+    /// where nothing but relays and signers reach that network (tests).
+    /// Without it, standalone signers need `signer_tls`.
+    pub insecure_plaintext_signers: bool,
     /// The key owner approvals are MACed with for standalone signers (their
     /// `--approval-key-file`); the embedded signer gets a fresh one.
     pub approval_key_file: Option<PathBuf>,
@@ -70,12 +77,13 @@ impl RelayConfig {
         Self {
             public_url,
             data_dir,
-            redis_url: None,
+            redis: None,
             redis_prefix: "obr:".to_owned(),
             cluster_key_file: None,
             signers: Vec::new(),
             discover_signers: false,
             signer_tls: None,
+            insecure_plaintext_signers: false,
             approval_key_file: None,
             obr_ttl: crate::obr::DEFAULT_OBR_TTL,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,

@@ -15,6 +15,8 @@
 //! - [`sessions`] — the session store trait, memory and Redis.
 //! - [`directory`] — people, invitations, audit log, notifications.
 //! - [`files`] — the data directory and databases, private to the relay.
+//! - [`pki`] — a deployment CA and its certificates for setups without a
+//!   PKI of their own (`obr-relay pki init`).
 //! - [`mail`] — mail to people (invitations), out of band: an outbox folder.
 //! - [`limits`] — backoff on guessing (logins, login codes), argon2 slots.
 //! - [`auth`] — tokens, codes, password hashes.
@@ -32,6 +34,7 @@ pub mod files;
 pub mod limits;
 pub mod mail;
 pub mod obr;
+pub mod pki;
 pub mod routing;
 pub mod sessions;
 pub mod state;
@@ -72,6 +75,12 @@ pub enum RelayError {
     Routing(#[from] routing::LinkError),
     #[error("--discover-signers needs --redis-url (signers announce themselves there)")]
     DiscoveryNeedsRedis,
+    #[error(
+        "standalone signers need mutual TLS: give --signer-ca, --signer-client-cert and \
+         --signer-client-key (`obr-relay pki init` makes them), or --insecure-plaintext-signers \
+         where nothing but relays and signers reach the network"
+    )]
+    PlaintextSigners,
     #[error("embedded signer: {0}")]
     Signer(String),
     #[error(transparent)]
@@ -104,6 +113,13 @@ impl Relay {
     /// Open the directory and session store, start an in-process signer if
     /// none is configured, and seed the demo organisation if asked.
     pub async fn open(config: RelayConfig) -> Result<Self, RelayError> {
+        let standalone = !config.signers.is_empty() || config.discover_signers;
+        if standalone && config.signer_tls.is_none() && !config.insecure_plaintext_signers {
+            // Plaintext would let whoever reaches a signer's port, or (when
+            // discovering) writes a member into Redis, receive users' CTAP
+            // traffic and approvals: fail closed unless told otherwise.
+            return Err(RelayError::PlaintextSigners);
+        }
         let data_dir = config.data_dir.display().to_string();
         let data_dir_err = |source| RelayError::DataDir {
             path: data_dir.clone(),
@@ -113,14 +129,14 @@ impl Relay {
         let relay_db = config.data_dir.join("relay.db");
         files::private_file(&relay_db).map_err(data_dir_err)?;
         let directory = Directory::open(&relay_db).await?;
-        let store: Arc<dyn SessionStore> = match &config.redis_url {
-            Some(url) => {
+        let store: Arc<dyn SessionStore> = match &config.redis {
+            Some(redis) => {
                 let key_file = config
                     .cluster_key_file
                     .clone()
                     .unwrap_or_else(|| config.data_dir.join(CLUSTER_KEY_FILE));
                 let sealer = Sealer::load_or_create(&key_file)?;
-                Arc::new(RedisStore::connect(url, &config.redis_prefix, sealer).await?)
+                Arc::new(RedisStore::connect(redis, &config.redis_prefix, sealer).await?)
             }
             None => Arc::new(MemoryStore::new()),
         };
@@ -135,11 +151,16 @@ impl Relay {
             .transpose()
             .map_err(|e| RelayError::Signer(e.to_string()))?;
         let signer_tls = config.signer_tls.as_ref().map(signer_tls).transpose()?;
-        let router = match (&config.redis_url, config.discover_signers) {
+        let router = match (&config.redis, config.discover_signers) {
             _ if !config.signers.is_empty() => Router::new(&config.signers, signer_tls)?,
-            (Some(url), true) => {
-                Router::discover(url, &config.redis_prefix, SIGNER_DISCOVERY_WAIT, signer_tls)
-                    .await?
+            (Some(redis), true) => {
+                Router::discover(
+                    redis,
+                    &config.redis_prefix,
+                    SIGNER_DISCOVERY_WAIT,
+                    signer_tls,
+                )
+                .await?
             }
             (None, true) => return Err(RelayError::DiscoveryNeedsRedis),
             (_, false) => {

@@ -1,6 +1,7 @@
 //! `obr-relay`: parse configuration, open the relay, serve until
 //! SIGINT/SIGTERM. `obr-relay audit verify` checks the audit log against
-//! its signed checkpoints.
+//! its signed checkpoints; `obr-relay pki init` makes a deployment CA and
+//! its certificates for setups without a PKI of their own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 use obr_relay::directory::Directory;
 use obr_relay::directory::anchor::{self, Verdict};
 use obr_relay::{Relay, RelayConfig};
+use obr_signer::RedisEndpoint;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +34,26 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditCommand,
+    },
+    /// Certificates for relay⇄signer mutual TLS and `rediss://`.
+    Pki {
+        #[command(subcommand)]
+        action: PkiCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PkiCommand {
+    /// Make a deployment CA and the signers' server, relays' client and
+    /// Redis server certificates in DIR (keys 0600). Existing files are
+    /// kept; a missing certificate is issued by the existing CA.
+    Init {
+        /// Where the files go.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A DNS name or IP address the services are reached at (repeat).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
     },
 }
 
@@ -67,8 +89,29 @@ struct Args {
     #[arg(long, env = "OBR_RELAY_DATA_DIR", default_value = "obr-data")]
     data_dir: PathBuf,
     /// Redis URL for shared session state; omit to keep it in memory.
+    /// `redis://…`, or `rediss://…` for TLS; an ACL user and password go
+    /// in the URL.
     #[arg(long, env = "OBR_RELAY_REDIS_URL")]
     redis_url: Option<String>,
+    /// PEM CA that signed the Redis server's certificate (`rediss://`;
+    /// default: the system's roots).
+    #[arg(long, env = "OBR_RELAY_REDIS_CA", requires = "redis_url")]
+    redis_ca: Option<PathBuf>,
+    /// PEM client certificate for a Redis server that authenticates
+    /// clients (`tls-auth-clients yes`).
+    #[arg(
+        long,
+        env = "OBR_RELAY_REDIS_CLIENT_CERT",
+        requires = "redis_client_key"
+    )]
+    redis_client_cert: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    #[arg(
+        long,
+        env = "OBR_RELAY_REDIS_CLIENT_KEY",
+        requires = "redis_client_cert"
+    )]
+    redis_client_key: Option<PathBuf>,
     #[arg(long, env = "OBR_RELAY_REDIS_PREFIX", default_value = "obr:")]
     redis_prefix: String,
     /// The cluster key that seals what relays keep in Redis (64 hex
@@ -89,6 +132,15 @@ struct Args {
     /// …and its key (PEM).
     #[arg(long, env = "OBR_RELAY_SIGNER_CLIENT_KEY", requires = "signer_ca")]
     signer_client_key: Option<PathBuf>,
+    /// Talk plaintext to `http://` signers (without mutual TLS whoever
+    /// reaches a signer's port, or writes a member into Redis, gets users'
+    /// CTAP traffic: only where nothing but relays and signers reach).
+    #[arg(
+        long,
+        env = "OBR_RELAY_INSECURE_PLAINTEXT_SIGNERS",
+        conflicts_with = "signer_ca"
+    )]
+    insecure_plaintext_signers: bool,
     /// The key owner approvals are MACed with for standalone signers (64
     /// hex characters, 0600; the signers' --approval-key-file). Without it,
     /// normal-mode calls through standalone signers that need the owner's
@@ -132,16 +184,19 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Audit {
-        action:
-            AuditCommand::Verify {
-                data_dir,
-                checkpoints,
-                public_key,
-            },
-    }) = cli.command
-    {
-        return verify_audit(&data_dir, checkpoints, public_key).await;
+    match cli.command {
+        Some(Command::Audit {
+            action:
+                AuditCommand::Verify {
+                    data_dir,
+                    checkpoints,
+                    public_key,
+                },
+        }) => return verify_audit(&data_dir, checkpoints, public_key).await,
+        Some(Command::Pki {
+            action: PkiCommand::Init { dir, hosts },
+        }) => return init_pki(&dir, &hosts),
+        None => {}
     }
     let args = cli.serve;
     let listener = std::net::TcpListener::bind(args.listen)
@@ -161,12 +216,18 @@ async fn main() -> anyhow::Result<()> {
         .tls_cert
         .zip(args.tls_key)
         .map(|(cert_chain, key)| obr_relay::config::TlsFiles { cert_chain, key });
-    config.redis_url = args.redis_url;
+    config.redis = args.redis_url.map(|url| RedisEndpoint {
+        url,
+        ca_file: args.redis_ca,
+        client_cert_file: args.redis_client_cert,
+        client_key_file: args.redis_client_key,
+    });
     config.redis_prefix = args.redis_prefix;
     config.cluster_key_file = args.cluster_key_file;
     config.signers = args.signers;
     config.discover_signers = args.discover_signers;
     config.approval_key_file = args.approval_key_file;
+    config.insecure_plaintext_signers = args.insecure_plaintext_signers;
     config.signer_tls = match (
         args.signer_ca,
         args.signer_client_cert,
@@ -256,4 +317,16 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `obr-relay pki init`: say what was made and what was kept.
+fn init_pki(dir: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
+    let report = obr_relay::pki::LocalPki::new(dir).init(hosts)?;
+    for path in &report.created {
+        println!("created {}", path.display());
+    }
+    for path in &report.kept {
+        println!("kept    {}", path.display());
+    }
+    Ok(())
 }

@@ -29,6 +29,9 @@
 //!   [`rotate_kek`], which re-wraps every data key under a new KEK.
 //! - [`placement`]: membership heartbeats and per-user leases in Redis
 //!   (which pod should own a user; fencing makes a stale owner harmless).
+//! - `redis_endpoint`: [`RedisEndpoint`], how relays and signers reach
+//!   Redis (`redis://`, or `rediss://` with the deployment's CA and an
+//!   optional client certificate).
 //! - `service`: the tonic service and [`serve`].
 //! - [`config`]: [`SignerConfig`] and its defaults.
 //! - `ids`: [`UserId`] and [`CredentialId`] newtypes.
@@ -42,6 +45,7 @@ mod ctap;
 mod error;
 mod ids;
 pub mod placement;
+mod redis_endpoint;
 mod service;
 mod store;
 mod vault;
@@ -54,6 +58,7 @@ pub use crate::config::{KeyFileError, SignerConfig, load_key_file};
 pub use crate::ctap::attestation::{AttestationCa, AttestationConfig, AttestationError};
 pub use crate::error::SignerError;
 pub use crate::ids::{CredentialId, InvalidId, UserId};
+pub use crate::redis_endpoint::{RedisEndpoint, RedisEndpointError};
 pub use crate::service::{
     DEFAULT_CTAP_BUDGET, LINK_OUTBOUND_CAPACITY, MAX_CTAP_BUDGET, MAX_IN_FLIGHT_PER_LINK, serve,
     serve_tls, serve_unix,

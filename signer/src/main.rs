@@ -13,8 +13,8 @@ use clap::{Parser, Subcommand};
 use obr_signer::config::{DEFAULT_AAGUID, DEFAULT_DB_MAX_CONNECTIONS, DEFAULT_IDLE_PASSIVATION};
 use obr_signer::placement::Placement;
 use obr_signer::{
-    AttestationCa, AttestationConfig, DEFAULT_ROTATION_BATCH, Kek, RotationProgress, SignerConfig,
-    SignerCore,
+    AttestationCa, AttestationConfig, DEFAULT_ROTATION_BATCH, Kek, RedisEndpoint, RotationProgress,
+    SignerConfig, SignerCore,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -104,8 +104,29 @@ struct ServeArgs {
     attestation_ca_key: PathBuf,
     /// Redis for membership and per-user leases, when several signers
     /// share the users (relays then use `--discover-signers`).
+    /// (`redis://…`, or `rediss://…` for TLS; an ACL user and password go
+    /// in the URL.)
     #[arg(long, env = "OBR_SIGNER_REDIS_URL")]
     redis_url: Option<String>,
+    /// PEM CA that signed the Redis server's certificate (`rediss://`;
+    /// default: the system's roots).
+    #[arg(long, env = "OBR_SIGNER_REDIS_CA", requires = "redis_url")]
+    redis_ca: Option<PathBuf>,
+    /// PEM client certificate for a Redis server that authenticates
+    /// clients (`tls-auth-clients yes`).
+    #[arg(
+        long,
+        env = "OBR_SIGNER_REDIS_CLIENT_CERT",
+        requires = "redis_client_key"
+    )]
+    redis_client_cert: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    #[arg(
+        long,
+        env = "OBR_SIGNER_REDIS_CLIENT_KEY",
+        requires = "redis_client_cert"
+    )]
+    redis_client_key: Option<PathBuf>,
     #[arg(long, env = "OBR_SIGNER_REDIS_PREFIX", default_value = "obr:")]
     redis_prefix: String,
     /// The URL relays reach this signer at (default: http://LISTEN address).
@@ -130,9 +151,9 @@ struct ServeArgs {
     /// calls that need the owner's approval are refused.
     #[arg(long, env = "OBR_SIGNER_APPROVAL_KEY_FILE")]
     approval_key_file: Option<PathBuf>,
-    /// Serve plaintext gRPC on an address other than loopback (without
-    /// mutual TLS anyone who reaches the port can act on every user's key:
-    /// only on a network only relays reach).
+    /// Serve plaintext gRPC (without mutual TLS anyone who reaches the
+    /// port, on loopback any local user, can act on every user's key: only
+    /// where nothing but relays reaches it, e.g. tests).
     #[arg(long, env = "OBR_SIGNER_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
     /// How long a user's lease lasts without renewal, in milliseconds.
@@ -225,10 +246,12 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
         )?),
     };
     let tls = server_tls(&args)?;
-    if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_plaintext {
+    if tls.is_none() && !args.insecure_plaintext {
         anyhow::bail!(
-            "refusing to serve relays in plaintext on {}: give --tls-cert, --tls-key and \
-             --client-ca (mutual TLS), or --insecure-plaintext on a network only relays reach",
+            "refusing to serve relays in plaintext on {}: whoever reaches the port (on \
+             loopback, any local user) could act on every user's key; give --tls-cert, \
+             --tls-key and --client-ca (mutual TLS; `obr-relay pki init` makes a CA and \
+             certificates), or --insecure-plaintext where only relays reach the port",
             args.listen
         );
     }
@@ -239,12 +262,18 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let placement = match &args.redis_url {
         Some(url) => {
+            let redis = RedisEndpoint {
+                url: url.clone(),
+                ca_file: args.redis_ca.clone(),
+                client_cert_file: args.redis_client_cert.clone(),
+                client_key_file: args.redis_client_key.clone(),
+            };
             let me = args.advertise_url.clone().unwrap_or_else(|| {
                 let scheme = if tls.is_some() { "https" } else { "http" };
                 format!("{scheme}://{addr}")
             });
             let lease_ttl = Duration::from_millis(args.lease_ttl_ms);
-            let placement = Placement::connect(url, &args.redis_prefix, &me, lease_ttl)
+            let placement = Placement::connect(&redis, &args.redis_prefix, &me, lease_ttl)
                 .await
                 .context("cannot reach Redis for placement")?;
             placement.beat().await.context("first heartbeat")?;

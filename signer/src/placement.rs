@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::redis_endpoint::RedisEndpoint;
+
 /// How long a lease lasts without renewal.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// Heartbeat period of a pod's membership.
@@ -99,12 +101,14 @@ impl std::fmt::Debug for Placement {
 impl Placement {
     /// `me` is the endpoint relays use to reach this pod (`http://ip:port`).
     pub async fn connect(
-        redis_url: &str,
+        redis: &RedisEndpoint,
         prefix: &str,
         me: &str,
         lease_ttl: Duration,
     ) -> Result<Self, PlacementError> {
-        let client = redis::Client::open(redis_url)?;
+        let client = redis
+            .client()
+            .map_err(|e| PlacementError::Unavailable(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(REDIS_TIMEOUT))
             .set_connection_timeout(Some(REDIS_TIMEOUT));

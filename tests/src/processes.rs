@@ -191,6 +191,11 @@ impl SignerProc {
             .arg("--kek-file")
             .arg(dir.join("signer-kek.key"))
             .args(extra);
+        // Plaintext on loopback is the tests' choice, said out loud; a
+        // signer given its TLS files serves mutual TLS only.
+        if !extra.iter().any(|a| *a == "--tls-cert") {
+            cmd.arg("--insecure-plaintext");
+        }
         let (proc, addr) = Proc::spawn("signer", cmd, "obr-signer listening on ")?;
         Ok(Self {
             proc,
@@ -241,6 +246,12 @@ impl RelayProc {
         }
         if options.discover_signers {
             cmd.arg("--discover-signers");
+        }
+        // Plaintext to standalone signers on loopback is the tests' choice,
+        // said out loud; with `--signer-ca` the relay speaks mutual TLS.
+        let standalone = !options.signers.is_empty() || options.discover_signers;
+        if standalone && !options.extra_args.iter().any(|a| a == "--signer-ca") {
+            cmd.arg("--insecure-plaintext-signers");
         }
         if let Some(ttl) = options.obr_ttl_s {
             cmd.arg("--obr-ttl-s").arg(ttl.to_string());

@@ -3,6 +3,7 @@
 //! machine's shared Redis.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,15 @@ use anyhow::{Context, bail};
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    tls: bool,
+}
+
+/// A TLS-only server's files (PEM): its certificate and key, and the CA
+/// it checks client certificates against.
+pub struct RedisTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub ca: &'a Path,
 }
 
 impl RedisServer {
@@ -21,6 +31,16 @@ impl RedisServer {
 
     /// With more `redis-server` arguments (e.g. ACL users).
     pub fn start_with(extra: &[&str]) -> anyhow::Result<Option<Self>> {
+        Self::spawn(None, extra)
+    }
+
+    /// TLS only (`rediss://`): the plain port is closed; clients may
+    /// present a certificate of `tls.ca` (`tls-auth-clients optional`).
+    pub fn start_tls(tls: &RedisTls<'_>, extra: &[&str]) -> anyhow::Result<Option<Self>> {
+        Self::spawn(Some(tls), extra)
+    }
+
+    fn spawn(tls: Option<&RedisTls<'_>>, extra: &[&str]) -> anyhow::Result<Option<Self>> {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -29,8 +49,21 @@ impl RedisServer {
             return Ok(None);
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        match tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(tls.cert)
+                .arg("--tls-key-file")
+                .arg(tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(tls.ca)
+                .args(["--tls-auth-clients", "optional"]),
+        };
+        let child = command
             .args([
                 "--save",
                 "",
@@ -44,7 +77,11 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start redis-server")?;
-        let server = Self { child, port };
+        let server = Self {
+            child,
+            port,
+            tls: tls.is_some(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -55,8 +92,10 @@ impl RedisServer {
         bail!("redis-server did not start on port {port}")
     }
 
+    /// `redis://…`, or `rediss://…` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 }
 

@@ -886,14 +886,32 @@ fn only_relays_reach_a_standalone_signer() -> anyhow::Result<()> {
         "bob's key was reset"
     );
 
-    // And a signer will not serve plaintext beyond loopback unless told.
-    let refused = std::process::Command::new(obr_tests::processes::binary("obr-signer")?)
-        .args(["--listen", "0.0.0.0:0", "--database-url", "sqlite::memory:"])
-        .arg("--kek-file")
-        .arg(scratch.join("signer").join("other.kek"))
-        .output()?;
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{said}");
-    assert!(said.contains("mutual TLS"), "{said}");
+    // And a signer will not serve plaintext, even on loopback (where any
+    // local user reaches it), unless told.
+    for listen in ["0.0.0.0:0", "127.0.0.1:0"] {
+        let refused = std::process::Command::new(obr_tests::processes::binary("obr-signer")?)
+            .args(["--listen", listen, "--database-url", "sqlite::memory:"])
+            .arg("--kek-file")
+            .arg(scratch.join("signer").join("other.kek"))
+            .output()?;
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{listen}: {said}");
+        assert!(said.contains("mutual TLS"), "{listen}: {said}");
+    }
+    // Nor does a relay talk plaintext to standalone signers, named or
+    // found in Redis (where a writer could add its own), unless told.
+    for signers in [
+        vec!["--signer", signer.endpoint.as_str()],
+        vec!["--discover-signers", "--redis-url", "redis://127.0.0.1:1/"],
+    ] {
+        let refused = std::process::Command::new(obr_tests::processes::binary("obr-relay")?)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(scratch.join("plaintext-relay"))
+            .args(&signers)
+            .output()?;
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{signers:?}: {said}");
+        assert!(said.contains("mutual TLS"), "{signers:?}: {said}");
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use obr_signer::RedisEndpoint;
 use obr_signer::placement::{Lease, Placement, live_members};
 use obr_tests::redis_server::RedisServer;
 
@@ -13,10 +14,10 @@ async fn leases_are_exclusive_and_expire() {
         .unwrap()
         .expect("redis-server is not installed (scripts/test installs it)");
     let ttl = Duration::from_millis(400);
-    let a = Placement::connect(&redis.url(), "t:", "http://a:1", ttl)
+    let a = Placement::connect(&RedisEndpoint::new(redis.url()), "t:", "http://a:1", ttl)
         .await
         .unwrap();
-    let b = Placement::connect(&redis.url(), "t:", "http://b:1", ttl)
+    let b = Placement::connect(&RedisEndpoint::new(redis.url()), "t:", "http://b:1", ttl)
         .await
         .unwrap();
 
@@ -57,12 +58,22 @@ async fn membership_shows_live_pods() {
     let redis = RedisServer::start()
         .unwrap()
         .expect("redis-server is not installed (scripts/test installs it)");
-    let a = Placement::connect(&redis.url(), "m:", "http://a:1", Duration::from_secs(5))
-        .await
-        .unwrap();
-    let b = Placement::connect(&redis.url(), "m:", "http://b:1", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let a = Placement::connect(
+        &RedisEndpoint::new(redis.url()),
+        "m:",
+        "http://a:1",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let b = Placement::connect(
+        &RedisEndpoint::new(redis.url()),
+        "m:",
+        "http://b:1",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     a.beat().await.unwrap();
     b.beat().await.unwrap();
     let client = redis::Client::open(redis.url()).unwrap();
@@ -92,9 +103,14 @@ async fn a_thousand_users_each_live_on_exactly_one_pod() {
     let db = format!("sqlite://{}?mode=rwc", scratch.join("signer.db").display());
     let mut pods = Vec::new();
     for me in ["http://pod-a:7400", "http://pod-b:7400"] {
-        let placement = Placement::connect(&redis.url(), "k:", me, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let placement = Placement::connect(
+            &RedisEndpoint::new(redis.url()),
+            "k:",
+            me,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
         let config = SignerConfig {
             placement: Some(placement),
             actor_threads: 1,

@@ -11,6 +11,7 @@ use obr_relay::sessions::{
     AgentEvent, DeviceGrant, MemoryStore, ObrConflict, ObrSession, Principal, RedisStore, Sealer,
     SessionStore, TokenScope,
 };
+use obr_signer::RedisEndpoint;
 use obr_tests::redis_server::RedisServer;
 
 fn sealer() -> Sealer {
@@ -235,7 +236,7 @@ async fn redis_store_meets_the_contract() {
         .expect(
             "redis-server is not installed: `apt-get install -y redis-server` (scripts/test does)",
         );
-    let store = RedisStore::connect(&server.url(), "contract:", sealer())
+    let store = RedisStore::connect(&RedisEndpoint::new(server.url()), "contract:", sealer())
         .await
         .unwrap();
     contract(Arc::new(store)).await;
@@ -248,7 +249,12 @@ async fn redis_store_reports_an_unreachable_server() {
         .local_addr()
         .unwrap()
         .port();
-    let result = RedisStore::connect(&format!("redis://127.0.0.1:{port}/"), "x:", sealer()).await;
+    let result = RedisStore::connect(
+        &RedisEndpoint::new(format!("redis://127.0.0.1:{port}/")),
+        "x:",
+        sealer(),
+    )
+    .await;
     assert!(
         result.is_err(),
         "connecting to a closed port must fail, not hang"
@@ -266,7 +272,7 @@ async fn redis_store_reads_nothing_a_redis_writer_forged() {
         .expect(
             "redis-server is not installed: `apt-get install -y redis-server` (scripts/test does)",
         );
-    let store = RedisStore::connect(&server.url(), "forge:", sealer())
+    let store = RedisStore::connect(&RedisEndpoint::new(server.url()), "forge:", sealer())
         .await
         .unwrap();
     let client = redis::Client::open(server.url()).unwrap();

@@ -22,6 +22,7 @@ use obr_proto::signer::{
     AckRecordRequest, Acting, Credential, CtapCall, DeleteCredentialRequest, LinkResponse,
     ListCredentialsRequest, ObrRecord, PendingRecordsRequest, ResetKeyRequest,
 };
+use obr_signer::RedisEndpoint;
 use sha2::{Digest, Sha256};
 use tonic::transport::ClientTlsConfig;
 
@@ -68,13 +69,13 @@ impl Router {
     /// --redis-url`), re-read every [`MEMBERSHIP_REFRESH`]. Waits for at
     /// least one live signer up to `wait`.
     pub async fn discover(
-        redis_url: &str,
+        redis: &RedisEndpoint,
         prefix: &str,
         wait: Duration,
         tls: Option<ClientTlsConfig>,
     ) -> Result<Self, LinkError> {
         let unavailable = |e: &dyn std::fmt::Display| LinkError::Unavailable(e.to_string());
-        let client = redis::Client::open(redis_url).map_err(|e| unavailable(&e))?;
+        let client = redis.client().map_err(|e| unavailable(&e))?;
         let mut conn = client
             .get_connection_manager()
             .await

@@ -23,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use obr_signer::RedisEndpoint;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
@@ -124,10 +125,13 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connect to `url` (`redis://host:port/db`); keys are namespaced under
-    /// `prefix` so several deployments (or test runs) can share a server.
-    pub async fn connect(url: &str, prefix: &str, sealer: Sealer) -> StoreResult<Self> {
-        let client = redis::Client::open(url)?;
+    /// Connect to `redis` (`redis://host:port/db`, or `rediss://` with its
+    /// TLS files); keys are namespaced under `prefix` so several
+    /// deployments (or test runs) can share a server.
+    pub async fn connect(redis: &RedisEndpoint, prefix: &str, sealer: Sealer) -> StoreResult<Self> {
+        let client = redis
+            .client()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(DEFAULT_REDIS_RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(DEFAULT_REDIS_CONNECT_TIMEOUT));

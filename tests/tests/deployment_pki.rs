@@ -1,0 +1,216 @@
+//! A deployment without a PKI of its own: `obr-relay pki init` makes the
+//! CA and certificates, and with them every hop is TLS — relay⇄signer
+//! mutual TLS, relays and signers on a `rediss://` Redis (the relay also
+//! as an ACL user with a client certificate) — and an on-behalf
+//! registration goes through all of it. A relay that does not trust the
+//! deployment's CA, or speaks plain Redis to it, does not start; the
+//! signer's own certificate cannot pose as a relay.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use obr_tests::api::Api;
+use obr_tests::hid_client::HidClient;
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc, binary};
+use obr_tests::redis_server::{RedisServer, RedisTls};
+use obr_tests::rp;
+use obr_tests::scratch::Scratch;
+
+const CTAP2_OK: u8 = 0x00;
+
+fn pki_init(dir: &Path) -> anyhow::Result<String> {
+    let out = Command::new(binary("obr-relay")?)
+        .args([
+            "pki",
+            "init",
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+            "--dir",
+        ])
+        .arg(dir)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pki init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `obr-relay` with `args` that must fail at start; returns its stderr.
+fn relay_refuses(data_dir: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
+    let out = Command::new(binary("obr-relay")?)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("[refused relay] {said}");
+    anyhow::ensure!(!out.status.success(), "the relay started: {said}");
+    Ok(said)
+}
+
+#[test]
+fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
+    let scratch = Scratch::new("deployment-pki")?;
+    let pki = scratch.join("pki");
+    let made = pki_init(&pki)?;
+    assert_eq!(made.matches("created").count(), 8, "{made}");
+    // Idempotent; a lost leaf is issued again by the same CA (the
+    // registration below uses the reissued relay certificate).
+    std::fs::remove_file(pki.join("relay.pem"))?;
+    let again = pki_init(&pki)?;
+    assert_eq!(again.matches("created").count(), 2, "{again}");
+    assert!(
+        again.contains("kept    ") && again.contains("ca.pem"),
+        "{again}"
+    );
+    let file = |name: &str| pki.join(name).into_os_string();
+
+    let redis = RedisServer::start_tls(
+        &RedisTls {
+            cert: &pki.join("redis.pem"),
+            key: &pki.join("redis.key"),
+            ca: &pki.join("ca.pem"),
+        },
+        &[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "obr-signer",
+            "on",
+            ">signer-secret",
+            "~obr:*",
+            "&obr:*",
+            "+@all",
+            "--user",
+            "obr-relay",
+            "on",
+            ">relay-secret",
+            "~obr:*",
+            "&obr:*",
+            "+@all",
+        ],
+    )?
+    .expect("redis-server is not installed (scripts/test installs it)");
+    assert!(redis.url().starts_with("rediss://"));
+    let rediss = |user: &str| format!("rediss://{user}@127.0.0.1:{}/", redis.port);
+
+    std::fs::create_dir_all(scratch.join("signer"))?;
+    let signer_args = [
+        "--tls-cert".into(),
+        file("signer.pem"),
+        "--tls-key".into(),
+        file("signer.key"),
+        "--client-ca".into(),
+        file("ca.pem"),
+        "--redis-url".into(),
+        rediss("obr-signer:signer-secret").into(),
+        "--redis-ca".into(),
+        file("ca.pem"),
+    ];
+    let signer_args: Vec<&std::ffi::OsStr> = signer_args.iter().map(|a| a.as_os_str()).collect();
+    let signer = SignerProc::start_with(&scratch.join("signer"), &signer_args)?;
+
+    let relay_tls: Vec<std::ffi::OsString> = vec![
+        "--redis-ca".into(),
+        file("ca.pem"),
+        "--redis-client-cert".into(),
+        file("relay.pem"),
+        "--redis-client-key".into(),
+        file("relay.key"),
+        "--signer-ca".into(),
+        file("ca.pem"),
+        "--signer-client-cert".into(),
+        file("relay.pem"),
+        "--signer-client-key".into(),
+        file("relay.key"),
+    ];
+    let relay = RelayProc::start(
+        &scratch.join("relay"),
+        &RelayOptions {
+            redis_url: Some(rediss("obr-relay:relay-secret")),
+            discover_signers: true,
+            extra_args: relay_tls,
+            ..RelayOptions::default()
+        },
+    )?;
+    std::fs::create_dir_all(scratch.join("agent"))?;
+    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
+    let api = Api::new(&relay.url);
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    agent.login(&api, &admin)?;
+    let bob = relay.user("bob@demo.obr")?;
+    agent.select_as_obr(&api, &admin, bob)?;
+    let mut hid = HidClient::open(&agent.hid_socket)?;
+    assert_eq!(
+        hid.cbor(&rp::registration_request("bob")?)?.first(),
+        Some(&CTAP2_OK)
+    );
+    assert_eq!(api.passkeys(&admin, &bob.id)?.len(), 1);
+
+    // The signer advertised itself over rediss:// as an https:// endpoint.
+    let https = signer.endpoint.replace("http://", "https://");
+    let members = tokio::runtime::Runtime::new()?.block_on(async {
+        let client = obr_signer::RedisEndpoint {
+            ca_file: Some(pki.join("ca.pem")),
+            ..obr_signer::RedisEndpoint::new(rediss("obr-signer:signer-secret"))
+        }
+        .client()?;
+        let mut conn = client.get_connection_manager().await?;
+        anyhow::Ok(obr_signer::placement::live_members(&mut conn, "obr:").await?)
+    })?;
+    assert_eq!(members, vec![https.clone()]);
+
+    // Refused at start: plain Redis to the TLS port, and rediss:// without
+    // the deployment's CA (the system's roots do not know it).
+    let plain = format!("redis://127.0.0.1:{}/", redis.port);
+    let said = relay_refuses(
+        &scratch.join("plain"),
+        &["--redis-url".as_ref(), plain.as_ref()],
+    )?;
+    assert!(said.to_lowercase().contains("session store"), "{said}");
+    let said = relay_refuses(
+        &scratch.join("untrusting"),
+        &[
+            "--redis-url".as_ref(),
+            rediss("obr-relay:relay-secret").as_ref(),
+        ],
+    )?;
+    assert!(said.to_lowercase().contains("certificate"), "{said}");
+
+    // The signers' certificate is for serving only: presented as a client
+    // it is refused, so a stolen signer key does not make a relay.
+    let reset = tokio::runtime::Runtime::new()?.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+                pki.join("ca.pem"),
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                std::fs::read(pki.join("signer.pem"))?,
+                std::fs::read(pki.join("signer.key"))?,
+            ));
+        let channel = tonic::transport::Endpoint::from_shared(https)?
+            .connect_timeout(Duration::from_secs(3))
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        obr_proto::signer::signer_client::SignerClient::new(channel)
+            .reset_key(obr_proto::signer::ResetKeyRequest {
+                user_id: bob.id.clone(),
+                acting_admin_id: relay.demo.admin_id.clone(),
+            })
+            .await?;
+        anyhow::Ok(())
+    });
+    assert!(
+        reset.is_err(),
+        "the signer's own certificate reset bob's key"
+    );
+    assert_eq!(api.passkeys(&admin, &bob.id)?.len(), 1);
+    Ok(())
+}
