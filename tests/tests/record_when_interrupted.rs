@@ -117,6 +117,80 @@ fn registrations_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An admin's on-behalf sign-in with the passkey just registered (some
+/// sites check a new key at once) is on record and told to the user even
+/// when the browser cancels it while the key signs: every signature the
+/// key made (its counter says how many) has its audit record and its
+/// notification.
+#[test]
+fn assertions_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
+    let stack = Stack::start("record-cancelled-assertions")?;
+    let api = Api::new(&stack.relay.url);
+    let demo = &stack.relay.demo;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    stack.agent.login(&api, &admin)?;
+    stack.agent.select_as_obr(&api, &admin, bob)?;
+    let webauthn = rp::webauthn()?;
+    let (options, state) = webauthn.start_securitykey_registration(
+        webauthn_rs::prelude::Uuid::new_v4(),
+        "bob",
+        "Bob",
+        None,
+        None,
+        None,
+    )?;
+    let request = rp::make_credential(&options, false)?;
+    let mut hid = HidClient::open(&stack.agent.hid_socket)?;
+    let key = webauthn.finish_securitykey_registration(
+        &request.credential(&hid.cbor(&request.ctap_request)?)?,
+        &state,
+    )?;
+    let assertion = || -> anyhow::Result<Vec<u8>> {
+        let (options, _) = webauthn.start_securitykey_authentication(std::slice::from_ref(&key))?;
+        Ok(rp::get_assertion(&options)?.ctap_request)
+    };
+    let before = rp::assertion_counter(&hid.cbor(&assertion()?)?)?;
+
+    let mut outcomes = Vec::new();
+    for delay_ms in 0..24u64 {
+        let hid = HidClient::open(&stack.agent.hid_socket)?;
+        let cid = hid.cid;
+        hid.send_message(cid, CMD_CBOR, &assertion()?)?;
+        std::thread::sleep(Duration::from_micros(delay_ms * 500));
+        hid.send_message(cid, CMD_CANCEL, &[])?;
+        let reply = hid.read_reply(cid, Duration::from_secs(10))?;
+        outcomes.push(reply.payload.first().copied());
+    }
+    eprintln!("answers to the cancelled sign-ins: {outcomes:?}");
+    let after = rp::assertion_counter(&hid.cbor(&assertion()?)?)?;
+    let signed = usize::try_from(after - before + 1)?;
+
+    let deadline = Instant::now() + SWEEP_WAIT;
+    loop {
+        let audited = api.audit(&admin)?["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["action"] == "obr.assertion")
+            .count();
+        let notified = api
+            .notifications(bob.device_token.as_deref().unwrap_or_default())?
+            .iter()
+            .filter(|n| n["kind"] == "obr.assertion")
+            .count();
+        if audited == signed && notified == signed {
+            eprintln!("{signed} signatures, each audited and notified");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{signed} signatures; {audited} audited, {notified} notified"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn registrations_a_killed_relay_left_are_recorded_after_restart() -> anyhow::Result<()> {
     let scratch = Scratch::new("record-killed")?;

@@ -18,6 +18,11 @@
 //!    or refused, is audited (and the user told) *before* the answer
 //!    leaves. If the record cannot be written the browser gets
 //!    `CTAP1_ERR_OTHER`, never an unrecorded credential or signature.
+//!    Steps 3 and 5 of an on-behalf call run in a task of their own, to
+//!    their end: a browser's CANCEL (which drops [`Calls::serve`]) can no
+//!    longer come between the key's answer and its record. (On behalf
+//!    the key waits for nobody, so there is nothing to stop early; the
+//!    signer's outbox still covers a relay that dies in between.)
 //!
 //! It never touches sockets or the registry of connected agents.
 
@@ -167,21 +172,23 @@ impl Calls {
                 agent_believes = %call.agent_obr_session, "OBR mode mismatch; request refused");
             return Ok(Answer::ModeMismatch);
         }
-        // 2. Whose key.
-        let (user_id, acting) = match &session {
-            Some(s) => (
-                s.user_id.clone(),
-                Some(Acting {
-                    admin_id: s.admin_id.clone(),
-                    obr_session_id: s.id.clone(),
-                }),
-            ),
-            None => (call.principal.person_id.clone(), None),
-        };
+        // 2. Whose key: on behalf, the session's user's (steps 3 and 5 in
+        // `on_behalf`); else the principal's own.
+        if let Some(session) = session {
+            let calls = self.clone();
+            let (payload, budget) = (call.payload, call.budget);
+            let work =
+                tokio::spawn(async move { calls.on_behalf(&session, payload, budget).await });
+            return work.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "an on-behalf call's task failed");
+                Ok(Answer::status(CTAP1_ERR_OTHER))
+            });
+        }
+        let user_id = call.principal.person_id.clone();
         // 3. The signer.
         let mut response = self
             .router
-            .ctap(&user_id, call.payload.clone(), call.budget, acting, None)
+            .ctap(&user_id, call.payload.clone(), call.budget, None, None)
             .await?;
         // 4. Normal mode: the owner approves on their device.
         if let Some(needed) = response.approval_needed.take() {
@@ -231,10 +238,33 @@ impl Calls {
                 Decision::Refused(status) => return Ok(Answer::status(status)),
             }
         }
-        // 5. On behalf: on record before the browser hears of it.
-        if let Some(session) = &session
-            && let Err(e) = self.record(session, &response).await
-        {
+        Ok(Answer::Reply(Box::new(response)))
+    }
+
+    /// Steps 3 and 5 on behalf of `session`: the key's answer, then its
+    /// record, before the browser hears of it. Run to its end whatever
+    /// happens to the request (see the module's step 5).
+    async fn on_behalf(
+        &self,
+        session: &ObrSession,
+        payload: Vec<u8>,
+        budget: Duration,
+    ) -> Result<Answer, CallError> {
+        let acting = Acting {
+            admin_id: session.admin_id.clone(),
+            obr_session_id: session.id.clone(),
+        };
+        let response = self
+            .router
+            .ctap(&session.user_id, payload, budget, Some(acting), None)
+            .await?;
+        if response.approval_needed.is_some() {
+            // The signer asks no owner on behalf; a signer that does is
+            // not one this relay knows how to serve.
+            tracing::error!(session = %session.id, "the signer asked for an owner's approval on behalf");
+            return Ok(Answer::status(CTAP2_ERR_OPERATION_DENIED));
+        }
+        if let Err(e) = self.record(session, &response).await {
             tracing::error!(error = %e, session = %session.id,
                 "cannot record an on-behalf operation; the browser gets an error");
             return Ok(Answer::status(CTAP1_ERR_OTHER));
