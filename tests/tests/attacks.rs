@@ -915,3 +915,37 @@ fn only_relays_reach_a_standalone_signer() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// An admin whose role the directory withdrew keeps no power through an
+/// agent logged in and an OBR session selected while they were one: the
+/// directory, not the login or session kept in the store, says who is an
+/// admin, checked on every request.
+#[test]
+fn a_revoked_admin_keeps_no_power_through_the_agent() -> anyhow::Result<()> {
+    let (stack, api, admin) = admin_at_agent("attack-revoked-admin")?;
+    let demo = &stack.relay.demo;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    stack.agent.select_as_obr(&api, &admin, bob)?;
+    let mut hid = HidClient::open(&stack.agent.hid_socket)?;
+    let request = rp::registration_request("bob")?;
+    assert_eq!(hid.cbor(&request)?.first(), Some(&CTAP2_OK));
+
+    let admin_id = demo.admin_id.clone();
+    tamper(
+        &stack.scratch.join("relay").join("relay.db"),
+        async move |conn| {
+            sqlx::query("UPDATE people SET is_admin = 0 WHERE id = ?")
+                .bind(admin_id)
+                .execute(conn)
+                .await?;
+            Ok(())
+        },
+    )?;
+    assert_eq!(
+        hid.cbor(&request)?.first(),
+        Some(&CTAP2_ERR_OPERATION_DENIED)
+    );
+    let helpdesk = api.admin_login(&demo.helpdesk.email, &demo.helpdesk.password)?;
+    assert_eq!(api.passkeys(&helpdesk, &bob.id)?.len(), 1);
+    Ok(())
+}

@@ -10,6 +10,10 @@
 //!    The agent must believe in the same session: a request the agent sent
 //!    in normal mode never reaches the user's key, nor one sent for a
 //!    session the relay no longer has ([`Answer::ModeMismatch`]).
+//!    Who is logged in on the agent is re-read from the directory too: on
+//!    behalf, the admin must still be an admin; in normal mode, the person
+//!    must still exist. A login or session kept in the store carries no
+//!    power the directory has withdrawn.
 //! 2. The key is the session's user's, else the principal's own.
 //! 3. The signer answers over the user's link ([`crate::routing`]).
 //! 4. Normal mode: the key's owner approves on their device
@@ -132,6 +136,8 @@ pub enum CallError {
     Link(#[from] LinkError),
     #[error("cannot check the OBR session: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot check who is logged in: {0}")]
+    Directory(#[from] crate::directory::DirectoryError),
 }
 
 impl CallError {
@@ -171,6 +177,12 @@ impl Calls {
             tracing::info!(agent = %call.agent_id, relay = believed,
                 agent_believes = %call.agent_obr_session, "OBR mode mismatch; request refused");
             return Ok(Answer::ModeMismatch);
+        }
+        let person = self.directory.person(&call.principal.person_id).await?;
+        if !person.is_some_and(|p| session.is_none() || p.is_admin) {
+            tracing::warn!(agent = %call.agent_id, person = %call.principal.person_id,
+                on_behalf = session.is_some(), "the directory no longer grants this login; refused");
+            return Ok(Answer::status(CTAP2_ERR_OPERATION_DENIED));
         }
         // 2. Whose key: on behalf, the session's user's (steps 3 and 5 in
         // `on_behalf`); else the principal's own.
