@@ -3,6 +3,14 @@
 //! makes `cargo test --workspace` build the binary that the cross-component
 //! tests start.)
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails should stop the test, loudly"
+)]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -53,6 +53,7 @@ pub fn new_user_code() -> Result<String, SecretError> {
         // (≤ 1.2%); harmless for a short-lived, single-use code whose guessing backs off
         // (`crate::limits`).
         let idx = usize::from(*b) % USER_CODE_ALPHABET.len();
+        #[expect(clippy::indexing_slicing, reason = "idx < len: taken modulo len")]
         code.push(char::from(USER_CODE_ALPHABET[idx]));
     }
     Ok(code)

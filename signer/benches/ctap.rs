@@ -6,6 +6,14 @@
 //!
 //! `cargo bench -p obr-signer --bench ctap`
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "benchmark code: a step that fails should stop the run, loudly"
+)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -7,7 +7,9 @@
 //! its own threads. Never sees key material itself.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use passkey_types::ctap2::Ctap2Error;
 

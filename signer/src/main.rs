@@ -216,7 +216,13 @@ fn take_env_kek() -> anyhow::Result<Option<Kek>> {
     let kek = Kek::from_env(KEK_ENV)?;
     // SAFETY: called from `main` before the tokio runtime (or any other
     // thread) starts, so nothing reads or writes the environment meanwhile.
-    unsafe { std::env::remove_var(KEK_ENV) };
+    #[expect(
+        unsafe_code,
+        reason = "remove_var is unsafe in edition 2024; see SAFETY"
+    )]
+    unsafe {
+        std::env::remove_var(KEK_ENV)
+    };
     Ok(Some(kek))
 }
 

@@ -199,6 +199,7 @@ async fn accept(listener: &AsyncFd<Socket>) -> io::Result<AsyncFd<Socket>> {
 }
 
 /// Hands a non-blocking socket to the tokio reactor.
+#[expect(unsafe_code, reason = "AsyncFd::register is unsafe; see SAFETY")]
 fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
     // SAFETY: `Socket` owns its descriptor, keeps it open until it is dropped and returns the
     // same one from every `as_raw_fd`; the `AsyncFd` takes ownership of the `Socket`, so the

@@ -89,7 +89,7 @@ const UHID_MAJOR: u32 = 10;
 const UHID_MINOR: u32 = 239;
 /// `err` of our report replies. The kernel only checks that it is non-zero and then fails the
 /// host's request with EIO (drivers/hid/uhid.c).
-// invariant: EIO (5) fits a u16.
+#[expect(clippy::cast_possible_truncation, reason = "EIO (5) fits a u16")]
 const REPORT_REPLY_ERR: u16 = libc::EIO as u16;
 
 // CREATE2's fixed fields hold the identity with room for their NUL.
@@ -160,6 +160,7 @@ impl UhidDevice {
         // SAFETY: `File` owns its descriptor, keeps it open until it is dropped and returns the
         // same one from every `as_raw_fd`; the `AsyncFd` takes ownership of the `File`, so the
         // descriptor outlives the registration.
+        #[expect(unsafe_code, reason = "AsyncFd::register is unsafe; see SAFETY")]
         let fd = Arc::new(unsafe { AsyncFd::register(file) }?);
         let (report_tx, reports) = mpsc::channel(REPORT_QUEUE_DEPTH);
         let reader = tokio::spawn(read_events(Arc::clone(&fd), report_tx));

@@ -1,7 +1,9 @@
 //! On-behalf registration from the panel: approve an agent's login code,
 //! list your agents, "Select as OBR", and "Done" (end the session).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};

@@ -33,7 +33,9 @@
 mod approval;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use obr_proto::agent::KeepaliveState;
 use obr_proto::signer::{Acting, LinkResponse};

@@ -322,6 +322,7 @@ fn rendezvous_weight(endpoint: &str, user_id: &str) -> u64 {
         .chain_update(user_id.as_bytes())
         .finalize();
     let mut first = [0u8; 8];
+    #[expect(clippy::indexing_slicing, reason = "a SHA-256 digest is 32 bytes")]
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first)
 }

@@ -16,7 +16,9 @@ mod registry;
 mod runtime;
 
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix::{
     Actor, ActorContext as _, ActorFutureExt as _, AsyncContext as _, AtomicResponse, Context,
@@ -200,7 +202,7 @@ impl Handler<Ctap> for UserKey {
                 );
             }
             let mut authenticator = authenticator.lock().await;
-            let deadline = tokio::time::Instant::from_std(call.deadline);
+            let deadline = call.deadline;
             let outcome = match tokio::time::timeout_at(
                 deadline,
                 authenticator.handle(

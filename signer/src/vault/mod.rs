@@ -370,7 +370,10 @@ fn kek_id(key: &[u8; KEK_LEN]) -> String {
     ctx.update(KEK_ID_LABEL);
     ctx.update(key);
     let digest = ctx.finish();
-    // invariant: a SHA-256 digest is 32 bytes, longer than KEK_ID_LEN.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "a SHA-256 digest is 32 bytes, longer than KEK_ID_LEN"
+    )]
     hex::encode(&digest.as_ref()[..KEK_ID_LEN])
 }
 

@@ -802,6 +802,10 @@ impl SplitMix {
     fn below(&mut self, n: usize) -> usize {
         usize::try_from(self.next() % n as u64).unwrap()
     }
+
+    fn byte(&mut self) -> u8 {
+        self.next().to_le_bytes()[0]
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -850,7 +854,7 @@ async fn random_and_mutated_messages_always_get_a_status_and_never_panic() {
             0 => {
                 let len = rng.below(64);
                 let mut bytes = vec![[0x01, 0x02, 0x06, 0x08][rng.below(4)]];
-                bytes.extend((0..len).map(|_| rng.next() as u8));
+                bytes.extend((0..len).map(|_| rng.byte()));
                 bytes
             }
             // A valid message with a few bytes flipped, cut or repeated.
@@ -860,12 +864,12 @@ async fn random_and_mutated_messages_always_get_a_status_and_never_panic() {
                     match rng.below(3) {
                         0 if bytes.len() > 1 => {
                             let at = 1 + rng.below(bytes.len() - 1);
-                            bytes[at] = rng.next() as u8;
+                            bytes[at] = rng.byte();
                         }
                         1 => bytes.truncate(1 + rng.below(bytes.len())),
                         _ => {
                             let at = rng.below(bytes.len());
-                            bytes.insert(at, rng.next() as u8);
+                            bytes.insert(at, rng.byte());
                         }
                     }
                 }

@@ -4,6 +4,14 @@
 //! PostgreSQL), KEK rotation while a core signs (both backends), the
 //! `obr-signer` binary's KEK commands, and the gRPC service over loopback.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a step that fails should stop the test, loudly"
+)]
+
 mod authenticator;
 mod common;
 mod ctap;

@@ -445,6 +445,10 @@ async fn channels_beyond_the_limit_reuse_the_least_recently_used_idle_one() {
 async fn ping_of_the_maximum_message_round_trips() {
     let mut host = Host::start();
     let cid = host.init(ALICE).await;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a test byte pattern: wrapping is the point"
+    )]
     let payload: Vec<u8> = (0..MAX_MESSAGE_LEN).map(|i| (i % 253) as u8).collect();
     host.ping(ALICE, cid, &payload).await;
     host.ping(ALICE, cid, &[]).await;
@@ -615,6 +619,11 @@ async fn cbor_request_is_forwarded_and_answered() {
 
     // Multi-packet request and answer.
     let mut request = vec![0x01, 0];
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a test byte pattern: wrapping is the point"
+    )]
     request.extend((0..1000).map(|i| (i % 256) as u8));
     host.cbor(ALICE, cid, &request).await;
     let expected = [&[0x00][..], &request].concat();
@@ -821,7 +830,13 @@ async fn arbitrary_reports_never_wedge_the_engine() {
         state ^= state << 5;
         let mut report = [0u8; REPORT_LEN];
         for (j, byte) in report.iter_mut().enumerate() {
-            *byte = (state.rotate_left(j as u32) >> (j % 24)) as u8;
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "a test byte pattern: wrapping is the point"
+            )]
+            {
+                *byte = (state.rotate_left(j as u32) >> (j % 24)) as u8;
+            }
         }
         if i % 2 == 0 {
             report[..4].copy_from_slice(&cid.to_bytes());

@@ -3,6 +3,10 @@ use crate::ctaphid::assembler::{Progress, Reassembly};
 
 const CID: ChannelId = ChannelId::new(0x0102_0304);
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a test byte pattern: wrapping is the point"
+)]
 fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }

@@ -112,7 +112,10 @@ pub(super) fn create2(event: &mut EventBuf, create: &Create2<'_>) {
     put_cstr(event, CREATE2_PHYS, PHYS_LEN, create.phys);
     put_cstr(event, CREATE2_UNIQ, UNIQ_LEN, create.uniq);
     let rd_size = create.descriptor.len().min(HID_MAX_DESCRIPTOR_SIZE);
-    // invariant: rd_size <= HID_MAX_DESCRIPTOR_SIZE (4096) fits a u16.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "rd_size <= HID_MAX_DESCRIPTOR_SIZE (4096) fits a u16"
+    )]
     put(event, CREATE2_RD_SIZE, &(rd_size as u16).to_le_bytes());
     put(event, CREATE2_BUS, &create.bus.to_le_bytes());
     put(event, CREATE2_VENDOR, &create.vendor.to_le_bytes());
@@ -125,7 +128,10 @@ pub(super) fn create2(event: &mut EventBuf, create: &Create2<'_>) {
 /// Writes a `UHID_INPUT2` event carrying one input report into `event`.
 pub(super) fn input2(event: &mut EventBuf, report: &Report) {
     start(event, UHID_INPUT2);
-    // invariant: REPORT_LEN (64) fits a u16.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "REPORT_LEN (64) fits a u16"
+    )]
     put(event, INPUT2_SIZE, &(REPORT_LEN as u16).to_le_bytes());
     put(event, INPUT2_DATA, report);
 }

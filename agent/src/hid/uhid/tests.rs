@@ -78,6 +78,10 @@ fn with_report_id(report: &Report) -> Vec<u8> {
     data
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a test byte pattern: wrapping is the point"
+)]
 fn report(seed: u8) -> Report {
     std::array::from_fn(|i| seed.wrapping_add(i as u8))
 }

@@ -40,6 +40,10 @@ fn output(data: &[u8]) -> Vec<u8> {
     from_kernel(6, &[(4, data), (4100, &size.to_le_bytes()), (4102, &[1])])
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a test byte pattern: wrapping is the point"
+)]
 fn report(seed: u8) -> Report {
     std::array::from_fn(|i| seed.wrapping_add(i as u8))
 }
