@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# A local multi-process obr, TLS on every hop: a private redis-server
-# (rediss:// only), two signers and two relays sharing it (and sharing the
-# SQLite directory and signer database files, which WAL mode allows on one
-# machine). `obr-relay pki init` makes the deployment's CA and certificates
-# on the first start (kept afterwards): relays and signers speak mutual
-# TLS, relays present their client certificate to Redis too. Prints where
-# everything is; Ctrl+C stops it all. Usage: deploy/local-cluster.sh [DATA_DIR]
+# A local multi-process obr, mutual TLS between its components: a private
+# redis-server (rediss:// only, client certificates required), two signers
+# and two relays sharing it (and sharing the SQLite directory and signer
+# database files, which WAL mode allows on one machine). `obr-relay pki
+# init` makes the deployment's two CAs and their certificates on the first
+# start (kept afterwards): relay⇄signer, and Redis. The relays serve plain
+# HTTP on loopback to browsers and the agent. Prints where everything is;
+# Ctrl+C stops it all. Usage: deploy/local-cluster.sh [DATA_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p "${1:-obr-cluster}/relay" "${1:-obr-cluster}/signer"
@@ -37,7 +38,7 @@ ready() {
 
 redis-server --bind 127.0.0.1 --port 0 --tls-port 6390 \
   --tls-cert-file "$pki/redis.pem" --tls-key-file "$pki/redis.key" \
-  --tls-ca-cert-file "$pki/ca.pem" --tls-auth-clients optional \
+  --tls-ca-cert-file "$pki/redis-ca.pem" --tls-auth-clients yes \
   --save "" --appendonly no --logfile "$data/redis.log" & pids+=($!)
 ready 6390 $! "$data/redis.log"
 
@@ -52,8 +53,8 @@ for port in 7401 7402; do
 done
 for port in 8081 8082; do
   "$bin/obr-relay" --listen "127.0.0.1:$port" --data-dir "$data/relay" --demo-org \
-    --redis-url rediss://127.0.0.1:6390/ --redis-ca "$pki/ca.pem" \
-    --redis-client-cert "$pki/relay.pem" --redis-client-key "$pki/relay.key" \
+    --redis-url rediss://127.0.0.1:6390/ --redis-ca "$pki/redis-ca.pem" \
+    --redis-client-cert "$pki/redis-client.pem" --redis-client-key "$pki/redis-client.key" \
     --signer https://127.0.0.1:7401 --signer https://127.0.0.1:7402 \
     --signer-ca "$pki/ca.pem" \
     --signer-client-cert "$pki/relay.pem" --signer-client-key "$pki/relay.key" \

@@ -102,14 +102,14 @@ struct Args {
     #[arg(
         long,
         env = "OBR_RELAY_REDIS_CLIENT_CERT",
-        requires = "redis_client_key"
+        requires_all = ["redis_client_key", "redis_url"]
     )]
     redis_client_cert: Option<PathBuf>,
     /// The client certificate's PEM private key.
     #[arg(
         long,
         env = "OBR_RELAY_REDIS_CLIENT_KEY",
-        requires = "redis_client_cert"
+        requires_all = ["redis_client_cert", "redis_url"]
     )]
     redis_client_key: Option<PathBuf>,
     #[arg(long, env = "OBR_RELAY_REDIS_PREFIX", default_value = "obr:")]

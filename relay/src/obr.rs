@@ -439,7 +439,7 @@ pub fn may_act_on(actor: &Principal, target: &Person) -> Result<(), ObrError> {
 }
 
 /// The seed's prerequisites for OBR, checked before anything changes.
-fn check_target(admin: &Principal, user: &Person) -> Result<(), ObrError> {
+pub(crate) fn check_target(admin: &Principal, user: &Person) -> Result<(), ObrError> {
     may_act_on(admin, user)?;
     match user.key_status {
         KeyStatus::Active => Ok(()),

@@ -4,14 +4,19 @@
 //!
 //! - `redis://` is plain TCP, for loopback or a network the deployment
 //!   already protects; reaching another host that way is logged as a
-//!   warning. What relays keep in Redis is sealed and holds no secret
-//!   (`obr_relay::sessions::seal`), so plain Redis leaks metadata, not power.
+//!   warning, and refused when the URL carries a password (it would cross
+//!   the network in clear). What relays keep in Redis is sealed and holds
+//!   no secret (`obr_relay::sessions::seal`), so plain Redis leaks
+//!   metadata, not power.
 //! - `rediss://` is TLS. The server is verified against `ca_file` (the
 //!   deployment's CA) when given, else the system's roots; when the server
 //!   asks for client certificates (`tls-auth-clients yes`), `client_cert_file`
-//!   and `client_key_file` are presented.
+//!   and `client_key_file` are presented. The redis crate's `#insecure`
+//!   URL fragment (no certificate or hostname check) is refused.
 //! - A Redis ACL user and password go in the URL
-//!   (`rediss://relay:secret@host:6380/0`); they are never logged.
+//!   (`rediss://relay:secret@host:6380/0`; give it through the environment,
+//!   not argv, which every local user can read); this type's `Debug` hides
+//!   the password, and nothing logs the URL.
 //!
 //! This module only builds clients: it owns no key names and no scripts.
 
@@ -20,7 +25,7 @@ use std::path::{Path, PathBuf};
 use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates};
 
 /// A Redis server and how to reach it safely.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct RedisEndpoint {
     /// `redis://[user:password@]host:port/db` or `rediss://…`.
     pub url: String,
@@ -51,6 +56,39 @@ pub enum RedisEndpointError {
     },
     #[error("Redis TLS setup: {0}")]
     Tls(String),
+    #[error("rediss:// with #insecure (no certificate check) is refused: give --redis-ca instead")]
+    Insecure,
+    #[error(
+        "a Redis password over plain redis:// to {0} would cross the network in clear: use rediss://"
+    )]
+    PasswordInClear(String),
+}
+
+impl std::fmt::Debug for RedisEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEndpoint")
+            .field("url", &redacted(&self.url))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
+            .finish()
+    }
+}
+
+/// `url` with the password of its userinfo, if any, replaced by `***`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 impl RedisEndpoint {
@@ -71,7 +109,12 @@ impl RedisEndpoint {
             .as_str()
             .into_connection_info()
             .map_err(|e| RedisEndpointError::Url(e.to_string()))?;
-        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        let tls = match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(RedisEndpointError::Insecure);
+            }
+            addr => matches!(addr, ConnectionAddr::TcpTls { .. }),
+        };
         let any_file = self.ca_file.is_some()
             || self.client_cert_file.is_some()
             || self.client_key_file.is_some();
@@ -82,6 +125,9 @@ impl RedisEndpoint {
             if let ConnectionAddr::Tcp(host, _) = info.addr()
                 && !is_loopback(host)
             {
+                if info.redis_settings().password().is_some() {
+                    return Err(RedisEndpointError::PasswordInClear(host.clone()));
+                }
                 tracing::warn!(
                     %host,
                     "Redis is reached without TLS; use rediss:// unless the network is protected"
@@ -172,6 +218,43 @@ mod tests {
         for url in ["", "http://x", "redis://", "rediss://[::1"] {
             assert!(RedisEndpoint::new(url).client().is_err(), "{url}");
         }
+    }
+
+    #[test]
+    fn certificate_checks_cannot_be_turned_off_in_the_url() {
+        let endpoint = RedisEndpoint::new("rediss://127.0.0.1:6380/#insecure");
+        assert!(matches!(
+            endpoint.client(),
+            Err(RedisEndpointError::Insecure)
+        ));
+    }
+
+    #[test]
+    fn a_password_never_crosses_the_network_in_clear() {
+        let remote = RedisEndpoint::new("redis://relay:secret@10.0.0.7:6379/");
+        assert!(matches!(
+            remote.client(),
+            Err(RedisEndpointError::PasswordInClear(_))
+        ));
+        assert!(
+            RedisEndpoint::new("redis://relay:secret@127.0.0.1:6379/")
+                .client()
+                .is_ok()
+        );
+        assert!(
+            RedisEndpoint::new("rediss://relay:secret@10.0.0.7:6380/")
+                .client()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let endpoint = RedisEndpoint::new("rediss://relay:s3cret@redis:6380/0");
+        let shown = format!("{endpoint:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("rediss://relay:***@redis:6380/0"), "{shown}");
+        assert!(format!("{:?}", RedisEndpoint::new("redis://h:1/")).contains("redis://h:1/"));
     }
 
     #[test]

@@ -34,8 +34,8 @@ impl RedisServer {
         Self::spawn(None, extra)
     }
 
-    /// TLS only (`rediss://`): the plain port is closed; clients may
-    /// present a certificate of `tls.ca` (`tls-auth-clients optional`).
+    /// TLS only (`rediss://`): the plain port is closed, and clients must
+    /// present a certificate of `tls.ca` (`tls-auth-clients yes`).
     pub fn start_tls(tls: &RedisTls<'_>, extra: &[&str]) -> anyhow::Result<Option<Self>> {
         Self::spawn(Some(tls), extra)
     }
@@ -61,7 +61,7 @@ impl RedisServer {
                 .arg(tls.key)
                 .arg("--tls-ca-cert-file")
                 .arg(tls.ca)
-                .args(["--tls-auth-clients", "optional"]),
+                .args(["--tls-auth-clients", "yes"]),
         };
         let child = command
             .args([

@@ -930,22 +930,33 @@ fn a_revoked_admin_keeps_no_power_through_the_agent() -> anyhow::Result<()> {
     let request = rp::registration_request("bob")?;
     assert_eq!(hid.cbor(&request)?.first(), Some(&CTAP2_OK));
 
-    let admin_id = demo.admin_id.clone();
-    tamper(
-        &stack.scratch.join("relay").join("relay.db"),
-        async move |conn| {
-            sqlx::query("UPDATE people SET is_admin = 0 WHERE id = ?")
-                .bind(admin_id)
+    let database = stack.scratch.join("relay").join("relay.db");
+    let set_admin = |id: &str, is_admin: bool| {
+        let id = id.to_owned();
+        tamper(&database, async move |conn| {
+            sqlx::query("UPDATE people SET is_admin = ? WHERE id = ?")
+                .bind(is_admin)
+                .bind(id)
                 .execute(conn)
                 .await?;
             Ok(())
-        },
-    )?;
+        })
+    };
+    // The user became an admin meanwhile: off limits from the next request.
+    set_admin(&bob.id, true)?;
+    assert_eq!(
+        hid.cbor(&request)?.first(),
+        Some(&CTAP2_ERR_OPERATION_DENIED)
+    );
+    set_admin(&bob.id, false)?;
+    assert_eq!(hid.cbor(&request)?.first(), Some(&CTAP2_OK));
+    // The admin is one no more.
+    set_admin(&demo.admin_id, false)?;
     assert_eq!(
         hid.cbor(&request)?.first(),
         Some(&CTAP2_ERR_OPERATION_DENIED)
     );
     let helpdesk = api.admin_login(&demo.helpdesk.email, &demo.helpdesk.password)?;
-    assert_eq!(api.passkeys(&helpdesk, &bob.id)?.len(), 1);
+    assert_eq!(api.passkeys(&helpdesk, &bob.id)?.len(), 2);
     Ok(())
 }

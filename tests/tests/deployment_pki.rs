@@ -1,10 +1,11 @@
 //! A deployment without a PKI of its own: `obr-relay pki init` makes the
-//! CA and certificates, and with them every hop is TLS — relay⇄signer
-//! mutual TLS, relays and signers on a `rediss://` Redis (the relay also
-//! as an ACL user with a client certificate) — and an on-behalf
-//! registration goes through all of it. A relay that does not trust the
-//! deployment's CA, or speaks plain Redis to it, does not start; the
-//! signer's own certificate cannot pose as a relay.
+//! CAs and certificates, and with them every hop between components is
+//! mutual TLS — relay⇄signer, and relays and signers on a `rediss://`
+//! Redis that checks client certificates (each also an ACL user) — and an
+//! on-behalf registration goes through all of it. A relay that does not
+//! trust the Redis CA, has no client certificate for it, or speaks plain
+//! Redis to it, does not start; the signer's certificate cannot pose as a
+//! relay, and no certificate of one trust domain chains in the other.
 
 use std::path::Path;
 use std::process::Command;
@@ -58,7 +59,7 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
     let scratch = Scratch::new("deployment-pki")?;
     let pki = scratch.join("pki");
     let made = pki_init(&pki)?;
-    assert_eq!(made.matches("created").count(), 8, "{made}");
+    assert_eq!(made.matches("created").count(), 12, "{made}");
     // Idempotent; a lost leaf is issued again by the same CA (the
     // registration below uses the reissued relay certificate).
     std::fs::remove_file(pki.join("relay.pem"))?;
@@ -74,7 +75,7 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
         &RedisTls {
             cert: &pki.join("redis.pem"),
             key: &pki.join("redis.key"),
-            ca: &pki.join("ca.pem"),
+            ca: &pki.join("redis-ca.pem"),
         },
         &[
             "--user",
@@ -111,18 +112,22 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
         "--redis-url".into(),
         rediss("obr-signer:signer-secret").into(),
         "--redis-ca".into(),
-        file("ca.pem"),
+        file("redis-ca.pem"),
+        "--redis-client-cert".into(),
+        file("redis-client.pem"),
+        "--redis-client-key".into(),
+        file("redis-client.key"),
     ];
     let signer_args: Vec<&std::ffi::OsStr> = signer_args.iter().map(|a| a.as_os_str()).collect();
     let signer = SignerProc::start_with(&scratch.join("signer"), &signer_args)?;
 
     let relay_tls: Vec<std::ffi::OsString> = vec![
         "--redis-ca".into(),
-        file("ca.pem"),
+        file("redis-ca.pem"),
         "--redis-client-cert".into(),
-        file("relay.pem"),
+        file("redis-client.pem"),
         "--redis-client-key".into(),
-        file("relay.key"),
+        file("redis-client.key"),
         "--signer-ca".into(),
         file("ca.pem"),
         "--signer-client-cert".into(),
@@ -157,7 +162,9 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
     let https = signer.endpoint.replace("http://", "https://");
     let members = tokio::runtime::Runtime::new()?.block_on(async {
         let client = obr_signer::RedisEndpoint {
-            ca_file: Some(pki.join("ca.pem")),
+            ca_file: Some(pki.join("redis-ca.pem")),
+            client_cert_file: Some(pki.join("redis-client.pem")),
+            client_key_file: Some(pki.join("redis-client.key")),
             ..obr_signer::RedisEndpoint::new(rediss("obr-signer:signer-secret"))
         }
         .client()?;
@@ -166,8 +173,9 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
     })?;
     assert_eq!(members, vec![https.clone()]);
 
-    // Refused at start: plain Redis to the TLS port, and rediss:// without
-    // the deployment's CA (the system's roots do not know it).
+    // Refused at start: plain Redis to the TLS port, rediss:// without the
+    // Redis CA (the system's roots do not know it), and without a client
+    // certificate.
     let plain = format!("redis://127.0.0.1:{}/", redis.port);
     let said = relay_refuses(
         &scratch.join("plain"),
@@ -182,35 +190,53 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
         ],
     )?;
     assert!(said.to_lowercase().contains("certificate"), "{said}");
+    let redis_ca = file("redis-ca.pem");
+    let said = relay_refuses(
+        &scratch.join("anonymous"),
+        &[
+            "--redis-url".as_ref(),
+            rediss("obr-relay:relay-secret").as_ref(),
+            "--redis-ca".as_ref(),
+            redis_ca.as_os_str(),
+        ],
+    )?;
+    assert!(said.to_lowercase().contains("session store"), "{said}");
 
-    // The signers' certificate is for serving only: presented as a client
-    // it is refused, so a stolen signer key does not make a relay.
-    let reset = tokio::runtime::Runtime::new()?.block_on(async {
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
-                pki.join("ca.pem"),
-            )?))
-            .identity(tonic::transport::Identity::from_pem(
-                std::fs::read(pki.join("signer.pem"))?,
-                std::fs::read(pki.join("signer.key"))?,
-            ));
-        let channel = tonic::transport::Endpoint::from_shared(https)?
-            .connect_timeout(Duration::from_secs(3))
-            .tls_config(tls)?
-            .connect()
-            .await?;
-        obr_proto::signer::signer_client::SignerClient::new(channel)
-            .reset_key(obr_proto::signer::ResetKeyRequest {
-                user_id: bob.id.clone(),
-                acting_admin_id: relay.demo.admin_id.clone(),
-            })
-            .await?;
-        anyhow::Ok(())
-    });
-    assert!(
-        reset.is_err(),
-        "the signer's own certificate reset bob's key"
-    );
+    // Only the relays' certificate is a relay: the signers' (for serving
+    // only) and the Redis clients' (another CA) are refused, so neither a
+    // stolen signer key nor a Redis client's makes a relay.
+    let signer_as = |stem: &str| -> anyhow::Result<usize> {
+        tokio::runtime::Runtime::new()?.block_on(async {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+                    pki.join("ca.pem"),
+                )?))
+                .identity(tonic::transport::Identity::from_pem(
+                    std::fs::read(pki.join(format!("{stem}.pem")))?,
+                    std::fs::read(pki.join(format!("{stem}.key")))?,
+                ));
+            let channel = tonic::transport::Endpoint::from_shared(https.clone())?
+                .connect_timeout(Duration::from_secs(3))
+                .tls_config(tls)?
+                .connect()
+                .await?;
+            let listed = obr_proto::signer::signer_client::SignerClient::new(channel)
+                .list_credentials(obr_proto::signer::ListCredentialsRequest {
+                    user_id: bob.id.clone(),
+                })
+                .await?;
+            anyhow::Ok(listed.into_inner().credentials.len())
+        })
+    };
+    assert_eq!(signer_as("relay")?, 1);
+    for stem in ["signer", "redis-client"] {
+        let said = match signer_as(stem) {
+            Ok(listed) => panic!("{stem} was served as a relay ({listed} credentials listed)"),
+            Err(e) => format!("{e:#}"),
+        };
+        eprintln!("[{stem} as a relay] {said}");
+        assert!(said.contains("transport error"), "{stem}: {said}");
+    }
     assert_eq!(api.passkeys(&admin, &bob.id)?.len(), 1);
     Ok(())
 }

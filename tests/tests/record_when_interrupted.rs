@@ -165,6 +165,11 @@ fn assertions_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
     eprintln!("answers to the cancelled sign-ins: {outcomes:?}");
     let after = rp::assertion_counter(&hid.cbor(&assertion()?)?)?;
     let signed = usize::try_from(after - before + 1)?;
+    let answered = outcomes.iter().filter(|o| **o == Some(0)).count();
+    assert!(
+        signed > 2 && signed >= 2 + answered,
+        "{signed} signatures, {answered} cancelled sign-ins answered"
+    );
 
     let deadline = Instant::now() + SWEEP_WAIT;
     loop {

@@ -67,7 +67,10 @@ const OBR_REFRESH: Duration = Duration::from_millis(500);
 /// tabs, libfido2 tools, a load test's 16 clients) using the key at once:
 /// twice the 16 the load test drives, and bounded so one agent cannot hold
 /// more than 32 requests × 120 s of budget. More get
-/// `CTAP1_ERR_CHANNEL_BUSY`.
+/// `CTAP1_ERR_CHANNEL_BUSY`. A request holds its slot until its work is
+/// over: an on-behalf call the browser cancelled still runs to its record
+/// (`calls`), and keeps its slot meanwhile, so cancelling does not free
+/// room for more.
 pub const MAX_IN_FLIGHT: usize = 32;
 /// How long a device-code login may wait for approval (RFC 8628 `expires_in`).
 pub const LOGIN_CODE_TTL: Duration = Duration::from_secs(600);
@@ -105,6 +108,7 @@ pub async fn agent_socket(
             obr: None,
             pending_login: None,
             in_flight: HashMap::new(),
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             approval_gate: Arc::new(Semaphore::new(1)),
             last_seen: Instant::now(),
             reads_started: 0,
@@ -150,7 +154,10 @@ pub struct AgentSession {
     obr: Option<CachedObr>,
     /// The device-code login this connection asked for, until it expires.
     pending_login: Option<(LoginPending, Instant)>,
+    /// Requests by id, to cancel them.
     in_flight: HashMap<u64, SpawnHandle>,
+    /// [`MAX_IN_FLIGHT`] permits; each request's work holds one.
+    slots: Arc<Semaphore>,
     approval_gate: Arc<Semaphore>,
     last_seen: Instant,
     /// Store reads of login and session started, and the newest applied.
@@ -399,9 +406,9 @@ impl AgentSession {
         if request.payload.is_empty() || request.payload.len() > obr_proto::MAX_CTAP_MESSAGE {
             return self.answer(ctx, id, vec![CTAP1_ERR_INVALID_LENGTH], None);
         }
-        if self.in_flight.len() >= MAX_IN_FLIGHT {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return self.answer(ctx, id, vec![CTAP1_ERR_CHANNEL_BUSY], None);
-        }
+        };
         let (Some(agent_id), Some(principal)) = (self.agent_id(), self.principal.clone()) else {
             // Not logged in: this key belongs to nobody yet.
             return self.answer(ctx, id, vec![CTAP2_ERR_OPERATION_DENIED], None);
@@ -430,6 +437,7 @@ impl AgentSession {
             budget,
             status,
             approval_gate: self.approval_gate.clone(),
+            slot,
         };
         let state = self.state.clone();
         let received = Instant::now();

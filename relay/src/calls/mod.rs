@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use obr_proto::agent::KeepaliveState;
 use obr_proto::signer::{Acting, LinkResponse};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::approval::{AskUser, Decision};
 use crate::clock::now_ms;
@@ -99,6 +99,8 @@ pub struct CtapCall {
     pub status: StatusSink,
     /// One permit: at most one owner approval pending per agent.
     pub approval_gate: Arc<Semaphore>,
+    /// One of the agent's in-flight slots, held until the work is over.
+    pub slot: OwnedSemaphorePermit,
 }
 
 /// How a call ended.
@@ -180,19 +182,24 @@ impl Calls {
                 agent_believes = %call.agent_obr_session, "OBR mode mismatch; request refused");
             return Ok(Answer::ModeMismatch);
         }
-        let person = self.directory.person(&call.principal.person_id).await?;
-        if !person.is_some_and(|p| session.is_none() || p.is_admin) {
+        if !self
+            .still_granted(&call.principal, session.as_ref())
+            .await?
+        {
             tracing::warn!(agent = %call.agent_id, person = %call.principal.person_id,
-                on_behalf = session.is_some(), "the directory no longer grants this login; refused");
+                on_behalf = session.is_some(), "the directory no longer grants this; refused");
             return Ok(Answer::status(CTAP2_ERR_OPERATION_DENIED));
         }
         // 2. Whose key: on behalf, the session's user's (steps 3 and 5 in
         // `on_behalf`); else the principal's own.
         if let Some(session) = session {
             let calls = self.clone();
-            let (payload, budget) = (call.payload, call.budget);
-            let work =
-                tokio::spawn(async move { calls.on_behalf(&session, payload, budget).await });
+            let (payload, budget, slot) = (call.payload, call.budget, call.slot);
+            let work = tokio::spawn(async move {
+                let answer = calls.on_behalf(&session, payload, budget).await;
+                drop(slot);
+                answer
+            });
             return work.await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "an on-behalf call's task failed");
                 Ok(Answer::status(CTAP1_ERR_OTHER))
@@ -253,6 +260,27 @@ impl Calls {
             }
         }
         Ok(Answer::Reply(Box::new(response)))
+    }
+
+    /// Step 1, the directory's half: the person logged in still exists;
+    /// on behalf, they are still an admin and may still act on the
+    /// session's user (not an admin now, key still active).
+    async fn still_granted(
+        &self,
+        principal: &Principal,
+        session: Option<&ObrSession>,
+    ) -> Result<bool, CallError> {
+        let Some(person) = self.directory.person(&principal.person_id).await? else {
+            return Ok(false);
+        };
+        let Some(session) = session else {
+            return Ok(true);
+        };
+        if !person.is_admin {
+            return Ok(false);
+        }
+        let target = self.directory.person(&session.user_id).await?;
+        Ok(target.is_some_and(|target| obr::check_target(principal, &target).is_ok()))
     }
 
     /// Steps 3 and 5 on behalf of `session`: the key's answer, then its
