@@ -100,7 +100,7 @@ impl Agent {
 
     /// Serve until `shutdown` resolves or the HID backend fails.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-        let forwarder = self.tunnel.forwarder(crate::tunnel::DEFAULT_CTAP_BUDGET);
+        let forwarder = self.tunnel.forwarder();
         let control = tokio::spawn(self.control.serve(self.tunnel.clone()));
         let result = match self.hid {
             AgentHid::Socket(hid) => ctaphid::run(hid, forwarder, self.engine, shutdown).await,

@@ -67,7 +67,7 @@ pub trait CborForwarder: Send + Sync + 'static {
 pub struct KeepaliveStatus(Arc<AtomicU8>);
 
 impl KeepaliveStatus {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(Arc::new(AtomicU8::new(KEEPALIVE_STATUS_PROCESSING)))
     }
 

@@ -2,8 +2,10 @@
 //!
 //! Each CBOR request becomes a `CtapRequest` frame with a fresh id; the
 //! answer comes back by id. If the engine drops the future (the browser
-//! sent CTAPHID_CANCEL, or re-INITed the channel) a `CtapCancel` follows so
-//! the relay and signer stop too. The getInfo answer is cached until the
+//! sent CTAPHID_CANCEL, or re-INITed the channel), or the relay does not
+//! answer within the budget and its slack (the browser then gets
+//! `CTAP2_ERR_TIMEOUT`), a `CtapCancel` follows so the relay and signer
+//! stop too. The getInfo answer is cached until the
 //! mode changes — the first fast path: it never leaves the workstation twice.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,13 +86,24 @@ impl CborForwarder for TunnelForwarder {
                 commands,
                 armed: true,
             };
-            let answer = match tokio::time::timeout(deadline, rx).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(_)) => vec![CTAP1_ERR_OTHER],
-                Err(_) => vec![CTAP2_ERR_TIMEOUT],
-            };
-            guard.disarm();
-            answer
+            match tokio::time::timeout(deadline, rx).await {
+                Ok(Ok(answer)) => {
+                    guard.disarm();
+                    answer
+                }
+                // The connection dropped the request (it was lost with the
+                // socket): nothing to withdraw.
+                Ok(Err(_)) => {
+                    guard.disarm();
+                    vec![CTAP1_ERR_OTHER]
+                }
+                // The relay is late: the browser hears of it now, and the
+                // guard withdraws the request at the relay as it drops.
+                Err(_) => {
+                    tracing::warn!(id, ?deadline, "no answer from the relay in time");
+                    vec![CTAP2_ERR_TIMEOUT]
+                }
+            }
         };
         if !is_get_info {
             return fut.boxed();
@@ -126,5 +139,67 @@ impl Drop for CancelOnDrop {
         if self.armed {
             let _ = self.commands.try_send(Command::Cancel { id: self.id });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::{mpsc, watch};
+
+    use super::*;
+    use crate::status::AgentStatus;
+
+    /// A forwarder on a tunnel whose connection task is the test: it sees
+    /// every command the forwarder sends.
+    fn forwarder(budget: Duration) -> (TunnelForwarder, mpsc::Receiver<Command>) {
+        let (commands, rx) = mpsc::channel(8);
+        let (_, status) = watch::channel(AgentStatus::default());
+        let tunnel = TunnelHandle {
+            commands,
+            status,
+            ctap_budget: budget,
+        };
+        (TunnelForwarder::new(tunnel, budget), rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_relay_times_out_after_the_budget_and_is_told_to_stop() {
+        let budget = Duration::from_millis(1500);
+        let (forwarder, mut commands) = forwarder(budget);
+        let started = tokio::time::Instant::now();
+        let answer = forwarder.forward(vec![0x01, 0xA0], KeepaliveStatus::new());
+        let (answer, sent) = tokio::join!(answer, async {
+            let Some(Command::Ctap { id, reply, .. }) = commands.recv().await else {
+                panic!("no request sent");
+            };
+            // The relay never answers; the reply sender stays alive.
+            let cancel = tokio::time::timeout(Duration::from_secs(60), commands.recv())
+                .await
+                .ok()
+                .flatten();
+            drop(reply);
+            (id, cancel)
+        });
+        assert_eq!(answer, vec![CTAP2_ERR_TIMEOUT]);
+        assert_eq!(started.elapsed(), budget + LOCAL_DEADLINE_SLACK);
+        let (id, cancel) = sent;
+        assert!(
+            matches!(cancel, Some(Command::Cancel { id: cancelled }) if cancelled == id),
+            "no CtapCancel after the local timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_request_is_not_cancelled() {
+        let (forwarder, mut commands) = forwarder(Duration::from_secs(5));
+        let answer = forwarder.forward(vec![0x01, 0xA0], KeepaliveStatus::new());
+        let (answer, ()) = tokio::join!(answer, async {
+            let Some(Command::Ctap { reply, .. }) = commands.recv().await else {
+                panic!("no request sent");
+            };
+            let _ = reply.send(vec![CTAP2_OK]);
+        });
+        assert_eq!(answer, vec![CTAP2_OK]);
+        assert!(commands.try_recv().is_err(), "a cancel followed an answer");
     }
 }

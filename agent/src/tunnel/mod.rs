@@ -137,6 +137,9 @@ pub enum EndOutcome {
 pub struct TunnelHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<AgentStatus>,
+    /// The relay's budget for each CTAP request (`TunnelConfig`); the
+    /// forwarder's own deadline follows it.
+    ctap_budget: Duration,
 }
 
 pub struct Tunnel;
@@ -155,9 +158,14 @@ impl Tunnel {
     pub fn spawn(config: TunnelConfig) -> Result<TunnelHandle, SetupError> {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let (status_tx, status) = watch::channel(AgentStatus::default());
+        let ctap_budget = config.ctap_budget;
         let task = connection::Connection::new(config, rx, status_tx)?;
         tokio::spawn(task.run());
-        Ok(TunnelHandle { commands, status })
+        Ok(TunnelHandle {
+            commands,
+            status,
+            ctap_budget,
+        })
     }
 }
 
@@ -187,8 +195,10 @@ impl TunnelHandle {
         rx.await.map_err(|_| TunnelError::Stopped)?
     }
 
-    pub fn forwarder(&self, budget: Duration) -> Arc<TunnelForwarder> {
-        Arc::new(TunnelForwarder::new(self.clone(), budget))
+    /// What the CTAPHID engine forwards requests through, with the budget
+    /// this tunnel gives the relay (`--ctap-budget-ms`).
+    pub fn forwarder(&self) -> Arc<TunnelForwarder> {
+        Arc::new(TunnelForwarder::new(self.clone(), self.ctap_budget))
     }
 
     pub(crate) fn commands(&self) -> &mpsc::Sender<Command> {
