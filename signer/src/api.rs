@@ -231,6 +231,8 @@ struct Inner {
     store: Store,
     runtime: ActorRuntime,
     approval_key: Option<ring::hmac::Key>,
+    /// authenticatorGetInfo, the same for every user.
+    get_info: Vec<u8>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -264,6 +266,7 @@ impl SignerCore {
             n => n,
         };
         let runtime = ActorRuntime::start(threads).await?;
+        let get_info = shared.get_info().to_vec();
         let registry = Registry::new(
             Arc::new(shared),
             runtime.arbiters().to_vec(),
@@ -284,8 +287,15 @@ impl SignerCore {
                 approval_key: config
                     .approval_key
                     .map(|key| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key)),
+                get_info,
             }),
         })
+    }
+
+    /// The key's authenticatorGetInfo answer (status byte + CBOR), the same
+    /// for every user: no user's key is activated to give it.
+    pub fn get_info(&self) -> Vec<u8> {
+        self.inner.get_info.clone()
     }
 
     /// The owner's approval of exactly this call, if `mac` is the relay's

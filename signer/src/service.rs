@@ -20,8 +20,9 @@ use std::time::Duration;
 use obr_proto::signer::signer_server::{Signer, SignerServer};
 use obr_proto::signer::{
     self as proto, Credential, CredentialCreated, DeleteCredentialRequest,
-    DeleteCredentialResponse, LinkRequest, LinkResponse, ListCredentialsRequest,
-    ListCredentialsResponse, ResetKeyRequest, ResetKeyResponse, link_request,
+    DeleteCredentialResponse, GetInfoRequest, GetInfoResponse, LinkRequest, LinkResponse,
+    ListCredentialsRequest, ListCredentialsResponse, ResetKeyRequest, ResetKeyResponse,
+    link_request,
 };
 use passkey_types::ctap2::Ctap2Error;
 use tokio::net::TcpListener;
@@ -132,6 +133,15 @@ impl Signer for SignerService {
         let (replies, outbound) = mpsc::channel(LINK_OUTBOUND_CAPACITY);
         tokio::spawn(run_link(self.core.clone(), request.into_inner(), replies));
         Ok(Response::new(ReceiverStream::new(outbound)))
+    }
+
+    async fn get_info(
+        &self,
+        _request: Request<GetInfoRequest>,
+    ) -> Result<Response<GetInfoResponse>, Status> {
+        Ok(Response::new(GetInfoResponse {
+            payload: self.core.get_info(),
+        }))
     }
 
     async fn list_credentials(

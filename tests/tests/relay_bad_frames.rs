@@ -91,19 +91,27 @@ async fn garbage_frames_are_refused_and_the_relay_keeps_serving() -> anyhow::Res
     let mut s = challenged(url).await;
     expect_refusal(&mut s, "no Hello").await;
 
-    // A proven agent that nobody logged in is nobody's key.
+    // A proven agent that nobody logged in is nobody's key: it may say what
+    // it is (getInfo), nothing more.
     let (mut s, _, welcome) = RawAgent::connect_proven(url).await?;
     assert_eq!(
         welcome.mode.unwrap_or_default().kind,
         ModeKind::NotLoggedIn as i32
     );
-    s.send(ctap(7, vec![4])).await?;
+    s.send(ctap(7, vec![1, 0xA0])).await?;
     match s.next_within(Duration::from_secs(5)).await {
         Some(relay_frame::Kind::CtapResponse(r)) => assert_eq!(
             (r.id, r.payload),
             (7, vec![0x27]),
             "CTAP2_ERR_OPERATION_DENIED"
         ),
+        other => panic!("expected a CTAP response, got {other:?}"),
+    }
+    s.send(ctap(9, vec![4])).await?;
+    match s.next_within(Duration::from_secs(5)).await {
+        Some(relay_frame::Kind::CtapResponse(r)) => {
+            assert_eq!((r.id, r.payload.first()), (9, Some(&0)), "getInfo answered");
+        }
         other => panic!("expected a CTAP response, got {other:?}"),
     }
     // An oversized payload gets CTAP1_ERR_INVALID_LENGTH.

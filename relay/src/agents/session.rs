@@ -410,8 +410,18 @@ impl AgentSession {
             return self.answer(ctx, id, vec![CTAP1_ERR_CHANNEL_BUSY], None);
         };
         let (Some(agent_id), Some(principal)) = (self.agent_id(), self.principal.clone()) else {
-            // Not logged in: this key belongs to nobody yet.
-            return self.answer(ctx, id, vec![CTAP2_ERR_OPERATION_DENIED], None);
+            // Not logged in: this key belongs to nobody yet (getInfo only).
+            let (state, payload) = (self.state.clone(), request.payload);
+            let describe = async move {
+                let answer = state.calls.serve_anonymous(&payload).await;
+                drop(slot);
+                answer
+            };
+            ctx.spawn(describe.into_actor(self).map(move |answer, act, ctx| {
+                let (payload, _) = answer.into_payload();
+                act.answer(ctx, id, payload, None);
+            }));
+            return;
         };
         let budget = match request.budget_ms {
             0 => calls::DEFAULT_CTAP_BUDGET,

@@ -58,6 +58,8 @@ pub const MAX_CTAP_BUDGET: Duration = Duration::from_secs(120);
 /// serving within this time even if no event reached this pod.
 pub const OBR_MAX_STALENESS: Duration = Duration::from_secs(1);
 
+/// CTAP 2.1 §6.4: authenticatorGetInfo (the command byte alone).
+const CTAP_GET_INFO: u8 = 0x04;
 // CTAP status codes the relay answers with itself (CTAP 2.1 §8.2).
 const CTAP1_ERR_CHANNEL_BUSY: u8 = 0x06;
 const CTAP1_ERR_OTHER: u8 = 0x7F;
@@ -312,6 +314,27 @@ impl Calls {
             return Ok(Answer::status(CTAP1_ERR_OTHER));
         }
         Ok(Answer::Reply(Box::new(response)))
+    }
+
+    /// A request from an agent nobody is logged in on: the key belongs to
+    /// nobody yet, but still says what it is — authenticatorGetInfo (CTAP
+    /// 2.1 §6.4 gives it no failure, and hosts enumerate keys with it),
+    /// from the signers' description, touching no user's key. Anything
+    /// else is refused with `CTAP2_ERR_OPERATION_DENIED`.
+    pub async fn serve_anonymous(&self, payload: &[u8]) -> Answer {
+        if payload != [CTAP_GET_INFO] {
+            return Answer::status(CTAP2_ERR_OPERATION_DENIED);
+        }
+        match self.router.get_info().await {
+            Ok(payload) => Answer::Reply(Box::new(LinkResponse {
+                payload,
+                ..LinkResponse::default()
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot describe the key to an agent not logged in");
+                Answer::status(CTAP1_ERR_OTHER)
+            }
+        }
     }
 
     /// Step 1: the cached session if the store agreed recently, else the

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use obr_proto::signer::signer_client::SignerClient;
 use obr_proto::signer::{
-    AckRecordRequest, Acting, Credential, CtapCall, DeleteCredentialRequest, LinkResponse,
-    ListCredentialsRequest, ObrRecord, PendingRecordsRequest, ResetKeyRequest,
+    AckRecordRequest, Acting, Credential, CtapCall, DeleteCredentialRequest, GetInfoRequest,
+    LinkResponse, ListCredentialsRequest, ObrRecord, PendingRecordsRequest, ResetKeyRequest,
 };
 use obr_signer::RedisEndpoint;
 use sha2::{Digest, Sha256};
@@ -46,6 +46,8 @@ struct Inner {
     links: RwLock<HashMap<String, Arc<SignerLink>>>,
     /// The endpoints users are hashed over right now.
     live: RwLock<Arc<[String]>>,
+    /// The signers' authenticatorGetInfo, once asked.
+    get_info: RwLock<Option<Vec<u8>>>,
 }
 
 impl Router {
@@ -59,6 +61,7 @@ impl Router {
                 tls,
                 links: RwLock::default(),
                 live: RwLock::new(Arc::from([])),
+                get_info: RwLock::default(),
             }),
         };
         router.set_live(endpoints.to_vec(), true)?;
@@ -85,6 +88,7 @@ impl Router {
                 tls,
                 links: RwLock::default(),
                 live: RwLock::new(Arc::from([])),
+                get_info: RwLock::default(),
             }),
         };
         let deadline = tokio::time::Instant::now() + wait;
@@ -264,6 +268,32 @@ impl Router {
     /// On-behalf credentials whose record no relay confirmed, created at or
     /// before `created_before_ms`. Every signer pod reads the one database,
     /// so any live pod answers for all.
+    /// The key's authenticatorGetInfo (the same for every user), asked of
+    /// a signer once and kept: what an agent no one is logged in on says
+    /// it is.
+    pub async fn get_info(&self) -> Result<Vec<u8>, LinkError> {
+        if let Some(cached) = self
+            .inner
+            .get_info
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(cached);
+        }
+        let mut client = SignerClient::new(self.link_for("obr-get-info")?.channel());
+        let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.get_info(GetInfoRequest {}))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        let payload = response.into_inner().payload;
+        *self
+            .inner
+            .get_info
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(payload.clone());
+        Ok(payload)
+    }
+
     pub async fn pending_records(
         &self,
         created_before_ms: i64,

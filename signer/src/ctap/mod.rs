@@ -76,6 +76,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The encoded authenticatorGetInfo answer (status byte + CBOR).
+    pub(crate) fn get_info(&self) -> &[u8] {
+        &self.get_info
+    }
+
     pub(crate) fn new(
         store: Store,
         kek: Kek,
