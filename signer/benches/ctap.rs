@@ -2,7 +2,10 @@
 //! getAssertion through `SignerCore` (actor hop, CTAP decode/encode, key
 //! unwrap, ECDSA, the fenced counter commit to SQLite) beside a bare ring
 //! P-256 signature measured in the same run, so the overhead over the
-//! crypto floor reads as a ratio. Results: docs/BENCHMARKS.md.
+//! crypto floor reads as a ratio; and getAssertion with an allowList for a
+//! user with [`MANY_ACCOUNTS`] accounts on one RP (a helpdesk's test
+//! tenant, a shared RP), which must look the listed credential up by id,
+//! not read all of them. Results: docs/BENCHMARKS.md.
 //!
 //! `cargo bench -p obr-signer --bench ctap`
 
@@ -62,11 +65,14 @@ fn make_credential(rp_id: &str, user: u32) -> Vec<u8> {
     )
 }
 
-fn get_assertion(credential_id: &[u8]) -> Vec<u8> {
+/// Accounts of one user on one RP in the allowList benchmark.
+const MANY_ACCOUNTS: u32 = 5_000;
+
+fn get_assertion(rp_id: &str, credential_id: &[u8]) -> Vec<u8> {
     cbor(
         0x02,
         vec![
-            (int(1), text("bench.test")),
+            (int(1), text(rp_id)),
             (int(2), Value::Bytes(vec![2; 32])),
             (
                 int(3),
@@ -130,10 +136,28 @@ fn bench(c: &mut Criterion) {
     let credential_id = reply.created.expect("created").credential_id;
     c.bench_function("getAssertion via SignerCore (counter committed)", |b| {
         b.iter(|| {
-            let reply = rt.block_on(core.ctap(call(get_assertion(&credential_id))));
+            let reply = rt.block_on(core.ctap(call(get_assertion("bench.test", &credential_id))));
             assert_eq!(reply.status(), 0);
         })
     });
+
+    // One user, MANY_ACCOUNTS accounts on one RP; the RP names the oldest.
+    let mut oldest = None;
+    for account in 0..MANY_ACCOUNTS {
+        let reply = rt.block_on(core.ctap(call(make_credential("many.bench.test", account))));
+        let id = reply.created.expect("created").credential_id;
+        oldest.get_or_insert(id);
+    }
+    let oldest = oldest.expect("accounts made");
+    c.bench_function(
+        "getAssertion allowList, 5000 accounts on one RP via SignerCore",
+        |b| {
+            b.iter(|| {
+                let reply = rt.block_on(core.ctap(call(get_assertion("many.bench.test", &oldest))));
+                assert_eq!(reply.status(), 0);
+            })
+        },
+    );
     rt.block_on(core.shutdown());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -131,13 +131,29 @@ impl Authenticator {
         let hmac_secret =
             HmacSecretRequest::parse(extensions_input.as_ref(), self.key_agreement.as_ref())?;
 
-        let stored = self
-            .shared
-            .store
-            .credentials_for_rp(&self.user, &request.rp_id)
-            .await?;
         let allow_list = request.allow_list.filter(|list| !list.is_empty());
         let by_allow_list = allow_list.is_some();
+        // Only credentials the RP names (looked up by id), of this user,
+        // for this RP; without a list, every one of theirs on the RP.
+        let stored = match &allow_list {
+            Some(list) => {
+                let ids: Vec<&[u8]> = list
+                    .iter()
+                    .filter(|d| d.is_known())
+                    .map(|d| d.id.as_slice())
+                    .collect();
+                self.shared
+                    .store
+                    .credentials_by_id(&self.user, &request.rp_id, &ids)
+                    .await?
+            }
+            None => {
+                self.shared
+                    .store
+                    .credentials_for_rp(&self.user, &request.rp_id)
+                    .await?
+            }
+        };
         // credProtect (§12.1) hides the credentials this request may not
         // see, as if they did not exist.
         let visible = stored.into_iter().filter_map(|(credential, policy)| {
@@ -146,13 +162,7 @@ impl Authenticator {
                 .then_some(Candidate { credential, policy })
         });
         let candidates: VecDeque<Candidate> = match &allow_list {
-            // Only credentials the RP names, of this user, for this RP.
-            Some(list) => visible
-                .filter(|c| {
-                    list.iter()
-                        .any(|d| d.is_known() && d.id.as_slice() == c.credential.id.as_bytes())
-                })
-                .collect(),
+            Some(_) => visible.collect(),
             // Discoverable credentials, most recently created first.
             None => visible.filter(|c| c.credential.discoverable).collect(),
         };

@@ -300,6 +300,46 @@ impl Store {
         })
     }
 
+    /// The credentials among `ids` that are `user`'s for `rp_id` (a
+    /// getAssertion allowList), most recently created first: one primary-key
+    /// lookup per id, however many credentials the user has on the RP.
+    pub(crate) async fn credentials_by_id(
+        &self,
+        user: &UserId,
+        rp_id: &str,
+        ids: &[&[u8]],
+    ) -> Result<Vec<(StoredCredential, CredentialPolicy)>, StoreError> {
+        const SELECT: &str = "SELECT credential_id, user_handle, user_name, user_display_name, \
+                    discoverable, wrapped_private_key, algorithm, cred_protect, wrapped_cred_random, \
+                    obr_session_id, created_seq \
+             FROM credentials WHERE credential_id = $1 AND user_id = $2 AND rp_id = $3";
+        let mut found = Vec::with_capacity(ids.len().min(4));
+        for (n, id) in ids.iter().enumerate() {
+            if ids.iter().take(n).any(|seen| seen == id) {
+                continue;
+            }
+            let row = with_pool!(self.pool, pool => {
+                sqlx::query(SELECT)
+                    .bind(*id)
+                    .bind(user.as_str())
+                    .bind(rp_id)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|row| -> Result<_, StoreError> {
+                        let seq: i64 = StoreRow::column(&row, "created_seq")?;
+                        Ok((seq, stored_credential(&row)?, credential_policy(&row)?))
+                    })
+                    .transpose()?
+            });
+            found.extend(row);
+        }
+        found.sort_by_key(|(seq, ..)| std::cmp::Reverse(*seq));
+        Ok(found
+            .into_iter()
+            .map(|(_, credential, policy)| (credential, policy))
+            .collect())
+    }
+
     /// The algorithm and extension state of `user`'s credentials for
     /// `rp_id` (makeCredential's excludeList check needs no more).
     pub(crate) async fn credential_policies(
