@@ -123,7 +123,7 @@ async fn serve_one(stream: UnixStream, tunnel: TunnelHandle) -> std::io::Result<
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
         Err(_) => ControlReply::Error {
-            message: "request timed out".into(),
+            message: format!("no complete request line within {REQUEST_TIMEOUT:?}"),
         },
         Ok(read) => {
             read?;

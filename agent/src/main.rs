@@ -5,15 +5,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use obr_agent::control::{self, ControlReply, ControlRequest};
 use obr_agent::daemon::{Agent, AgentConfig, HidSetup};
 use obr_agent::hid::uhid::{self, UhidSerial};
 use obr_agent::status::ModeView;
-use obr_agent::tunnel::{DEFAULT_CTAP_BUDGET, TunnelConfig};
+use obr_agent::tunnel::{DEFAULT_CTAP_BUDGET, MAX_CTAP_BUDGET, TunnelConfig};
+use tokio::time::Instant;
+
+const DEFAULT_CTAP_BUDGET_MS: u64 = DEFAULT_CTAP_BUDGET.as_secs() * 1000;
+const MAX_CTAP_BUDGET_MS: u64 = MAX_CTAP_BUDGET.as_secs() * 1000;
 
 /// How long `obr-agent login` waits for the code to be approved.
 const LOGIN_WAIT: Duration = Duration::from_secs(600);
@@ -64,8 +66,14 @@ enum Cmd {
         /// Extra CA certificates (PEM) to trust for a wss:// relay.
         #[arg(long, env = "OBR_AGENT_CA_FILE")]
         ca_file: Option<PathBuf>,
-        /// Budget for each CTAP request at the relay, in milliseconds.
-        #[arg(long, env = "OBR_AGENT_CTAP_BUDGET_MS", default_value_t = DEFAULT_CTAP_BUDGET.as_millis() as u64)]
+        /// Budget for each CTAP request at the relay, in milliseconds
+        /// (1 to 120000).
+        #[arg(
+            long,
+            env = "OBR_AGENT_CTAP_BUDGET_MS",
+            default_value_t = DEFAULT_CTAP_BUDGET_MS,
+            value_parser = clap::value_parser!(u64).range(1..=MAX_CTAP_BUDGET_MS)
+        )]
         ctap_budget_ms: u64,
         /// Allow a plain ws:// (http://) relay that is not on this machine:
         /// for test setups only; the tunnel then crosses the network

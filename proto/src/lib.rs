@@ -2,6 +2,8 @@
 //!
 //! - [`agent`]: the frames of the agent <-> relay WebSocket tunnel
 //!   (`proto/obr/agent.proto`), one protobuf message per binary WebSocket message.
+//! - [`ctap`]: CTAP status and command bytes by their spec names, and the
+//!   budgets and heartbeat both ends of the tunnel agree on.
 //! - [`identity`], [`approval`]: how agents prove their key and how owner
 //!   approvals are bound to one request (shared by both ends).
 //! - [`signer`]: the relay <-> signer gRPC service (`proto/obr/signer.proto`),
@@ -9,6 +11,8 @@
 //!
 //! Generated at build time by prost/tonic from the `.proto` files (compiled by
 //! protox, so no `protoc` is needed). This crate does no I/O.
+
+pub mod ctap;
 
 /// Agent <-> relay frames.
 pub mod agent {

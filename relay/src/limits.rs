@@ -13,9 +13,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 /// Failures a key may have before it must wait (the next attempt waits).
 pub const FREE_FAILURES: u32 = 5;

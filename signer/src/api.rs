@@ -9,9 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use passkey_types::ctap2::Ctap2Error;
+use tokio::time::Instant;
 
 use crate::actor::{ActorRuntime, Registry};
 use crate::config::SignerConfig;

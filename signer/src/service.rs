@@ -41,10 +41,7 @@ use crate::error::SignerError;
 pub const LINK_OUTBOUND_CAPACITY: usize = 1024;
 /// CTAP calls one link may have in flight; more answer CHANNEL_BUSY.
 pub const MAX_IN_FLIGHT_PER_LINK: usize = 4096;
-/// The budget of a call that names none (`budget_ms` = 0).
-pub const DEFAULT_CTAP_BUDGET: Duration = Duration::from_secs(30);
-/// The most any call may ask for.
-pub const MAX_CTAP_BUDGET: Duration = Duration::from_secs(120);
+pub use obr_proto::ctap::{DEFAULT_CTAP_BUDGET, MAX_CTAP_BUDGET};
 /// Largest request message accepted: a CTAP message (7609 bytes) plus ids.
 const MAX_REQUEST_MESSAGE: usize = 16 * 1024;
 /// HTTP/2 pings keep idle links alive through proxies and detect dead peers.

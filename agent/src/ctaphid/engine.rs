@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use obr_proto::ctap::StatusCode;
 use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -46,8 +47,6 @@ const INIT_NONCE_LEN: usize = 8;
 const INIT_RESPONSE_LEN: usize = INIT_NONCE_LEN + 4 + 5;
 /// Capabilities advertised by INIT: WINK and CBOR, and no CTAP1/U2F MSG (§11.2.9.1.3).
 const CAPABILITIES: u8 = CAPABILITY_WINK | CAPABILITY_CBOR | CAPABILITY_NMSG;
-/// CTAP status answering a cancelled CBOR request (§11.2.9.1.5, §8.2 status codes).
-const CTAP2_ERR_KEEPALIVE_CANCEL: u8 = 0x2d;
 
 /// The rest of the agent, as the CTAPHID engine sees it: something that answers a CTAP2 request.
 pub trait CborForwarder: Send + Sync + 'static {
@@ -296,7 +295,7 @@ impl<F: CborForwarder> Engine<F> {
                         pending.client,
                         cid,
                         Command::Cbor,
-                        &[CTAP2_ERR_KEEPALIVE_CANCEL],
+                        &[StatusCode::KeepaliveCancel.byte()],
                     );
                 }
                 None => debug!(%cid, "ignoring CANCEL with nothing pending"),

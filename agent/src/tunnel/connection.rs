@@ -22,6 +22,7 @@ use obr_proto::agent::{
     AgentFrame, CtapCancel, CtapRequest, EndObr, Hello, KeepaliveState, LoginPending, LoginStart,
     ObrEndResult, RelayFrame, agent_frame, relay_frame,
 };
+use obr_proto::ctap::{SILENCE_LIMIT, StatusCode};
 use prost::Message as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,8 +38,6 @@ use crate::status::{AgentStatus, LoginView, ModeView};
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The relay pings every 10 s; this much silence means the link is dead.
-const RELAY_SILENCE_LIMIT: Duration = Duration::from_secs(35);
 /// DESIGN: tungstenite's default 128 KiB read buffer costs 2x throughput
 /// and 20x memory here; frames are at most ~8.6 KiB.
 const READ_BUFFER: usize = 4096;
@@ -50,8 +49,6 @@ const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// before telling the admin it is not confirmed (it is in effect locally
 /// either way).
 pub const END_OBR_CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
-const CTAP1_ERR_OTHER: u8 = 0x7F;
-const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -156,7 +153,10 @@ impl Connection {
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok((socket, _))) => Ok(socket),
             Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.config.url)),
-            Err(_) => Err(format!("connecting to {} timed out", self.config.url)),
+            Err(_) => Err(format!(
+                "connecting to {} got no answer within {CONNECT_TIMEOUT:?}",
+                self.config.url
+            )),
         }
     }
 
@@ -190,7 +190,7 @@ impl Connection {
         loop {
             let answer_by = self.ending.as_ref().map(|e| e.answer_by);
             tokio::select! {
-                incoming = tokio::time::timeout(RELAY_SILENCE_LIMIT, next_frame(&mut stream)) => {
+                incoming = tokio::time::timeout(SILENCE_LIMIT, next_frame(&mut stream)) => {
                     let frame = match incoming {
                         Err(_) => return SessionEnd::Lost("relay silent for too long".into()),
                         Ok(Err(why)) => return SessionEnd::Lost(why),
@@ -339,7 +339,7 @@ impl Connection {
             } => {
                 if self.ending.is_some() {
                     // Back to normal mode is in effect here at once.
-                    let _ = reply.send(vec![CTAP2_ERR_OPERATION_DENIED]);
+                    let _ = reply.send(StatusCode::OperationDenied.response());
                     return None;
                 }
                 let obr_session_id = match &self.status.borrow().mode {
@@ -426,7 +426,7 @@ impl Connection {
                 () = &mut sleep => return true,
                 command = self.commands.recv() => match command {
                     None => return false,
-                    Some(Command::Ctap { reply, .. }) => { let _ = reply.send(vec![CTAP1_ERR_OTHER]); }
+                    Some(Command::Ctap { reply, .. }) => { let _ = reply.send(StatusCode::Other.response()); }
                     Some(Command::Cancel { .. }) => {}
                     Some(Command::Login { reply }) => { let _ = reply.send(Err(TunnelError::NotConnected)); }
                     Some(Command::EndObr { reply }) => {
@@ -442,7 +442,7 @@ impl Connection {
 
     fn fail_in_flight(&mut self) {
         for (_, (waiter, _)) in self.pending.drain() {
-            let _ = waiter.send(vec![CTAP1_ERR_OTHER]);
+            let _ = waiter.send(StatusCode::Other.response());
         }
         for waiter in self.login_waiters.drain(..) {
             let _ = waiter.send(Err(TunnelError::NotConnected));

@@ -4,7 +4,7 @@
 //! answer comes back by id. If the engine drops the future (the browser
 //! sent CTAPHID_CANCEL, or re-INITed the channel), or the relay does not
 //! answer within the budget and its slack (the browser then gets
-//! `CTAP2_ERR_TIMEOUT`), a `CtapCancel` follows so the relay and signer
+//! `CTAP2_ERR_USER_ACTION_TIMEOUT`), a `CtapCancel` follows so the relay and signer
 //! stop too. The getInfo answer is cached until the
 //! mode changes — the first fast path: it never leaves the workstation twice.
 
@@ -16,14 +16,11 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
+use obr_proto::ctap::{StatusCode, command};
+
 use super::{Command, TunnelHandle};
 use crate::ctaphid::{CborForwarder, KeepaliveStatus};
 
-/// CTAP 2.1 §6: authenticatorGetInfo.
-const CTAP_GET_INFO: u8 = 0x04;
-const CTAP2_OK: u8 = 0x00;
-const CTAP1_ERR_OTHER: u8 = 0x7F;
-const CTAP2_ERR_TIMEOUT: u8 = 0x2F;
 /// Slack past the relay's budget before the agent gives up by itself.
 const LOCAL_DEADLINE_SLACK: Duration = Duration::from_secs(2);
 
@@ -59,7 +56,7 @@ impl TunnelForwarder {
 impl CborForwarder for TunnelForwarder {
     fn forward(&self, request: Vec<u8>, status: KeepaliveStatus) -> BoxFuture<'static, Vec<u8>> {
         let generation = self.tunnel.status.borrow().generation;
-        let is_get_info = request.first() == Some(&CTAP_GET_INFO) && request.len() == 1;
+        let is_get_info = request.first() == Some(&command::GET_INFO) && request.len() == 1;
         if is_get_info && let Some(cached) = self.cached_get_info(generation) {
             return futures_util::future::ready(cached).boxed();
         }
@@ -79,7 +76,7 @@ impl CborForwarder for TunnelForwarder {
                 .await
                 .is_err()
             {
-                return vec![CTAP1_ERR_OTHER];
+                return StatusCode::Other.response();
             }
             let guard = CancelOnDrop {
                 id,
@@ -95,13 +92,13 @@ impl CborForwarder for TunnelForwarder {
                 // socket): nothing to withdraw.
                 Ok(Err(_)) => {
                     guard.disarm();
-                    vec![CTAP1_ERR_OTHER]
+                    StatusCode::Other.response()
                 }
                 // The relay is late: the browser hears of it now, and the
                 // guard withdraws the request at the relay as it drops.
                 Err(_) => {
                     tracing::warn!(id, ?deadline, "no answer from the relay in time");
-                    vec![CTAP2_ERR_TIMEOUT]
+                    StatusCode::UserActionTimeout.response()
                 }
             }
         };
@@ -111,7 +108,7 @@ impl CborForwarder for TunnelForwarder {
         let cache = self.get_info.clone();
         async move {
             let answer = fut.await;
-            if answer.first() == Some(&CTAP2_OK) {
+            if answer.first() == Some(&StatusCode::Ok.byte()) {
                 *cache.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((generation, answer.clone()));
             }
@@ -180,7 +177,7 @@ mod tests {
             drop(reply);
             (id, cancel)
         });
-        assert_eq!(answer, vec![CTAP2_ERR_TIMEOUT]);
+        assert_eq!(answer, StatusCode::UserActionTimeout.response());
         assert_eq!(started.elapsed(), budget + LOCAL_DEADLINE_SLACK);
         let (id, cancel) = sent;
         assert!(
@@ -197,9 +194,9 @@ mod tests {
             let Some(Command::Ctap { reply, .. }) = commands.recv().await else {
                 panic!("no request sent");
             };
-            let _ = reply.send(vec![CTAP2_OK]);
+            let _ = reply.send(StatusCode::Ok.response());
         });
-        assert_eq!(answer, vec![CTAP2_OK]);
+        assert_eq!(answer, StatusCode::Ok.response());
         assert!(commands.try_recv().is_err(), "a cancel followed an answer");
     }
 }

@@ -24,8 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use self::forwarder::TunnelForwarder;
 use crate::status::AgentStatus;
 
-/// Budget a CTAP request gets at the relay (browsers wait ~30 s or more).
-pub const DEFAULT_CTAP_BUDGET: Duration = Duration::from_secs(30);
+pub use obr_proto::ctap::{DEFAULT_CTAP_BUDGET, MAX_CTAP_BUDGET};
 /// Commands queued towards the connection task.
 const COMMAND_QUEUE: usize = 256;
 

@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, SpawnHandle, StreamHandler,
     WrapFuture,
@@ -35,14 +33,18 @@ use obr_proto::agent::{
     KeepaliveState, LoginPending, Mode, ModeChanged, ModeKind, ObrEndResult,
     ProtocolError as ProtocolErrorFrame, RelayFrame, Welcome, agent_frame, relay_frame,
 };
+use obr_proto::ctap::{
+    DEFAULT_CTAP_BUDGET, HEARTBEAT_INTERVAL, MAX_CTAP_BUDGET, SILENCE_LIMIT, StatusCode,
+};
 use obr_proto::identity::NONCE_LEN;
 use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 
 use super::identity::{self, ProvenAgent};
 use super::registry::{Deliver, Replaced};
 use crate::auth;
-use crate::calls::{self, Answer, CachedObr, CtapCall, StatusSink};
+use crate::calls::{Answer, CachedObr, CtapCall, StatusSink};
 use crate::clock::now_ms;
 use crate::obr::{EndReason, ObrError};
 use crate::sessions::{AgentEvent, DeviceGrant, ObrSession, Principal, StoreError};
@@ -52,9 +54,6 @@ use crate::state::AppState;
 const MAX_FRAME: usize = obr_proto::MAX_CTAP_MESSAGE + 1024;
 /// Frames queued towards a slow agent before it is disconnected.
 const OUTBOUND_QUEUE: usize = 256;
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
-/// An agent silent for this long (no frame, no pong) is gone.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(35);
 /// How long an agent has to answer the challenge with its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// While a session is on, the socket re-reads it at least this often, so
@@ -76,9 +75,6 @@ pub const MAX_IN_FLIGHT: usize = 32;
 pub const LOGIN_CODE_TTL: Duration = Duration::from_secs(600);
 
 // CTAP status codes the socket answers with itself (CTAP 2.1 §8.2).
-const CTAP1_ERR_INVALID_LENGTH: u8 = 0x03;
-const CTAP1_ERR_CHANNEL_BUSY: u8 = 0x06;
-const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
 
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
@@ -173,12 +169,16 @@ impl Actor for AgentSession {
         self.send(ctx, relay_frame::Kind::Challenge(Challenge { nonce }));
         ctx.run_later(HELLO_TIMEOUT, |act, ctx| {
             if act.agent.is_none() {
-                act.refuse(ctx, "no Hello answered the challenge in time");
+                act.refuse(
+                    ctx,
+                    &format!("no Hello answered the challenge within {HELLO_TIMEOUT:?}"),
+                );
             }
         });
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
-            if act.last_seen.elapsed() > CLIENT_TIMEOUT {
-                tracing::info!(agent = ?act.agent_id(), "agent timed out");
+            if act.last_seen.elapsed() > SILENCE_LIMIT {
+                tracing::info!(agent = ?act.agent_id(), silent_for = ?SILENCE_LIMIT,
+                    "agent silent past the limit; closing");
                 ctx.stop();
                 return;
             }
@@ -404,10 +404,10 @@ impl AgentSession {
             return self.refuse(ctx, "CtapRequest id reused while in flight");
         }
         if request.payload.is_empty() || request.payload.len() > obr_proto::MAX_CTAP_MESSAGE {
-            return self.answer(ctx, id, vec![CTAP1_ERR_INVALID_LENGTH], None);
+            return self.answer(ctx, id, StatusCode::InvalidLength.response(), None);
         }
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return self.answer(ctx, id, vec![CTAP1_ERR_CHANNEL_BUSY], None);
+            return self.answer(ctx, id, StatusCode::ChannelBusy.response(), None);
         };
         let (Some(agent_id), Some(principal)) = (self.agent_id(), self.principal.clone()) else {
             // Not logged in: this key belongs to nobody yet (getInfo only).
@@ -424,8 +424,8 @@ impl AgentSession {
             return;
         };
         let budget = match request.budget_ms {
-            0 => calls::DEFAULT_CTAP_BUDGET,
-            ms => Duration::from_millis(u64::from(ms)).min(calls::MAX_CTAP_BUDGET),
+            0 => DEFAULT_CTAP_BUDGET,
+            ms => Duration::from_millis(u64::from(ms)).min(MAX_CTAP_BUDGET),
         };
         let out = self.out.clone();
         let status: StatusSink = Arc::new(move |state: KeepaliveState| {
@@ -456,7 +456,7 @@ impl AgentSession {
             act.in_flight.remove(&id);
             match result {
                 Ok(Answer::ModeMismatch) => {
-                    act.answer(ctx, id, vec![CTAP2_ERR_OPERATION_DENIED], None);
+                    act.answer(ctx, id, StatusCode::OperationDenied.response(), None);
                     act.send_mode(ctx);
                     act.refresh(ctx);
                 }
@@ -474,7 +474,7 @@ impl AgentSession {
                 }
                 Err(e) => {
                     tracing::warn!(agent = ?act.agent_id(), error = %e, "CTAP request failed");
-                    act.answer(ctx, id, vec![e.status()], None);
+                    act.answer(ctx, id, e.status().response(), None);
                 }
             }
         }));

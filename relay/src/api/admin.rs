@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::{ApiError, client_address, require_admin};
 use crate::auth;

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::{ApiError, bearer, client_address, require_admin, require_device};
 use crate::auth;

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use obr_proto::agent::KeepaliveState;
+use obr_proto::ctap::StatusCode;
 use obr_proto::signer::ApprovalNeeded;
 use serde_json::json;
 
@@ -21,15 +22,9 @@ use crate::sessions::{Approval, ApprovalState};
 /// How often the waiting call looks for the owner's decision.
 const DECISION_POLL: Duration = Duration::from_millis(100);
 
-/// CTAP 2.1 §8.2: the user refused.
-const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
-/// CTAP 2.1 §8.2: the user did not act in time.
-const CTAP2_ERR_USER_ACTION_TIMEOUT: u8 = 0x2F;
-const CTAP1_ERR_OTHER: u8 = 0x7F;
-
 pub(super) enum Decision {
     Approved(String),
-    Refused(u8),
+    Refused(StatusCode),
 }
 
 pub(super) struct AskUser<'a> {
@@ -58,7 +53,7 @@ impl AskUser<'_> {
         let ttl = deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Err(e) = self.record(&approval, ttl).await {
             tracing::error!(error = %e, "cannot ask for approval");
-            return Decision::Refused(CTAP1_ERR_OTHER);
+            return Decision::Refused(StatusCode::Other);
         }
         (self.status)(KeepaliveState::UserPresenceNeeded);
         let decision = self.wait(&approval.id, deadline).await;
@@ -103,7 +98,7 @@ impl AskUser<'_> {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    return Decision::Refused(CTAP2_ERR_USER_ACTION_TIMEOUT);
+                    return Decision::Refused(StatusCode::UserActionTimeout);
                 }
             }
             match self.calls.store.get_approval(id).await {
@@ -111,10 +106,10 @@ impl AskUser<'_> {
                     return Decision::Approved(a.id);
                 }
                 Ok(Some(a)) if a.state == ApprovalState::Denied => {
-                    return Decision::Refused(CTAP2_ERR_OPERATION_DENIED);
+                    return Decision::Refused(StatusCode::OperationDenied);
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => return Decision::Refused(CTAP2_ERR_USER_ACTION_TIMEOUT),
+                Ok(None) => return Decision::Refused(StatusCode::UserActionTimeout),
                 Err(e) => tracing::warn!(error = %e, "cannot read approval; retrying"),
             }
         }

@@ -35,11 +35,11 @@ mod approval;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use obr_proto::agent::KeepaliveState;
+use obr_proto::ctap::{StatusCode, command};
 use obr_proto::signer::{Acting, LinkResponse};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use self::approval::{AskUser, Decision};
 use crate::clock::now_ms;
@@ -48,23 +48,11 @@ use crate::obr::{self, Obr};
 use crate::routing::{LinkError, Router};
 use crate::sessions::{ObrSession, Principal, SessionStore, StoreError};
 
-/// Budget for a CTAP request when the agent sent none.
-pub const DEFAULT_CTAP_BUDGET: Duration = Duration::from_secs(30);
-/// Upper bound on any budget an agent asks for.
-pub const MAX_CTAP_BUDGET: Duration = Duration::from_secs(120);
 /// How old a socket's copy of its OBR session may be when it serves a
 /// request: older, and the store is asked again first. A session ended
 /// anywhere — by another pod, by its TTL, or lost with the store — stops
 /// serving within this time even if no event reached this pod.
 pub const OBR_MAX_STALENESS: Duration = Duration::from_secs(1);
-
-/// CTAP 2.1 §6.4: authenticatorGetInfo (the command byte alone).
-const CTAP_GET_INFO: u8 = 0x04;
-// CTAP status codes the relay answers with itself (CTAP 2.1 §8.2).
-const CTAP1_ERR_CHANNEL_BUSY: u8 = 0x06;
-const CTAP1_ERR_OTHER: u8 = 0x7F;
-const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
-const CTAP2_ERR_TIMEOUT: u8 = 0x2F;
 
 /// Tells the agent what a request's KEEPALIVEs should say meanwhile.
 pub type StatusSink = Arc<dyn Fn(KeepaliveState) + Send + Sync>;
@@ -117,9 +105,9 @@ pub enum Answer {
 }
 
 impl Answer {
-    fn status(status: u8) -> Self {
+    fn status(status: StatusCode) -> Self {
         Answer::Reply(Box::new(LinkResponse {
-            payload: vec![status],
+            payload: status.response(),
             ..LinkResponse::default()
         }))
     }
@@ -131,7 +119,7 @@ impl Answer {
                 let payload = std::mem::take(&mut response.payload);
                 (payload, Some(response))
             }
-            Answer::ModeMismatch => (vec![CTAP2_ERR_OPERATION_DENIED], None),
+            Answer::ModeMismatch => (StatusCode::OperationDenied.response(), None),
         }
     }
 }
@@ -148,10 +136,10 @@ pub enum CallError {
 
 impl CallError {
     /// The status the browser gets.
-    pub fn status(&self) -> u8 {
+    pub fn status(&self) -> StatusCode {
         match self {
-            CallError::Link(LinkError::Timeout) => CTAP2_ERR_TIMEOUT,
-            _ => CTAP1_ERR_OTHER,
+            CallError::Link(LinkError::Timeout { .. }) => StatusCode::UserActionTimeout,
+            _ => StatusCode::Other,
         }
     }
 }
@@ -190,7 +178,7 @@ impl Calls {
         {
             tracing::warn!(agent = %call.agent_id, person = %call.principal.person_id,
                 on_behalf = session.is_some(), "the directory no longer grants this; refused");
-            return Ok(Answer::status(CTAP2_ERR_OPERATION_DENIED));
+            return Ok(Answer::status(StatusCode::OperationDenied));
         }
         // 2. Whose key: on behalf, the session's user's (steps 3 and 5 in
         // `on_behalf`); else the principal's own.
@@ -204,7 +192,7 @@ impl Calls {
             });
             return work.await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "an on-behalf call's task failed");
-                Ok(Answer::status(CTAP1_ERR_OTHER))
+                Ok(Answer::status(StatusCode::Other))
             });
         }
         let user_id = call.principal.person_id.clone();
@@ -217,7 +205,7 @@ impl Calls {
         if let Some(needed) = response.approval_needed.take() {
             let Ok(_permit) = call.approval_gate.clone().try_acquire_owned() else {
                 tracing::info!(agent = %call.agent_id, "a second owner approval while one is pending");
-                return Ok(Answer::status(CTAP1_ERR_CHANNEL_BUSY));
+                return Ok(Answer::status(StatusCode::ChannelBusy));
             };
             let asking = AskUser {
                 calls: self,
@@ -232,7 +220,7 @@ impl Calls {
                             "an owner approved, but this relay has no approval key for \
                             its signers (--approval-key-file): refused"
                         );
-                        return Ok(Answer::status(CTAP2_ERR_OPERATION_DENIED));
+                        return Ok(Answer::status(StatusCode::OperationDenied));
                     };
                     // The approval is good for this user's this request only.
                     let input =
@@ -255,7 +243,7 @@ impl Calls {
                             "the signer refused the owner's approval: do relays and \
                             signers share one approval key?"
                         );
-                        return Ok(Answer::status(CTAP2_ERR_OPERATION_DENIED));
+                        return Ok(Answer::status(StatusCode::OperationDenied));
                     }
                 }
                 Decision::Refused(status) => return Ok(Answer::status(status)),
@@ -306,12 +294,12 @@ impl Calls {
             // The signer asks no owner on behalf; a signer that does is
             // not one this relay knows how to serve.
             tracing::error!(session = %session.id, "the signer asked for an owner's approval on behalf");
-            return Ok(Answer::status(CTAP2_ERR_OPERATION_DENIED));
+            return Ok(Answer::status(StatusCode::OperationDenied));
         }
         if let Err(e) = self.record(session, &response).await {
             tracing::error!(error = %e, session = %session.id,
                 "cannot record an on-behalf operation; the browser gets an error");
-            return Ok(Answer::status(CTAP1_ERR_OTHER));
+            return Ok(Answer::status(StatusCode::Other));
         }
         Ok(Answer::Reply(Box::new(response)))
     }
@@ -322,8 +310,8 @@ impl Calls {
     /// from the signers' description, touching no user's key. Anything
     /// else is refused with `CTAP2_ERR_OPERATION_DENIED`.
     pub async fn serve_anonymous(&self, payload: &[u8]) -> Answer {
-        if payload != [CTAP_GET_INFO] {
-            return Answer::status(CTAP2_ERR_OPERATION_DENIED);
+        if payload != [command::GET_INFO] {
+            return Answer::status(StatusCode::OperationDenied);
         }
         match self.router.get_info().await {
             Ok(payload) => Answer::Reply(Box::new(LinkResponse {
@@ -332,7 +320,7 @@ impl Calls {
             })),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot describe the key to an agent not logged in");
-                Answer::status(CTAP1_ERR_OTHER)
+                Answer::status(StatusCode::Other)
             }
         }
     }

@@ -241,7 +241,7 @@ impl Router {
         };
         let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.list_credentials(request))
             .await
-            .map_err(|_| LinkError::Timeout)??;
+            .map_err(|_| management_timeout("ListCredentials"))??;
         Ok(response.into_inner().credentials)
     }
 
@@ -259,7 +259,7 @@ impl Router {
         };
         let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.delete_credential(request))
             .await
-            .map_err(|_| LinkError::Timeout)??;
+            .map_err(|_| management_timeout("DeleteCredential"))??;
         Ok(response.into_inner().deleted)
     }
 }
@@ -284,7 +284,7 @@ impl Router {
         let mut client = SignerClient::new(self.link_for("obr-get-info")?.channel());
         let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.get_info(GetInfoRequest {}))
             .await
-            .map_err(|_| LinkError::Timeout)??;
+            .map_err(|_| management_timeout("GetInfo"))??;
         let payload = response.into_inner().payload;
         *self
             .inner
@@ -307,7 +307,7 @@ impl Router {
         };
         let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.pending_records(request))
             .await
-            .map_err(|_| LinkError::Timeout)??;
+            .map_err(|_| management_timeout("PendingRecords"))??;
         Ok(response.into_inner().records)
     }
 
@@ -323,7 +323,7 @@ impl Router {
             client.ack_record(AckRecordRequest { credential_id }),
         )
         .await
-        .map_err(|_| LinkError::Timeout)??;
+        .map_err(|_| management_timeout("AckRecord"))??;
         Ok(response.into_inner().acked)
     }
 
@@ -336,7 +336,7 @@ impl Router {
         };
         let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.reset_key(request))
             .await
-            .map_err(|_| LinkError::Timeout)??;
+            .map_err(|_| management_timeout("ResetKey"))??;
         Ok(response.into_inner().deleted_credentials)
     }
 }
@@ -355,6 +355,14 @@ fn rendezvous_weight(endpoint: &str, user_id: &str) -> u64 {
     #[expect(clippy::indexing_slicing, reason = "a SHA-256 digest is 32 bytes")]
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first)
+}
+
+/// The management RPC `rpc` got no answer within [`MANAGEMENT_TIMEOUT`].
+fn management_timeout(rpc: &'static str) -> LinkError {
+    LinkError::Timeout {
+        wait: rpc,
+        after: MANAGEMENT_TIMEOUT,
+    }
 }
 
 #[cfg(test)]

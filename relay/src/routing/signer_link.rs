@@ -34,8 +34,12 @@ pub enum LinkError {
     Unavailable(String),
     #[error("the link to the signer broke while the request was in flight")]
     Lost,
-    #[error("the request's deadline passed")]
-    Timeout,
+    #[error("no answer from the signer to {wait} within {after:?}")]
+    Timeout {
+        /// Which wait expired: the CTAP call, or the management RPC's name.
+        wait: &'static str,
+        after: Duration,
+    },
     #[error("signer refused the call: {0}")]
     Status(#[from] tonic::Status),
 }
@@ -106,7 +110,10 @@ impl SignerLink {
     pub async fn call(&self, call: CtapCall, budget: Duration) -> Result<LinkResponse, LinkError> {
         tokio::time::timeout(budget, self.call_unbounded(call))
             .await
-            .map_err(|_| LinkError::Timeout)?
+            .map_err(|_| LinkError::Timeout {
+                wait: "the CTAP call",
+                after: budget,
+            })?
     }
 
     async fn call_unbounded(&self, call: CtapCall) -> Result<LinkResponse, LinkError> {

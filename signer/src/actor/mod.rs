@@ -18,14 +18,13 @@ mod runtime;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use actix::{
     Actor, ActorContext as _, ActorFutureExt as _, AsyncContext as _, AtomicResponse, Context,
     Handler, Message, SpawnHandle, WrapFuture as _,
 };
 use passkey_types::ctap2::Ctap2Error;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::api::{CtapReply, ObrActing, UserApproval};
 use crate::ctap::{Authenticator, Caller, CommandError, Outcome};

@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use actix::{Actor as _, Addr, MailboxError};
 use actix_rt::ArbiterHandle;
 use passkey_types::ctap2::Ctap2Error;
+use tokio::time::Instant;
 
 use crate::api::{CtapReply, ObrActing, UserApproval};
 use crate::ctap::{Authenticator, Shared};

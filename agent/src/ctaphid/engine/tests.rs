@@ -684,7 +684,7 @@ async fn cancel_answers_the_pending_request_with_keepalive_cancel() {
     let keepalive = host.recv_message().await;
     assert_eq!(keepalive.cmd, Command::Keepalive.code());
     host.send(ALICE, cid, Command::Cancel, &[]).await;
-    host.expect_cbor(ALICE, cid, &[CTAP2_ERR_KEEPALIVE_CANCEL])
+    host.expect_cbor(ALICE, cid, &[StatusCode::KeepaliveCancel.byte()])
         .await;
     assert_eq!(host.dropped_forwards().await, 1);
     // No more keepalives and no late answer: the PING echo is the very next message.
