@@ -15,7 +15,7 @@
 //! so it never waits for them, and queues output reports for [`UhidDevice::recv`];
 //! [`UhidDevice::send`] writes one `UHID_INPUT2` event, which the kernel takes without waiting.
 
-mod event;
+pub mod event;
 
 use std::fmt;
 use std::fs::File;

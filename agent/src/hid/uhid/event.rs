@@ -157,7 +157,7 @@ pub(super) fn set_report_error(event: &mut EventBuf, id: u32, err: u16) {
 
 /// An event the kernel wrote, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum FromKernel {
+pub enum FromKernel {
     /// The HID device is up; `dev_flags` says which report kinds are numbered.
     Start { dev_flags: u64 },
     /// The HID device is going down.
@@ -178,7 +178,7 @@ pub(super) enum FromKernel {
 
 /// Why a `UHID_OUTPUT` is not one CTAPHID report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum BadOutput {
+pub enum BadOutput {
     #[error(
         "{size}-byte output report; CTAPHID reports are the report-ID byte and 1 to {REPORT_LEN} bytes ({REPORT_WITH_ID_LEN} at most)"
     )]
@@ -190,12 +190,12 @@ pub(super) enum BadOutput {
 /// A read too short to hold even the event type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{len}-byte uhid read is shorter than the 4-byte event type")]
-pub(super) struct Truncated {
+pub struct Truncated {
     pub len: usize,
 }
 
 /// Decodes one event from the bytes one `read` returned.
-pub(super) fn decode(read: &[u8]) -> Result<FromKernel, Truncated> {
+pub fn decode(read: &[u8]) -> Result<FromKernel, Truncated> {
     if read.len() < U {
         return Err(Truncated { len: read.len() });
     }
