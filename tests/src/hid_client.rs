@@ -6,6 +6,8 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use obr_agent::ctaphid::host::{Heard, ReplyReader};
+use obr_agent::ctaphid::packet::{ChannelId, MAX_MESSAGE_LEN, frames_with_code};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 pub const REPORT: usize = 64;
@@ -150,74 +152,41 @@ impl HidClient {
     pub fn read_reply(&self, cid: u32, timeout: Duration) -> io::Result<Reply> {
         let deadline = Instant::now() + timeout;
         let mut keepalives = Vec::new();
+        let mut reader = ReplyReader::new(ChannelId::new(cid));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "no reply from the agent",
+                    format!("no whole reply from the agent within {timeout:?}"),
                 ));
             }
             let Some(report) = self.recv_report(left)? else {
                 continue;
             };
-            let rcid = u32::from_be_bytes([report[0], report[1], report[2], report[3]]);
-            if rcid != cid || report[4] & 0x80 == 0 {
-                continue;
-            }
-            let cmd = report[4];
-            if cmd == CMD_KEEPALIVE {
-                keepalives.push(Instant::now());
-                continue;
-            }
-            let len = usize::from(u16::from_be_bytes([report[5], report[6]]));
-            let mut payload = report[7..].iter().copied().take(len).collect::<Vec<_>>();
-            let mut seq = 0u8;
-            while payload.len() < len {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let Some(cont) = self.recv_report(left)? else {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "reply cut short"));
-                };
-                if cont[..4] != report[..4] {
-                    continue;
+            match reader.feed(&report) {
+                Heard::Other | Heard::Partial => {}
+                Heard::Keepalive => keepalives.push(Instant::now()),
+                Heard::Broken(e) => return Err(io::Error::other(format!("bad reply: {e}"))),
+                Heard::Complete(message) => {
+                    return Ok(Reply {
+                        cid,
+                        cmd: message.cmd | 0x80,
+                        payload: message.payload,
+                        keepalives,
+                    });
                 }
-                if cont[4] != seq {
-                    return Err(io::Error::other(format!(
-                        "reply sequence {} != {seq}",
-                        cont[4]
-                    )));
-                }
-                seq += 1;
-                let want = len - payload.len();
-                payload.extend(cont[5..].iter().copied().take(want));
             }
-            return Ok(Reply {
-                cid,
-                cmd,
-                payload,
-                keepalives,
-            });
         }
     }
 }
 
-/// The reports of one message (CTAP 2.1 §11.2.4).
+/// The reports of one message (CTAP 2.1 §11.2.4); `cmd` may be any code,
+/// with or without its initialization bit. A payload past the CTAPHID
+/// maximum is cut there (the bad-input tests send oversized lengths raw).
 pub fn frame(cid: u32, cmd: u8, payload: &[u8]) -> Vec<[u8; REPORT]> {
-    let mut reports = Vec::new();
-    let mut init = [0u8; REPORT];
-    init[..4].copy_from_slice(&cid.to_be_bytes());
-    init[4] = cmd;
-    let len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
-    init[5..7].copy_from_slice(&len.to_be_bytes());
-    let first = payload.len().min(REPORT - 7);
-    init[7..7 + first].copy_from_slice(&payload[..first]);
-    reports.push(init);
-    for (seq, chunk) in payload[first..].chunks(REPORT - 5).enumerate() {
-        let mut cont = [0u8; REPORT];
-        cont[..4].copy_from_slice(&cid.to_be_bytes());
-        cont[4] = u8::try_from(seq).unwrap_or(u8::MAX);
-        cont[5..5 + chunk.len()].copy_from_slice(chunk);
-        reports.push(cont);
-    }
-    reports
+    let payload = payload.get(..MAX_MESSAGE_LEN).unwrap_or(payload);
+    frames_with_code(ChannelId::new(cid), cmd, payload)
+        .map(Iterator::collect)
+        .unwrap_or_default()
 }

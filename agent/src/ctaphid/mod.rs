@@ -7,9 +7,11 @@
 //! - [`packet`]: byte layout of the 64-byte reports and the protocol's codes.
 //! - [`assembler`]: reassembly of one message from its packets.
 //! - [`engine`]: the event loop tying channels, commands and timers together ([`run`]).
+//! - [`host`]: the host side of the framing, for tools and tests that play the browser.
 
 pub mod assembler;
 pub mod engine;
+pub mod host;
 pub mod packet;
 
 pub use engine::{CborForwarder, DeviceVersion, EngineConfig, KeepaliveStatus, run};

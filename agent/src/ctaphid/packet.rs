@@ -184,6 +184,16 @@ pub struct MessageTooLong(pub usize);
 /// Splits a message into reports: one initialization packet, then continuations with SEQ
 /// 0, 1, ... Unused data bytes are zero.
 pub fn frames(cid: ChannelId, cmd: Command, payload: &[u8]) -> Result<Frames<'_>, MessageTooLong> {
+    frames_with_code(cid, cmd.code(), payload)
+}
+
+/// [`frames`] for any command code (its initialization bit is set here): the host side,
+/// which may send codes this transport does not know, as bad-input tests do.
+pub fn frames_with_code(
+    cid: ChannelId,
+    cmd: u8,
+    payload: &[u8],
+) -> Result<Frames<'_>, MessageTooLong> {
     let too_long = MessageTooLong(payload.len());
     if payload.len() > MAX_MESSAGE_LEN {
         return Err(too_long);
@@ -191,7 +201,7 @@ pub fn frames(cid: ChannelId, cmd: Command, payload: &[u8]) -> Result<Frames<'_>
     let bcnt = u16::try_from(payload.len()).map_err(|_| too_long)?;
     Ok(Frames {
         cid,
-        cmd,
+        cmd: cmd & !TYPE_INIT,
         bcnt,
         rest: payload,
         next_seq: None,
@@ -207,7 +217,8 @@ pub fn error_report(cid: ChannelId, code: ErrorCode) -> Report {
 #[derive(Debug, Clone)]
 pub struct Frames<'a> {
     cid: ChannelId,
-    cmd: Command,
+    /// Command code, initialization bit cleared.
+    cmd: u8,
     bcnt: u16,
     rest: &'a [u8],
     /// `None` until the initialization packet has been produced.
@@ -223,7 +234,7 @@ impl Iterator for Frames<'_> {
                 let (chunk, rest) = self.rest.split_at(self.rest.len().min(INIT_DATA_LEN));
                 self.rest = rest;
                 self.next_seq = Some(0);
-                Some(init_report(self.cid, self.cmd.code(), self.bcnt, chunk))
+                Some(init_report(self.cid, self.cmd, self.bcnt, chunk))
             }
             Some(_) if self.rest.is_empty() => None,
             Some(seq) => {

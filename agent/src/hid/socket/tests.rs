@@ -8,8 +8,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::ctaphid::assembler::{Progress, Reassembly};
-use crate::ctaphid::packet::{ChannelId, Command, Packet, frames};
+use crate::ctaphid::host::{Heard, ReplyReader};
+use crate::ctaphid::packet::{ChannelId, Command, frames};
 use crate::ctaphid::{CborForwarder, EngineConfig, KeepaliveStatus, run};
 
 /// Longest a blocking client waits for a datagram.
@@ -60,27 +60,12 @@ impl Client {
         for report in frames(cid, cmd, payload).unwrap() {
             self.send(&report);
         }
-        let first = self.recv_report();
-        let Packet::Init {
-            cid,
-            cmd,
-            bcnt,
-            data,
-        } = Packet::parse(&first)
-        else {
-            panic!("expected an initialization packet");
-        };
-        let mut progress = Reassembly::start(cmd, bcnt, data).unwrap();
+        let mut reader = ReplyReader::new(cid);
         loop {
-            match progress {
-                Progress::Complete(message) => return (cid, message.cmd, message.payload),
-                Progress::Partial(reassembly) => {
-                    let report = self.recv_report();
-                    let Packet::Cont { seq, data, .. } = Packet::parse(&report) else {
-                        panic!("expected a continuation packet");
-                    };
-                    progress = reassembly.push(seq, data).unwrap();
-                }
+            match reader.feed(&self.recv_report()) {
+                Heard::Complete(message) => return (cid, message.cmd, message.payload),
+                Heard::Partial => {}
+                other => panic!("unexpected report: {other:?}"),
             }
         }
     }
