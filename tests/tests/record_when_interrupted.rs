@@ -90,28 +90,46 @@ fn all_recorded(api: &Api, admin: &str, bob: &obr_relay::demo::DemoUser) -> anyh
     }
 }
 
-#[test]
-fn registrations_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
-    let stack = Stack::start("record-cancelled")?;
+/// A relay (embedded signer) and an agent on which the demo admin acts for
+/// bob.
+fn admin_acting_for_bob(label: &str) -> anyhow::Result<(Stack, Api, String)> {
+    let stack = Stack::start(label)?;
     let api = Api::new(&stack.relay.url);
     let demo = &stack.relay.demo;
-    let bob = stack.relay.user("bob@demo.obr")?;
     let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
     stack.agent.login(&api, &admin)?;
-    stack.agent.select_as_obr(&api, &admin, bob)?;
+    stack
+        .agent
+        .select_as_obr(&api, &admin, stack.relay.user("bob@demo.obr")?)?;
+    Ok((stack, api, admin))
+}
 
-    // Cancel at every moment of the request's life: before the relay sees
-    // it, while the key creates the credential, after.
+/// Send 24 requests, each cancelled a little later than the one before:
+/// before the relay sees it, while the key works, after. Returns the
+/// status byte each got.
+fn cancel_at_every_moment(
+    hid_socket: &Path,
+    request: impl Fn() -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<Vec<Option<u8>>> {
     let mut outcomes = Vec::new();
     for delay_ms in 0..24u64 {
-        let hid = HidClient::open(&stack.agent.hid_socket)?;
+        let hid = HidClient::open(hid_socket)?;
         let cid = hid.cid;
-        hid.send_message(cid, CMD_CBOR, &rp::registration_request("bob")?)?;
+        hid.send_message(cid, CMD_CBOR, &request()?)?;
         std::thread::sleep(Duration::from_micros(delay_ms * 500));
         hid.send_message(cid, CMD_CANCEL, &[])?;
         let reply = hid.read_reply(cid, Duration::from_secs(10))?;
         outcomes.push(reply.payload.first().copied());
     }
+    Ok(outcomes)
+}
+
+#[test]
+fn registrations_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
+    let (stack, api, admin) = admin_acting_for_bob("record-cancelled")?;
+    let bob = stack.relay.user("bob@demo.obr")?;
+    let outcomes =
+        cancel_at_every_moment(&stack.agent.hid_socket, || rp::registration_request("bob"))?;
     eprintln!("answers to the cancelled requests: {outcomes:?}");
     all_recorded(&api, &admin, bob)?;
     Ok(())
@@ -124,13 +142,8 @@ fn registrations_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
 /// notification.
 #[test]
 fn assertions_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
-    let stack = Stack::start("record-cancelled-assertions")?;
-    let api = Api::new(&stack.relay.url);
-    let demo = &stack.relay.demo;
+    let (stack, api, admin) = admin_acting_for_bob("record-cancelled-assertions")?;
     let bob = stack.relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
-    stack.agent.login(&api, &admin)?;
-    stack.agent.select_as_obr(&api, &admin, bob)?;
     let webauthn = rp::webauthn()?;
     let (options, state) = webauthn.start_securitykey_registration(
         webauthn_rs::prelude::Uuid::new_v4(),
@@ -152,16 +165,7 @@ fn assertions_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
     };
     let before = rp::assertion_counter(&hid.cbor(&assertion()?)?)?;
 
-    let mut outcomes = Vec::new();
-    for delay_ms in 0..24u64 {
-        let hid = HidClient::open(&stack.agent.hid_socket)?;
-        let cid = hid.cid;
-        hid.send_message(cid, CMD_CBOR, &assertion()?)?;
-        std::thread::sleep(Duration::from_micros(delay_ms * 500));
-        hid.send_message(cid, CMD_CANCEL, &[])?;
-        let reply = hid.read_reply(cid, Duration::from_secs(10))?;
-        outcomes.push(reply.payload.first().copied());
-    }
+    let outcomes = cancel_at_every_moment(&stack.agent.hid_socket, &assertion)?;
     eprintln!("answers to the cancelled sign-ins: {outcomes:?}");
     let after = rp::assertion_counter(&hid.cbor(&assertion()?)?)?;
     let signed = usize::try_from(after - before + 1)?;
