@@ -165,7 +165,7 @@ fn assertions_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
     };
     let before = rp::assertion_counter(&hid.cbor(&assertion()?)?)?;
 
-    let outcomes = cancel_at_every_moment(&stack.agent.hid_socket, &assertion)?;
+    let outcomes = cancel_at_every_moment(&stack.agent.hid_socket, assertion)?;
     eprintln!("answers to the cancelled sign-ins: {outcomes:?}");
     let after = rp::assertion_counter(&hid.cbor(&assertion()?)?)?;
     let signed = usize::try_from(after - before + 1)?;
