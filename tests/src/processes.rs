@@ -323,6 +323,22 @@ impl AgentProc {
     }
 }
 
+/// A relay started with `options` in `<scratch>/relay`, an agent in
+/// `<scratch>/agent`, and the demo admin logged in on it (its token is the
+/// last item): where most end-to-end tests start.
+pub fn admin_at_agent(
+    scratch: &Scratch,
+    options: &RelayOptions,
+) -> anyhow::Result<(RelayProc, AgentProc, crate::api::Api, String)> {
+    let relay = RelayProc::start(&scratch.join("relay"), options)?;
+    std::fs::create_dir_all(scratch.join("agent"))?;
+    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
+    let api = crate::api::Api::new(&relay.url);
+    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    agent.login(&api, &admin)?;
+    Ok((relay, agent, api, admin))
+}
+
 /// A relay (embedded signer) and one agent, in one scratch directory.
 pub struct Stack {
     pub agent: AgentProc,

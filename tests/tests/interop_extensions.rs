@@ -22,8 +22,7 @@ use obr_signer::config::DEFAULT_AAGUID;
 use obr_signer::{
     AttestationCa, AttestationConfig, CtapCall, Kek, ObrActing, SignerConfig, SignerCore,
 };
-use obr_tests::api::Api;
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
+use obr_tests::processes::{RelayOptions, SignerProc, admin_at_agent};
 use obr_tests::python;
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
@@ -99,11 +98,7 @@ fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyh
         signers: vec![signer.endpoint.clone()],
         ..RelayOptions::default()
     };
-    let relay = RelayProc::start(&scratch.join("relay"), &options)?;
-    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
-    let api = Api::new(&relay.url);
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
-    agent.login(&api, &admin)?;
+    let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let carol = relay.user("carol@demo.obr")?;
     agent.select_as_obr(&api, &admin, carol)?;
     let ca = ca_cert.to_str().expect("utf-8 path");

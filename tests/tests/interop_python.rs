@@ -7,8 +7,7 @@
 
 use std::process::Command;
 
-use obr_tests::api::Api;
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
+use obr_tests::processes::{RelayOptions, SignerProc, admin_at_agent};
 use obr_tests::python;
 use obr_tests::scratch::Scratch;
 use serde_json::Value;
@@ -25,11 +24,7 @@ fn python_fido2_registers_and_signs_in_through_obr() -> anyhow::Result<()> {
         signers: vec![signer.endpoint.clone()],
         ..RelayOptions::default()
     };
-    let relay = RelayProc::start(&scratch.join("relay"), &options)?;
-    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
-    let api = Api::new(&relay.url);
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
-    agent.login(&api, &admin)?;
+    let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let carol = relay.user("carol@demo.obr")?;
     agent.select_as_obr(&api, &admin, carol)?;
 

@@ -5,19 +5,13 @@
 
 use std::time::Duration;
 
-use obr_tests::api::Api;
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc};
+use obr_tests::processes::{RelayOptions, admin_at_agent};
 use obr_tests::scratch::Scratch;
 
 #[test]
 fn refused_selections_change_nothing() -> anyhow::Result<()> {
     let scratch = Scratch::new("guards")?;
-    let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
-    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
-    let api = Api::new(&relay.url);
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
-    agent.login(&api, &admin)?;
+    let (relay, agent, api, admin) = admin_at_agent(&scratch, &RelayOptions::default())?;
     let audit_before = api.audit(&admin)?["records"].as_array().unwrap().len();
 
     let dave = relay.user("dave@demo.obr")?;
@@ -124,12 +118,7 @@ fn a_session_expires_by_itself() -> anyhow::Result<()> {
         obr_ttl_s: Some(1),
         ..RelayOptions::default()
     };
-    let relay = RelayProc::start(&scratch.join("relay"), &options)?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
-    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
-    let api = Api::new(&relay.url);
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
-    agent.login(&api, &admin)?;
+    let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let bob = relay.user("bob@demo.obr")?;
     agent.select_as_obr(&api, &admin, bob)?;
     // The relay stops serving the session at its expiry; a sweeper claims

@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use obr_tests::api::Api;
 use obr_tests::hid_client::HidClient;
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc};
+use obr_tests::processes::{RelayOptions, RelayProc, admin_at_agent};
 use obr_tests::redis_server::RedisServer;
 use obr_tests::rp::CTAP_GET_INFO;
 use obr_tests::scratch::Scratch;
@@ -20,12 +19,7 @@ fn agent_reconnects_and_keeps_its_session_across_a_relay_restart() -> anyhow::Re
         redis_url: Some(redis.url()),
         ..RelayOptions::default()
     };
-    let relay = RelayProc::start(&scratch.join("relay"), &options)?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
-    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
-    let api = Api::new(&relay.url);
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
-    agent.login(&api, &admin)?;
+    let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let bob = relay.user("bob@demo.obr")?.clone();
     agent.select_as_obr(&api, &admin, &bob)?;
 

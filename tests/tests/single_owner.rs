@@ -13,7 +13,7 @@ use obr_proto::signer::signer_client::SignerClient;
 use obr_proto::signer::{Acting, CtapCall, LinkRequest, link_request};
 use obr_tests::api::Api;
 use obr_tests::hid_client::HidClient;
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc, admin_at_agent};
 use obr_tests::redis_server::RedisServer;
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
@@ -43,11 +43,7 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
         discover_signers: true,
         ..RelayOptions::default()
     };
-    let relay = RelayProc::start(&scratch.join("relay"), &options)?;
-    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
-    let api = Api::new(&relay.url);
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
-    agent.login(&api, &admin)?;
+    let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let bob = relay.user("bob@demo.obr")?.clone();
     let session = agent.select_as_obr(&api, &admin, &bob)?;
 
