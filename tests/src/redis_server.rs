@@ -23,6 +23,15 @@ pub struct RedisTls<'a> {
     pub ca: &'a Path,
 }
 
+/// `redis-server` arguments that turn off the `default` user.
+pub const NO_DEFAULT_USER: [&str; 3] = ["--user", "default", "off"];
+
+/// `redis-server` arguments for an ACL user `name` with `password`, limited
+/// to obr's keys and channels (prefix `obr:`).
+pub fn acl_user<'a>(name: &'a str, password: &'a str) -> [&'a str; 7] {
+    ["--user", name, "on", password, "~obr:*", "&obr:*", "+@all"]
+}
+
 impl RedisServer {
     /// `None` when `redis-server` is not installed (`scripts/test` installs it).
     pub fn start() -> anyhow::Result<Option<Self>> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use obr_tests::api::Api;
 use obr_tests::hid_client::HidClient;
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc, binary};
-use obr_tests::redis_server::{RedisServer, RedisTls};
+use obr_tests::redis_server::{NO_DEFAULT_USER, RedisServer, RedisTls, acl_user};
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
 
@@ -65,10 +65,28 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
     std::fs::remove_file(pki.join("relay.pem"))?;
     let again = pki_init(&pki)?;
     assert_eq!(again.matches("created").count(), 2, "{again}");
-    assert!(
-        again.contains("kept    ") && again.contains("ca.pem"),
-        "{again}"
-    );
+    let kept_ca = format!("kept    {}", pki.join("ca.pem").display());
+    assert!(again.lines().any(|l| l == kept_ca), "{again}");
+    // Two trust domains: a Redis certificate is no signer's, and back.
+    for (ca, cert, chains) in [
+        ("ca.pem", "signer.pem", true),
+        ("ca.pem", "relay.pem", true),
+        ("redis-ca.pem", "redis.pem", true),
+        ("redis-ca.pem", "redis-client.pem", true),
+        ("ca.pem", "redis.pem", false),
+        ("ca.pem", "redis-client.pem", false),
+        ("redis-ca.pem", "signer.pem", false),
+        ("redis-ca.pem", "relay.pem", false),
+    ] {
+        let verified = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(pki.join(ca))
+            .arg(pki.join(cert))
+            .output()?
+            .status
+            .success();
+        assert_eq!(verified, chains, "{cert} under {ca}");
+    }
     let file = |name: &str| pki.join(name).into_os_string();
 
     let redis = RedisServer::start_tls(
@@ -78,24 +96,11 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
             ca: &pki.join("redis-ca.pem"),
         },
         &[
-            "--user",
-            "default",
-            "off",
-            "--user",
-            "obr-signer",
-            "on",
-            ">signer-secret",
-            "~obr:*",
-            "&obr:*",
-            "+@all",
-            "--user",
-            "obr-relay",
-            "on",
-            ">relay-secret",
-            "~obr:*",
-            "&obr:*",
-            "+@all",
-        ],
+            &NO_DEFAULT_USER[..],
+            &acl_user("obr-signer", ">signer-secret"),
+            &acl_user("obr-relay", ">relay-secret"),
+        ]
+        .concat(),
     )?
     .expect("redis-server is not installed (scripts/test installs it)");
     assert!(redis.url().starts_with("rediss://"));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use obr_tests::api::Api;
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc};
-use obr_tests::redis_server::RedisServer;
+use obr_tests::redis_server::{NO_DEFAULT_USER, RedisServer, acl_user};
 use obr_tests::scratch::Scratch;
 
 #[test]
@@ -63,19 +63,12 @@ fn a_relay_resyncs_its_agents_after_losing_its_subscription() -> anyhow::Result<
 /// start-up error, not a relay that serves without its store.
 #[test]
 fn the_relay_uses_a_redis_acl_user() -> anyhow::Result<()> {
-    let Some(redis) = RedisServer::start_with(&[
-        "--user",
-        "default",
-        "off",
-        "--user",
-        "obr-relay",
-        "on",
-        ">relay-secret",
-        "~obr:*",
-        "&obr:*",
-        "+@all",
-    ])?
-    else {
+    let users = [
+        &NO_DEFAULT_USER[..],
+        &acl_user("obr-relay", ">relay-secret"),
+    ]
+    .concat();
+    let Some(redis) = RedisServer::start_with(&users)? else {
         eprintln!("redis-server not installed; scripts/test installs it");
         return Ok(());
     };
