@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::ctap::attestation::AttestationConfig;
+use crate::placement::Placement;
 use crate::vault::Kek;
 
 /// How long a user's actor stays active without traffic before it
@@ -38,10 +40,10 @@ pub struct SignerConfig {
     /// See [`DEFAULT_DB_MAX_CONNECTIONS`].
     pub db_max_connections: u32,
     /// How new credentials are attested (`none` unless configured).
-    pub attestation: crate::AttestationConfig,
+    pub attestation: AttestationConfig,
     /// Membership and per-user leases in Redis, when this signer is one of
     /// several pods; `None` for a single signer.
-    pub placement: Option<crate::placement::Placement>,
+    pub placement: Option<Placement>,
     /// Whether an admin's OBR session stands for user verification when
     /// the platform asks for `uv` (DESIGN: "policy may forbid it"). When
     /// false, on-behalf requests with `uv` are refused (OPERATION_DENIED).
@@ -63,7 +65,7 @@ impl SignerConfig {
             idle_passivation: DEFAULT_IDLE_PASSIVATION,
             actor_threads: 0,
             db_max_connections: DEFAULT_DB_MAX_CONNECTIONS,
-            attestation: crate::AttestationConfig::None,
+            attestation: AttestationConfig::None,
             placement: None,
             obr_stands_for_uv: true,
             approval_key: None,

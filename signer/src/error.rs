@@ -2,6 +2,8 @@
 //! (opening, serving, listing and deleting credentials). CTAP calls never
 //! fail this way: their failures are status bytes.
 
+use crate::ctap::CommandError;
+use crate::ctap::attestation::AttestationError;
 use crate::ids::InvalidId;
 use crate::store::StoreError;
 use crate::vault::VaultError;
@@ -28,9 +30,21 @@ pub enum SignerError {
     #[error("internal error: {0}")]
     Internal(String),
     #[error("attestation: {0}")]
-    Attestation(#[from] crate::AttestationError),
+    Attestation(#[from] AttestationError),
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// A command's failure outside the CTAP path (the panel's delete and
+/// reset), where it is an error rather than a status byte.
+impl From<CommandError> for SignerError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::Store(e) => e.into(),
+            CommandError::Vault(e) => Self::Vault(e),
+            other => Self::Internal(other.to_string()),
+        }
+    }
 }
 
 impl From<StoreError> for SignerError {

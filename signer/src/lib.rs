@@ -10,11 +10,23 @@
 //!
 //! # Layout
 //!
-//! - `api`: [`SignerCore`], the API the gRPC service and an in-process
-//!   relay call, and its call/reply types.
-//! - `actor`: one actix actor per active user (serializes that user's calls,
-//!   passivates when idle or fenced), the activation registry, and the
-//!   thread running the actix system.
+//! Layered bottom-up: each module imports only from the ones above it in
+//! this list, never from one below (`tests/api/layering.rs` checks it).
+//!
+//! - `call`: the vocabulary every layer speaks ([`CtapCall`],
+//!   [`CtapReply`], [`ObrActing`], [`UserApproval`], [`CredentialInfo`],
+//!   ...); imports nothing of the crate.
+//! - `ids`: [`UserId`] and [`CredentialId`] newtypes.
+//! - `vault`: [`Kek`] (the current and previous key-encryption keys),
+//!   per-user data keys and wrapped keys.
+//! - `store`: all SQL, one interface over SQLite and PostgreSQL (shared
+//!   migrations in `signer/migrations/`), fenced writes, and
+//!   [`rotate_kek`], which re-wraps every data key under a new KEK.
+//! - `redis_endpoint`: [`RedisEndpoint`], how relays and signers reach
+//!   Redis (`redis://`, or `rediss://` with the deployment's CA and an
+//!   optional client certificate).
+//! - [`placement`]: membership heartbeats and per-user leases in Redis
+//!   (which pod should own a user; fencing makes a stale owner harmless).
 //! - `ctap`: the CTAP2 authenticator of one user: command dispatch, the
 //!   CBOR codec boundary (passkey-types + ciborium), getInfo,
 //!   makeCredential, getAssertion/getNextAssertion, clientPIN
@@ -22,26 +34,26 @@
 //!   the credProtect and hmac-secret extensions, ES256
 //!   and EdDSA keys, and attestation ([`AttestationCa`], `packed` or
 //!   `none`).
-//! - `vault`: [`Kek`] (the current and previous key-encryption keys),
-//!   per-user data keys and wrapped keys.
-//! - `store`: all SQL, one interface over SQLite and PostgreSQL (shared
-//!   migrations in `signer/migrations/`), fenced writes, and
-//!   [`rotate_kek`], which re-wraps every data key under a new KEK.
-//! - [`placement`]: membership heartbeats and per-user leases in Redis
-//!   (which pod should own a user; fencing makes a stale owner harmless).
-//! - `redis_endpoint`: [`RedisEndpoint`], how relays and signers reach
-//!   Redis (`redis://`, or `rediss://` with the deployment's CA and an
-//!   optional client certificate).
-//! - `service`: the tonic service and [`serve`].
+//! - `error`: [`SignerError`], failures outside the CTAP path.
 //! - [`config`]: [`SignerConfig`] and its defaults.
-//! - `ids`: [`UserId`] and [`CredentialId`] newtypes.
+//! - `direct`: [`DirectKey`], one user's CTAP core driven directly (what
+//!   the fuzz target exercises), and the shared state both it and the
+//!   running signer open from a config.
+//! - `actor`: one actix actor per active user (serializes that user's calls,
+//!   passivates when idle or fenced), the activation registry, and the
+//!   thread running the actix system.
+//! - `api`: [`SignerCore`], the API the gRPC service and an in-process
+//!   relay call.
+//! - `service`: the tonic service and [`serve`].
 //!
 //! The binary (`src/main.rs`) only parses flags and calls [`serve`].
 
 mod actor;
 mod api;
+mod call;
 pub mod config;
 mod ctap;
+mod direct;
 mod error;
 mod ids;
 pub mod placement;
@@ -50,12 +62,14 @@ mod service;
 mod store;
 mod vault;
 
-pub use crate::api::{
+pub use crate::api::SignerCore;
+pub use crate::call::{
     ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing,
-    ObrAssertion, ObrRecord, Operation, SignerCore, UserApproval,
+    ObrAssertion, ObrRecord, Operation, UserApproval,
 };
 pub use crate::config::{KeyFileError, SignerConfig, load_key_file};
 pub use crate::ctap::attestation::{AttestationCa, AttestationConfig, AttestationError};
+pub use crate::direct::DirectKey;
 pub use crate::error::SignerError;
 pub use crate::ids::{CredentialId, InvalidId, UserId};
 pub use crate::redis_endpoint::{RedisEndpoint, RedisEndpointError};

@@ -32,9 +32,8 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{
-    ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, ObrActing, SignerCore,
-};
+use crate::api::SignerCore;
+use crate::call::{ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, ObrActing};
 use crate::error::SignerError;
 
 /// Replies a link buffers for a slow reader before its tasks wait.

@@ -26,7 +26,7 @@ use passkey_types::ctap2::Ctap2Error;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::api::{CtapReply, ObrActing, UserApproval};
+use crate::call::{CtapReply, ObrActing, UserApproval};
 use crate::ctap::{Authenticator, Caller, CommandError, Outcome};
 use crate::ids::{CredentialId, UserId};
 
@@ -222,16 +222,7 @@ impl Handler<Ctap> for UserKey {
                 }
             };
             let fenced = outcome.fenced;
-            let reply = CtapReply {
-                payload: outcome.payload,
-                created: outcome.created,
-                queue,
-                work: started.elapsed(),
-                owner: None,
-                approval_needed: outcome.approval_needed,
-                obr_assertion: outcome.obr_assertion,
-            };
-            (reply, fenced)
+            (outcome.into_reply(queue, started.elapsed()), fenced)
         };
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             |(reply, fenced), act, ctx| {

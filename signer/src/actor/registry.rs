@@ -16,7 +16,7 @@ use actix_rt::ArbiterHandle;
 use passkey_types::ctap2::Ctap2Error;
 use tokio::time::Instant;
 
-use crate::api::{CtapReply, ObrActing, UserApproval};
+use crate::call::{CtapReply, ObrActing, UserApproval};
 use crate::ctap::{Authenticator, Shared};
 use crate::error::SignerError;
 use crate::ids::{CredentialId, UserId};
@@ -149,7 +149,7 @@ impl Registry {
             let addr = self.activate(user)?;
             let message = DeleteCredential(credential.clone());
             match tokio::time::timeout(DELETE_TIMEOUT, addr.send(message)).await {
-                Ok(Ok(result)) => return result.map_err(|e| e.into_signer_error()),
+                Ok(Ok(result)) => return result.map_err(SignerError::from),
                 Ok(Err(MailboxError::Closed)) => {}
                 Ok(Err(MailboxError::Timeout)) | Err(_) => {
                     return Err(SignerError::Internal(format!(
@@ -175,7 +175,7 @@ impl Registry {
         for _ in 0..MAX_DELIVERY_ATTEMPTS {
             let addr = self.activate(user)?;
             match tokio::time::timeout(DELETE_TIMEOUT, addr.send(ResetKey)).await {
-                Ok(Ok(result)) => return result.map_err(|e| e.into_signer_error()),
+                Ok(Ok(result)) => return result.map_err(SignerError::from),
                 Ok(Err(MailboxError::Closed)) => {}
                 Ok(Err(MailboxError::Timeout)) | Err(_) => {
                     return Err(SignerError::Internal(format!(

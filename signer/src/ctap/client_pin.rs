@@ -32,7 +32,7 @@ use ring::{digest, hkdf, hmac};
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
-use crate::api::Operation;
+use crate::call::Operation;
 
 use super::codec::{Kind, Param, Params, encode_value};
 use super::pin_uv_auth_token::{Permissions, PinUvAuthToken};

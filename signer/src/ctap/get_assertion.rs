@@ -21,7 +21,7 @@ use passkey_types::ctap2::make_credential::PublicKeyCredentialUserEntity;
 use passkey_types::webauthn::{PublicKeyCredentialDescriptor, PublicKeyCredentialType};
 use tokio::time::Instant;
 
-use crate::api::{ObrAssertion, Operation};
+use crate::call::{ObrAssertion, Operation};
 use crate::store::{CredentialPolicy, StoredCredential};
 
 use super::codec::{Kind, Param, Params, encode_ok, has_text_key};

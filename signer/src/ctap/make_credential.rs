@@ -14,7 +14,7 @@ use passkey_types::ctap2::{AttestedCredentialData, Ctap2Error, Flags};
 use passkey_types::webauthn::PublicKeyCredentialType;
 use ring::rand::SecureRandom;
 
-use crate::api::{CreatedCredential, Operation};
+use crate::call::{CreatedCredential, Operation};
 use crate::ids::{CREDENTIAL_ID_LEN, CredentialId};
 use crate::store::{NewCredential, now_ms};
 

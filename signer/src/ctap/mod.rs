@@ -26,15 +26,15 @@ mod make_credential;
 mod pin_uv_auth_token;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use passkey_crypto::rust_crypto::RustCryptoBackend;
 use passkey_types::ctap2::{Aaguid, AuthenticatorData, Ctap2Error, Flags};
 use ring::rand::SystemRandom;
 
-use crate::api::{
-    ApprovalNeeded, CreatedCredential, ObrActing, ObrAssertion, Operation, UserApproval,
+use crate::call::{
+    ApprovalNeeded, CreatedCredential, CtapReply, ObrActing, ObrAssertion, Operation, UserApproval,
 };
-use crate::error::SignerError;
 use crate::ids::{CredentialId, UserId};
 use crate::store::{Store, StoreError, StoredCredential};
 use crate::vault::{DataKey, Kek, VaultError, WrappedKey};
@@ -213,6 +213,19 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// The reply to the caller, after `queue` of waiting and `work` on it.
+    pub(crate) fn into_reply(self, queue: Duration, work: Duration) -> CtapReply {
+        CtapReply {
+            payload: self.payload,
+            created: self.created,
+            queue,
+            work,
+            owner: None,
+            approval_needed: self.approval_needed,
+            obr_assertion: self.obr_assertion,
+        }
+    }
+
     pub(crate) fn status(status: Ctap2Error) -> Self {
         Self {
             payload: vec![status.into()],
@@ -282,15 +295,6 @@ impl CommandError {
             Self::ApprovalNeeded(_) => Ctap2Error::OperationDenied,
             // CTAP 2.1 §8.2: "Not authorized for requested operation."
             Self::ObrSignInRefused(_) => Ctap2Error::OperationDenied,
-        }
-    }
-
-    /// The same failure outside the CTAP path (the panel's delete).
-    pub(crate) fn into_signer_error(self) -> SignerError {
-        match self {
-            Self::Store(e) => e.into(),
-            Self::Vault(e) => SignerError::Vault(e),
-            other => SignerError::Internal(other.to_string()),
         }
     }
 

@@ -37,7 +37,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, Row, Type};
 
-use crate::api::{CredentialInfo, ObrActing, ObrRecord};
+use crate::call::{CredentialInfo, ObrActing, ObrRecord};
 use crate::ids::{CredentialId, UserId};
 use crate::vault::WrappedKey;
 

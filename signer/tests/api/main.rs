@@ -15,9 +15,11 @@
 mod authenticator;
 mod common;
 mod ctap;
+mod direct;
 mod fencing;
 mod grpc;
 mod keys;
+mod layering;
 mod memory;
 mod obr_scope;
 mod outbox;
