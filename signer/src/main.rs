@@ -63,14 +63,8 @@ struct ServeArgs {
     /// OBR_SIGNER_KEK is set.
     #[arg(long, env = "OBR_SIGNER_KEK_FILE", default_value = "obr-signer.kek")]
     kek_file: PathBuf,
-    /// A previous KEK (hex file) whose data keys this signer still unwraps;
-    /// repeatable. Never wraps new keys.
-    #[arg(
-        long = "previous-kek-file",
-        env = "OBR_SIGNER_PREVIOUS_KEK_FILES",
-        value_delimiter = ','
-    )]
-    previous_kek_files: Vec<PathBuf>,
+    #[command(flatten)]
+    previous_keks: PreviousKeks,
     /// AAGUID reported to browsers (default: obr's own).
     #[arg(long, env = "OBR_SIGNER_AAGUID")]
     aaguid: Option<uuid::Uuid>,
@@ -168,6 +162,19 @@ enum AttestationMode {
     Packed,
 }
 
+/// The KEKs before the current one (`serve` and `rotate-kek`).
+#[derive(Debug, clap::Args)]
+struct PreviousKeks {
+    /// A previous KEK (hex file) whose data keys may still be wrapped under
+    /// it: unwrapped with it, never wrapped with it; repeatable.
+    #[arg(
+        long = "previous-kek-file",
+        env = "OBR_SIGNER_PREVIOUS_KEK_FILES",
+        value_delimiter = ','
+    )]
+    files: Vec<PathBuf>,
+}
+
 /// `obr-signer rotate-kek`.
 #[derive(Debug, clap::Args)]
 struct RotateArgs {
@@ -178,13 +185,8 @@ struct RotateArgs {
     /// must already hold it (as --kek-file or --previous-kek-file).
     #[arg(long, env = "OBR_SIGNER_KEK_FILE")]
     kek_file: PathBuf,
-    /// A KEK data keys may still be wrapped under; repeatable.
-    #[arg(
-        long = "previous-kek-file",
-        env = "OBR_SIGNER_PREVIOUS_KEK_FILES",
-        value_delimiter = ','
-    )]
-    previous_kek_files: Vec<PathBuf>,
+    #[command(flatten)]
+    previous_keks: PreviousKeks,
     /// Data keys re-wrapped per transaction.
     #[arg(long, default_value_t = DEFAULT_ROTATION_BATCH)]
     batch_size: u32,
@@ -243,7 +245,7 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
         Some(kek) => kek,
         None => Kek::load_or_create(&args.kek_file)?,
     };
-    let kek = with_previous(current, &args.previous_kek_files)?;
+    let kek = with_previous(current, &args.previous_keks)?;
     let attestation = match args.attestation {
         AttestationMode::None => AttestationConfig::None,
         AttestationMode::Packed => AttestationConfig::Packed(AttestationCa::load_or_create(
@@ -332,7 +334,7 @@ fn server_tls(args: &ServeArgs) -> anyhow::Result<Option<tonic::transport::Serve
 }
 
 async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
-    let kek = with_previous(Kek::load(&args.kek_file)?, &args.previous_kek_files)?;
+    let kek = with_previous(Kek::load(&args.kek_file)?, &args.previous_keks)?;
     println!(
         "rotate-kek: re-wrapping data keys under KEK {} in batches of {}",
         kek.id(),
@@ -374,10 +376,13 @@ fn progress_line(p: &RotationProgress) -> String {
 }
 
 /// `current` plus the KEKs in `previous` (existing files), logged by id.
-fn with_previous(current: Kek, previous: &[PathBuf]) -> anyhow::Result<Kek> {
-    let kek = previous.iter().try_fold(current, |kek, path: &PathBuf| {
-        Ok::<_, anyhow::Error>(kek.with_previous(Kek::load(Path::new(path))?))
-    })?;
+fn with_previous(current: Kek, previous: &PreviousKeks) -> anyhow::Result<Kek> {
+    let kek = previous
+        .files
+        .iter()
+        .try_fold(current, |kek, path: &PathBuf| {
+            Ok::<_, anyhow::Error>(kek.with_previous(Kek::load(Path::new(path))?))
+        })?;
     tracing::info!(kek_ids = ?kek.ids().collect::<Vec<_>>(), "KEKs loaded (current first)");
     Ok(kek)
 }

@@ -170,7 +170,7 @@ impl SignerProc {
     }
 
     /// With extra `obr-signer` arguments; its database and KEK live in
-    /// `dir` (two signers given one `dir` share them, as pods share a
+    /// `dir`, created if need be (two signers given one `dir` share them, as pods share a
     /// database and a Secret).
     pub fn start_with(dir: &Path, extra: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
         let sqlite = format!("sqlite://{}?mode=rwc", dir.join("signer.db").display());
@@ -183,6 +183,7 @@ impl SignerProc {
         database_url: &str,
         extra: &[&std::ffi::OsStr],
     ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
         let mut cmd = Command::new(binary("obr-signer")?);
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
@@ -225,8 +226,28 @@ pub struct RelayOptions {
     pub extra_args: Vec<std::ffi::OsString>,
 }
 
+impl RelayOptions {
+    /// The defaults, but CTAP goes to the standalone signer at `endpoint`.
+    pub fn with_signer(endpoint: &str) -> Self {
+        Self {
+            signers: vec![endpoint.to_owned()],
+            ..Self::default()
+        }
+    }
+
+    /// The defaults, but sessions live in the Redis at `url`.
+    pub fn with_redis(url: String) -> Self {
+        Self {
+            redis_url: Some(url),
+            ..Self::default()
+        }
+    }
+}
+
 impl RelayProc {
+    /// Creates `dir` (the relay's data directory) if need be.
     pub fn start(dir: &Path, options: &RelayOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
         let mut cmd = Command::new(binary("obr-relay")?);
         cmd.arg("--listen")
             .arg(options.listen.as_deref().unwrap_or("127.0.0.1:0"))
@@ -284,7 +305,9 @@ impl AgentProc {
     }
 
     /// With extra `obr-agent run` arguments (e.g. `--ctap-budget-ms`).
+    /// Creates `dir` if need be.
     pub fn start_with(dir: &Path, relay_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
         let hid_socket = dir.join("hid.sock");
         let control = dir.join("ctl.sock");
         let mut cmd = Command::new(binary("obr-agent")?);
@@ -331,7 +354,6 @@ pub fn admin_at_agent(
     options: &RelayOptions,
 ) -> anyhow::Result<(RelayProc, AgentProc, crate::api::Api, String)> {
     let relay = RelayProc::start(&scratch.join("relay"), options)?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = crate::api::Api::new(&relay.url);
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
@@ -350,7 +372,6 @@ impl Stack {
     pub fn start(label: &str) -> anyhow::Result<Self> {
         let scratch = Scratch::new(label)?;
         let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
-        std::fs::create_dir_all(scratch.join("agent"))?;
         let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
         Ok(Self {
             agent,

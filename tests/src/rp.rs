@@ -113,19 +113,31 @@ pub struct PendingRegistration {
     client_data: Vec<u8>,
 }
 
-/// A security-key registration (not discoverable) for a new account named
-/// `user_name` at the test RP: the CTAP message a browser would send. For
-/// tests that need a credential made, not verified.
-pub fn registration_request(user_name: &str) -> anyhow::Result<Vec<u8>> {
-    let (options, _) = webauthn()?.start_securitykey_registration(
-        webauthn_rs::prelude::Uuid::new_v4(),
+/// A security-key registration (not discoverable) of a new account at the
+/// test RP, as a browser starts it: the CTAP request to send, and
+/// webauthn-rs's state to verify the answer with
+/// (`finish_securitykey_registration`).
+pub fn start_registration(
+    webauthn: &Webauthn,
+    user_name: &str,
+    display_name: &str,
+) -> anyhow::Result<(PendingRegistration, SecurityKeyRegistration)> {
+    let (options, state) = webauthn.start_securitykey_registration(
+        Uuid::new_v4(),
         user_name,
-        user_name,
+        display_name,
         None,
         None,
         None,
     )?;
-    Ok(make_credential(&options, false)?.ctap_request)
+    Ok((make_credential(&options, false)?, state))
+}
+
+/// The CTAP message of [`start_registration`] for an account named
+/// `user_name`, for tests that need a credential made, not verified.
+pub fn registration_request(user_name: &str) -> anyhow::Result<Vec<u8>> {
+    let (request, _) = start_registration(&webauthn()?, user_name, user_name)?;
+    Ok(request.ctap_request)
 }
 
 /// authenticatorMakeCredential for `options` (a CreationChallengeResponse).

@@ -20,7 +20,6 @@ const BUDGET_MS: u64 = 1000;
 fn the_agents_budget_is_honoured_and_a_late_request_withdrawn() -> anyhow::Result<()> {
     let scratch = Scratch::new("agent-budget")?;
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
     let budget = BUDGET_MS.to_string();
     let agent = AgentProc::start_with(
         &scratch.join("agent"),

@@ -29,7 +29,6 @@ fn the_agent_connects_over_wss_to_a_relay_it_trusts() -> anyhow::Result<()> {
     let (_relay, addr) = Proc::spawn("relay", relay, "obr-relay listening on ")?;
     let url = format!("wss://{addr}");
 
-    std::fs::create_dir_all(scratch.join("trusting"))?;
     let ca = ca.cert();
     let trusting = AgentProc::start_with(
         &scratch.join("trusting"),
@@ -40,7 +39,6 @@ fn the_agent_connects_over_wss_to_a_relay_it_trusts() -> anyhow::Result<()> {
     assert!(status.starts_with("not logged in"), "{status}");
 
     // Without the private CA the relay's certificate is refused.
-    std::fs::create_dir_all(scratch.join("doubting"))?;
     let doubting = AgentProc::start(&scratch.join("doubting"), &url)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {

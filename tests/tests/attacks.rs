@@ -14,7 +14,6 @@ use obr_tests::raw_agent::{RawAgent, TestAgentKey};
 use obr_tests::redis_server::RedisServer;
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
-use webauthn_rs::prelude::Uuid;
 
 const CTAP2_OK: u8 = 0x00;
 const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
@@ -72,10 +71,7 @@ fn relay_on_private_redis(
     let scratch = Scratch::new(label)?;
     let relay = RelayProc::start(
         &scratch.join("relay"),
-        &RelayOptions {
-            redis_url: Some(redis.url()),
-            ..RelayOptions::default()
-        },
+        &RelayOptions::with_redis(redis.url()),
     )?;
     Ok(Some((redis, scratch, relay)))
 }
@@ -172,15 +168,7 @@ fn a_user_cannot_inherit_an_admins_obr_session() -> anyhow::Result<()> {
         rt.block_on(again.send(hello(&seen)))?;
         frames.extend(rt.block_on(again.drain(Duration::from_millis(500))));
         let webauthn = rp::webauthn()?;
-        let (options, _) = webauthn.start_securitykey_registration(
-            Uuid::new_v4(),
-            "carol",
-            "Carol",
-            None,
-            None,
-            None,
-        )?;
-        let request = rp::make_credential(&options, false)?;
+        let (request, _) = rp::start_registration(&webauthn, "carol", "Carol")?;
         let _ = rt.block_on(again.send(agent_frame::Kind::CtapRequest(CtapRequest {
             id: 1,
             payload: request.ctap_request,
@@ -228,9 +216,7 @@ fn an_obr_session_signs_only_with_what_it_created() -> anyhow::Result<()> {
 
     // Session 1 leaves a passkey on bob's key.
     stack.agent.select_as_obr(&api, &admin, bob)?;
-    let (options, state) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let (request, state) = rp::start_registration(&webauthn, "bob", "Bob")?;
     let response = hid.cbor(&request.ctap_request)?;
     let old = webauthn.finish_securitykey_registration(&request.credential(&response)?, &state)?;
     stack.agent.cli(&["back-to-normal"])?;
@@ -260,9 +246,7 @@ fn an_obr_session_signs_only_with_what_it_created() -> anyhow::Result<()> {
     );
 
     // A passkey made in this session may be verified at once: audited, told.
-    let (options, state) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob2", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let (request, state) = rp::start_registration(&webauthn, "bob2", "Bob")?;
     let response = hid.cbor(&request.ctap_request)?;
     let new = webauthn.finish_securitykey_registration(&request.credential(&response)?, &state)?;
     let (options, state) = webauthn.start_securitykey_authentication(std::slice::from_ref(&new))?;
@@ -322,7 +306,6 @@ fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
     let Some((redis, scratch, relay)) = relay_on_private_redis("attack-lost-session")? else {
         return Ok(());
     };
-    std::fs::create_dir_all(scratch.join("agent"))?;
     let agent = AgentProc::start_with(
         &scratch.join("agent"),
         &relay.url,
@@ -825,7 +808,6 @@ fn only_relays_reach_a_standalone_signer() -> anyhow::Result<()> {
             ..RelayOptions::default()
         },
     )?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?;

@@ -11,9 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use obr_tests::api::Api;
 use obr_tests::hid_client::HidClient;
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc, binary};
+use obr_tests::processes::{RelayOptions, SignerProc, admin_at_agent, binary};
 use obr_tests::redis_server::{NO_DEFAULT_USER, RedisServer, RedisTls, acl_user};
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
@@ -106,16 +105,9 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
     assert!(redis.url().starts_with("rediss://"));
     let rediss = |user: &str| format!("rediss://{user}@127.0.0.1:{}/", redis.port);
 
-    std::fs::create_dir_all(scratch.join("signer"))?;
-    let signer_args = [
-        "--tls-cert".into(),
-        file("signer.pem"),
-        "--tls-key".into(),
-        file("signer.key"),
-        "--client-ca".into(),
-        file("ca.pem"),
-        "--redis-url".into(),
-        rediss("obr-signer:signer-secret").into(),
+    // Both relay and signer reach Redis with the Redis CA and the client
+    // certificate it issued.
+    let redis_tls = [
         "--redis-ca".into(),
         file("redis-ca.pem"),
         "--redis-client-cert".into(),
@@ -123,37 +115,42 @@ fn a_generated_pki_secures_every_hop() -> anyhow::Result<()> {
         "--redis-client-key".into(),
         file("redis-client.key"),
     ];
+    let signer_args = [
+        &[
+            "--tls-cert".into(),
+            file("signer.pem"),
+            "--tls-key".into(),
+            file("signer.key"),
+            "--client-ca".into(),
+            file("ca.pem"),
+            "--redis-url".into(),
+            rediss("obr-signer:signer-secret").into(),
+        ][..],
+        &redis_tls,
+    ]
+    .concat();
     let signer_args: Vec<&std::ffi::OsStr> = signer_args.iter().map(|a| a.as_os_str()).collect();
     let signer = SignerProc::start_with(&scratch.join("signer"), &signer_args)?;
 
-    let relay_tls: Vec<std::ffi::OsString> = vec![
-        "--redis-ca".into(),
-        file("redis-ca.pem"),
-        "--redis-client-cert".into(),
-        file("redis-client.pem"),
-        "--redis-client-key".into(),
-        file("redis-client.key"),
-        "--signer-ca".into(),
-        file("ca.pem"),
-        "--signer-client-cert".into(),
-        file("relay.pem"),
-        "--signer-client-key".into(),
-        file("relay.key"),
-    ];
-    let relay = RelayProc::start(
-        &scratch.join("relay"),
-        &RelayOptions {
-            redis_url: Some(rediss("obr-relay:relay-secret")),
-            discover_signers: true,
-            extra_args: relay_tls,
-            ..RelayOptions::default()
-        },
-    )?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
-    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
-    let api = Api::new(&relay.url);
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
-    agent.login(&api, &admin)?;
+    let relay_tls: Vec<std::ffi::OsString> = [
+        &redis_tls[..],
+        &[
+            "--signer-ca".into(),
+            file("ca.pem"),
+            "--signer-client-cert".into(),
+            file("relay.pem"),
+            "--signer-client-key".into(),
+            file("relay.key"),
+        ][..],
+    ]
+    .concat();
+    let options = RelayOptions {
+        redis_url: Some(rediss("obr-relay:relay-secret")),
+        discover_signers: true,
+        extra_args: relay_tls,
+        ..RelayOptions::default()
+    };
+    let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let bob = relay.user("bob@demo.obr")?;
     agent.select_as_obr(&api, &admin, bob)?;
     let mut hid = HidClient::open(&agent.hid_socket)?;

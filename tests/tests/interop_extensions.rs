@@ -78,9 +78,6 @@ fn run_python(python: &std::path::Path, hid_socket: &std::path::Path, args: &[&s
 fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyhow::Result<()> {
     let python = python::venv_python()?;
     let scratch = Scratch::new("py-ext")?;
-    for dir in ["signer", "relay", "agent"] {
-        std::fs::create_dir_all(scratch.join(dir))?;
-    }
     let signer_dir = scratch.join("signer");
     let ca_cert = signer_dir.join("attestation-ca.pem");
     let ca_key = signer_dir.join("attestation-ca.key");
@@ -94,10 +91,7 @@ fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyh
     ];
     let signer = SignerProc::start_with(&signer_dir, &extra)?;
     assert!(ca_cert.exists(), "the CA was generated on first start");
-    let options = RelayOptions {
-        signers: vec![signer.endpoint.clone()],
-        ..RelayOptions::default()
-    };
+    let options = RelayOptions::with_signer(&signer.endpoint);
     let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let carol = relay.user("carol@demo.obr")?;
     agent.select_as_obr(&api, &admin, carol)?;

@@ -16,14 +16,8 @@ use serde_json::Value;
 fn python_fido2_registers_and_signs_in_through_obr() -> anyhow::Result<()> {
     let python = python::venv_python()?;
     let scratch = Scratch::new("py")?;
-    for dir in ["signer", "relay", "agent"] {
-        std::fs::create_dir_all(scratch.join(dir))?;
-    }
     let signer = SignerProc::start(&scratch.join("signer"))?;
-    let options = RelayOptions {
-        signers: vec![signer.endpoint.clone()],
-        ..RelayOptions::default()
-    };
+    let options = RelayOptions::with_signer(&signer.endpoint);
     let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let carol = relay.user("carol@demo.obr")?;
     agent.select_as_obr(&api, &admin, carol)?;

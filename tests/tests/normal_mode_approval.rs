@@ -11,7 +11,6 @@ use obr_tests::hid_client::{CMD_CBOR, HidClient};
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc};
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
-use webauthn_rs::prelude::Uuid;
 
 const STATUS_UPNEEDED: u8 = 0x02;
 
@@ -19,7 +18,6 @@ const STATUS_UPNEEDED: u8 = 0x02;
 fn the_owner_approves_denies_or_ignores_on_their_device() -> anyhow::Result<()> {
     let scratch = Scratch::new("approve")?;
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
     // A short budget so the unanswered request ends quickly.
     let agent = AgentProc::start_with(
         &scratch.join("agent"),
@@ -35,9 +33,7 @@ fn the_owner_approves_denies_or_ignores_on_their_device() -> anyhow::Result<()> 
     let webauthn = rp::webauthn()?;
 
     // Register: the call waits for bob, who approves on his phone.
-    let (options, reg_state) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let (request, reg_state) = rp::start_registration(&webauthn, "bob", "Bob")?;
     let head = api.inbox_head(&device)?;
     let phone = {
         let (url, device) = (relay.url.clone(), device.clone());

@@ -46,16 +46,7 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
 
     // 5: register a security key on bob's account at the RP.
     let webauthn = rp::webauthn()?;
-    let bob_rp_id = Uuid::new_v4();
-    let (options, reg_state) = webauthn.start_securitykey_registration(
-        bob_rp_id,
-        "bob",
-        "Bob at the RP",
-        None,
-        None,
-        None,
-    )?;
-    let request = rp::make_credential(&options, false)?;
+    let (request, reg_state) = rp::start_registration(&webauthn, "bob", "Bob at the RP")?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
     let started = Instant::now();
     let response = hid.cbor(&request.ctap_request)?;
@@ -104,7 +95,6 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
     assert_eq!(refused, vec![CTAP2_ERR_NO_CREDENTIALS]);
 
     // Bob signs in from his own workstation: an agent he logged in himself.
-    std::fs::create_dir_all(stack.scratch.join("bob-agent"))?;
     let bob_agent = AgentProc::start(&stack.scratch.join("bob-agent"), &stack.relay.url)?;
     let status = bob_agent.login(&api, bob.device_token.as_deref().unwrap())?;
     assert!(status.contains("normal mode (bob@demo.obr)"), "{status}");

@@ -134,7 +134,6 @@ fn all_on_record(
 fn sixteen_registrations_at_once_all_recorded_on_sqlite() -> anyhow::Result<()> {
     let scratch = Scratch::new("load-sqlite")?;
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     registrations_all_recorded(&relay, &agent)
 }
@@ -147,12 +146,8 @@ fn sixteen_registrations_at_once_all_recorded_with_the_key_on_postgres() -> anyh
     let signer = SignerProc::start_on(&scratch.join("signer"), &database.url, &[])?;
     let relay = RelayProc::start(
         &scratch.join("relay"),
-        &RelayOptions {
-            signers: vec![signer.endpoint.clone()],
-            ..RelayOptions::default()
-        },
+        &RelayOptions::with_signer(&signer.endpoint),
     )?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let result = registrations_all_recorded(&relay, &agent);
     drop(agent);
@@ -188,8 +183,6 @@ fn two_relays_on_one_directory_record_everything() -> anyhow::Result<()> {
     let demo = &first.demo;
     let (bob, carol) = (first.user("bob@demo.obr")?, first.user("carol@demo.obr")?);
 
-    std::fs::create_dir_all(scratch.join("agent-1"))?;
-    std::fs::create_dir_all(scratch.join("agent-2"))?;
     let ada_agent = AgentProc::start(&scratch.join("agent-1"), &first.url)?;
     let hugo_agent = AgentProc::start(&scratch.join("agent-2"), &second.url)?;
     let ada = first_api.admin_login(&demo.admin_email, &demo.admin_password)?;

@@ -145,15 +145,7 @@ fn assertions_the_browser_cancelled_are_recorded() -> anyhow::Result<()> {
     let (stack, api, admin) = admin_acting_for_bob("record-cancelled-assertions")?;
     let bob = stack.relay.user("bob@demo.obr")?;
     let webauthn = rp::webauthn()?;
-    let (options, state) = webauthn.start_securitykey_registration(
-        webauthn_rs::prelude::Uuid::new_v4(),
-        "bob",
-        "Bob",
-        None,
-        None,
-        None,
-    )?;
-    let request = rp::make_credential(&options, false)?;
+    let (request, state) = rp::start_registration(&webauthn, "bob", "Bob")?;
     let mut hid = HidClient::open(&stack.agent.hid_socket)?;
     let key = webauthn.finish_securitykey_registration(
         &request.credential(&hid.cbor(&request.ctap_request)?)?,
@@ -205,7 +197,6 @@ fn registrations_a_killed_relay_left_are_recorded_after_restart() -> anyhow::Res
     let scratch = Scratch::new("record-killed")?;
     let relay_dir = scratch.join("relay");
     let relay = RelayProc::start(&relay_dir, &RelayOptions::default())?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?.clone();

@@ -15,10 +15,7 @@ fn agent_reconnects_and_keeps_its_session_across_a_relay_restart() -> anyhow::Re
     let redis =
         RedisServer::start()?.expect("redis-server is not installed (scripts/test installs it)");
     let scratch = Scratch::new("restart")?;
-    let options = RelayOptions {
-        redis_url: Some(redis.url()),
-        ..RelayOptions::default()
-    };
+    let options = RelayOptions::with_redis(redis.url());
     let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let bob = relay.user("bob@demo.obr")?.clone();
     agent.select_as_obr(&api, &admin, &bob)?;

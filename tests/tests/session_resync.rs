@@ -21,12 +21,8 @@ fn a_relay_resyncs_its_agents_after_losing_its_subscription() -> anyhow::Result<
     let scratch = Scratch::new("resync")?;
     let relay = RelayProc::start(
         &scratch.join("relay"),
-        &RelayOptions {
-            redis_url: Some(redis.url()),
-            ..RelayOptions::default()
-        },
+        &RelayOptions::with_redis(redis.url()),
     )?;
-    std::fs::create_dir_all(scratch.join("agent"))?;
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = Api::new(&relay.url);
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
@@ -74,13 +70,7 @@ fn the_relay_uses_a_redis_acl_user() -> anyhow::Result<()> {
     };
     let scratch = Scratch::new("redis-acl")?;
     let url = format!("redis://obr-relay:relay-secret@127.0.0.1:{}/", redis.port);
-    let relay = RelayProc::start(
-        &scratch.join("relay"),
-        &RelayOptions {
-            redis_url: Some(url),
-            ..RelayOptions::default()
-        },
-    )?;
+    let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::with_redis(url))?;
     // A login writes its token to Redis and reads it back on the next call.
     let api = Api::new(&relay.url);
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;

@@ -17,7 +17,6 @@ use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc, admin
 use obr_tests::redis_server::RedisServer;
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
-use webauthn_rs::prelude::Uuid;
 
 const LEASE_TTL_MS: u64 = 1000;
 
@@ -33,9 +32,6 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
     let redis =
         RedisServer::start()?.expect("redis-server is not installed (scripts/test installs it)");
     let scratch = Scratch::new("owner")?;
-    for dir in ["signers", "relay", "agent"] {
-        std::fs::create_dir_all(scratch.join(dir))?;
-    }
     let a = start_signer(&scratch.join("signers"), &redis.url())?;
     let b = start_signer(&scratch.join("signers"), &redis.url())?;
     let options = RelayOptions {
@@ -49,9 +45,7 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
 
     // Register and sign through the relay; find who owns bob.
     let webauthn = rp::webauthn()?;
-    let (options, reg_state) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let (request, reg_state) = rp::start_registration(&webauthn, "bob", "Bob")?;
     let mut hid = HidClient::open(&agent.hid_socket)?;
     let key = webauthn.finish_securitykey_registration(
         &request.credential(&hid.cbor(&request.ctap_request)?)?,
@@ -107,30 +101,15 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
         obr_session_id: session["id"].as_str().unwrap_or_default().to_owned(),
     };
     let stale = rt.spawn({
-        let bob_id = bob.id.clone();
-        async move {
-            let mut client = SignerClient::connect(endpoint).await?;
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(LinkRequest {
-                id: 1,
-                kind: Some(link_request::Kind::Ctap(CtapCall {
-                    user_id: bob_id,
-                    payload: stale_request,
-                    budget_ms: 10_000,
-                    acting: Some(acting),
-                    approval_id: String::new(),
-                    approval_mac: Vec::new(),
-                })),
-            })
-            .await?;
-            let mut replies = client
-                .link(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await?
-                .into_inner();
-            let reply = replies.message().await?;
-            drop(tx);
-            anyhow::Ok(reply)
-        }
+        let call = CtapCall {
+            user_id: bob.id.clone(),
+            payload: stale_request,
+            budget_ms: 10_000,
+            acting: Some(acting),
+            approval_id: String::new(),
+            approval_mac: Vec::new(),
+        };
+        async move { link_calls(&endpoint, vec![call]).await }
     });
     std::thread::sleep(Duration::from_millis(300));
     frozen.proc.thaw()?;
@@ -138,7 +117,10 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
     // Give the woken pod a moment to find its lease gone (it renews every
     // third of the TTL) before the relay may route bob back to it.
     std::thread::sleep(Duration::from_millis(LEASE_TTL_MS));
-    let reply = rt.block_on(stale)??.expect("a reply from the woken signer");
+    let (_, reply) = rt
+        .block_on(stale)??
+        .pop()
+        .expect("a reply from the woken signer");
     eprintln!(
         "the woken stale owner answered {:?} (owner {:?})",
         reply.payload, reply.owner
@@ -245,19 +227,30 @@ async fn send_all(
     endpoint: &str,
     users: &[String],
 ) -> anyhow::Result<Vec<(u64, obr_proto::signer::LinkResponse)>> {
+    let calls = users.iter().map(|user| CtapCall {
+        user_id: user.clone(),
+        payload: vec![0x04],
+        budget_ms: 30_000,
+        acting: None,
+        approval_id: String::new(),
+        approval_mac: Vec::new(),
+    });
+    link_calls(endpoint, calls.collect()).await
+}
+
+/// `calls` over one `Link` stream to `endpoint`, request ids 0, 1, ...;
+/// their replies by request id, in the order they came.
+async fn link_calls(
+    endpoint: &str,
+    calls: Vec<CtapCall>,
+) -> anyhow::Result<Vec<(u64, obr_proto::signer::LinkResponse)>> {
     let mut client = SignerClient::connect(endpoint.to_owned()).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(users.len());
-    for (i, user) in users.iter().enumerate() {
+    let count = calls.len();
+    let (tx, rx) = tokio::sync::mpsc::channel(count.max(1));
+    for (i, call) in calls.into_iter().enumerate() {
         tx.send(LinkRequest {
             id: i as u64,
-            kind: Some(link_request::Kind::Ctap(CtapCall {
-                user_id: user.clone(),
-                payload: vec![0x04],
-                budget_ms: 30_000,
-                acting: None,
-                approval_id: String::new(),
-                approval_mac: Vec::new(),
-            })),
+            kind: Some(link_request::Kind::Ctap(call)),
         })
         .await?;
     }
@@ -265,8 +258,8 @@ async fn send_all(
         .link(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
-    let mut out = Vec::with_capacity(users.len());
-    while out.len() < users.len() {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
         let reply = replies
             .message()
             .await?
@@ -286,9 +279,6 @@ fn the_relay_follows_a_redirect_to_the_owner() -> anyhow::Result<()> {
     let redis =
         RedisServer::start()?.expect("redis-server is not installed (scripts/test installs it)");
     let scratch = Scratch::new("redirect")?;
-    for dir in ["signers", "relay", "agent"] {
-        std::fs::create_dir_all(scratch.join(dir))?;
-    }
     let pods = [
         start_signer(&scratch.join("signers"), &redis.url())?,
         start_signer(&scratch.join("signers"), &redis.url())?,
@@ -326,9 +316,7 @@ fn the_relay_follows_a_redirect_to_the_owner() -> anyhow::Result<()> {
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, &bob)?;
     let webauthn = rp::webauthn()?;
-    let (options, state) =
-        webauthn.start_securitykey_registration(Uuid::new_v4(), "bob", "Bob", None, None, None)?;
-    let request = rp::make_credential(&options, false)?;
+    let (request, state) = rp::start_registration(&webauthn, "bob", "Bob")?;
     let mut hid = HidClient::open(&agent.hid_socket)?;
     let response = hid.cbor(&request.ctap_request)?;
     webauthn.finish_securitykey_registration(&request.credential(&response)?, &state)?;

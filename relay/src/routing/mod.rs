@@ -239,10 +239,8 @@ impl Router {
         let request = ListCredentialsRequest {
             user_id: user_id.to_owned(),
         };
-        let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.list_credentials(request))
-            .await
-            .map_err(|_| management_timeout("ListCredentials"))??;
-        Ok(response.into_inner().credentials)
+        let response = management("ListCredentials", client.list_credentials(request)).await?;
+        Ok(response.credentials)
     }
 
     pub async fn delete_credential(
@@ -257,17 +255,12 @@ impl Router {
             credential_id,
             acting_admin_id: admin_id.to_owned(),
         };
-        let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.delete_credential(request))
-            .await
-            .map_err(|_| management_timeout("DeleteCredential"))??;
-        Ok(response.into_inner().deleted)
+        let response = management("DeleteCredential", client.delete_credential(request)).await?;
+        Ok(response.deleted)
     }
 }
 
 impl Router {
-    /// On-behalf credentials whose record no relay confirmed, created at or
-    /// before `created_before_ms`. Every signer pod reads the one database,
-    /// so any live pod answers for all.
     /// The key's authenticatorGetInfo (the same for every user), asked of
     /// a signer once and kept: what an agent no one is logged in on says
     /// it is.
@@ -282,10 +275,8 @@ impl Router {
             return Ok(cached);
         }
         let mut client = SignerClient::new(self.link_for("obr-get-info")?.channel());
-        let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.get_info(GetInfoRequest {}))
-            .await
-            .map_err(|_| management_timeout("GetInfo"))??;
-        let payload = response.into_inner().payload;
+        let response = management("GetInfo", client.get_info(GetInfoRequest {})).await?;
+        let payload = response.payload;
         *self
             .inner
             .get_info
@@ -294,6 +285,9 @@ impl Router {
         Ok(payload)
     }
 
+    /// On-behalf credentials whose record no relay confirmed, created at or
+    /// before `created_before_ms`. Every signer pod reads the one database,
+    /// so any live pod answers for all.
     pub async fn pending_records(
         &self,
         created_before_ms: i64,
@@ -305,10 +299,8 @@ impl Router {
             created_before_ms,
             limit,
         };
-        let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.pending_records(request))
-            .await
-            .map_err(|_| management_timeout("PendingRecords"))??;
-        Ok(response.into_inner().records)
+        let response = management("PendingRecords", client.pending_records(request)).await?;
+        Ok(response.records)
     }
 
     /// Tell the signers `credential_id`'s creation is recorded.
@@ -318,13 +310,12 @@ impl Router {
         credential_id: Vec<u8>,
     ) -> Result<bool, LinkError> {
         let mut client = SignerClient::new(self.link_for(user_id)?.channel());
-        let response = tokio::time::timeout(
-            MANAGEMENT_TIMEOUT,
+        let response = management(
+            "AckRecord",
             client.ack_record(AckRecordRequest { credential_id }),
         )
-        .await
-        .map_err(|_| management_timeout("AckRecord"))??;
-        Ok(response.into_inner().acked)
+        .await?;
+        Ok(response.acked)
     }
 
     /// Delete all of the user's credentials and replace their data key.
@@ -334,10 +325,8 @@ impl Router {
             user_id: user_id.to_owned(),
             acting_admin_id: admin_id.to_owned(),
         };
-        let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.reset_key(request))
-            .await
-            .map_err(|_| management_timeout("ResetKey"))??;
-        Ok(response.into_inner().deleted_credentials)
+        let response = management("ResetKey", client.reset_key(request)).await?;
+        Ok(response.deleted_credentials)
     }
 }
 
@@ -357,12 +346,19 @@ fn rendezvous_weight(endpoint: &str, user_id: &str) -> u64 {
     u64::from_be_bytes(first)
 }
 
-/// The management RPC `rpc` got no answer within [`MANAGEMENT_TIMEOUT`].
-fn management_timeout(rpc: &'static str) -> LinkError {
-    LinkError::Timeout {
-        wait: rpc,
-        after: MANAGEMENT_TIMEOUT,
-    }
+/// The management RPC `rpc` (`call`), answered within
+/// [`MANAGEMENT_TIMEOUT`] or failed with a timeout naming it.
+async fn management<T>(
+    rpc: &'static str,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, LinkError> {
+    let response = tokio::time::timeout(MANAGEMENT_TIMEOUT, call)
+        .await
+        .map_err(|_| LinkError::Timeout {
+            wait: rpc,
+            after: MANAGEMENT_TIMEOUT,
+        })??;
+    Ok(response.into_inner())
 }
 
 #[cfg(test)]

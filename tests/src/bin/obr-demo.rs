@@ -17,7 +17,6 @@ use obr_relay::{Relay, RelayConfig};
 use obr_tests::api::Api;
 use obr_tests::hid_client::HidClient;
 use obr_tests::rp;
-use webauthn_rs::prelude::Uuid;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -182,15 +181,7 @@ fn story(
     );
 
     let webauthn = rp::webauthn()?;
-    let (options, reg_state) = webauthn.start_securitykey_registration(
-        Uuid::new_v4(),
-        "bob",
-        "Bob at the RP",
-        None,
-        None,
-        None,
-    )?;
-    let request = rp::make_credential(&options, false)?;
+    let (request, reg_state) = rp::start_registration(&webauthn, "bob", "Bob at the RP")?;
     let mut hid = HidClient::open(hid_socket)?;
     let started = Instant::now();
     let response = hid.cbor(&request.ctap_request)?;

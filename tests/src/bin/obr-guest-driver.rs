@@ -64,9 +64,7 @@ fn main() -> ExitCode {
 
 fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()> {
     let scratch = Scratch::new("guest")?;
-    for dir in ["signer", "relay", "agent", "libfido2"] {
-        std::fs::create_dir_all(scratch.join(dir))?;
-    }
+    std::fs::create_dir_all(scratch.join("libfido2"))?;
     let signer_dir = scratch.join("signer");
     let ca_cert = signer_dir.join("attestation-ca.pem");
     let ca_key = signer_dir.join("attestation-ca.key");
@@ -83,10 +81,7 @@ fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()
     )?;
     let relay = RelayProc::start(
         &scratch.join("relay"),
-        &RelayOptions {
-            signers: vec![signer.endpoint.clone()],
-            ..RelayOptions::default()
-        },
+        &RelayOptions::with_signer(&signer.endpoint),
     )?;
     report.mark(started, "signer and relay ready");
     report.uhid_refusal_for_unprivileged_user =
