@@ -166,7 +166,7 @@ impl HidClient {
             };
             match reader.feed(&report) {
                 Heard::Other | Heard::Partial => {}
-                Heard::Keepalive => keepalives.push(Instant::now()),
+                Heard::Keepalive(_) => keepalives.push(Instant::now()),
                 Heard::Broken(e) => return Err(io::Error::other(format!("bad reply: {e}"))),
                 Heard::Complete(message) => {
                     return Ok(Reply {

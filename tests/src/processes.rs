@@ -292,6 +292,11 @@ impl RelayProc {
     }
 }
 
+/// `obr-agent run` arguments for a 3 s CTAP budget, so that a request
+/// nobody answers (a refused session, an owner who ignores the approval)
+/// ends quickly.
+pub const SHORT_CTAP_BUDGET: &[&str] = &["--ctap-budget-ms", "3000"];
+
 /// An `obr-agent run` with its HID and control sockets in `dir`.
 pub struct AgentProc {
     pub proc: Proc,

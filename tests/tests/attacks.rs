@@ -9,7 +9,7 @@ use std::time::Duration;
 use obr_proto::agent::{CtapRequest, Hello, LoginStart, ModeKind, agent_frame, relay_frame};
 use obr_tests::api::{Api, audit_actions};
 use obr_tests::hid_client::HidClient;
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, Stack};
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SHORT_CTAP_BUDGET, Stack};
 use obr_tests::raw_agent::{RawAgent, TestAgentKey};
 use obr_tests::redis_server::RedisServer;
 use obr_tests::rp;
@@ -306,11 +306,7 @@ fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
     let Some((redis, scratch, relay)) = relay_on_private_redis("attack-lost-session")? else {
         return Ok(());
     };
-    let agent = AgentProc::start_with(
-        &scratch.join("agent"),
-        &relay.url,
-        &["--ctap-budget-ms", "3000"],
-    )?;
+    let agent = AgentProc::start_with(&scratch.join("agent"), &relay.url, SHORT_CTAP_BUDGET)?;
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?;
     let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;

@@ -105,25 +105,19 @@ fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyh
         AAGUID,
     ];
 
+    // An attested, discoverable credential with credProtect `level`.
+    let protected = |level: &str, more: &[&str]| {
+        let protect = ["--resident-key", "required", "--cred-protect", level];
+        run_python(
+            &python,
+            &agent.hid_socket,
+            &[&attested[..], &protect, more].concat(),
+        )
+    };
+
     // Packed attestation, credProtect 2 and hmac-secret, signing in by
     // allowList (level 2 permits it without UV).
-    let run = run_python(
-        &python,
-        &agent.hid_socket,
-        &[
-            &attested[..],
-            &[
-                "--resident-key",
-                "required",
-                "--cred-protect",
-                "2",
-                "--hmac-secret",
-                "--assertions",
-                "2",
-            ],
-        ]
-        .concat(),
-    );
+    let run = protected("2", &["--hmac-secret", "--assertions", "2"]);
     let registered = run.step("register");
     assert_eq!(registered["fmt"], "packed");
     assert_eq!(registered["attestation_verified"], true);
@@ -141,24 +135,15 @@ fn python_fido2_verifies_packed_attestation_and_round_trips_extensions() -> anyh
     // verifies, through a pinUvAuthToken), by allowList — python-fido2's
     // silent pre-flight carries the token — and as a discoverable
     // credential.
-    let run = run_python(
-        &python,
-        &agent.hid_socket,
+    let run = protected(
+        "3",
         &[
-            &attested[..],
-            &[
-                "--resident-key",
-                "required",
-                "--cred-protect",
-                "3",
-                "--uv",
-                "required",
-                "--assertions",
-                "2",
-                "--discoverable-login",
-            ],
-        ]
-        .concat(),
+            "--uv",
+            "required",
+            "--assertions",
+            "2",
+            "--discoverable-login",
+        ],
     );
     let registered = run.step("register");
     assert_eq!(registered["cred_protect"], 3);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use obr_tests::api::Api;
 use obr_tests::hid_client::{CMD_CBOR, HidClient};
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc};
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SHORT_CTAP_BUDGET};
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
 
@@ -18,12 +18,7 @@ const STATUS_UPNEEDED: u8 = 0x02;
 fn the_owner_approves_denies_or_ignores_on_their_device() -> anyhow::Result<()> {
     let scratch = Scratch::new("approve")?;
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
-    // A short budget so the unanswered request ends quickly.
-    let agent = AgentProc::start_with(
-        &scratch.join("agent"),
-        &relay.url,
-        &["--ctap-budget-ms", "3000"],
-    )?;
+    let agent = AgentProc::start_with(&scratch.join("agent"), &relay.url, SHORT_CTAP_BUDGET)?;
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?.clone();
     let device = bob.device_token.clone().expect("bob's device token");

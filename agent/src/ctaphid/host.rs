@@ -14,8 +14,9 @@ use crate::hid::Report;
 pub enum Heard {
     /// For another channel, or a continuation with nothing started: not ours.
     Other,
-    /// A KEEPALIVE on our channel: the device is still working (§11.2.9.1.7).
-    Keepalive,
+    /// A KEEPALIVE on our channel: the device is still working (§11.2.9.1.7), with its
+    /// status byte (1 processing, 2 waiting for user presence).
+    Keepalive(u8),
     /// Part of the answer; more reports are needed.
     Partial,
     /// The whole answer.
@@ -40,7 +41,9 @@ impl ReplyReader {
     pub fn feed(&mut self, report: &Report) -> Heard {
         match Packet::parse(report) {
             Packet::Init { cid, .. } | Packet::Cont { cid, .. } if cid != self.cid => Heard::Other,
-            Packet::Init { cmd, .. } if cmd == Command::Keepalive.code() => Heard::Keepalive,
+            Packet::Init { cmd, data, .. } if cmd == Command::Keepalive.code() => {
+                Heard::Keepalive(data[0])
+            }
             Packet::Init {
                 cmd, bcnt, data, ..
             } => self.advance(Reassembly::start(cmd, bcnt, data)),
@@ -77,7 +80,7 @@ mod tests {
         let theirs: Vec<Report> = frames(ChannelId::new(8), Command::Cbor, &[0])
             .unwrap()
             .collect();
-        assert!(matches!(reader.feed(&keepalive[0]), Heard::Keepalive));
+        assert!(matches!(reader.feed(&keepalive[0]), Heard::Keepalive(1)));
         let mut answer = None;
         for (n, report) in frames(ours, Command::Cbor, &payload).unwrap().enumerate() {
             assert!(matches!(reader.feed(&theirs[0]), Heard::Other));

@@ -156,6 +156,13 @@ pub enum Packet<'a> {
 }
 
 impl<'a> Packet<'a> {
+    /// The channel the report is on, whichever its kind.
+    pub fn cid(&self) -> ChannelId {
+        match self {
+            Self::Init { cid, .. } | Self::Cont { cid, .. } => *cid,
+        }
+    }
+
     pub fn parse(report: &'a Report) -> Self {
         let [c0, c1, c2, c3, kind, rest @ ..] = report;
         let cid = ChannelId::new(u32::from_be_bytes([*c0, *c1, *c2, *c3]));

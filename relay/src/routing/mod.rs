@@ -51,19 +51,24 @@ struct Inner {
 }
 
 impl Router {
-    /// A fixed set of signers, e.g. `http://10.0.0.7:7400`.
-    pub fn new(endpoints: &[String], tls: Option<ClientTlsConfig>) -> Result<Self, LinkError> {
-        if endpoints.is_empty() {
-            return Err(LinkError::NoSigners);
-        }
-        let router = Self {
+    /// No live signer yet (the constructors add them).
+    fn without_signers(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 tls,
                 links: RwLock::default(),
                 live: RwLock::new(Arc::from([])),
                 get_info: RwLock::default(),
             }),
-        };
+        }
+    }
+
+    /// A fixed set of signers, e.g. `http://10.0.0.7:7400`.
+    pub fn new(endpoints: &[String], tls: Option<ClientTlsConfig>) -> Result<Self, LinkError> {
+        if endpoints.is_empty() {
+            return Err(LinkError::NoSigners);
+        }
+        let router = Self::without_signers(tls);
         router.set_live(endpoints.to_vec(), true)?;
         Ok(router)
     }
@@ -83,14 +88,7 @@ impl Router {
             .get_connection_manager()
             .await
             .map_err(|e| unavailable(&e))?;
-        let router = Self {
-            inner: Arc::new(Inner {
-                tls,
-                links: RwLock::default(),
-                live: RwLock::new(Arc::from([])),
-                get_info: RwLock::default(),
-            }),
-        };
+        let router = Self::without_signers(tls);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let members = obr_signer::placement::live_members(&mut conn, prefix)

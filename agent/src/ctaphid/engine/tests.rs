@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio::time;
 
 use super::*;
+use crate::ctaphid::host::{Heard, ReplyReader};
 use crate::ctaphid::packet::{CONT_DATA_LEN, MAX_MESSAGE_LEN, frames};
 use crate::hid::REPORT_LEN;
 
@@ -117,6 +118,13 @@ impl Host {
         Self::with_config(EngineConfig::default())
     }
 
+    /// A started engine and a channel `client` opened on it.
+    async fn with_channel(client: ClientId) -> (Self, ChannelId) {
+        let mut host = Self::start();
+        let cid = host.init(client).await;
+        (host, cid)
+    }
+
     fn with_config(config: EngineConfig) -> Self {
         let (to_engine, from_host) = mpsc::channel(1024);
         let (to_host, from_engine) = mpsc::unbounded_channel();
@@ -164,44 +172,30 @@ impl Host {
             .expect("engine stopped")
     }
 
-    /// The next message, keepalives included.
+    /// The next message, keepalives included, read as a host reads it ([`ReplyReader`]): every
+    /// report of one message goes to one client, on one channel.
     async fn recv_message(&mut self) -> Reply {
-        let (client, report) = self.recv_report().await;
-        let Packet::Init {
-            cid,
-            cmd,
-            bcnt,
-            data,
-        } = Packet::parse(&report)
-        else {
-            panic!("expected an initialization packet, got {report:02x?}");
-        };
-        let mut progress = Reassembly::start(cmd, bcnt, data).unwrap();
+        let (client, mut report) = self.recv_report().await;
+        let cid = Packet::parse(&report).cid();
+        let mut reader = ReplyReader::new(cid);
         loop {
-            match progress {
-                Progress::Complete(message) => {
-                    return Reply {
-                        client,
-                        cid,
-                        cmd: message.cmd,
-                        payload: message.payload,
-                    };
-                }
-                Progress::Partial(reassembly) => {
-                    let (next_client, report) = self.recv_report().await;
+            let (cmd, payload) = match reader.feed(&report) {
+                Heard::Keepalive(status) => (Command::Keepalive.code(), vec![status]),
+                Heard::Complete(message) => (message.cmd, message.payload),
+                Heard::Partial => {
+                    let (next_client, next) = self.recv_report().await;
                     assert_eq!(next_client, client, "a message's reports go to one client");
-                    let Packet::Cont {
-                        cid: next_cid,
-                        seq,
-                        data,
-                    } = Packet::parse(&report)
-                    else {
-                        panic!("expected a continuation packet");
-                    };
-                    assert_eq!(next_cid, cid, "a message's reports stay on one channel");
-                    progress = reassembly.push(seq, data).unwrap();
+                    report = next;
+                    continue;
                 }
-            }
+                other => panic!("expected a message on {cid:?}, got {other:?}"),
+            };
+            return Reply {
+                client,
+                cid,
+                cmd,
+                payload,
+            };
         }
     }
 
@@ -271,6 +265,14 @@ impl Host {
     async fn assert_serves(&mut self, client: ClientId) {
         let cid = self.init(client).await;
         self.ping(client, cid, b"still here").await;
+    }
+
+    /// The end of an error test: `client`'s channel `cid` recovered (it answers a PING),
+    /// another client is still served, and the engine stops cleanly.
+    async fn finish_recovered(mut self, client: ClientId, cid: ChannelId) {
+        self.ping(client, cid, b"ok").await;
+        self.assert_serves(BOB).await;
+        self.finish().await;
     }
 
     /// Stops the engine and checks it ended cleanly with nothing left over: no unread
@@ -379,8 +381,7 @@ async fn init_with_a_wrong_length_is_invalid_len() {
 
 #[tokio::test(start_paused = true)]
 async fn init_on_an_open_channel_resynchronises_it() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
 
     // A pending CBOR request is abandoned: no answer, and the forward is dropped.
     host.cbor(ALICE, cid, &[0x01, 10]).await;
@@ -443,8 +444,7 @@ async fn channels_beyond_the_limit_reuse_the_least_recently_used_idle_one() {
 
 #[tokio::test(start_paused = true)]
 async fn ping_of_the_maximum_message_round_trips() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     #[expect(
         clippy::cast_possible_truncation,
         reason = "a test byte pattern: wrapping is the point"
@@ -457,23 +457,19 @@ async fn ping_of_the_maximum_message_round_trips() {
 
 #[tokio::test(start_paused = true)]
 async fn message_longer_than_the_maximum_is_invalid_len() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     let too_long = u16::try_from(MAX_MESSAGE_LEN + 1).unwrap();
     host.send_report(ALICE, raw_init(cid, Command::Ping.code(), too_long))
         .await;
     host.expect_error(ALICE, cid, ErrorCode::InvalidLen).await;
     // Nothing was started, so the continuation that follows is spurious and ignored.
     host.send_report(ALICE, raw_cont(cid, 0)).await;
-    host.ping(ALICE, cid, b"ok").await;
-    host.assert_serves(BOB).await;
-    host.finish().await;
+    host.finish_recovered(ALICE, cid).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn wink_is_answered_empty() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.send(ALICE, cid, Command::Wink, &[]).await;
     let reply = host.recv_answer().await;
     assert_eq!(
@@ -485,8 +481,7 @@ async fn wink_is_answered_empty() {
 
 #[tokio::test(start_paused = true)]
 async fn msg_is_invalid_cmd_because_ctap1_is_not_implemented() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.send(ALICE, cid, Command::Msg, &[0x00, 0x03, 0x00, 0x00])
         .await;
     host.expect_error(ALICE, cid, ErrorCode::InvalidCmd).await;
@@ -496,17 +491,14 @@ async fn msg_is_invalid_cmd_because_ctap1_is_not_implemented() {
 
 #[tokio::test(start_paused = true)]
 async fn unknown_and_device_only_commands_are_invalid_cmd() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.send_report(ALICE, raw_init(cid, UNKNOWN_CMD, 0)).await;
     host.expect_error(ALICE, cid, ErrorCode::InvalidCmd).await;
     host.send(ALICE, cid, Command::Keepalive, &[1]).await;
     host.expect_error(ALICE, cid, ErrorCode::InvalidCmd).await;
     host.send(ALICE, cid, Command::Error, &[1]).await;
     host.expect_error(ALICE, cid, ErrorCode::InvalidCmd).await;
-    host.ping(ALICE, cid, b"ok").await;
-    host.assert_serves(BOB).await;
-    host.finish().await;
+    host.finish_recovered(ALICE, cid).await;
 }
 
 // --- Channel addressing -------------------------------------------------------------------
@@ -541,35 +533,28 @@ async fn reserved_unallocated_and_broadcast_channels_are_invalid_channel() {
 
 #[tokio::test(start_paused = true)]
 async fn continuation_out_of_sequence_is_invalid_seq_and_drops_the_message() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.send_ping_start(ALICE, cid, 200).await;
     host.send_report(ALICE, raw_cont(cid, 1)).await;
     host.expect_error(ALICE, cid, ErrorCode::InvalidSeq).await;
     // The partial message is gone: what would have been the right continuation is spurious.
     host.send_report(ALICE, raw_cont(cid, 0)).await;
-    host.ping(ALICE, cid, b"ok").await;
-    host.assert_serves(BOB).await;
-    host.finish().await;
+    host.finish_recovered(ALICE, cid).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn initialization_packet_interrupting_a_message_is_invalid_seq() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.send_ping_start(ALICE, cid, 100).await;
     host.send(ALICE, cid, Command::Ping, b"interloper").await;
     host.expect_error(ALICE, cid, ErrorCode::InvalidSeq).await;
     host.send_report(ALICE, raw_cont(cid, 0)).await;
-    host.ping(ALICE, cid, b"ok").await;
-    host.assert_serves(BOB).await;
-    host.finish().await;
+    host.finish_recovered(ALICE, cid).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn continuation_on_an_idle_channel_is_ignored() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.send_report(ALICE, raw_cont(cid, 0)).await;
     host.send_report(ALICE, raw_cont(cid, 5)).await;
     host.ping(ALICE, cid, b"first answer is this one").await;
@@ -578,8 +563,7 @@ async fn continuation_on_an_idle_channel_is_ignored() {
 
 #[tokio::test(start_paused = true)]
 async fn stalled_message_times_out_and_resets_the_channel() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     let started = Instant::now();
     host.send_ping_start(ALICE, cid, 57 + CONT_DATA_LEN + 1)
         .await;
@@ -588,9 +572,7 @@ async fn stalled_message_times_out_and_resets_the_channel() {
     assert_about(started.elapsed(), DEFAULT_MESSAGE_TIMEOUT);
     // The rest of the abandoned message is spurious.
     host.send_report(ALICE, raw_cont(cid, 1)).await;
-    host.ping(ALICE, cid, b"ok").await;
-    host.assert_serves(BOB).await;
-    host.finish().await;
+    host.finish_recovered(ALICE, cid).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -612,8 +594,7 @@ async fn message_timeout_is_configurable() {
 
 #[tokio::test(start_paused = true)]
 async fn cbor_request_is_forwarded_and_answered() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.cbor(ALICE, cid, &[0x04]).await;
     host.expect_cbor(ALICE, cid, &[0x00, 0x04]).await;
 
@@ -633,8 +614,7 @@ async fn cbor_request_is_forwarded_and_answered() {
 
 #[tokio::test(start_paused = true)]
 async fn empty_cbor_request_is_invalid_len() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.cbor(ALICE, cid, &[]).await;
     host.expect_error(ALICE, cid, ErrorCode::InvalidLen).await;
     host.ping(ALICE, cid, b"ok").await;
@@ -643,8 +623,7 @@ async fn empty_cbor_request_is_invalid_len() {
 
 #[tokio::test(start_paused = true)]
 async fn keepalive_arrives_at_least_every_100_ms_while_a_forward_is_slow() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     let ticks = 10;
     let sent = Instant::now();
     host.cbor(ALICE, cid, &[0x01, ticks]).await;
@@ -678,8 +657,7 @@ async fn keepalive_arrives_at_least_every_100_ms_while_a_forward_is_slow() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_answers_the_pending_request_with_keepalive_cancel() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.cbor(ALICE, cid, &[0x01, 50]).await;
     let keepalive = host.recv_message().await;
     assert_eq!(keepalive.cmd, Command::Keepalive.code());
@@ -699,8 +677,7 @@ async fn cancel_answers_the_pending_request_with_keepalive_cancel() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_with_nothing_pending_is_ignored() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.send(ALICE, cid, Command::Cancel, &[]).await;
     host.ping(ALICE, cid, b"CANCEL got no answer").await;
     host.finish().await;
@@ -708,8 +685,7 @@ async fn cancel_with_nothing_pending_is_ignored() {
 
 #[tokio::test(start_paused = true)]
 async fn request_on_a_busy_channel_is_channel_busy_while_the_first_completes() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.cbor(ALICE, cid, &[0x01, 3]).await;
     host.cbor(ALICE, cid, &[0x02]).await;
     host.expect_error(ALICE, cid, ErrorCode::ChannelBusy).await;
@@ -744,8 +720,7 @@ async fn a_slow_request_does_not_hold_up_other_channels() {
 
 #[tokio::test(start_paused = true)]
 async fn forwarder_panic_or_empty_answer_is_err_other_and_the_channel_recovers() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.cbor(ALICE, cid, &[PANIC_REQUEST]).await;
     host.expect_error(ALICE, cid, ErrorCode::Other).await;
     host.cbor(ALICE, cid, &[EMPTY_ANSWER_REQUEST]).await;
@@ -801,8 +776,7 @@ async fn lock_zero_releases_it() {
 
 #[tokio::test(start_paused = true)]
 async fn lock_with_bad_arguments_is_refused() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     host.send(ALICE, cid, Command::Lock, &[MAX_LOCK_SECONDS + 1])
         .await;
     host.expect_error(ALICE, cid, ErrorCode::InvalidPar).await;
@@ -819,8 +793,7 @@ async fn lock_with_bad_arguments_is_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn arbitrary_reports_never_wedge_the_engine() {
-    let mut host = Host::start();
-    let cid = host.init(ALICE).await;
+    let (mut host, cid) = Host::with_channel(ALICE).await;
     // A deterministic spread of junk: every command byte, odd lengths, on known and unknown
     // channels. Answers are drained, not checked: the point is the engine survives.
     let mut state: u32 = 0x9e37_79b9;
