@@ -8,7 +8,11 @@
 //!    signs in with `.get()`, both verified server-side by webauthn-rs, and bob's obr
 //!    notification is there;
 //! 3. the same with `userVerification: "required"`: no prompt blocks it, because the key has
-//!    built-in UV (the OBR session stands for it, given as a pinUvAuthToken) and no PIN.
+//!    built-in UV (the OBR session stands for it, given as a pinUvAuthToken) and no PIN;
+//! 4. headless Firefox ESR, whose WebAuthn stack is its own (authenticator-rs), does both
+//!    ceremonies with UV discouraged and required on the same page, which reports to the RP
+//!    server (Firefox needs no driver; the page never asks for `attestation: "direct"`, whose
+//!    consent prompt would wait forever).
 //!
 //! Around them: an agent run as `nobody` is refused `/dev/uhid` with the udev rule and group
 //! to install; malformed reports written to the hidraw node are dropped or refused; and the
@@ -26,12 +30,13 @@ use obr_tests::processes::binary;
 use obr_tests::real_clients::Report;
 use obr_tests::scratch::Scratch;
 
-/// Boot, relay/signer/agent start, libfido2, two Chromium runs and power-off, under TCG on a
-/// loaded 2-core machine; the first run also builds the guest cache before this starts.
+/// Boot, relay/signer/agent start, libfido2, two Chromium and two Firefox runs and power-off,
+/// under TCG on a loaded 2-core machine; the first run also builds the guest cache before this
+/// starts.
 const GUEST_DEADLINE: Duration = Duration::from_secs(600);
 
 #[test]
-fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result<()> {
+fn libfido2_chromium_and_firefox_use_the_agent_as_a_usb_security_key() -> anyhow::Result<()> {
     let assets = GuestAssets::ensure()?;
     let scratch = Scratch::new("guest-host")?;
     let out = scratch.join("out");
@@ -149,10 +154,31 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
     assert!(fido.public_key_pem.contains("BEGIN PUBLIC KEY"));
     assert!(fido.assertion_verified);
 
-    // 2 and 3. Chromium, UV discouraged then required.
-    assert_eq!(report.browser.len(), 2);
+    // 2 to 4. Chromium then Firefox, UV discouraged then required.
+    let runs: Vec<(&str, &str)> = report
+        .browser
+        .iter()
+        .map(|run| (run.browser.as_str(), run.user_verification.as_str()))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("chromium", "discouraged"),
+            ("chromium", "required"),
+            ("firefox", "discouraged"),
+            ("firefox", "required")
+        ]
+    );
     for browser in &report.browser {
         let page = &browser.page;
+        // The page ran in the browser it was meant for.
+        let engine = if browser.browser == "firefox" {
+            "Firefox/"
+        } else {
+            "Chrome/"
+        };
+        let user_agent = page["user_agent"].as_str().unwrap_or_default();
+        assert!(user_agent.contains(engine), "{user_agent}");
         assert_eq!(page["ok"], true, "{page}");
         assert_eq!(page["registration"]["verified"], true, "{page}");
         assert_eq!(page["authentication"]["verified"], true, "{page}");
@@ -172,27 +198,31 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
             page["authentication"]["user_verified"], uv_required,
             "UV only when the RP requires it: {page}"
         );
-        assert!(out.join(&browser.screenshot).exists());
+        if browser.browser == "chromium" {
+            let screenshot = browser.screenshot.as_deref().expect("a screenshot");
+            assert!(out.join(screenshot).exists());
+        }
         println!(
-            "  chromium uv={}: start {} ms; page opened to both verified {} ms (page script \
+            "  {} uv={}: start {} ms; page asked for to both verified {} ms (page script \
              started at {} ms, create {} ms, get {} ms)",
+            browser.browser,
             browser.user_verification,
-            browser.chromium_start_ms,
-            browser.ceremonies_ms,
+            browser.start_ms,
+            browser.report_ms,
             page["script_started_ms"],
             page["create_ms"],
             page["get_ms"]
         );
     }
 
-    // bob's inbox and the panel: three registrations by the admin (libfido2, two browsers).
+    // bob's inbox and the panel: five registrations by the admin (libfido2, four browser runs).
     let registrations: Vec<_> = report
         .notifications
         .iter()
         .filter(|n| n["kind"] == "obr.registration")
         .collect();
-    assert_eq!(registrations.len(), 3, "{:?}", report.notifications);
-    assert_eq!(report.passkeys.len(), 3, "{:?}", report.passkeys);
+    assert_eq!(registrations.len(), 5, "{:?}", report.notifications);
+    assert_eq!(report.passkeys.len(), 5, "{:?}", report.passkeys);
     assert!(
         report
             .passkeys
@@ -202,24 +232,36 @@ fn libfido2_and_chromium_use_the_agent_as_a_usb_security_key() -> anyhow::Result
         report.passkeys
     );
 
-    // Chromium asked for UV as a pinUvAuthToken (for create() and get()) only when the RP
-    // required it: the signer's debug line for each token issued.
-    let tokens_issued = run
-        .console
-        .iter()
-        .filter(|(_, line)| line.contains("pinUvAuthToken issued"))
-        .count();
-    assert_eq!(tokens_issued, 2, "tokens issued:\n{}", run.tail(80));
+    // Each browser asked for UV as a pinUvAuthToken (for create() and get()) only when the RP
+    // required it: the signer's debug line for each token issued, counted up to the driver's
+    // mark that ends each browser run (libfido2's run, before them, asks for none).
+    let mut tokens_per_run = Vec::new();
+    let mut tokens = 0;
+    for (_, line) in &run.console {
+        if line.contains("pinUvAuthToken issued") {
+            tokens += 1;
+        }
+        if line.contains("obr-guest-driver: [") && line.contains(") done: ok=") {
+            tokens_per_run.push(tokens);
+            tokens = 0;
+        }
+    }
+    assert_eq!(
+        tokens_per_run,
+        [0, 2, 0, 2],
+        "tokens issued per browser run:\n{}",
+        run.tail(80)
+    );
 
     // Clean teardown: the agent exited by itself on SIGTERM and the device went with it.
     assert_eq!(report.agent_exit_clean, Some(true));
     assert_eq!(report.hidraw_left_after_exit, Some(false));
 
     if let Some(dir) = std::env::var_os("OBR_SCREENSHOTS_DIR") {
-        for browser in &report.browser {
+        for screenshot in report.browser.iter().filter_map(|b| b.screenshot.as_ref()) {
             std::fs::copy(
-                out.join(&browser.screenshot),
-                std::path::Path::new(&dir).join(&browser.screenshot),
+                out.join(screenshot),
+                std::path::Path::new(&dir).join(screenshot),
             )?;
         }
     }

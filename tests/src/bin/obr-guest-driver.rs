@@ -1,8 +1,9 @@
 //! `obr-guest-driver`: the half of the real-client test that runs inside the QEMU guest (see
 //! `tests/tests/real_clients.rs` for the host half). It starts a signer with packed
 //! attestation, a relay and an agent presenting a uhid USB key, logs the admin in and selects
-//! bob as OBR, then lets libfido2 and headless Chromium use the key as they would any security
-//! key. Whatever happens, it writes a [`Report`] to the output folder for the host to check.
+//! bob as OBR, then lets libfido2, headless Chromium and headless Firefox ESR use the key as
+//! they would any security key. Whatever happens, it writes a [`Report`] to the output folder
+//! for the host to check.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,9 +14,10 @@ use clap::Parser;
 use obr_agent::hid::uhid;
 use obr_tests::api::Api;
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc, binary};
-use obr_tests::real_clients::chromium::{BrowserRun, Chromium};
+use obr_tests::real_clients::chromium::Chromium;
+use obr_tests::real_clients::firefox::Firefox;
 use obr_tests::real_clients::rp_page::{InboxAccess, RpPage};
-use obr_tests::real_clients::{Report, libfido2, millis};
+use obr_tests::real_clients::{BrowserRun, Report, libfido2, millis};
 use obr_tests::scratch::Scratch;
 
 /// The relying party fido2-cred and fido2-assert use.
@@ -23,6 +25,11 @@ const LIBFIDO2_RP_ID: &str = "libfido2.obr.test";
 /// How long the driver waits for the kernel or the agent: a hidraw node to appear or go, an
 /// answer on the device, an agent that should fail to start.
 const DEVICE_WAIT: Duration = Duration::from_secs(10);
+/// How long a browser may take, under emulation, from being given the RP page to the page's
+/// report of both ceremonies (Firefox's whole start-up included).
+const PAGE_WAIT: Duration = Duration::from_secs(150);
+/// The browsers, each run once per user-verification requirement.
+const BROWSERS: [&str; 2] = ["chromium", "firefox"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -127,12 +134,18 @@ fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()
         user_email: bob.email.clone(),
         device_token: bob_token.clone(),
     })?;
-    for uv in ["discouraged", "required"] {
-        let run = browse(&page, uv, out, &scratch, report, started)?;
-        let error = (run.page["ok"] != true).then(|| run.page["error"].to_string());
-        report.browser.push(run);
-        if let Some(error) = error {
-            bail!("the RP page failed with userVerification {uv}: {error}");
+    for browser in BROWSERS {
+        for uv in ["discouraged", "required"] {
+            let run = browse(browser, &page, uv, out, &scratch)?;
+            report.mark(
+                started,
+                format!("{browser} ({uv}) done: ok={}", run.page["ok"]),
+            );
+            let error = (run.page["ok"] != true).then(|| run.page["error"].to_string());
+            report.browser.push(run);
+            if let Some(error) = error {
+                bail!("the RP page failed in {browser} with userVerification {uv}: {error}");
+            }
         }
     }
 
@@ -146,38 +159,47 @@ fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()
     Ok(())
 }
 
-/// One fresh Chromium on the RP page with `userVerification: uv`.
+/// One fresh `browser` on the RP page with `userVerification: uv`: the page's report, and for
+/// Chromium a screenshot once it is in.
 fn browse(
+    browser: &str,
     page: &RpPage,
     uv: &str,
     out: &Path,
     scratch: &Scratch,
-    report: &mut Report,
-    started: Instant,
 ) -> anyhow::Result<BrowserRun> {
+    let url = format!("{}?uv={uv}", page.url);
+    let profile = scratch.join(&format!("{browser}-{uv}"));
+    let log = out.join(format!("{browser}-{uv}.log"));
     let launched = Instant::now();
-    let chromium = Chromium::launch(
-        &scratch.join(&format!("chromium-{uv}")),
-        &out.join(format!("chromium-{uv}.log")),
-    )?;
-    let chromium_start_ms = millis(launched.elapsed());
-    report.mark(started, format!("chromium ({uv}) started"));
-    let opened = Instant::now();
-    let mut tab = chromium.open(&format!("{}?uv={uv}", page.url))?;
-    let result = tab.await_page_value("obrRun")?;
-    let ceremonies_ms = millis(opened.elapsed());
-    let screenshot = format!("rp-page-uv-{uv}.png");
-    tab.screenshot(&out.join(&screenshot))?;
-    report.mark(
-        started,
-        format!("chromium ({uv}) done: ok={}", result["ok"]),
-    );
+    let (run, screenshot) = if browser == "firefox" {
+        let _firefox = Firefox::open(&profile, &log, &url)?;
+        let run = BrowserRun {
+            page: page.next_report(PAGE_WAIT)?,
+            report_ms: millis(launched.elapsed()),
+            ..BrowserRun::default()
+        };
+        (run, None)
+    } else {
+        let chromium = Chromium::launch(&profile, &log)?;
+        let start_ms = millis(launched.elapsed());
+        let opened = Instant::now();
+        let mut tab = chromium.open(&url)?;
+        let run = BrowserRun {
+            page: page.next_report(PAGE_WAIT)?,
+            start_ms,
+            report_ms: millis(opened.elapsed()),
+            ..BrowserRun::default()
+        };
+        let screenshot = format!("rp-page-uv-{uv}.png");
+        tab.screenshot(&out.join(&screenshot))?;
+        (run, Some(screenshot))
+    };
     Ok(BrowserRun {
+        browser: browser.to_owned(),
         user_verification: uv.to_owned(),
-        chromium_start_ms,
-        ceremonies_ms,
-        page: result,
         screenshot,
+        ..run
     })
 }
 

@@ -22,10 +22,18 @@ use anyhow::{Context, bail};
 pub const SUITE: &str = "bookworm";
 /// The kernel package whose dependency names the current kernel image.
 pub const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
-/// What the root filesystem adds to `debootstrap --variant=minbase`. `dbus-x11` is there only
-/// because debootstrap does not resolve the virtual `dbus-session-bus` that Chromium's GTK
-/// dependencies need, and would leave them unconfigured.
-pub const ROOTFS_PACKAGES: &[&str] = &["chromium", "fonts-dejavu-core", "fido2-tools", "dbus-x11"];
+/// What the root filesystem adds to `debootstrap --variant=minbase`: the two browsers, whose
+/// WebAuthn stacks differ (Chromium's own, Firefox's authenticator-rs), libfido2's tools and a
+/// font. `dbus-x11` is there only because debootstrap does not resolve the virtual
+/// `dbus-session-bus` that the browsers' GTK dependencies need, and would leave them
+/// unconfigured.
+pub const ROOTFS_PACKAGES: &[&str] = &[
+    "chromium",
+    "firefox-esr",
+    "fonts-dejavu-core",
+    "fido2-tools",
+    "dbus-x11",
+];
 /// Debian mirror for `debootstrap`, overridable with `OBR_GUEST_MIRROR`.
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// The uncompressed kernel inside the cached kernel folder.

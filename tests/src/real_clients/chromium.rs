@@ -1,12 +1,12 @@
 //! Headless Chromium as the browser: started with a fresh profile and a DevTools port, it opens
-//! the RP page, and the DevTools protocol (three commands over one WebSocket: open a tab,
-//! `Runtime.evaluate` awaiting the page's result, `Page.captureScreenshot`) reads the outcome
-//! and takes the picture. Nothing clicks: Chromium sends WebAuthn requests to USB HID
+//! the RP page (whose script reports its outcome to the RP server), and the DevTools protocol
+//! (two commands over one WebSocket: `Page.navigate` in a new tab, `Page.captureScreenshot`)
+//! takes the picture. Nothing clicks: Chromium sends WebAuthn requests to USB HID
 //! authenticators at once. DevTools' virtual authenticators are never used — they would replace
 //! the real device under test.
 //!
 //! The protocol client is a few lines over `tungstenite` (already in the tree for the agent)
-//! rather than a CDP crate, which would bring its own async stack for three calls.
+//! rather than a CDP crate, which would bring its own async stack for two calls.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
 
@@ -24,23 +23,8 @@ use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
 pub const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 /// How long Chromium may take to open its DevTools port.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long one DevTools command (including a whole ceremony) may take.
+/// How long one DevTools command may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// One run of the RP page in a fresh browser.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct BrowserRun {
-    /// `userVerification` the RP asked for.
-    pub user_verification: String,
-    /// Launch until the DevTools port answered.
-    pub chromium_start_ms: u64,
-    /// Page opened until both ceremonies were verified.
-    pub ceremonies_ms: u64,
-    /// What the page's script returned (`window.obrRun`).
-    pub page: Value,
-    /// The screenshot's file name in the output folder.
-    pub screenshot: String,
-}
 
 /// A headless Chromium, killed on drop.
 pub struct Chromium {
@@ -165,27 +149,6 @@ impl Tab {
             }
             return Ok(answer["result"].clone());
         }
-    }
-
-    /// Waits for the page to define `window.<name>` (a promise) and returns what it resolves to.
-    pub fn await_page_value(&mut self, name: &str) -> anyhow::Result<Value> {
-        let expression = format!(
-            "new Promise(resolve => {{ const poll = () => window.{name} ? \
-             resolve(window.{name}) : setTimeout(poll, 20); poll(); }})"
-        );
-        let params =
-            json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
-        // A committed navigation may still replace the initial empty document's context once.
-        let result = match self.call("Runtime.evaluate", params.clone()) {
-            Err(error) if error.to_string().contains("context was destroyed") => {
-                self.call("Runtime.evaluate", params)?
-            }
-            other => other?,
-        };
-        if let Some(exception) = result.get("exceptionDetails") {
-            bail!("the page threw: {exception}");
-        }
-        Ok(result["result"]["value"].clone())
     }
 
     /// A PNG of the whole page, written to `path`.

@@ -1,6 +1,8 @@
 //! Real client stacks against obr-agent's uhid key, run *inside* the guest by
-//! `obr-guest-driver`: libfido2's command-line tools ([`libfido2`]) and headless Chromium
-//! ([`chromium`]) on a small relying-party page verified by webauthn-rs ([`rp_page`]).
+//! `obr-guest-driver`: libfido2's command-line tools ([`libfido2`]), and two browsers with
+//! different WebAuthn stacks — headless Chromium ([`chromium`]) and headless Firefox ESR
+//! ([`firefox`], authenticator-rs) — on a small relying-party page verified by webauthn-rs
+//! ([`rp_page`]).
 //!
 //! This module owns what the driver leaves for the host — the [`Report`], written as JSON to the
 //! guest's output folder — so the host test and the driver agree on its shape. It starts no
@@ -8,6 +10,7 @@
 //! the real binaries through [`crate::processes`].
 
 pub mod chromium;
+pub mod firefox;
 pub mod libfido2;
 pub mod rp_page;
 
@@ -30,8 +33,8 @@ pub struct Report {
     /// (see the driver).
     pub garbage_answer: Option<String>,
     pub libfido2: Option<libfido2::Libfido2Run>,
-    /// One run of the relying-party page per user-verification requirement.
-    pub browser: Vec<chromium::BrowserRun>,
+    /// One run of the relying-party page per browser and user-verification requirement.
+    pub browser: Vec<BrowserRun>,
     /// The user's obr inbox after the registrations.
     pub notifications: Vec<Value>,
     /// The user's passkeys as the admin panel lists them.
@@ -42,6 +45,25 @@ pub struct Report {
     pub hidraw_left_after_exit: Option<bool>,
     /// Why the driver stopped early, if it did.
     pub error: Option<String>,
+}
+
+/// One run of the RP page in a fresh browser.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct BrowserRun {
+    /// `chromium` or `firefox`.
+    pub browser: String,
+    /// `userVerification` the RP asked for.
+    pub user_verification: String,
+    /// Launch until the browser could be given the page (Chromium's DevTools port answered);
+    /// Firefox is launched on the page, so this is 0 and its start-up counts in `report_ms`.
+    pub start_ms: u64,
+    /// The page asked for until its report reached the RP server.
+    pub report_ms: u64,
+    /// What the page's script reported (`window.obrRun`).
+    pub page: Value,
+    /// The screenshot's file name in the output folder (Chromium only: Firefox has no
+    /// driver to take one after the ceremonies).
+    pub screenshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

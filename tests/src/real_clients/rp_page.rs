@@ -1,6 +1,9 @@
 //! A small relying party for the browser: one page on `http://localhost:<port>` (a secure
 //! context, RP ID `localhost`) whose script calls `navigator.credentials.create()` then
-//! `navigator.credentials.get()`, and a JSON API that webauthn-rs verifies server-side.
+//! `navigator.credentials.get()` on load, and a JSON API that webauthn-rs verifies
+//! server-side. When the script is done, successful or not, it posts what it saw to
+//! `/api/report`, which the driver reads with [`RpPage::next_report`]: any browser can run the
+//! page without a browser driver.
 //!
 //! The RP is what a real site (Entra ID, Okta…) would be; it does not know obr. Only for the
 //! test's benefit does it also look, after a verified registration, into the registered user's
@@ -13,7 +16,11 @@
 
 use std::net::TcpListener;
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::bail;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
@@ -34,6 +41,8 @@ pub const RP_NAME: &str = "Example RP";
 /// A running RP page; the server stops when the driver exits.
 pub struct RpPage {
     pub url: String,
+    /// What the page's script posted to `/api/report`, one per page load.
+    reports: Receiver<Value>,
     _server: JoinHandle<()>,
 }
 
@@ -50,6 +59,7 @@ impl RpPage {
     pub fn start(inbox: InboxAccess) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
+        let (report_sender, reports) = channel();
         let origin = Url::parse(&format!("http://localhost:{port}"))?;
         let state = web::Data::new(RpState {
             security_keys: WebauthnBuilder::new("localhost", &origin)?
@@ -61,6 +71,7 @@ impl RpPage {
                 .build()?,
             inbox,
             ceremony: Mutex::new(Ceremony::default()),
+            reports: report_sender,
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -71,6 +82,7 @@ impl RpPage {
                 .route("/api/register/finish", web::post().to(register_finish))
                 .route("/api/login/begin", web::post().to(login_begin))
                 .route("/api/login/finish", web::post().to(login_finish))
+                .route("/api/report", web::post().to(page_report))
         })
         .workers(1)
         .listen(listener)?
@@ -82,8 +94,22 @@ impl RpPage {
         });
         Ok(Self {
             url: origin.to_string(),
+            reports,
             _server: handle,
         })
+    }
+
+    /// What the next page load's script reported (its `window.obrRun` value), waiting at most
+    /// `timeout` — a browser stuck on a prompt nobody answers never reports.
+    pub fn next_report(&self, timeout: Duration) -> anyhow::Result<Value> {
+        match self.reports.recv_timeout(timeout) {
+            Ok(report) => Ok(report),
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "the RP page reported nothing within {timeout:?} (is the browser waiting on a \
+                 prompt? see its log)"
+            ),
+            Err(RecvTimeoutError::Disconnected) => bail!("the RP page's server has stopped"),
+        }
     }
 }
 
@@ -94,6 +120,7 @@ struct RpState {
     passkeys: Webauthn,
     inbox: InboxAccess,
     ceremony: Mutex<Ceremony>,
+    reports: Sender<Value>,
 }
 
 /// The one account's state between the page's calls.
@@ -250,6 +277,12 @@ async fn login_finish(
         "user_verified": result.user_verified(),
         "counter": result.counter(),
     })))
+}
+
+async fn page_report(state: web::Data<RpState>, report: web::Json<Value>) -> HttpResponse {
+    // The driver may have stopped waiting; the report is then nobody's.
+    let _ = state.reports.send(report.into_inner());
+    HttpResponse::NoContent().finish()
 }
 
 /// The newest `obr.registration` notification for RP ID `localhost` in the user's inbox.
