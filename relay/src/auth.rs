@@ -36,6 +36,14 @@ pub fn new_token() -> Result<String, SecretError> {
     Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
 }
 
+/// A fresh password for a new admin: 20 random base64url characters
+/// (120 bits), shown once.
+pub fn new_password() -> Result<String, SecretError> {
+    let mut token = new_token()?;
+    token.truncate(20);
+    Ok(token)
+}
+
 /// What is stored in place of a token.
 pub fn token_hash(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))

@@ -20,9 +20,10 @@ pub struct RelayConfig {
     pub redis: Option<RedisEndpoint>,
     /// Namespace for every Redis key of this deployment.
     pub redis_prefix: String,
-    /// The key that seals every Redis value and event (64 hex characters,
-    /// 0600); every relay of a deployment needs the same one. Default:
-    /// `cluster.key` in the data directory, created when missing.
+    /// The key that seals every Redis value and event, and admins' grants
+    /// in the directory (64 hex characters, 0600); every relay of a
+    /// deployment needs the same one. Default: `cluster.key` in the data
+    /// directory, created when missing.
     pub cluster_key_file: Option<PathBuf>,
     /// Signer endpoints (`http://host:port`); empty runs one in-process,
     /// unless `discover_signers`.
@@ -71,6 +72,14 @@ pub struct TlsFiles {
 }
 
 impl RelayConfig {
+    /// Where the cluster key is: [`Self::cluster_key_file`], else
+    /// `cluster.key` in the data directory.
+    pub fn cluster_key_path(&self) -> PathBuf {
+        self.cluster_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::CLUSTER_KEY_FILE))
+    }
+
     /// Embedded defaults: in-memory sessions, SQLite in `data_dir`, an
     /// in-process signer.
     pub fn embedded(data_dir: PathBuf, public_url: String) -> Self {

@@ -1,6 +1,6 @@
 //! The demo organisation created by `obr-relay --demo-org` on an empty
-//! directory: two admins (the one who logs in, and a helpdesk colleague
-//! nobody may act on behalf of) and two users whose keys are active (their
+//! directory: two admins (the owner who logs in, and a helpdesk operator
+//! for all users, whom nobody may act on behalf of) and two users whose keys are active (their
 //! invitations accepted through the same code path as the API), plus one
 //! user still `invited`. Its secrets are written to `demo-org.json` in the
 //! data directory, readable only by the owner, so scripts can log in.
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{accept, invite_user};
 use crate::auth;
 use crate::directory::KeyStatus;
+use crate::directory::grants::{Grant, Role, Scope};
 use crate::state::AppState;
 
 pub const DEMO_FILE: &str = "demo-org.json";
@@ -61,12 +62,28 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
     let path = state.config.data_dir.join(DEMO_FILE);
     let seed_err = |e: &dyn std::fmt::Display| DemoError::Seed(e.to_string());
     if !state.directory.is_empty().await.map_err(|e| seed_err(&e))? {
-        return Ok(std::fs::read(&path)
+        let org: Option<DemoOrg> = std::fs::read(&path)
             .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok()));
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some(org) = &org {
+            let granted = state.grants.admin(&org.admin_id).await;
+            if granted.map_err(|e| seed_err(&e))?.is_none() {
+                return Err(DemoError::Seed(format!(
+                    "the demo admin in {} has no verified grant (a directory from before sealed \
+                     grants, or another cluster key): delete {} to make a new demo",
+                    state.config.data_dir.display(),
+                    state.config.data_dir.display()
+                )));
+            }
+        }
+        return Ok(org);
     }
-    let admin = create_admin(state, "admin@demo.obr", "Ada Admin").await?;
-    let helpdesk = create_admin(state, "helpdesk@demo.obr", "Hugo Helpdesk").await?;
+    let admin = create_admin(state, "admin@demo.obr", "Ada Admin", Grant::owner()).await?;
+    let operator = Grant {
+        role: Role::Operator,
+        scope: Scope::AllUsers,
+    };
+    let helpdesk = create_admin(state, "helpdesk@demo.obr", "Hugo Helpdesk", operator).await?;
     let mut users = Vec::new();
     for (email, name, activate) in [
         ("bob@demo.obr", "Bob User", true),
@@ -107,20 +124,24 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
     Ok(Some(org))
 }
 
-/// An admin with a random password and an active key (admins enrol
-/// themselves).
-async fn create_admin(state: &AppState, email: &str, name: &str) -> Result<DemoAdmin, DemoError> {
+/// An admin with `grant` and a random password.
+async fn create_admin(
+    state: &AppState,
+    email: &str,
+    name: &str,
+    grant: Grant,
+) -> Result<DemoAdmin, DemoError> {
     let seed_err = |e: &dyn std::fmt::Display| DemoError::Seed(e.to_string());
-    let password = auth::new_token().map_err(|e| seed_err(&e))?[..20].to_owned();
+    let password = auth::new_password().map_err(|e| seed_err(&e))?;
     let hash = auth::hash_password(&password).map_err(|e| seed_err(&e))?;
-    let person = state
-        .directory
-        .create_person(email, name, true, Some(&hash), KeyStatus::Active)
+    let admin = state
+        .grants
+        .create_admin(email, name, &hash, &grant)
         .await
         .map_err(|e| seed_err(&e))?;
     Ok(DemoAdmin {
-        id: person.id,
-        email: person.email,
+        id: admin.person.id,
+        email: admin.person.email,
         password,
     })
 }

@@ -49,6 +49,7 @@ use crate::calls::Calls;
 pub use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::directory::anchor::{self, AuditAnchor};
+use crate::directory::grants::Grants;
 use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
@@ -94,6 +95,8 @@ pub enum RelayError {
 /// The cluster key's default file, in the data directory (relays that
 /// share a Redis must share it: `--cluster-key-file`).
 pub const CLUSTER_KEY_FILE: &str = "cluster.key";
+/// The directory's SQLite file in the data directory.
+pub const DIRECTORY_FILE: &str = "relay.db";
 
 /// The embedded signer's socket, in the data directory.
 pub const EMBEDDED_SIGNER_SOCKET: &str = "signer.sock";
@@ -126,16 +129,15 @@ impl Relay {
             source,
         };
         files::private_dir(&config.data_dir).map_err(data_dir_err)?;
-        let relay_db = config.data_dir.join("relay.db");
+        let relay_db = config.data_dir.join(DIRECTORY_FILE);
         files::private_file(&relay_db).map_err(data_dir_err)?;
         let directory = Directory::open(&relay_db).await?;
+        // The cluster key seals admins' grants in the directory, and every
+        // value in Redis when there is one.
+        let sealer = Sealer::load_or_create(&config.cluster_key_path())?;
+        let grants = Grants::new(directory.clone(), &sealer);
         let store: Arc<dyn SessionStore> = match &config.redis {
             Some(redis) => {
-                let key_file = config
-                    .cluster_key_file
-                    .clone()
-                    .unwrap_or_else(|| config.data_dir.join(CLUSTER_KEY_FILE));
-                let sealer = Sealer::load_or_create(&key_file)?;
                 Arc::new(RedisStore::connect(redis, &config.redis_prefix, sealer).await?)
             }
             None => Arc::new(MemoryStore::new()),
@@ -193,12 +195,13 @@ impl Relay {
                 store.clone(),
                 router.clone(),
                 obr.clone(),
-                directory.clone(),
+                grants.clone(),
                 approval_key,
             ),
             obr,
             config,
             directory,
+            grants,
             store,
             router,
             agents: AgentRegistry::default(),

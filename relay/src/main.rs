@@ -1,7 +1,8 @@
 //! `obr-relay`: parse configuration, open the relay, serve until
-//! SIGINT/SIGTERM. `obr-relay audit verify` checks the audit log against
-//! its signed checkpoints; `obr-relay pki init` makes a deployment CA and
-//! its certificates for setups without a PKI of their own.
+//! SIGINT/SIGTERM. `obr-relay admin create` makes an admin (the first
+//! owner of an organisation); `obr-relay audit verify` checks the audit log
+//! against its signed checkpoints; `obr-relay pki init` makes a deployment
+//! CA and its certificates for setups without a PKI of their own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use obr_relay::directory::Directory;
 use obr_relay::directory::anchor::{self, Verdict};
+use obr_relay::directory::grants::{Grant, Grants, Role, Scope, valid_groups};
+use obr_relay::sessions::Sealer;
 use obr_relay::{Relay, RelayConfig};
 use obr_signer::RedisEndpoint;
 
@@ -30,6 +33,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Admins of the organisation.
+    Admin {
+        #[command(subcommand)]
+        action: AdminCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -55,6 +63,38 @@ enum PkiCommand {
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Make an admin with a role and a scope, and print their password
+    /// once (the first owner of a new organisation, or one more admin).
+    /// Audited. Run where the relay's data directory and cluster key are.
+    Create {
+        /// The relay's data directory (relay.db).
+        #[arg(long, env = "OBR_RELAY_DATA_DIR", default_value = "obr-data")]
+        data_dir: PathBuf,
+        /// The deployment's cluster key (default: cluster.key in the data
+        /// directory, made if missing): it seals the admin's grant.
+        #[arg(long, env = "OBR_RELAY_CLUSTER_KEY_FILE")]
+        cluster_key_file: Option<PathBuf>,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum, default_value = "owner")]
+        role: RoleArg,
+        /// Limit the admin to users in this group (repeat); none: all users.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RoleArg {
+    Owner,
+    Operator,
+    Auditor,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,9 +154,10 @@ struct Args {
     redis_client_key: Option<PathBuf>,
     #[arg(long, env = "OBR_RELAY_REDIS_PREFIX", default_value = "obr:")]
     redis_prefix: String,
-    /// The cluster key that seals what relays keep in Redis (64 hex
-    /// characters, mode 0600; every relay of a deployment needs the same
-    /// one). Default: cluster.key in the data directory, made if missing.
+    /// The cluster key that seals what relays keep in Redis and admins'
+    /// grants in the directory (64 hex characters, mode 0600; every relay
+    /// of a deployment needs the same one). Default: cluster.key in the
+    /// data directory, made if missing.
     #[arg(long, env = "OBR_RELAY_CLUSTER_KEY_FILE")]
     cluster_key_file: Option<PathBuf>,
     /// Signer endpoint (repeat for several); none runs one in-process.
@@ -196,6 +237,21 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Pki {
             action: PkiCommand::Init { dir, hosts },
         }) => return init_pki(&dir, &hosts),
+        Some(Command::Admin {
+            action:
+                AdminCommand::Create {
+                    data_dir,
+                    cluster_key_file,
+                    email,
+                    name,
+                    role,
+                    groups,
+                },
+        }) => {
+            let key =
+                cluster_key_file.unwrap_or_else(|| data_dir.join(obr_relay::CLUSTER_KEY_FILE));
+            return create_admin(&data_dir, &key, &email, &name, role, &groups).await;
+        }
         None => {}
     }
     let args = cli.serve;
@@ -257,6 +313,78 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `obr-relay admin create`.
+async fn create_admin(
+    data_dir: &std::path::Path,
+    cluster_key: &std::path::Path,
+    email: &str,
+    name: &str,
+    role: RoleArg,
+    groups: &[String],
+) -> anyhow::Result<()> {
+    let role = match role {
+        RoleArg::Owner => Role::Owner,
+        RoleArg::Operator => Role::Operator,
+        RoleArg::Auditor => Role::Auditor,
+    };
+    let scope = if groups.is_empty() {
+        Scope::AllUsers
+    } else {
+        Scope::Groups(valid_groups(groups.iter().map(String::as_str))?)
+    };
+    let (email, name) = (email.trim(), name.trim());
+    if email.is_empty() || email.len() > 254 || !email.contains('@') {
+        anyhow::bail!("--email must look like name@domain");
+    }
+    if name.is_empty() || name.len() > 128 {
+        anyhow::bail!("--name must be 1-128 characters");
+    }
+    obr_relay::files::private_dir(data_dir)
+        .with_context(|| format!("data directory {}", data_dir.display()))?;
+    let database = data_dir.join(obr_relay::DIRECTORY_FILE);
+    obr_relay::files::private_file(&database)
+        .with_context(|| format!("database {}", database.display()))?;
+    let directory = Directory::open(&database).await?;
+    // A new key for a directory that has people would seal a grant no
+    // relay of this deployment can verify: the path must be wrong.
+    if !cluster_key.exists() && !directory.is_empty().await? {
+        anyhow::bail!(
+            "no cluster key at {}, but {} has people: give the deployment's key with \
+             --cluster-key-file",
+            cluster_key.display(),
+            database.display()
+        );
+    }
+    let sealer = Sealer::load_or_create(cluster_key)?;
+    let grants = Grants::new(directory.clone(), &sealer);
+    let password = obr_relay::auth::new_password()?;
+    let hash = obr_relay::auth::hash_password(&password)?;
+    let grant = Grant { role, scope };
+    let admin = grants
+        .create_admin(email, name, &hash, &grant)
+        .await
+        .with_context(|| format!("cannot create admin {email} (does the email exist already?)"))?;
+    anyhow::ensure!(
+        grants.admin(&admin.person.id).await?.is_some(),
+        "the grant written for {email} does not verify"
+    );
+    directory
+        .audit(
+            "obr-relay admin create",
+            "admin.created",
+            email,
+            serde_json::json!({ "admin_id": admin.person.id, "grant": grant }),
+        )
+        .await?;
+    println!(
+        "created {} {email} (id {})",
+        grant.role.as_str(),
+        admin.person.id
+    );
+    println!("password, shown once: {password}");
+    Ok(())
+}
+
 /// `obr-relay audit verify`.
 async fn verify_audit(
     data_dir: &std::path::Path,
@@ -264,7 +392,7 @@ async fn verify_audit(
     public_key: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use base64::Engine;
-    let database = data_dir.join("relay.db");
+    let database = data_dir.join(obr_relay::DIRECTORY_FILE);
     if !database.exists() {
         anyhow::bail!("no relay database at {}", database.display());
     }

@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::clock::now_ms;
 use crate::directory::Person;
 use crate::directory::audit::RegistrationRecord;
+use crate::directory::grants::{Admin, Power};
 use crate::directory::{Directory, DirectoryError, KeyStatus};
 use crate::sessions::{AgentEvent, ObrConflict, ObrSession, Principal, SessionStore, StoreError};
 
@@ -33,6 +34,13 @@ pub enum ObrError {
     SelfObr,
     #[error("{0} is an admin: no admin may act on another admin's key")]
     TargetIsAdmin(String),
+    #[error("{0} is not in your scope (the groups you may provision)")]
+    OutOfScope(String),
+    #[error("the {role} role may not {power}")]
+    RoleForbids {
+        role: &'static str,
+        power: &'static str,
+    },
     #[error("no agent is logged in as you: run `obr-agent login` and approve its code first")]
     NoAgent,
     #[error("several agents are logged in as you ({0}): say which one with agent_id")]
@@ -63,12 +71,18 @@ pub enum EndReason {
     /// Somebody else logged the agent in: the session was bound to the
     /// admin who started it.
     LoginChanged,
+    /// The directory no longer lets the admin act on the user (their
+    /// grant, its scope, or the user's key changed), seen on a request.
+    Withdrawn,
 }
 
 impl EndReason {
     fn action(self) -> &'static str {
         match self {
-            EndReason::BackToNormal | EndReason::Done | EndReason::LoginChanged => "obr.ended",
+            EndReason::BackToNormal
+            | EndReason::Done
+            | EndReason::LoginChanged
+            | EndReason::Withdrawn => "obr.ended",
             EndReason::Expired => "obr.expired",
         }
     }
@@ -79,6 +93,7 @@ impl EndReason {
             EndReason::Done => "done",
             EndReason::Expired => "expired",
             EndReason::LoginChanged => "login_changed",
+            EndReason::Withdrawn => "grant_withdrawn",
         }
     }
 }
@@ -103,7 +118,7 @@ impl Obr {
     /// `agent_id` (or their only logged-in agent).
     pub async fn select(
         &self,
-        admin: &Principal,
+        admin: &Admin,
         user_id: &str,
         agent_id: Option<&str>,
     ) -> Result<ObrSession, ObrError> {
@@ -113,12 +128,13 @@ impl Obr {
             .await?
             .ok_or(ObrError::UserNotFound)?;
         check_target(admin, &user)?;
-        let agent_id = self.admin_agent(admin, agent_id).await?;
+        let admin = &admin.person;
+        let agent_id = self.admin_agent(&admin.id, agent_id).await?;
         let now = now_ms();
         let session = ObrSession {
             id: uuid::Uuid::new_v4().to_string(),
             agent_id: agent_id.clone(),
-            admin_id: admin.person_id.clone(),
+            admin_id: admin.id.clone(),
             admin_email: admin.email.clone(),
             user_id: user.id.clone(),
             user_email: user.email.clone(),
@@ -220,6 +236,21 @@ impl Obr {
             return Ok(None);
         };
         self.record_end("system", &ended, EndReason::LoginChanged)
+            .await?;
+        Ok(Some(ended))
+    }
+
+    /// End `session` because the directory no longer grants it (seen by
+    /// the call path on a request): recorded, told, and the agent back to
+    /// normal mode. `None` if it had ended already.
+    pub async fn end_withdrawn(
+        &self,
+        session: &ObrSession,
+    ) -> Result<Option<ObrSession>, ObrError> {
+        let Some(ended) = self.store.end_obr(&session.agent_id, &session.id).await? else {
+            return Ok(None);
+        };
+        self.record_end("system", &ended, EndReason::Withdrawn)
             .await?;
         Ok(Some(ended))
     }
@@ -374,6 +405,10 @@ impl Obr {
                 "The on-behalf registration by {} expired; your key is no longer attached to their computer",
                 session.admin_email
             ),
+            EndReason::Withdrawn => format!(
+                "The on-behalf registration by {} ended: they may no longer act on your key",
+                session.admin_email
+            ),
             _ => format!(
                 "{} ended the on-behalf registration; your key is no longer attached to their computer",
                 session.admin_email
@@ -397,16 +432,16 @@ impl Obr {
 
     async fn admin_agent(
         &self,
-        admin: &Principal,
+        admin_id: &str,
         agent_id: Option<&str>,
     ) -> Result<String, ObrError> {
         if let Some(agent_id) = agent_id {
             return match self.store.agent_login(agent_id).await? {
-                Some(p) if p.person_id == admin.person_id => Ok(agent_id.to_owned()),
+                Some(p) if p.person_id == admin_id => Ok(agent_id.to_owned()),
                 _ => Err(ObrError::AgentNotYours(agent_id.to_owned())),
             };
         }
-        let mut agents = self.store.agents_of(&admin.person_id).await?;
+        let mut agents = self.store.agents_of(admin_id).await?;
         match agents.len() {
             0 => Err(ObrError::NoAgent),
             1 => Ok(agents.remove(0)),
@@ -425,22 +460,33 @@ pub fn serves(session: &ObrSession, agent_id: &str, principal: &Principal, now_m
         && now_ms < session.expires_at_ms
 }
 
-/// Whether `actor` may act on `target`'s key at all (OBR, reset, delete a
-/// passkey): never on their own, never on another admin's — an admin's
-/// power over a key must not become power over the people who hold it.
-pub fn may_act_on(actor: &Principal, target: &Person) -> Result<(), ObrError> {
-    if target.id == actor.person_id {
+/// Whether `actor` may use `power` on `target`'s key at all (OBR, reset,
+/// delete a passkey): their role carries it; never on their own key, never
+/// on another admin's — an admin's power over a key must not become power
+/// over the people who hold it; and only on users in their scope.
+pub fn may_act_on(actor: &Admin, power: Power, target: &Person) -> Result<(), ObrError> {
+    if !actor.may(power) {
+        return Err(ObrError::RoleForbids {
+            role: actor.grant.role.as_str(),
+            power: power.as_str(),
+        });
+    }
+    if target.id == actor.person.id {
         return Err(ObrError::SelfObr);
     }
     if target.is_admin {
         return Err(ObrError::TargetIsAdmin(target.email.clone()));
     }
+    if !actor.covers(target) {
+        return Err(ObrError::OutOfScope(target.email.clone()));
+    }
     Ok(())
 }
 
-/// The seed's prerequisites for OBR, checked before anything changes.
-pub(crate) fn check_target(admin: &Principal, user: &Person) -> Result<(), ObrError> {
-    may_act_on(admin, user)?;
+/// The seed's prerequisites for OBR, checked before anything changes and
+/// again on every CTAP request of the session.
+pub(crate) fn check_target(admin: &Admin, user: &Person) -> Result<(), ObrError> {
+    may_act_on(admin, Power::Provision, user)?;
     match user.key_status {
         KeyStatus::Active => Ok(()),
         other => Err(ObrError::KeyNotActive(other.as_str())),

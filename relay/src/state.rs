@@ -7,6 +7,7 @@ use crate::calls::Calls;
 use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::directory::anchor::AuditAnchor;
+use crate::directory::grants::Grants;
 use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
@@ -16,6 +17,8 @@ use crate::sessions::SessionStore;
 pub struct AppState {
     pub config: Arc<RelayConfig>,
     pub directory: Directory,
+    /// Admins' power: their sealed grants in the directory.
+    pub grants: Grants,
     pub store: Arc<dyn SessionStore>,
     pub router: Router,
     pub agents: AgentRegistry,

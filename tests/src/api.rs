@@ -60,8 +60,12 @@ impl Api {
                 }
                 req.call()
             }
-            "POST" => {
-                let mut req = self.agent.post(&url);
+            "POST" | "PUT" => {
+                let mut req = if method == "POST" {
+                    self.agent.post(&url)
+                } else {
+                    self.agent.put(&url)
+                };
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);
                 }

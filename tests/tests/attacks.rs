@@ -909,14 +909,20 @@ fn a_revoked_admin_keeps_no_power_through_the_agent() -> anyhow::Result<()> {
     assert_eq!(hid.cbor(&request)?.first(), Some(&CTAP2_OK));
 
     let database = stack.scratch.join("relay").join("relay.db");
+    // Revoking an admin is removing their grant (and the marker); the
+    // marker alone makes a person an admin nobody may act on, without
+    // power (attack 12).
     let set_admin = |id: &str, is_admin: bool| {
         let id = id.to_owned();
         tamper(&database, async move |conn| {
-            sqlx::query("UPDATE people SET is_admin = ? WHERE id = ?")
-                .bind(is_admin)
-                .bind(id)
-                .execute(conn)
-                .await?;
+            sqlx::query(
+                "UPDATE people SET is_admin = ?1, \
+                 grant_sealed = CASE WHEN ?1 THEN grant_sealed END WHERE id = ?2",
+            )
+            .bind(is_admin)
+            .bind(id)
+            .execute(conn)
+            .await?;
             Ok(())
         })
     };
@@ -926,7 +932,21 @@ fn a_revoked_admin_keeps_no_power_through_the_agent() -> anyhow::Result<()> {
         hid.cbor(&request)?.first(),
         Some(&CTAP2_ERR_OPERATION_DENIED)
     );
+    // That ended the session (recorded); bob a user again, a new one serves.
+    let audit = api.audit(&admin)?;
+    let ended = audit["records"].as_array().and_then(|r| r.last()).cloned();
+    assert!(
+        ended
+            .as_ref()
+            .is_some_and(|r| r["action"] == "obr.ended"
+                && r["detail"].to_string().contains("grant_withdrawn")),
+        "{ended:?}"
+    );
     set_admin(&bob.id, false)?;
+    stack
+        .agent
+        .wait_status("normal mode", std::time::Duration::from_secs(5))?;
+    stack.agent.select_as_obr(&api, &admin, bob)?;
     assert_eq!(hid.cbor(&request)?.first(), Some(&CTAP2_OK));
     // The admin is one no more.
     set_admin(&demo.admin_id, false)?;

@@ -1,6 +1,6 @@
 //! The seed's prerequisites for OBR, enforced: a user whose key is still
 //! `invited` cannot be selected, an admin cannot select themself, tokens
-//! are checked — and a refusal changes nothing. Also: a session ends by
+//! are checked — and a refusal changes nothing but its own audit record. Also: a session ends by
 //! itself at its TTL, audited and notified.
 
 use std::time::Duration;
@@ -37,7 +37,9 @@ fn refused_selections_change_nothing() -> anyhow::Result<()> {
     let nobody = api.select_obr(&admin, "no-such-user")?;
     assert_eq!(nobody.status, 404);
 
-    // Nothing changed: no session, no audit record, the agent still ready.
+    // Nothing changed: no session, the agent still ready; the audit log
+    // holds only the refusal of power (selecting oneself), not the
+    // conflict or the unknown user.
     let agents = api.call("GET", "/api/agents", Some(&admin), None)?.ok()?;
     assert!(
         agents
@@ -47,10 +49,10 @@ fn refused_selections_change_nothing() -> anyhow::Result<()> {
             .all(|a| a["obr"].is_null()),
         "{agents}"
     );
-    assert_eq!(
-        api.audit(&admin)?["records"].as_array().unwrap().len(),
-        audit_before
-    );
+    let audit = api.audit(&admin)?;
+    let added = &audit["records"].as_array().unwrap()[audit_before..];
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert_eq!(added[0]["action"], "access.refused");
     assert!(
         agent
             .cli(&["status"])?

@@ -1,4 +1,4 @@
-//! Admin sign-in and the audit log.
+//! Admin sign-in, the admins and their grants, and the audit log.
 
 use std::time::Duration;
 
@@ -6,8 +6,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{ApiError, client_address, require_admin};
+use super::{ApiError, client_address, require_power};
 use crate::auth;
+use crate::directory::grants::Power;
 use crate::limits::{ARGON2_QUEUE_WAIT, TooMany};
 use crate::sessions::{Principal, TokenScope};
 use crate::state::AppState;
@@ -77,6 +78,15 @@ pub async fn login(
         }
     };
     limits.login_accounts.succeeded(&account);
+    // The password is theirs; the power is their sealed grant's.
+    if state.grants.admin(&person.id).await?.is_none() {
+        tracing::warn!(email = %person.email, "admin login without a verified grant refused");
+        return Err(ApiError::Forbidden(
+            "this account holds no verified admin grant: an owner must grant it again \
+             (obr-relay admin create)"
+                .into(),
+        ));
+    }
     let token = auth::new_token()?;
     let principal = Principal {
         person_id: person.id.clone(),
@@ -121,7 +131,7 @@ pub async fn audit(
     state: web::Data<AppState>,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state).await?;
+    require_power(&req, &state, Power::Read, "read_audit").await?;
     let limit = query
         .limit
         .unwrap_or(MAX_AUDIT_PAGE)
@@ -133,4 +143,33 @@ pub async fn audit(
         "chain_intact": broken_at.is_none(),
         "chain_broken_at": broken_at,
     })))
+}
+
+#[derive(Serialize)]
+struct AdminView {
+    id: String,
+    email: String,
+    display_name: String,
+    grant: crate::directory::grants::Grant,
+}
+
+/// `GET /api/admins`: every admin whose grant verifies, with role and scope.
+pub async fn admins(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_power(&req, &state, Power::Read, "list_admins").await?;
+    let admins: Vec<AdminView> = state
+        .grants
+        .admins()
+        .await?
+        .into_iter()
+        .map(|admin| AdminView {
+            id: admin.person.id,
+            email: admin.person.email,
+            display_name: admin.person.display_name,
+            grant: admin.grant,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(admins))
 }

@@ -16,6 +16,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Serialize;
 
 use crate::auth;
+use crate::directory::grants::{Admin, Power};
 use crate::directory::{DirectoryError, Person};
 use crate::obr::ObrError;
 use crate::routing::LinkError;
@@ -41,6 +42,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::delete().to(users::delete_passkey),
             )
             .route("/users/{id}/reset-key", web::post().to(users::reset_key))
+            .route("/users/{id}/groups", web::put().to(users::set_groups))
+            .route("/admins", web::get().to(admin::admins))
             .route("/users/{id}/obr", web::post().to(obr::select))
             .route(
                 "/invitations/accept",
@@ -159,9 +162,11 @@ impl From<ObrError> for ApiError {
     fn from(e: ObrError) -> Self {
         match e {
             ObrError::UserNotFound => ApiError::NotFound(e.to_string()),
-            ObrError::SelfObr | ObrError::TargetIsAdmin(_) | ObrError::AgentNotYours(_) => {
-                ApiError::Forbidden(e.to_string())
-            }
+            ObrError::SelfObr
+            | ObrError::TargetIsAdmin(_)
+            | ObrError::OutOfScope(_)
+            | ObrError::RoleForbids { .. }
+            | ObrError::AgentNotYours(_) => ApiError::Forbidden(e.to_string()),
             ObrError::KeyNotActive(_)
             | ObrError::NoAgent
             | ObrError::AgentAmbiguous(_)
@@ -190,22 +195,99 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The admin this request's bearer token belongs to.
-async fn require_admin(req: &HttpRequest, state: &AppState) -> Result<Principal, ApiError> {
+/// The admin this request's bearer token belongs to, with the grant their
+/// directory entry holds now.
+async fn require_admin(req: &HttpRequest, state: &AppState) -> Result<Admin, ApiError> {
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
     match state.store.get_token(&auth::token_hash(token)).await? {
         Some(p) if p.scope == TokenScope::Admin && p.is_admin => {
-            // Power is where it is used: the directory, not the token's
-            // copy, says whether this person is an admin now.
-            match state.directory.person(&p.person_id).await? {
-                Some(person) if person.is_admin => Ok(p),
-                _ => Err(ApiError::Forbidden("no longer an admin".into())),
-            }
+            // Power is where it is used: the directory's sealed grant, not
+            // the token's copy, says whether this person is an admin now.
+            state
+                .grants
+                .admin(&p.person_id)
+                .await?
+                .ok_or_else(|| ApiError::Forbidden("no longer an admin".into()))
         }
         Some(_) => Err(ApiError::Forbidden(
             "this token is not an admin token".into(),
         )),
         None => Err(ApiError::Unauthorized),
+    }
+}
+
+/// [`require_admin`], whose role carries `power` (to do `action`); a
+/// refusal is audited.
+async fn require_power(
+    req: &HttpRequest,
+    state: &AppState,
+    power: Power,
+    action: &str,
+) -> Result<Admin, ApiError> {
+    let admin = require_admin(req, state).await?;
+    if admin.may(power) {
+        return Ok(admin);
+    }
+    let refusal = ObrError::RoleForbids {
+        role: admin.grant.role.as_str(),
+        power: power.as_str(),
+    };
+    Err(refuse(state, &admin, action, "-", refusal).await)
+}
+
+/// `result` as the API answers it, a refusal audited ([`refuse`]).
+async fn audited<T>(
+    state: &AppState,
+    admin: &Admin,
+    action: &str,
+    subject: &str,
+    result: Result<T, ObrError>,
+) -> Result<T, ApiError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(error) => Err(refuse(state, admin, action, subject, error).await),
+    }
+}
+
+/// `error` as the API answers it. When it refuses `admin` a power (their
+/// role, their own key, another admin's, a user out of scope), it is
+/// audited first: who tried `action` on `subject`, and why not. (If the
+/// record cannot be written, the answer is that failure: still a refusal.)
+async fn refuse(
+    state: &AppState,
+    admin: &Admin,
+    action: &str,
+    subject: &str,
+    error: ObrError,
+) -> ApiError {
+    let refusal = matches!(
+        error,
+        ObrError::SelfObr
+            | ObrError::TargetIsAdmin(_)
+            | ObrError::OutOfScope(_)
+            | ObrError::RoleForbids { .. }
+    );
+    if refusal {
+        let detail = serde_json::json!({ "action": action, "reason": error.to_string(),
+                                         "role": admin.grant.role.as_str() });
+        if let Err(failed) = state
+            .directory
+            .audit(&admin.person.email, "access.refused", subject, detail)
+            .await
+        {
+            return failed.into();
+        }
+    }
+    error.into()
+}
+
+/// The session-store view of a verified admin (what agent logins record).
+fn principal(admin: &Admin) -> Principal {
+    Principal {
+        person_id: admin.person.id.clone(),
+        email: admin.person.email.clone(),
+        is_admin: true,
+        scope: TokenScope::Admin,
     }
 }
 

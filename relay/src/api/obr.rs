@@ -7,8 +7,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{ApiError, bearer, client_address, require_admin, require_device};
+use super::{ApiError, audited, bearer, client_address, principal, require_admin, require_device};
 use crate::auth;
+use crate::directory::grants::Power;
 use crate::obr::EndReason;
 use crate::sessions::{AgentEvent, Principal, TokenScope};
 use crate::state::AppState;
@@ -35,8 +36,12 @@ pub async fn approve_login(
     state: web::Data<AppState>,
     body: web::Json<ApproveRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let mut provisions = false;
     let approver = match require_admin(&req, &state).await {
-        Ok(admin) => admin,
+        Ok(admin) => {
+            provisions = admin.may(Power::Provision);
+            principal(&admin)
+        }
         Err(ApiError::Unauthorized | ApiError::Forbidden(_)) if bearer(&req).is_some() => {
             let person = require_device(&req, &state).await?;
             Principal {
@@ -74,7 +79,9 @@ pub async fn approve_login(
         .store
         .put_agent_login(&grant.agent_id, &principal, AGENT_LOGIN_TTL)
         .await?;
-    let action = if principal.is_admin {
+    // An admin who may provision makes the agent ready for OBR; anyone
+    // else (a user, an auditor) just logs it in.
+    let action = if provisions {
         "obr.ready"
     } else {
         "agent.login"
@@ -119,7 +126,7 @@ pub async fn agents(
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&req, &state).await?;
     let mut views = Vec::new();
-    for agent_id in state.store.agents_of(&admin.person_id).await? {
+    for agent_id in state.store.agents_of(&admin.person.id).await? {
         let obr = state.store.get_obr(&agent_id).await?;
         views.push(AgentView {
             connected_here: state.agents.is_connected(&agent_id),
@@ -144,10 +151,12 @@ pub async fn select(
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&req, &state).await?;
     let body = body.map(web::Json::into_inner).unwrap_or_default();
-    let session = state
+    let user_id = path.into_inner();
+    let selected = state
         .obr
-        .select(&admin, &path.into_inner(), body.agent_id.as_deref())
-        .await?;
+        .select(&admin, &user_id, body.agent_id.as_deref())
+        .await;
+    let session = audited(&state, &admin, "select_obr", &user_id, selected).await?;
     Ok(HttpResponse::Created().json(session))
 }
 
@@ -160,7 +169,7 @@ pub async fn end(
     let admin = require_admin(&req, &state).await?;
     let session = state
         .obr
-        .end(&admin, &path.into_inner(), EndReason::Done)
+        .end(&principal(&admin), &path.into_inner(), EndReason::Done)
         .await?;
     Ok(HttpResponse::Ok().json(session))
 }

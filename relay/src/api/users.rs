@@ -6,8 +6,9 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, require_admin};
+use super::{ApiError, audited, require_admin, require_power};
 use crate::auth;
+use crate::directory::grants::{Power, valid_groups};
 use crate::directory::{KeyStatus, Person};
 use crate::mail::Mail;
 use crate::obr::{base64_url, may_act_on};
@@ -21,7 +22,7 @@ const MAX_NAME_LEN: usize = 128;
 
 /// `GET /api/users`.
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state).await?;
+    require_power(&req, &state, Power::Read, "list_users").await?;
     Ok(HttpResponse::Ok().json(state.directory.people().await?))
 }
 
@@ -45,7 +46,7 @@ pub async fn invite(
     state: web::Data<AppState>,
     body: web::Json<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let admin = require_admin(&req, &state).await?;
+    let admin = require_power(&req, &state, Power::ManageUsers, "invite").await?;
     let email = body.email.trim();
     if email.is_empty() || email.len() > MAX_EMAIL_LEN || !email.contains('@') {
         return Err(ApiError::BadRequest(
@@ -58,7 +59,7 @@ pub async fn invite(
         )));
     }
     let (user, invitation_token) =
-        invite_user(&state, &admin.email, email, body.display_name.trim())
+        invite_user(&state, &admin.person.email, email, body.display_name.trim())
             .await
             .map_err(|e| match e {
                 crate::directory::DirectoryError::Db(sqlx::Error::Database(db))
@@ -75,7 +76,7 @@ pub async fn invite(
             "{} added you to obr. Accept in the obr app, or:\n\n  \
              POST {}/api/invitations/accept\n  {{\"token\": \"{invitation_token}\"}}\n\n\
              The invitation expires in {} days and works once.",
-            admin.email,
+            admin.person.email,
             state.config.public_url,
             INVITATION_TTL.as_secs() / 86_400
         ),
@@ -193,7 +194,7 @@ pub async fn passkeys(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&req, &state).await?;
+    require_power(&req, &state, Power::Read, "list_passkeys").await?;
     let user_id = path.into_inner();
     if state.directory.person(&user_id).await?.is_none() {
         return Err(ApiError::NotFound("no such user".into()));
@@ -232,7 +233,8 @@ pub async fn delete_passkey(
         .person(&user_id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    may_act_on(&admin, &user)?;
+    let allowed = may_act_on(&admin, Power::Provision, &user);
+    audited(&state, &admin, "delete_passkey", &user.email, allowed).await?;
     let credential_id = {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -241,7 +243,7 @@ pub async fn delete_passkey(
     };
     if !state
         .router
-        .delete_credential(&admin.person_id, &user_id, credential_id)
+        .delete_credential(&admin.person.id, &user_id, credential_id)
         .await?
     {
         return Err(ApiError::NotFound(
@@ -251,14 +253,22 @@ pub async fn delete_passkey(
     let detail = serde_json::json!({ "user_id": user.id, "credential_id": credential });
     state
         .directory
-        .audit(&admin.email, "passkey.deleted", &user.email, detail.clone())
+        .audit(
+            &admin.person.email,
+            "passkey.deleted",
+            &user.email,
+            detail.clone(),
+        )
         .await?;
     state
         .directory
         .notify(
             &user.id,
             "passkey.deleted",
-            &format!("{} deleted a passkey from your security key", admin.email),
+            &format!(
+                "{} deleted a passkey from your security key",
+                admin.person.email
+            ),
             detail,
         )
         .await?;
@@ -283,13 +293,19 @@ pub async fn reset_key(
         .person(&path.into_inner())
         .await?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    may_act_on(&admin, &user)?;
-    let deleted_credentials = state.router.reset_key(&admin.person_id, &user.id).await?;
+    let allowed = may_act_on(&admin, Power::ManageUsers, &user);
+    audited(&state, &admin, "reset_key", &user.email, allowed).await?;
+    let deleted_credentials = state.router.reset_key(&admin.person.id, &user.id).await?;
     let detail =
         serde_json::json!({ "user_id": user.id, "deleted_credentials": deleted_credentials });
     state
         .directory
-        .audit(&admin.email, "key.reset", &user.email, detail.clone())
+        .audit(
+            &admin.person.email,
+            "key.reset",
+            &user.email,
+            detail.clone(),
+        )
         .await?;
     state
         .directory
@@ -298,7 +314,7 @@ pub async fn reset_key(
             "key.reset",
             &format!(
                 "{} reset your security key: {deleted_credentials} passkeys were removed",
-                admin.email
+                admin.person.email
             ),
             detail,
         )
@@ -306,4 +322,43 @@ pub async fn reset_key(
     Ok(HttpResponse::Ok().json(ResetDone {
         deleted_credentials,
     }))
+}
+
+#[derive(Deserialize)]
+pub struct GroupsRequest {
+    groups: Vec<String>,
+}
+
+/// `PUT /api/users/{id}/groups`: the user's groups, which admins' scopes
+/// name. Audited.
+pub async fn set_groups(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<GroupsRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_power(&req, &state, Power::ManageUsers, "set_groups").await?;
+    let user = state
+        .directory
+        .person(&path.into_inner())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    let groups = valid_groups(body.groups.iter().map(String::as_str))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    state.directory.set_groups(&user.id, &groups).await?;
+    state
+        .directory
+        .audit(
+            &admin.person.email,
+            "user.groups_set",
+            &user.email,
+            serde_json::json!({ "user_id": user.id, "groups": groups }),
+        )
+        .await?;
+    let user = state
+        .directory
+        .person(&user.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    Ok(HttpResponse::Ok().json(user))
 }

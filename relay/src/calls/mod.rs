@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use self::approval::{AskUser, Decision};
 use crate::clock::now_ms;
 use crate::directory::Directory;
+use crate::directory::grants::Grants;
 use crate::obr::{self, Obr};
 use crate::routing::{LinkError, Router};
 use crate::sessions::{ObrSession, Principal, SessionStore, StoreError};
@@ -64,6 +65,7 @@ pub struct Calls {
     router: Router,
     obr: Obr,
     directory: Directory,
+    grants: Grants,
     /// What owner approvals are MACed with for the signers.
     approval_key: Option<ring::hmac::Key>,
 }
@@ -149,14 +151,15 @@ impl Calls {
         store: Arc<dyn SessionStore>,
         router: Router,
         obr: Obr,
-        directory: Directory,
+        grants: Grants,
         approval_key: Option<[u8; obr_proto::approval::KEY_LEN]>,
     ) -> Self {
         Self {
             store,
             router,
             obr,
-            directory,
+            directory: grants.directory().clone(),
+            grants,
             approval_key: approval_key.map(|k| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k)),
         }
     }
@@ -178,6 +181,14 @@ impl Calls {
         {
             tracing::warn!(agent = %call.agent_id, person = %call.principal.person_id,
                 on_behalf = session.is_some(), "the directory no longer grants this; refused");
+            // On behalf, the session ends with it: one audit record, the
+            // user told, the agent back to normal mode. Refused either way.
+            if let Some(session) = &session
+                && let Err(error) = self.obr.end_withdrawn(session).await
+            {
+                tracing::error!(session = %session.id, %error,
+                    "cannot end a session the directory no longer grants");
+            }
             return Ok(Answer::status(StatusCode::OperationDenied));
         }
         // 2. Whose key: on behalf, the session's user's (steps 3 and 5 in
@@ -260,17 +271,16 @@ impl Calls {
         principal: &Principal,
         session: Option<&ObrSession>,
     ) -> Result<bool, CallError> {
-        let Some(person) = self.directory.person(&principal.person_id).await? else {
-            return Ok(false);
-        };
         let Some(session) = session else {
-            return Ok(true);
+            return Ok(self.directory.person(&principal.person_id).await?.is_some());
         };
-        if !person.is_admin {
+        // On behalf: the admin's grant as the directory holds it now (role
+        // and scope), and the user still a target it reaches.
+        let Some(admin) = self.grants.admin(&principal.person_id).await? else {
             return Ok(false);
-        }
+        };
         let target = self.directory.person(&session.user_id).await?;
-        Ok(target.is_some_and(|target| obr::check_target(principal, &target).is_ok()))
+        Ok(target.is_some_and(|target| obr::check_target(&admin, &target).is_ok()))
     }
 
     /// Steps 3 and 5 on behalf of `session`: the key's answer, then its

@@ -1,14 +1,15 @@
 //! The directory: the relay's durable state (SQLite file or, later,
 //! PostgreSQL), behind typed methods.
 //!
-//! Owns people (admins and users) with their key status, invitations,
-//! device tokens, the audit log ([`audit`], anchored by signed checkpoints
+//! Owns people (admins and users) with their key status and groups,
+//! admins' sealed grants ([`grants`]), invitations, device tokens, the audit log ([`audit`], anchored by signed checkpoints
 //! outside the database: [`anchor`]) and each user's notification
 //! inbox ([`notifications`]). It never holds key material or credentials:
 //! those live in the signer's own database.
 
 pub mod anchor;
 pub mod audit;
+pub mod grants;
 pub mod notifications;
 
 use std::path::Path;
@@ -78,10 +79,21 @@ pub struct Person {
     pub id: String,
     pub email: String,
     pub display_name: String,
+    /// An admin: nobody may act on their key. (Their power is their
+    /// verified grant, [`grants::Grants::admin`], not this flag.)
     pub is_admin: bool,
     pub key_status: KeyStatus,
     pub created_at_ms: i64,
+    /// The groups an admin's scope may name (sorted).
+    pub groups: Vec<String>,
 }
+
+/// The columns [`person_from_row`] reads: anyone with a grant, even one
+/// that does not verify, counts as an admin here (protected, not empowered).
+const PERSON_COLUMNS: &str = "id, email, display_name, \
+    (is_admin = 1 OR grant_sealed IS NOT NULL) AS is_admin, key_status, created_at_ms, \
+    (SELECT group_concat(group_name, ',') FROM person_groups g WHERE g.person_id = people.id) \
+    AS groups";
 
 #[derive(Clone)]
 pub struct Directory {
@@ -135,27 +147,40 @@ impl Directory {
             is_admin,
             key_status,
             created_at_ms: now_ms(),
+            groups: Vec::new(),
         };
+        self.insert_person(&person, password_hash, None).await?;
+        Ok(person)
+    }
+
+    /// Write `person`'s row (an admin's with their sealed grant).
+    pub(crate) async fn insert_person(
+        &self,
+        person: &Person,
+        password_hash: Option<&str>,
+        grant_sealed: Option<&str>,
+    ) -> DirResult<()> {
         sqlx::query(
-            "INSERT INTO people (id, email, display_name, is_admin, password_hash, key_status, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO people (id, email, display_name, is_admin, password_hash, key_status, \
+             created_at_ms, grant_sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&person.id)
         .bind(&person.email)
         .bind(&person.display_name)
-        .bind(i64::from(is_admin))
+        .bind(i64::from(person.is_admin))
         .bind(password_hash)
-        .bind(key_status.as_str())
+        .bind(person.key_status.as_str())
         .bind(person.created_at_ms)
+        .bind(grant_sealed)
         .execute(&self.pool)
         .await?;
-        Ok(person)
+        Ok(())
     }
 
     pub async fn person(&self, id: &str) -> DirResult<Option<Person>> {
-        let row = sqlx::query(
-            "SELECT id, email, display_name, is_admin, key_status, created_at_ms FROM people WHERE id = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {PERSON_COLUMNS} FROM people WHERE id = $1"
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
@@ -163,9 +188,9 @@ impl Directory {
     }
 
     pub async fn people(&self) -> DirResult<Vec<Person>> {
-        let rows = sqlx::query(
-            "SELECT id, email, display_name, is_admin, key_status, created_at_ms FROM people ORDER BY email",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {PERSON_COLUMNS} FROM people ORDER BY email"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(person_from_row).collect()
@@ -173,10 +198,10 @@ impl Directory {
 
     /// The admin with this email and their password hash, for login.
     pub async fn admin_credentials(&self, email: &str) -> DirResult<Option<(Person, String)>> {
-        let row = sqlx::query(
-            "SELECT id, email, display_name, is_admin, key_status, created_at_ms, password_hash \
-             FROM people WHERE email = $1 AND is_admin = 1 AND password_hash IS NOT NULL",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {PERSON_COLUMNS}, password_hash FROM people \
+             WHERE email = $1 AND is_admin = 1 AND password_hash IS NOT NULL"
+        ))
         .bind(email)
         .fetch_optional(&self.pool)
         .await?;
@@ -278,6 +303,16 @@ fn person_from_row(r: &sqlx::sqlite::SqliteRow) -> DirResult<Person> {
         is_admin: r.try_get::<i64, _>("is_admin")? != 0,
         key_status: r.try_get::<String, _>("key_status")?.parse()?,
         created_at_ms: r.try_get("created_at_ms")?,
+        groups: {
+            let joined: Option<String> = r.try_get("groups")?;
+            let mut groups: Vec<String> = joined
+                .iter()
+                .flat_map(|g| g.split(','))
+                .map(str::to_owned)
+                .collect();
+            groups.sort();
+            groups
+        },
     })
 }
 
@@ -293,6 +328,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "recorded_registrations",
         include_str!("../../migrations/0002_recorded_registrations.sql"),
+    ),
+    (
+        3,
+        "admin_grants",
+        include_str!("../../migrations/0003_admin_grants.sql"),
     ),
 ];
 

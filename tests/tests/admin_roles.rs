@@ -1,0 +1,350 @@
+//! Admin roles and scopes through the real relay: an owner (the demo's
+//! admin), an operator limited to one group and an auditor, both made with
+//! `obr-relay admin create` on the running relay's data directory. Every
+//! guard answers with a clear error *and* an `access.refused` audit record;
+//! a scope change reaches a session already running; and someone who can
+//! write `relay.db` but does not hold the cluster key cannot make an admin.
+
+use std::process::Command;
+
+use obr_tests::api::{Answer, Api};
+use obr_tests::hid_client::HidClient;
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, binary};
+use obr_tests::rp;
+use obr_tests::scratch::Scratch;
+use serde_json::{Value, json};
+
+const CTAP2_OK: u8 = 0x00;
+const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
+
+/// `obr-relay admin create` on `data_dir`: the new admin's password.
+fn create_admin(
+    data_dir: &std::path::Path,
+    email: &str,
+    role: &str,
+    groups: &[&str],
+) -> anyhow::Result<String> {
+    let mut command = Command::new(binary("obr-relay")?);
+    command
+        .args(["admin", "create", "--data-dir"])
+        .arg(data_dir)
+        .args(["--email", email, "--name", email, "--role", role]);
+    for group in groups {
+        command.args(["--group", group]);
+    }
+    let output = command.output()?;
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(
+        output.status.success(),
+        "admin create: {said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains(&format!("created {role} {email}")), "{said}");
+    let password = said
+        .lines()
+        .find_map(|line| line.strip_prefix("password, shown once: "))
+        .ok_or_else(|| anyhow::anyhow!("no password in: {said}"))?;
+    Ok(password.to_owned())
+}
+
+/// The newest `access.refused` record: who was refused what, on whom.
+fn last_refusal(api: &Api, owner: &str) -> anyhow::Result<Value> {
+    let audit = api.audit(owner)?;
+    audit["records"]
+        .as_array()
+        .and_then(|records| {
+            records
+                .iter()
+                .rev()
+                .find(|r| r["action"] == "access.refused")
+        })
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no access.refused record"))
+}
+
+/// `answer` is a 403 saying `says`, and the audit log's newest refusal is
+/// `actor` trying `action` on `subject`.
+fn refused_and_audited(
+    api: &Api,
+    owner: &str,
+    answer: Answer,
+    says: &str,
+    (actor, action, subject): (&str, &str, &str),
+) -> anyhow::Result<()> {
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert_eq!(answer.body["error"], "forbidden", "{}", answer.body);
+    let message = answer.body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{message:?} lacks {says:?}");
+    let record = last_refusal(api, owner)?;
+    assert_eq!(record["actor"], actor, "{record}");
+    assert_eq!(record["subject"], subject, "{record}");
+    let detail: Value = match &record["detail"] {
+        Value::String(text) => serde_json::from_str(text)?,
+        other => other.clone(),
+    };
+    assert_eq!(detail["action"], action, "{record}");
+    assert_eq!(detail["reason"], message, "{record}");
+    Ok(())
+}
+
+#[test]
+fn operators_reach_their_scope_auditors_only_read_and_refusals_are_audited() -> anyhow::Result<()> {
+    let scratch = Scratch::new("roles")?;
+    let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
+    let api = Api::new(&relay.url);
+    let demo = &relay.demo;
+    let owner = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    let (bob, carol) = (relay.user("bob@demo.obr")?, relay.user("carol@demo.obr")?);
+
+    let op_password = create_admin(
+        &scratch.join("relay"),
+        "emea-op@demo.obr",
+        "operator",
+        &["emea"],
+    )?;
+    let auditor_password = create_admin(&scratch.join("relay"), "audit@demo.obr", "auditor", &[])?;
+    let operator = api.admin_login("emea-op@demo.obr", &op_password)?;
+    let auditor = api.admin_login("audit@demo.obr", &auditor_password)?;
+    let groups = api
+        .call(
+            "PUT",
+            &format!("/api/users/{}/groups", bob.id),
+            Some(&owner),
+            Some(json!({ "groups": ["emea"] })),
+        )?
+        .ok()?;
+    assert_eq!(groups["groups"], json!(["emea"]));
+    let admins = api.call("GET", "/api/admins", Some(&auditor), None)?.ok()?;
+    let roles: Vec<(String, Value)> = admins
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["email"].as_str().unwrap_or_default().to_owned(),
+                a["grant"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        roles.contains(&(
+            "emea-op@demo.obr".into(),
+            json!({ "role": "operator", "scope": { "groups": ["emea"] } })
+        )),
+        "{roles:?}"
+    );
+    assert!(roles.contains(&(
+        "admin@demo.obr".into(),
+        json!({ "role": "owner", "scope": "all_users" })
+    )));
+
+    // The operator provisions bob, in their group, through their own agent.
+    let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
+    agent.login(&api, &operator)?;
+    agent.select_as_obr(&api, &operator, bob)?;
+    let mut hid = HidClient::open(&agent.hid_socket)?;
+    assert_eq!(
+        hid.cbor(&rp::registration_request("bob")?)?.first(),
+        Some(&CTAP2_OK)
+    );
+
+    // Out of scope now: the owner takes bob out of the group, and the
+    // session already running serves no more: it ends, recorded, and the
+    // agent is back to normal mode.
+    api.call(
+        "PUT",
+        &format!("/api/users/{}/groups", bob.id),
+        Some(&owner),
+        Some(json!({ "groups": [] })),
+    )?
+    .ok()?;
+    assert_eq!(
+        hid.cbor(&rp::registration_request("bob")?)?.first(),
+        Some(&CTAP2_ERR_OPERATION_DENIED)
+    );
+    agent.wait_status("normal mode", std::time::Duration::from_secs(5))?;
+    let audit = api.audit(&owner)?;
+    let ended = audit["records"]
+        .as_array()
+        .and_then(|r| r.iter().rev().find(|r| r["action"] == "obr.ended"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        ended["detail"].to_string().contains("grant_withdrawn"),
+        "{ended}"
+    );
+    assert_eq!(ended["subject"], "bob@demo.obr", "{ended}");
+
+    let refused = |answer, says, refusal| refused_and_audited(&api, &owner, answer, says, refusal);
+    let op = "emea-op@demo.obr";
+    // Out of scope from the start.
+    let answer = api.select_obr(&operator, &carol.id)?;
+    refused(answer, "not in your scope", (op, "select_obr", &carol.id))?;
+    // Their own key, and another admin's.
+    let myself = admin_id(&api, &operator, op)?;
+    let answer = api.select_obr(&operator, &myself)?;
+    refused(answer, "on behalf of themself", (op, "select_obr", &myself))?;
+    let answer = api.select_obr(&operator, &demo.helpdesk.id)?;
+    refused(answer, "is an admin", (op, "select_obr", &demo.helpdesk.id))?;
+    // What only an owner does.
+    let answer = api.call(
+        "POST",
+        "/api/users",
+        Some(&operator),
+        Some(json!({ "email": "eve@demo.obr", "display_name": "Eve" })),
+    )?;
+    refused(
+        answer,
+        "operator role may not manage_users",
+        (op, "invite", "-"),
+    )?;
+    let answer = api.call(
+        "POST",
+        &format!("/api/users/{}/reset-key", carol.id),
+        Some(&operator),
+        None,
+    )?;
+    refused(
+        answer,
+        "operator role may not manage_users",
+        (op, "reset_key", "carol@demo.obr"),
+    )?;
+
+    // The auditor reads everything and changes nothing.
+    let au = "audit@demo.obr";
+    assert_eq!(api.users(&auditor)?.len(), 7);
+    assert_eq!(api.passkeys(&auditor, &bob.id)?.len(), 1);
+    assert!(api.audit(&auditor)?["chain_intact"] == true);
+    let answer = api.select_obr(&auditor, &carol.id)?;
+    refused(
+        answer,
+        "auditor role may not provision",
+        (au, "select_obr", &carol.id),
+    )?;
+    let passkey = api.passkeys(&auditor, &bob.id)?[0]["credential_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let answer = api.call(
+        "DELETE",
+        &format!("/api/users/{}/passkeys/{passkey}", bob.id),
+        Some(&auditor),
+        None,
+    )?;
+    refused(
+        answer,
+        "auditor role may not provision",
+        (au, "delete_passkey", "bob@demo.obr"),
+    )?;
+    let answer = api.call(
+        "PUT",
+        &format!("/api/users/{}/groups", carol.id),
+        Some(&auditor),
+        Some(json!({ "groups": ["emea"] })),
+    )?;
+    refused(
+        answer,
+        "auditor role may not manage_users",
+        (au, "set_groups", "-"),
+    )?;
+    assert_eq!(
+        api.passkeys(&owner, &bob.id)?.len(),
+        1,
+        "nothing was deleted"
+    );
+    Ok(())
+}
+
+/// The id of the admin `email`, as `/api/admins` lists them to `token`.
+fn admin_id(api: &Api, token: &str, email: &str) -> anyhow::Result<String> {
+    let admins = api.call("GET", "/api/admins", Some(token), None)?.ok()?;
+    admins
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["email"] == email)
+        .and_then(|a| a["id"].as_str().map(str::to_owned))
+        .ok_or_else(|| anyhow::anyhow!("no admin {email}"))
+}
+
+/// The attacker can write `relay.db` (a backup restored by the wrong
+/// person, a database admin) but does not hold the cluster key. They make
+/// bob an admin with a password they know, then give him another admin's
+/// sealed grant, then put their password on the owner's row: none of it
+/// signs them in with power.
+#[test]
+fn a_database_writer_cannot_make_an_admin() -> anyhow::Result<()> {
+    let scratch = Scratch::new("roles-db-writer")?;
+    let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
+    let api = Api::new(&relay.url);
+    let database = scratch.join("relay").join("relay.db");
+    let password_hash = obr_relay::auth::hash_password("attacker-knows-this")?;
+    // What the attacker runs against the file, beside the running relay.
+    let write = |sql: &str, value: Option<&str>| -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let url = format!("sqlite://{}", database.display());
+                let mut db = sqlx::SqliteConnection::connect(&url).await?;
+                sqlx::query(sql).bind(value).execute(&mut db).await?;
+                db.close().await?;
+                anyhow::Ok(())
+            })
+    };
+
+    write(
+        "UPDATE people SET is_admin = 1, password_hash = ? WHERE email = 'bob@demo.obr'",
+        Some(&password_hash),
+    )?;
+    let login = |email: &str| {
+        api.call(
+            "POST",
+            "/api/admin/login",
+            None,
+            Some(json!({ "email": email, "password": "attacker-knows-this" })),
+        )
+    };
+    // The password the attacker set is right; the grant is missing.
+    let refused = |answer: Answer| {
+        assert_eq!(answer.status, 403, "{}", answer.body);
+        assert!(
+            answer.body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no verified admin grant")),
+            "{}",
+            answer.body
+        );
+    };
+    refused(login("bob@demo.obr")?);
+
+    write(
+        "UPDATE people SET grant_sealed = \
+         (SELECT grant_sealed FROM people WHERE email = 'admin@demo.obr') WHERE email = ?",
+        Some("bob@demo.obr"),
+    )?;
+    // A grant sealed for another admin does not transfer.
+    refused(login("bob@demo.obr")?);
+
+    // The real owner still signs in and holds power.
+    let owner = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    assert_eq!(
+        api.call("GET", "/api/admins", Some(&owner), None)?.status,
+        200
+    );
+
+    // The owner's password hash replaced by one the attacker knows: the
+    // grant is bound to the hash it was made with, so it no longer holds.
+    write(
+        "UPDATE people SET password_hash = ? WHERE email = 'admin@demo.obr'",
+        Some(&password_hash),
+    )?;
+    refused(login("admin@demo.obr")?);
+    assert_eq!(
+        api.call("GET", "/api/admins", Some(&owner), None)?.status,
+        403,
+        "the owner's own token has no power left either (fail closed)"
+    );
+    Ok(())
+}
