@@ -36,6 +36,8 @@ pub enum ObrError {
     TargetIsAdmin(String),
     #[error("{0} is not in your scope (the groups you may provision)")]
     OutOfScope(String),
+    #[error("no admin changes their own grant: another owner must")]
+    OwnGrant,
     #[error("the {role} role may not {power}")]
     RoleForbids {
         role: &'static str,

@@ -255,6 +255,88 @@ fn operators_reach_their_scope_auditors_only_read_and_refusals_are_audited() -> 
     Ok(())
 }
 
+/// An owner widens an operator's scope, cannot change their own grant,
+/// and revokes the operator, whose token, and sign-in, lose their power at
+/// once; an operator cannot change grants. Each refusal is audited.
+#[test]
+fn owners_change_and_revoke_other_admins_grants() -> anyhow::Result<()> {
+    let scratch = Scratch::new("roles-grants")?;
+    let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
+    let api = Api::new(&relay.url);
+    let demo = &relay.demo;
+    let owner = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    let carol = relay.user("carol@demo.obr")?;
+    let op = "apac-op@demo.obr";
+    let password = create_admin(&scratch.join("relay"), op, "operator", &["apac"])?;
+    let operator = api.admin_login(op, &password)?;
+    let op_id = admin_id(&api, &owner, op)?;
+    let grant_path = format!("/api/admins/{op_id}/grant");
+    let refused = |answer, says, refusal| refused_and_audited(&api, &owner, answer, says, refusal);
+
+    // Out of scope, then in: the refusal changes from scope to "no agent".
+    let answer = api.select_obr(&operator, &carol.id)?;
+    refused(answer, "not in your scope", (op, "select_obr", &carol.id))?;
+    let all_users = json!({ "role": "operator", "scope": "all_users" });
+    let set = api.call("PUT", &grant_path, Some(&owner), Some(all_users.clone()))?;
+    assert_eq!(set.ok()?["grant"], all_users);
+    let answer = api.select_obr(&operator, &carol.id)?;
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert!(
+        answer.body["message"].to_string().contains("no agent"),
+        "{}",
+        answer.body
+    );
+
+    // Nobody changes their own grant; an operator changes nobody's.
+    let own = format!("/api/admins/{}/grant", demo.admin_id);
+    let answer = api.call("DELETE", &own, Some(&owner), None)?;
+    refused(
+        answer,
+        "their own grant",
+        (&demo.admin_email, "revoke", &demo.admin_id),
+    )?;
+    let answer = api.call(
+        "PUT",
+        &format!("/api/admins/{}/grant", demo.helpdesk.id),
+        Some(&operator),
+        Some(json!({ "role": "owner", "scope": "all_users" })),
+    )?;
+    refused(
+        answer,
+        "operator role may not manage_admins",
+        (op, "set_grant", "-"),
+    )?;
+    let owner_in_a_group = json!({ "role": "owner", "scope": { "groups": ["apac"] } });
+    let answer = api.call("PUT", &grant_path, Some(&owner), Some(owner_in_a_group))?;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    let not_an_admin = format!("/api/admins/{}/grant", carol.id);
+    assert_eq!(
+        api.call("DELETE", &not_an_admin, Some(&owner), None)?
+            .status,
+        404
+    );
+
+    // Revoked: the token already issued and a new sign-in hold no power.
+    let revoked = api.call("DELETE", &grant_path, Some(&owner), None)?;
+    assert_eq!(revoked.status, 204, "{}", revoked.body);
+    let answer = api.call("GET", "/api/users", Some(&operator), None)?;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    let login = api.call(
+        "POST",
+        "/api/admin/login",
+        None,
+        Some(json!({ "email": op, "password": password })),
+    )?;
+    assert_eq!(login.status, 403, "{}", login.body);
+    assert!(admin_id(&api, &owner, op).is_err(), "no longer listed");
+    let audit = api.audit(&owner)?;
+    let actions = obr_tests::api::audit_actions(&audit);
+    for done in ["admin.grant_set", "admin.revoked"] {
+        assert!(actions.iter().any(|a| a == done), "{done} in {actions:?}");
+    }
+    Ok(())
+}
+
 /// The id of the admin `email`, as `/api/admins` lists them to `token`.
 fn admin_id(api: &Api, token: &str, email: &str) -> anyhow::Result<String> {
     let admins = api.call("GET", "/api/admins", Some(token), None)?.ok()?;

@@ -6,10 +6,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{ApiError, client_address, require_power};
+use super::{ApiError, audited, client_address, require_power};
 use crate::auth;
-use crate::directory::grants::Power;
+use crate::directory::grants::{Admin, Grant, GrantError, Power, Scope, valid_groups};
 use crate::limits::{ARGON2_QUEUE_WAIT, TooMany};
+use crate::obr::ObrError;
 use crate::sessions::{Principal, TokenScope};
 use crate::state::AppState;
 
@@ -172,4 +173,89 @@ pub async fn admins(
         })
         .collect();
     Ok(HttpResponse::Ok().json(admins))
+}
+
+/// The admin `id` names, for an owner about to change their grant: not the
+/// owner themself (refused and audited), and an admin indeed.
+async fn other_admin(
+    state: &AppState,
+    owner: &Admin,
+    action: &str,
+    id: &str,
+) -> Result<crate::directory::Person, ApiError> {
+    let own = if id == owner.person.id {
+        Err(ObrError::OwnGrant)
+    } else {
+        Ok(())
+    };
+    audited(state, owner, action, id, own).await?;
+    match state.directory.person(id).await? {
+        Some(person) if person.is_admin => Ok(person),
+        _ => Err(ApiError::NotFound("no such admin".into())),
+    }
+}
+
+/// `PUT /api/admins/{id}/grant` `{role, scope}`: give another admin a new
+/// role or scope (owners). Audited.
+pub async fn set_grant(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<Grant>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = require_power(&req, &state, Power::ManageAdmins, "set_grant").await?;
+    let target = other_admin(&state, &owner, "set_grant", &path.into_inner()).await?;
+    let grant = body.into_inner();
+    if let Scope::Groups(groups) = &grant.scope {
+        valid_groups(groups.iter().map(String::as_str))
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    state
+        .grants
+        .set_grant(&target.id, &grant)
+        .await
+        .map_err(|e| match e {
+            GrantError::Directory(e) => e.into(),
+            refused => ApiError::BadRequest(refused.to_string()),
+        })?;
+    state
+        .directory
+        .audit(
+            &owner.person.email,
+            "admin.grant_set",
+            &target.email,
+            serde_json::json!({ "admin_id": target.id, "grant": grant }),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(AdminView {
+        id: target.id,
+        email: target.email,
+        display_name: target.display_name,
+        grant,
+    }))
+}
+
+/// `DELETE /api/admins/{id}/grant`: take another admin's power away
+/// (owners). They stay an admin nobody may act on; their tokens, agents
+/// and sessions lose their power at their next use. Audited.
+pub async fn revoke(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = require_power(&req, &state, Power::ManageAdmins, "revoke").await?;
+    let target = other_admin(&state, &owner, "revoke", &path.into_inner()).await?;
+    if !state.grants.revoke(&target.id).await? {
+        return Err(ApiError::NotFound("that admin holds no grant".into()));
+    }
+    state
+        .directory
+        .audit(
+            &owner.person.email,
+            "admin.revoked",
+            &target.email,
+            serde_json::json!({ "admin_id": target.id }),
+        )
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -44,6 +44,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/users/{id}/reset-key", web::post().to(users::reset_key))
             .route("/users/{id}/groups", web::put().to(users::set_groups))
             .route("/admins", web::get().to(admin::admins))
+            .route("/admins/{id}/grant", web::put().to(admin::set_grant))
+            .route("/admins/{id}/grant", web::delete().to(admin::revoke))
             .route("/users/{id}/obr", web::post().to(obr::select))
             .route(
                 "/invitations/accept",
@@ -166,6 +168,7 @@ impl From<ObrError> for ApiError {
             | ObrError::TargetIsAdmin(_)
             | ObrError::OutOfScope(_)
             | ObrError::RoleForbids { .. }
+            | ObrError::OwnGrant
             | ObrError::AgentNotYours(_) => ApiError::Forbidden(e.to_string()),
             ObrError::KeyNotActive(_)
             | ObrError::NoAgent
@@ -266,6 +269,7 @@ async fn refuse(
             | ObrError::TargetIsAdmin(_)
             | ObrError::OutOfScope(_)
             | ObrError::RoleForbids { .. }
+            | ObrError::OwnGrant
     );
     if refusal {
         let detail = serde_json::json!({ "action": action, "reason": error.to_string(),

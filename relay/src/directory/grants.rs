@@ -163,6 +163,15 @@ pub fn valid_groups<'a>(
     }
 }
 
+/// A scope names at least one group, and an owner's is all users.
+fn check_scope(grant: &Grant) -> Result<(), GrantError> {
+    match &grant.scope {
+        Scope::Groups(groups) if groups.is_empty() => Err(GrantError::EmptyScope),
+        Scope::Groups(_) if grant.role == Role::Owner => Err(GrantError::OwnerScope),
+        _ => Ok(()),
+    }
+}
+
 /// The directory's admins, read and written through the grant seal.
 #[derive(Clone)]
 pub struct Grants {
@@ -254,11 +263,7 @@ impl Grants {
         password_hash: &str,
         grant: &Grant,
     ) -> Result<Admin, GrantError> {
-        match &grant.scope {
-            Scope::Groups(groups) if groups.is_empty() => return Err(GrantError::EmptyScope),
-            Scope::Groups(_) if grant.role == Role::Owner => return Err(GrantError::OwnerScope),
-            _ => {}
-        }
+        check_scope(grant)?;
         let person = Person {
             id: uuid::Uuid::new_v4().to_string(),
             email: email.to_owned(),
@@ -280,6 +285,45 @@ impl Grants {
             person,
             grant: grant.clone(),
         })
+    }
+
+    /// Replace `admin_id`'s grant with `grant` (sealed again, for the
+    /// password hash they hold now). `false` if they have no row.
+    pub async fn set_grant(&self, admin_id: &str, grant: &Grant) -> Result<bool, GrantError> {
+        check_scope(grant)?;
+        let Some(person) = self.directory.person(admin_id).await? else {
+            return Ok(false);
+        };
+        let password_hash: Option<String> =
+            sqlx::query_scalar("SELECT password_hash FROM people WHERE id = $1")
+                .bind(admin_id)
+                .fetch_optional(self.directory.pool())
+                .await
+                .map_err(DirectoryError::from)?
+                .flatten();
+        let json =
+            serde_json::to_string(grant).map_err(|e| DirectoryError::Corrupt(e.to_string()))?;
+        let binding = Self::binding(&person, password_hash.as_deref().unwrap_or_default());
+        let sealed = self.seal.seal(&binding, &json, NEVER);
+        sqlx::query("UPDATE people SET grant_sealed = $1, is_admin = 1 WHERE id = $2")
+            .bind(sealed)
+            .bind(admin_id)
+            .execute(self.directory.pool())
+            .await
+            .map_err(DirectoryError::from)?;
+        Ok(true)
+    }
+
+    /// Take `admin_id`'s grant away: they keep their row and remain an
+    /// admin nobody may act on, with no power. `false` if they had none.
+    pub async fn revoke(&self, admin_id: &str) -> DirResult<bool> {
+        let revoked = sqlx::query(
+            "UPDATE people SET grant_sealed = NULL WHERE id = $1 AND grant_sealed IS NOT NULL",
+        )
+        .bind(admin_id)
+        .execute(self.directory.pool())
+        .await?;
+        Ok(revoked.rows_affected() == 1)
     }
 }
 
