@@ -43,6 +43,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             )
             .route("/users/{id}/reset-key", web::post().to(users::reset_key))
             .route("/users/{id}/groups", web::put().to(users::set_groups))
+            .route("/users/{id}/suspend", web::post().to(users::suspend))
+            .route("/users/{id}/resume", web::post().to(users::resume))
             .route("/admins", web::get().to(admin::admins))
             .route("/admins/{id}/grant", web::put().to(admin::set_grant))
             .route("/admins/{id}/grant", web::delete().to(admin::revoke))

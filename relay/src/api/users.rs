@@ -362,3 +362,77 @@ pub async fn set_groups(
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
     Ok(HttpResponse::Ok().json(user))
 }
+
+/// `POST /api/users/{id}/suspend` and `/resume` (owners): a suspended key
+/// refuses everything but getInfo — OBR, the user's own sign-ins — until
+/// resumed; a session on it ends at its next request. Audited; the user
+/// is told.
+pub async fn suspend(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    change_key_status(req, state, path, KeyStatus::Active, KeyStatus::Suspended).await
+}
+
+/// See [`suspend`].
+pub async fn resume(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    change_key_status(req, state, path, KeyStatus::Suspended, KeyStatus::Active).await
+}
+
+async fn change_key_status(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    from: KeyStatus,
+    to: KeyStatus,
+) -> Result<HttpResponse, ApiError> {
+    let (action, verb) = match to {
+        KeyStatus::Suspended => ("user.suspended", "suspended"),
+        _ => ("user.resumed", "resumed"),
+    };
+    let admin = require_admin(&req, &state).await?;
+    let user = state
+        .directory
+        .person(&path.into_inner())
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    let allowed = may_act_on(&admin, Power::ManageUsers, &user);
+    audited(&state, &admin, action, &user.email, allowed).await?;
+    if !state
+        .directory
+        .change_key_status(&user.id, from, to)
+        .await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "{}'s key is {}, not {}",
+            user.email,
+            user.key_status.as_str(),
+            from.as_str()
+        )));
+    }
+    let detail = serde_json::json!({ "user_id": user.id, "key_status": to.as_str() });
+    state
+        .directory
+        .audit(&admin.person.email, action, &user.email, detail.clone())
+        .await?;
+    state
+        .directory
+        .notify(
+            &user.id,
+            action,
+            &format!("{} {verb} your security key", admin.person.email),
+            detail,
+        )
+        .await?;
+    let user = state
+        .directory
+        .person(&user.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    Ok(HttpResponse::Ok().json(user))
+}

@@ -43,8 +43,8 @@ use tokio::time::Instant;
 
 use self::approval::{AskUser, Decision};
 use crate::clock::now_ms;
-use crate::directory::Directory;
 use crate::directory::grants::Grants;
+use crate::directory::{Directory, KeyStatus};
 use crate::obr::{self, Obr};
 use crate::routing::{LinkError, Router};
 use crate::sessions::{ObrSession, Principal, SessionStore, StoreError};
@@ -176,7 +176,7 @@ impl Calls {
             return Ok(Answer::ModeMismatch);
         }
         if !self
-            .still_granted(&call.principal, session.as_ref())
+            .still_granted(&call.principal, session.as_ref(), call.payload.first())
             .await?
         {
             tracing::warn!(agent = %call.agent_id, person = %call.principal.person_id,
@@ -263,16 +263,22 @@ impl Calls {
         Ok(Answer::Reply(Box::new(response)))
     }
 
-    /// Step 1, the directory's half: the person logged in still exists;
-    /// on behalf, they are still an admin and may still act on the
-    /// session's user (not an admin now, key still active).
+    /// Step 1, the directory's half: the person logged in still exists,
+    /// and in normal mode their key is active (a suspended key answers
+    /// nothing but getInfo, `ctap_command`); on behalf, they are still an admin
+    /// and may still act on the session's user (not an admin now, in
+    /// scope, key still active).
     async fn still_granted(
         &self,
         principal: &Principal,
         session: Option<&ObrSession>,
+        ctap_command: Option<&u8>,
     ) -> Result<bool, CallError> {
         let Some(session) = session else {
-            return Ok(self.directory.person(&principal.person_id).await?.is_some());
+            let person = self.directory.person(&principal.person_id).await?;
+            return Ok(person.is_some_and(|person| {
+                person.key_status == KeyStatus::Active || ctap_command == Some(&command::GET_INFO)
+            }));
         };
         // On behalf: the admin's grant as the directory holds it now (role
         // and scope), and the user still a target it reaches.

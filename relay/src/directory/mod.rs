@@ -271,6 +271,24 @@ impl Directory {
         self.person(&person_id).await
     }
 
+    /// Move `person_id`'s key from `from` to `to` (suspend, resume).
+    /// `false` if it was not in `from`.
+    pub async fn change_key_status(
+        &self,
+        person_id: &str,
+        from: KeyStatus,
+        to: KeyStatus,
+    ) -> DirResult<bool> {
+        let changed =
+            sqlx::query("UPDATE people SET key_status = $1 WHERE id = $2 AND key_status = $3")
+                .bind(to.as_str())
+                .bind(person_id)
+                .bind(from.as_str())
+                .execute(&self.pool)
+                .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
     /// The person a device (user app) token belongs to, if it is valid.
     pub async fn device_token_owner(&self, token_hash: &str) -> DirResult<Option<Person>> {
         let person_id: Option<String> = sqlx::query_scalar(
