@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, audited, require_admin, require_power};
 use crate::auth;
-use crate::directory::grants::{Power, valid_groups};
+use crate::directory::grants::{Admin, Power, valid_groups};
 use crate::directory::{KeyStatus, Person};
 use crate::mail::Mail;
 use crate::obr::{base64_url, may_act_on};
@@ -228,13 +228,7 @@ pub async fn delete_passkey(
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&req, &state).await?;
     let (user_id, credential) = path.into_inner();
-    let user = state
-        .directory
-        .person(&user_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    let allowed = may_act_on(&admin, Power::Provision, &user);
-    audited(&state, &admin, "delete_passkey", &user.email, allowed).await?;
+    let user = target(&state, &admin, Power::Provision, "delete_passkey", &user_id).await?;
     let credential_id = {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -288,13 +282,14 @@ pub async fn reset_key(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&req, &state).await?;
-    let user = state
-        .directory
-        .person(&path.into_inner())
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    let allowed = may_act_on(&admin, Power::ManageUsers, &user);
-    audited(&state, &admin, "reset_key", &user.email, allowed).await?;
+    let user = target(
+        &state,
+        &admin,
+        Power::ManageUsers,
+        "reset_key",
+        &path.into_inner(),
+    )
+    .await?;
     let deleted_credentials = state.router.reset_key(&admin.person.id, &user.id).await?;
     let detail =
         serde_json::json!({ "user_id": user.id, "deleted_credentials": deleted_credentials });
@@ -338,11 +333,7 @@ pub async fn set_groups(
     body: web::Json<GroupsRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_power(&req, &state, Power::ManageUsers, "set_groups").await?;
-    let user = state
-        .directory
-        .person(&path.into_inner())
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    let user = person(&state, &path.into_inner()).await?;
     let groups = valid_groups(body.groups.iter().map(String::as_str))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     state.directory.set_groups(&user.id, &groups).await?;
@@ -355,12 +346,7 @@ pub async fn set_groups(
             serde_json::json!({ "user_id": user.id, "groups": groups }),
         )
         .await?;
-    let user = state
-        .directory
-        .person(&user.id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    Ok(HttpResponse::Ok().json(user))
+    Ok(HttpResponse::Ok().json(person(&state, &user.id).await?))
 }
 
 /// `POST /api/users/{id}/suspend` and `/resume` (owners): a suspended key
@@ -396,13 +382,14 @@ async fn change_key_status(
         _ => ("user.resumed", "resumed"),
     };
     let admin = require_admin(&req, &state).await?;
-    let user = state
-        .directory
-        .person(&path.into_inner())
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    let allowed = may_act_on(&admin, Power::ManageUsers, &user);
-    audited(&state, &admin, action, &user.email, allowed).await?;
+    let user = target(
+        &state,
+        &admin,
+        Power::ManageUsers,
+        action,
+        &path.into_inner(),
+    )
+    .await?;
     if !state
         .directory
         .change_key_status(&user.id, from, to)
@@ -429,10 +416,29 @@ async fn change_key_status(
             detail,
         )
         .await?;
-    let user = state
+    Ok(HttpResponse::Ok().json(person(&state, &user.id).await?))
+}
+
+/// The person `id` names.
+async fn person(state: &AppState, id: &str) -> Result<Person, ApiError> {
+    state
         .directory
-        .person(&user.id)
+        .person(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    Ok(HttpResponse::Ok().json(user))
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))
+}
+
+/// The user `id` names, once `admin` may use `power` on their key (a
+/// refusal audited as `action`).
+async fn target(
+    state: &AppState,
+    admin: &Admin,
+    power: Power,
+    action: &str,
+    id: &str,
+) -> Result<Person, ApiError> {
+    let user = person(state, id).await?;
+    let allowed = may_act_on(admin, power, &user);
+    audited(state, admin, action, &user.email, allowed).await?;
+    Ok(user)
 }
