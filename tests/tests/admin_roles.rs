@@ -337,6 +337,41 @@ fn owners_change_and_revoke_other_admins_grants() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logging out ends the token at once, on every relay sharing the store;
+/// a second logout, or any call with it, is a 401.
+#[test]
+fn logout_ends_the_admin_token() -> anyhow::Result<()> {
+    let scratch = Scratch::new("roles-logout")?;
+    let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
+    let api = Api::new(&relay.url);
+    let demo = &relay.demo;
+    let token = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    let other = api.admin_login(&demo.helpdesk.email, &demo.helpdesk.password)?;
+    assert_eq!(
+        api.call("GET", "/api/users", Some(&token), None)?.status,
+        200
+    );
+    let out = api.call("POST", "/api/admin/logout", Some(&token), None)?;
+    assert_eq!(out.status, 204, "{}", out.body);
+    assert_eq!(
+        api.call("GET", "/api/users", Some(&token), None)?.status,
+        401
+    );
+    let again = api.call("POST", "/api/admin/logout", Some(&token), None)?;
+    assert_eq!(again.status, 401, "{}", again.body);
+    assert_eq!(
+        api.call("GET", "/api/users", Some(&other), None)?.status,
+        200
+    );
+    let actions = obr_tests::api::audit_actions(&api.audit(&other)?);
+    assert_eq!(
+        actions.iter().filter(|a| *a == "admin.logout").count(),
+        1,
+        "{actions:?}"
+    );
+    Ok(())
+}
+
 /// The id of the admin `email`, as `/api/admins` lists them to `token`.
 fn admin_id(api: &Api, token: &str, email: &str) -> anyhow::Result<String> {
     let admins = api.call("GET", "/api/admins", Some(token), None)?.ok()?;

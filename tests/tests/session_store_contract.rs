@@ -61,6 +61,15 @@ async fn contract(store: Arc<dyn SessionStore>) {
         "token outlived its TTL"
     );
 
+    // A token is gone once deleted (logout), and only then.
+    store
+        .put_token("t2", &admin, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(store.delete_token("t2").await.unwrap());
+    assert_eq!(store.get_token("t2").await.unwrap(), None);
+    assert!(!store.delete_token("t2").await.unwrap(), "deleted twice");
+
     // A device-code grant is taken at most once.
     let grant = DeviceGrant {
         user_code: "BCDF-GHJK".into(),

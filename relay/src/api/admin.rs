@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{ApiError, audited, client_address, require_power};
+use super::{ApiError, audited, bearer, client_address, require_power};
 use crate::auth;
 use crate::directory::grants::{Admin, Grant, GrantError, Power, Scope, valid_groups};
 use crate::limits::{ARGON2_QUEUE_WAIT, TooMany};
@@ -255,6 +255,36 @@ pub async fn revoke(
             "admin.revoked",
             &target.email,
             serde_json::json!({ "admin_id": target.id }),
+        )
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /api/admin/logout`: the bearer token ends now (any admin, whatever
+/// their grant). Audited.
+pub async fn logout(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
+    let hash = auth::token_hash(token);
+    let principal = match state.store.get_token(&hash).await? {
+        Some(p) if p.scope == TokenScope::Admin => p,
+        Some(_) => {
+            return Err(ApiError::Forbidden(
+                "this token is not an admin token".into(),
+            ));
+        }
+        None => return Err(ApiError::Unauthorized),
+    };
+    state.store.delete_token(&hash).await?;
+    state
+        .directory
+        .audit(
+            &principal.email,
+            "admin.logout",
+            &principal.email,
+            serde_json::json!({}),
         )
         .await?;
     Ok(HttpResponse::NoContent().finish())

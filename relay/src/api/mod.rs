@@ -34,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     }),
             )
             .route("/admin/login", web::post().to(admin::login))
+            .route("/admin/logout", web::post().to(admin::logout))
             .route("/users", web::get().to(users::list))
             .route("/users", web::post().to(users::invite))
             .route("/users/{id}/passkeys", web::get().to(users::passkeys))

@@ -119,6 +119,14 @@ impl SessionStore for MemoryStore {
         Ok(self.with(|s| live(&mut s.tokens, token_hash)))
     }
 
+    async fn delete_token(&self, token_hash: &str) -> StoreResult<bool> {
+        Ok(self.with(|s| {
+            let was_live = live(&mut s.tokens, token_hash).is_some();
+            s.tokens.remove(token_hash);
+            was_live
+        }))
+    }
+
     async fn put_grant(&self, grant: &DeviceGrant, ttl: Duration) -> StoreResult<()> {
         self.with(|s| {
             s.grants.insert(

@@ -161,6 +161,8 @@ pub trait SessionStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreResult<()>;
     async fn get_token(&self, token_hash: &str) -> StoreResult<Option<Principal>>;
+    /// Forget the token (logout). Whether it was there.
+    async fn delete_token(&self, token_hash: &str) -> StoreResult<bool>;
 
     async fn put_grant(&self, grant: &DeviceGrant, ttl: Duration) -> StoreResult<()>;
     /// Remove and return the grant: a code can be approved at most once.

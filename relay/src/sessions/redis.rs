@@ -243,6 +243,12 @@ impl SessionStore for RedisStore {
         self.get_json(self.key(&["token:", token_hash])).await
     }
 
+    async fn delete_token(&self, token_hash: &str) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let deleted: u64 = conn.del(self.key(&["token:", token_hash])).await?;
+        Ok(deleted == 1)
+    }
+
     async fn put_grant(&self, grant: &DeviceGrant, ttl: Duration) -> StoreResult<()> {
         self.put_json(self.key(&["grant:", &grant.user_code]), grant, ttl)
             .await
