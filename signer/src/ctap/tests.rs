@@ -665,19 +665,37 @@ mod tokens {
             .and_then(|&b| Ctap2Error::try_from(b).ok())
     }
 
-    #[tokio::test]
-    async fn an_unused_token_ends_after_the_initial_usage_time_limit() {
+    /// A getAssertion with `token` and no user presence, by `caller`.
+    async fn silently(
+        authenticator: &mut Authenticator,
+        protocol: PinUvAuthProtocol,
+        token: &[u8],
+        caller: Caller<'_>,
+    ) -> Outcome {
+        let request = get_assertion_with(protocol, token, false);
+        authenticator.handle(&request, caller).await
+    }
+
+    /// A fresh key, on-behalf session `s1`, and the protocol-two token it
+    /// obtained with `permissions` for [`RP`].
+    async fn session_token(permissions: i64) -> (Authenticator, ObrActing, Vec<u8>) {
         let mut authenticator = authenticator().await;
         let obr = session("s1");
+        let protocol = PinUvAuthProtocol::Two;
         let token = obtain(
             &mut authenticator,
             on_behalf(&obr),
-            PinUvAuthProtocol::Two,
-            0x01,
+            protocol,
+            permissions,
             Some(RP),
-        )
-        .await
-        .unwrap();
+        );
+        let token = token.await.unwrap();
+        (authenticator, obr, token)
+    }
+
+    #[tokio::test]
+    async fn an_unused_token_ends_after_the_initial_usage_time_limit() {
+        let (mut authenticator, obr, token) = session_token(0x01).await;
         on_behalf_token(&mut authenticator)
             .as_mut()
             .unwrap()
@@ -710,9 +728,7 @@ mod tokens {
         // Used in a silent pre-flight (no approval on the call: the token
         // verifies): UV without UP, and the token is now in use.
         let unapproved = Caller::default();
-        let outcome = authenticator
-            .handle(&get_assertion_with(protocol, &token, false), unapproved)
-            .await;
+        let outcome = silently(&mut authenticator, protocol, &token, unapproved).await;
         assert_eq!(flags(&outcome), Flags::UV | Flags::BE | Flags::BS);
         // Past the user present time limit, the token still verifies but
         // no longer stands for presence: the owner is asked (for presence
@@ -765,34 +781,20 @@ mod tokens {
         let owners = obtain(&mut authenticator, owner(), protocol, 0x02, Some(RP))
             .await
             .unwrap();
-        let outcome = authenticator
-            .handle(
-                &get_assertion_with(protocol, &admins, false),
-                on_behalf(&s1),
-            )
-            .await;
+        let outcome = silently(&mut authenticator, protocol, &admins, on_behalf(&s1)).await;
         assert_eq!(
             outcome.payload[0], STATUS_OK,
             "the admin's token still works"
         );
-        let outcome = authenticator
-            .handle(&get_assertion_with(protocol, &owners, false), owner())
-            .await;
+        let outcome = silently(&mut authenticator, protocol, &owners, owner()).await;
         assert_eq!(outcome.payload[0], STATUS_OK, "the owner's token works");
         // Each holder's new request still replaces its own old token.
         let again = obtain(&mut authenticator, on_behalf(&s1), protocol, 0x02, Some(RP))
             .await
             .unwrap();
-        let outcome = authenticator
-            .handle(
-                &get_assertion_with(protocol, &admins, false),
-                on_behalf(&s1),
-            )
-            .await;
+        let outcome = silently(&mut authenticator, protocol, &admins, on_behalf(&s1)).await;
         assert_eq!(status(&outcome), Some(Ctap2Error::PinAuthInvalid));
-        let outcome = authenticator
-            .handle(&get_assertion_with(protocol, &again, false), on_behalf(&s1))
-            .await;
+        let outcome = silently(&mut authenticator, protocol, &again, on_behalf(&s1)).await;
         assert_eq!(outcome.payload[0], STATUS_OK);
     }
 
@@ -829,17 +831,7 @@ mod tokens {
 
     #[tokio::test]
     async fn token_bytes_never_show_in_debug_output() {
-        let mut authenticator = authenticator().await;
-        let obr = session("s1");
-        let token = obtain(
-            &mut authenticator,
-            on_behalf(&obr),
-            PinUvAuthProtocol::Two,
-            0x03,
-            Some(RP),
-        )
-        .await
-        .unwrap();
+        let (authenticator, _, token) = session_token(0x03).await;
         let debug = format!("{:?}", authenticator.tokens);
         assert!(debug.contains("PinUvAuthToken"), "{debug}");
         let listed = format!("{:?}", &token[..4]);
