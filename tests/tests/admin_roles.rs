@@ -309,12 +309,18 @@ fn owners_change_and_revoke_other_admins_grants() -> anyhow::Result<()> {
     let owner_in_a_group = json!({ "role": "owner", "scope": { "groups": ["apac"] } });
     let answer = api.call("PUT", &grant_path, Some(&owner), Some(owner_in_a_group))?;
     assert_eq!(answer.status, 400, "{}", answer.body);
+    // A user's row takes no grant.
     let not_an_admin = format!("/api/admins/{}/grant", carol.id);
     assert_eq!(
         api.call("DELETE", &not_an_admin, Some(&owner), None)?
             .status,
         404
     );
+    let made = api.call("PUT", &not_an_admin, Some(&owner), Some(all_users.clone()))?;
+    assert_eq!(made.status, 404, "{}", made.body);
+    let users = api.users(&owner)?;
+    let carol_now = users.iter().find(|u| u["email"] == "carol@demo.obr");
+    assert_eq!(carol_now.map(|u| u["is_admin"].clone()), Some(json!(false)));
 
     // Revoked: the token already issued and a new sign-in hold no power.
     let revoked = api.call("DELETE", &grant_path, Some(&owner), None)?;
@@ -328,7 +334,26 @@ fn owners_change_and_revoke_other_admins_grants() -> anyhow::Result<()> {
         Some(json!({ "email": op, "password": password })),
     )?;
     assert_eq!(login.status, 403, "{}", login.body);
-    assert!(admin_id(&api, &owner, op).is_err(), "no longer listed");
+    let listed = api.call("GET", "/api/admins", Some(&owner), None)?.ok()?;
+    assert!(!listed.to_string().contains(op), "{listed}");
+
+    // Granted again (the revocation is sealed too, so the row still
+    // verifies): the operator signs in again.
+    api.call("PUT", &grant_path, Some(&owner), Some(all_users.clone()))?
+        .ok()?;
+    api.admin_login(op, &password)?;
+    // But once someone changed the row outside the relay (here: a
+    // password hash they know), no grant takes on it.
+    api.call("DELETE", &grant_path, Some(&owner), None)?.ok()?;
+    let database = scratch.join("relay").join("relay.db");
+    let known = obr_relay::auth::hash_password("attacker-knows-this")?;
+    write_db(
+        &database,
+        "UPDATE people SET password_hash = ? WHERE id = ?",
+        &[&known, &op_id],
+    )?;
+    let regrant = api.call("PUT", &grant_path, Some(&owner), Some(all_users))?;
+    assert_eq!(regrant.status, 404, "{}", regrant.body);
     let audit = api.audit(&owner)?;
     let actions = obr_tests::api::audit_actions(&audit);
     for done in ["admin.grant_set", "admin.revoked"] {
@@ -372,6 +397,26 @@ fn logout_ends_the_admin_token() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sql` with `values` bound, run on the SQLite file `database` as an
+/// attacker with write access to it would, beside the running relay.
+fn write_db(database: &std::path::Path, sql: &str, values: &[&str]) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let url = format!("sqlite://{}", database.display());
+            let mut db = sqlx::SqliteConnection::connect(&url).await?;
+            let mut query = sqlx::query(sql);
+            for value in values {
+                query = query.bind(*value);
+            }
+            query.execute(&mut db).await?;
+            db.close().await?;
+            anyhow::Ok(())
+        })
+}
+
 /// The id of the admin `email`, as `/api/admins` lists them to `token`.
 fn admin_id(api: &Api, token: &str, email: &str) -> anyhow::Result<String> {
     let admins = api.call("GET", "/api/admins", Some(token), None)?.ok()?;
@@ -397,19 +442,8 @@ fn a_database_writer_cannot_make_an_admin() -> anyhow::Result<()> {
     let database = scratch.join("relay").join("relay.db");
     let password_hash = obr_relay::auth::hash_password("attacker-knows-this")?;
     // What the attacker runs against the file, beside the running relay.
-    let write = |sql: &str, value: Option<&str>| -> anyhow::Result<()> {
-        use sqlx::Connection as _;
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(async {
-                let url = format!("sqlite://{}", database.display());
-                let mut db = sqlx::SqliteConnection::connect(&url).await?;
-                sqlx::query(sql).bind(value).execute(&mut db).await?;
-                db.close().await?;
-                anyhow::Ok(())
-            })
-    };
+    let write =
+        |sql: &str, value: Option<&str>| write_db(&database, sql, &[value.unwrap_or_default()]);
 
     write(
         "UPDATE people SET is_admin = 1, password_hash = ? WHERE email = 'bob@demo.obr'",

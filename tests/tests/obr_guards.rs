@@ -127,7 +127,6 @@ fn a_session_expires_by_itself() -> anyhow::Result<()> {
     api.select_obr(&admin, &bob.id)?.ok()?;
     // The relay stops serving the session at its expiry; a sweeper claims
     // and records it within a second.
-    agent.wait_status("ready for on behalf registration", Duration::from_secs(10))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let audit = api.audit(&admin)?;
@@ -148,5 +147,15 @@ fn a_session_expires_by_itself() -> anyhow::Result<()> {
         inbox.iter().any(|n| n["kind"] == "obr.expired"),
         "{inbox:?}"
     );
+    let agents = api.call("GET", "/api/agents", Some(&admin), None)?.ok()?;
+    assert!(
+        agents
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|a| a["obr"].is_null()),
+        "{agents}"
+    );
+    agent.wait_status("ready for on behalf registration", Duration::from_secs(10))?;
     Ok(())
 }

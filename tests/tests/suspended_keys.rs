@@ -98,3 +98,62 @@ fn a_suspended_key_refuses_everything_until_resumed() -> anyhow::Result<()> {
     assert!(kinds.contains(&"user.resumed".to_owned()), "{kinds:?}");
     Ok(())
 }
+
+/// The owner's approval was asked for before the key was suspended, and
+/// given after: the relay looks at the directory again before the key
+/// signs, and refuses.
+#[test]
+fn an_approval_given_after_the_suspension_signs_nothing() -> anyhow::Result<()> {
+    let scratch = Scratch::new("suspend-pending")?;
+    let (relay, _agent, api, owner) = admin_at_agent(&scratch, &RelayOptions::default())?;
+    let bob = relay.user("bob@demo.obr")?;
+    let device = bob.device_token.clone().unwrap_or_default();
+    let bob_agent = AgentProc::start(&scratch.join("bob-agent"), &relay.url)?;
+    bob_agent.login(&api, &device)?;
+    let inbox_before = api.inbox_head(&device)?;
+    let request = rp::registration_request("bob")?;
+    let socket = bob_agent.hid_socket.clone();
+    let registering = std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
+        Ok(HidClient::open(&socket)?.cbor(&request)?)
+    });
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let approval_id = loop {
+        let asked = api
+            .notifications(&device)?
+            .into_iter()
+            .filter(|n| n["id"].as_i64().unwrap_or_default() > inbox_before)
+            .find(|n| n["kind"] == "approval.requested");
+        if let Some(asked) = asked {
+            break asked["detail"]["approval_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no approval was asked for"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    api.call(
+        "POST",
+        &format!("/api/users/{}/suspend", bob.id),
+        Some(&owner),
+        None,
+    )?
+    .ok()?;
+    api.call(
+        "POST",
+        &format!("/api/me/approvals/{approval_id}"),
+        Some(&device),
+        Some(serde_json::json!({ "approve": true })),
+    )?
+    .ok()?;
+    let answer = registering
+        .join()
+        .map_err(|_| anyhow::anyhow!("the HID thread panicked"))??;
+    assert_eq!(answer.first(), Some(&CTAP2_ERR_OPERATION_DENIED));
+    assert_eq!(api.passkeys(&owner, &bob.id)?.len(), 0, "nothing was made");
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! Admin sign-in, the admins and their grants, and the audit log.
+//! Admin sign-in and logout, the admins and their grants (list, change,
+//! revoke), and the audit log.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{ApiError, audited, bearer, client_address, require_power};
 use crate::auth;
-use crate::directory::grants::{Admin, Grant, GrantError, Power, Scope, valid_groups};
+use crate::directory::grants::{Admin, Grant, GrantError, Power};
 use crate::limits::{ARGON2_QUEUE_WAIT, TooMany};
 use crate::obr::ObrError;
 use crate::sessions::{Principal, TokenScope};
@@ -190,7 +191,7 @@ async fn other_admin(
     };
     audited(state, owner, action, id, own).await?;
     match state.directory.person(id).await? {
-        Some(person) if person.is_admin => Ok(person),
+        Some(person) if state.grants.is_verified_admin(id).await? => Ok(person),
         _ => Err(ApiError::NotFound("no such admin".into())),
     }
 }
@@ -206,18 +207,7 @@ pub async fn set_grant(
     let owner = require_power(&req, &state, Power::ManageAdmins, "set_grant").await?;
     let target = other_admin(&state, &owner, "set_grant", &path.into_inner()).await?;
     let grant = body.into_inner();
-    if let Scope::Groups(groups) = &grant.scope {
-        valid_groups(groups.iter().map(String::as_str))
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    }
-    state
-        .grants
-        .set_grant(&target.id, &grant)
-        .await
-        .map_err(|e| match e {
-            GrantError::Directory(e) => e.into(),
-            refused => ApiError::BadRequest(refused.to_string()),
-        })?;
+    state.grants.set_grant(&target.id, &grant).await?;
     state
         .directory
         .audit(
@@ -245,9 +235,10 @@ pub async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let owner = require_power(&req, &state, Power::ManageAdmins, "revoke").await?;
     let target = other_admin(&state, &owner, "revoke", &path.into_inner()).await?;
-    if !state.grants.revoke(&target.id).await? {
-        return Err(ApiError::NotFound("that admin holds no grant".into()));
-    }
+    state.grants.revoke(&target.id).await.map_err(|e| match e {
+        GrantError::Unverified => ApiError::NotFound("that admin holds no grant".into()),
+        other => other.into(),
+    })?;
     state
         .directory
         .audit(
@@ -277,7 +268,10 @@ pub async fn logout(
         }
         None => return Err(ApiError::Unauthorized),
     };
-    state.store.delete_token(&hash).await?;
+    if !state.store.delete_token(&hash).await? {
+        // Another logout with the same token came first.
+        return Err(ApiError::Unauthorized);
+    }
     state
         .directory
         .audit(

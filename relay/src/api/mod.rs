@@ -16,7 +16,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Serialize;
 
 use crate::auth;
-use crate::directory::grants::{Admin, Power};
+use crate::directory::grants::{Admin, GrantError, Power};
 use crate::directory::{DirectoryError, Person};
 use crate::obr::ObrError;
 use crate::routing::LinkError;
@@ -142,6 +142,19 @@ impl ResponseError for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<GrantError> for ApiError {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::Directory(e) => e.into(),
+            GrantError::Unverified => ApiError::NotFound(e.to_string()),
+            GrantError::Changed => ApiError::Conflict(e.to_string()),
+            GrantError::BadGroups | GrantError::EmptyScope | GrantError::OwnerScope => {
+                ApiError::BadRequest(e.to_string())
+            }
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Users & security keys: list, invite, accept an invitation (which makes
-//! the key `active`), and a user's passkeys as their signer holds them.
+//! the key `active`), groups, suspend and resume, reset, and a user's
+//! passkeys as their signer holds them (list, delete). Every change on a
+//! user's key checks the admin's power on it (`target`) first.
 
 use std::time::Duration;
 
@@ -377,16 +379,16 @@ async fn change_key_status(
     from: KeyStatus,
     to: KeyStatus,
 ) -> Result<HttpResponse, ApiError> {
-    let (action, verb) = match to {
-        KeyStatus::Suspended => ("user.suspended", "suspended"),
-        _ => ("user.resumed", "resumed"),
+    let (attempt, action, verb) = match to {
+        KeyStatus::Suspended => ("suspend", "user.suspended", "suspended"),
+        KeyStatus::Active | KeyStatus::Invited => ("resume", "user.resumed", "resumed"),
     };
     let admin = require_admin(&req, &state).await?;
     let user = target(
         &state,
         &admin,
         Power::ManageUsers,
-        action,
+        attempt,
         &path.into_inner(),
     )
     .await?;

@@ -176,7 +176,7 @@ impl Calls {
             return Ok(Answer::ModeMismatch);
         }
         if !self
-            .still_granted(&call.principal, session.as_ref(), call.payload.first())
+            .still_granted(&call.principal, session.as_ref(), &call.payload)
             .await?
         {
             tracing::warn!(agent = %call.agent_id, person = %call.principal.person_id,
@@ -226,6 +226,16 @@ impl Calls {
             };
             match asking.ask(&needed, deadline).await {
                 Decision::Approved(approval_id) => {
+                    // The directory again: the key may have been suspended
+                    // (or the person removed) while the owner was asked.
+                    if !self
+                        .still_granted(&call.principal, None, &call.payload)
+                        .await?
+                    {
+                        tracing::warn!(person = %user_id,
+                            "approved, but the directory no longer grants this: refused");
+                        return Ok(Answer::status(StatusCode::OperationDenied));
+                    }
                     let Some(key) = &self.approval_key else {
                         tracing::error!(
                             "an owner approved, but this relay has no approval key for \
@@ -265,19 +275,19 @@ impl Calls {
 
     /// Step 1, the directory's half: the person logged in still exists,
     /// and in normal mode their key is active (a suspended key answers
-    /// nothing but getInfo, `ctap_command`); on behalf, they are still an admin
+    /// nothing but getInfo, `payload`); on behalf, they are still an admin
     /// and may still act on the session's user (not an admin now, in
     /// scope, key still active).
     async fn still_granted(
         &self,
         principal: &Principal,
         session: Option<&ObrSession>,
-        ctap_command: Option<&u8>,
+        payload: &[u8],
     ) -> Result<bool, CallError> {
         let Some(session) = session else {
             let person = self.directory.person(&principal.person_id).await?;
             return Ok(person.is_some_and(|person| {
-                person.key_status == KeyStatus::Active || ctap_command == Some(&command::GET_INFO)
+                person.key_status == KeyStatus::Active || payload == [command::GET_INFO]
             }));
         };
         // On behalf: the admin's grant as the directory holds it now (role

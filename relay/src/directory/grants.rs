@@ -2,8 +2,9 @@
 //! admin, and [`Grants`], the only way to read one or give one.
 //!
 //! A grant is stored sealed (`people.grant_sealed`): its JSON MACed under a
-//! key derived from the deployment's cluster key, bound to the admin's id
-//! and email. Power is what a verified seal says, read at the moment it is
+//! key derived from the deployment's cluster key, bound to the admin's id,
+//! email and password hash; an owner's revocation is sealed the same way,
+//! so a revoked row stays verifiable for a later grant. Power is what a verified seal says, read at the moment it is
 //! used; a row whose seal does not verify — written by someone with the
 //! database but not the key, or copied from another admin — is no admin
 //! at all, and is logged. `is_admin` stays as the directory's marker of
@@ -104,6 +105,15 @@ impl Power {
     }
 }
 
+/// What `people.grant_sealed` holds, under the seal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Sealed {
+    Granted(Grant),
+    /// Revoked by an owner: no power, but the row stays verifiable.
+    Revoked,
+}
+
 /// An admin whose grant verified just now.
 #[derive(Clone, Debug, Serialize)]
 pub struct Admin {
@@ -141,6 +151,12 @@ pub enum GrantError {
     EmptyScope,
     #[error("an owner manages every user: an owner's scope is all users")]
     OwnerScope,
+    #[error(
+        "no verifiable admin grant on that row (never an admin, or changed outside the relay): make a new admin"
+    )]
+    Unverified,
+    #[error("the admin's grant changed meanwhile: read it again")]
+    Changed,
     #[error(transparent)]
     Directory(#[from] DirectoryError),
 }
@@ -163,12 +179,13 @@ pub fn valid_groups<'a>(
     }
 }
 
-/// A scope names at least one group, and an owner's is all users.
+/// A scope names at least one valid group, and an owner's is all users.
 fn check_scope(grant: &Grant) -> Result<(), GrantError> {
     match &grant.scope {
         Scope::Groups(groups) if groups.is_empty() => Err(GrantError::EmptyScope),
         Scope::Groups(_) if grant.role == Role::Owner => Err(GrantError::OwnerScope),
-        _ => Ok(()),
+        Scope::Groups(groups) => valid_groups(groups.iter().map(String::as_str)).map(drop),
+        Scope::AllUsers => Ok(()),
     }
 }
 
@@ -202,8 +219,22 @@ impl Grants {
         format!("admin-grant\0{}\0{}\0{password}", person.id, person.email)
     }
 
-    /// `person_id` as an admin, if their grant verifies.
+    /// `person_id` as an admin, if their grant verifies and is not revoked.
     pub async fn admin(&self, person_id: &str) -> DirResult<Option<Admin>> {
+        Ok(match self.verified(person_id).await? {
+            Some((person, Sealed::Granted(grant), _)) => Some(Admin { person, grant }),
+            Some((person, Sealed::Revoked, _)) => {
+                tracing::info!(person = %person.id, email = %person.email,
+                    "a revoked admin's credentials were used: no admin power");
+                None
+            }
+            None => None,
+        })
+    }
+
+    /// `person_id`'s sealed grant (granted or revoked) if it verifies, with
+    /// the stored value it was read from.
+    async fn verified(&self, person_id: &str) -> DirResult<Option<(Person, Sealed, String)>> {
         let Some(person) = self.directory.person(person_id).await? else {
             return Ok(None);
         };
@@ -220,7 +251,11 @@ impl Grants {
         }
     }
 
-    fn open(&self, person: Person, row: &sqlx::sqlite::SqliteRow) -> DirResult<Option<Admin>> {
+    fn open(
+        &self,
+        person: Person,
+        row: &sqlx::sqlite::SqliteRow,
+    ) -> DirResult<Option<(Person, Sealed, String)>> {
         let sealed: String = row.try_get("grant_sealed")?;
         let password_hash: Option<String> = row.try_get("password_hash")?;
         let binding = Self::binding(&person, password_hash.as_deref().unwrap_or_default());
@@ -228,15 +263,15 @@ impl Grants {
             .seal
             .open(&binding, &sealed, now_ms())
             .ok()
-            .and_then(|(json, _)| serde_json::from_str::<Grant>(json).ok());
+            .and_then(|(json, _)| serde_json::from_str::<Sealed>(json).ok());
         if opened.is_none() {
             tracing::warn!(person = %person.id, email = %person.email,
                 "an admin grant in the directory does not verify: no admin power");
         }
-        Ok(opened.map(|grant| Admin { person, grant }))
+        Ok(opened.map(|grant| (person, grant, sealed)))
     }
 
-    /// Every admin whose grant verifies, by email.
+    /// Every admin whose grant verifies and is not revoked, by email.
     pub async fn admins(&self) -> DirResult<Vec<Admin>> {
         let rows = sqlx::query(
             "SELECT id, grant_sealed, password_hash FROM people \
@@ -247,11 +282,42 @@ impl Grants {
         let mut admins = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get("id")?;
-            if let Some(person) = self.directory.person(&id).await? {
-                admins.extend(self.open(person, &row)?);
+            if let Some(person) = self.directory.person(&id).await?
+                && let Some((person, Sealed::Granted(grant), _)) = self.open(person, &row)?
+            {
+                admins.push(Admin { person, grant });
             }
         }
         Ok(admins)
+    }
+
+    /// `value`, sealed for `person` and the password hash they hold.
+    async fn seal_for(&self, person: &Person, value: &Sealed) -> Result<String, GrantError> {
+        let password_hash: Option<String> =
+            sqlx::query_scalar("SELECT password_hash FROM people WHERE id = $1")
+                .bind(&person.id)
+                .fetch_optional(self.directory.pool())
+                .await
+                .map_err(DirectoryError::from)?
+                .flatten();
+        let json =
+            serde_json::to_string(value).map_err(|e| DirectoryError::Corrupt(e.to_string()))?;
+        let binding = Self::binding(person, password_hash.as_deref().unwrap_or_default());
+        Ok(self.seal.seal(&binding, &json, NEVER))
+    }
+
+    /// Replace the sealed value `old` of `person_id` with `new`, if nobody
+    /// changed it meanwhile.
+    async fn replace(&self, person_id: &str, old: &str, new: &str) -> Result<bool, GrantError> {
+        let replaced =
+            sqlx::query("UPDATE people SET grant_sealed = $1 WHERE id = $2 AND grant_sealed = $3")
+                .bind(new)
+                .bind(person_id)
+                .bind(old)
+                .execute(self.directory.pool())
+                .await
+                .map_err(DirectoryError::from)?;
+        Ok(replaced.rows_affected() == 1)
     }
 
     /// A new admin with `grant`, signing in with the password
@@ -273,8 +339,8 @@ impl Grants {
             created_at_ms: now_ms(),
             groups: Vec::new(),
         };
-        let json =
-            serde_json::to_string(grant).map_err(|e| DirectoryError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(&Sealed::Granted(grant.clone()))
+            .map_err(|e| DirectoryError::Corrupt(e.to_string()))?;
         let sealed = self
             .seal
             .seal(&Self::binding(&person, password_hash), &json, NEVER);
@@ -287,43 +353,45 @@ impl Grants {
         })
     }
 
-    /// Replace `admin_id`'s grant with `grant` (sealed again, for the
-    /// password hash they hold now). `false` if they have no row.
-    pub async fn set_grant(&self, admin_id: &str, grant: &Grant) -> Result<bool, GrantError> {
+    /// Give `admin_id` `grant` in place of their grant or revocation, whose
+    /// seal must verify: a row a database writer changed since (its email,
+    /// its password hash), or a person who never was an admin, is refused
+    /// ([`GrantError::Unverified`]) — make a new admin instead.
+    pub async fn set_grant(&self, admin_id: &str, grant: &Grant) -> Result<(), GrantError> {
         check_scope(grant)?;
-        let Some(person) = self.directory.person(admin_id).await? else {
-            return Ok(false);
-        };
-        let password_hash: Option<String> =
-            sqlx::query_scalar("SELECT password_hash FROM people WHERE id = $1")
-                .bind(admin_id)
-                .fetch_optional(self.directory.pool())
-                .await
-                .map_err(DirectoryError::from)?
-                .flatten();
-        let json =
-            serde_json::to_string(grant).map_err(|e| DirectoryError::Corrupt(e.to_string()))?;
-        let binding = Self::binding(&person, password_hash.as_deref().unwrap_or_default());
-        let sealed = self.seal.seal(&binding, &json, NEVER);
-        sqlx::query("UPDATE people SET grant_sealed = $1, is_admin = 1 WHERE id = $2")
-            .bind(sealed)
-            .bind(admin_id)
-            .execute(self.directory.pool())
-            .await
-            .map_err(DirectoryError::from)?;
-        Ok(true)
+        let (person, _, old) = self
+            .verified(admin_id)
+            .await?
+            .ok_or(GrantError::Unverified)?;
+        let new = self
+            .seal_for(&person, &Sealed::Granted(grant.clone()))
+            .await?;
+        if self.replace(admin_id, &old, &new).await? {
+            Ok(())
+        } else {
+            Err(GrantError::Changed)
+        }
     }
 
-    /// Take `admin_id`'s grant away: they keep their row and remain an
-    /// admin nobody may act on, with no power. `false` if they had none.
-    pub async fn revoke(&self, admin_id: &str) -> DirResult<bool> {
-        let revoked = sqlx::query(
-            "UPDATE people SET grant_sealed = NULL WHERE id = $1 AND grant_sealed IS NOT NULL",
-        )
-        .bind(admin_id)
-        .execute(self.directory.pool())
-        .await?;
-        Ok(revoked.rows_affected() == 1)
+    /// Revoke `admin_id`'s grant: a sealed revocation in its place, so the
+    /// row stays verifiable for a later grant. They remain an admin nobody
+    /// may act on, with no power.
+    pub async fn revoke(&self, admin_id: &str) -> Result<(), GrantError> {
+        let Some((person, Sealed::Granted(_), old)) = self.verified(admin_id).await? else {
+            return Err(GrantError::Unverified);
+        };
+        let new = self.seal_for(&person, &Sealed::Revoked).await?;
+        if self.replace(admin_id, &old, &new).await? {
+            Ok(())
+        } else {
+            Err(GrantError::Changed)
+        }
+    }
+
+    /// Whether `person_id` is an admin whose row verifies (granted or
+    /// revoked): whom an owner may give a grant.
+    pub async fn is_verified_admin(&self, person_id: &str) -> DirResult<bool> {
+        Ok(self.verified(person_id).await?.is_some())
     }
 }
 
