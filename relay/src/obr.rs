@@ -76,6 +76,8 @@ pub enum EndReason {
     /// The directory no longer lets the admin act on the user (their
     /// grant, its scope, or the user's key changed), seen on a request.
     Withdrawn,
+    /// The agent was logged out from the panel.
+    LoggedOut,
 }
 
 impl EndReason {
@@ -84,7 +86,8 @@ impl EndReason {
             EndReason::BackToNormal
             | EndReason::Done
             | EndReason::LoginChanged
-            | EndReason::Withdrawn => "obr.ended",
+            | EndReason::Withdrawn
+            | EndReason::LoggedOut => "obr.ended",
             EndReason::Expired => "obr.expired",
         }
     }
@@ -96,6 +99,7 @@ impl EndReason {
             EndReason::Expired => "expired",
             EndReason::LoginChanged => "login_changed",
             EndReason::Withdrawn => "grant_withdrawn",
+            EndReason::LoggedOut => "agent_logged_out",
         }
     }
 }
@@ -242,18 +246,19 @@ impl Obr {
         Ok(Some(ended))
     }
 
-    /// End `session` because the directory no longer grants it (seen by
-    /// the call path on a request): recorded, told, and the agent back to
-    /// normal mode. `None` if it had ended already.
-    pub async fn end_withdrawn(
+    /// End `session` for `reason`, by the relay rather than its admin
+    /// (the directory no longer grants it, seen by the call path on a
+    /// request; its agent was logged out): recorded, told, and the agent
+    /// back to normal mode. `None` if it had ended already.
+    pub async fn end_by_relay(
         &self,
         session: &ObrSession,
+        reason: EndReason,
     ) -> Result<Option<ObrSession>, ObrError> {
         let Some(ended) = self.store.end_obr(&session.agent_id, &session.id).await? else {
             return Ok(None);
         };
-        self.record_end("system", &ended, EndReason::Withdrawn)
-            .await?;
+        self.record_end("system", &ended, reason).await?;
         Ok(Some(ended))
     }
 

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use obr_tests::api::{Answer, Api};
 use obr_tests::hid_client::HidClient;
-use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, binary};
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, admin_at_agent, binary};
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
 use serde_json::{Value, json};
@@ -394,6 +394,53 @@ fn logout_ends_the_admin_token() -> anyhow::Result<()> {
         1,
         "{actions:?}"
     );
+    Ok(())
+}
+
+/// An admin logs their own agent out (its OBR session ends, recorded, and
+/// the agent says "not logged in" at once); an operator may not log out
+/// the owner's agent (refused, audited); an owner logs out anyone's.
+#[test]
+fn agents_are_logged_out_by_their_admin_or_an_owner() -> anyhow::Result<()> {
+    let scratch = Scratch::new("roles-agents")?;
+    let (relay, agent, api, owner) = admin_at_agent(&scratch, &RelayOptions::default())?;
+    let demo = &relay.demo;
+    let helpdesk = api.admin_login(&demo.helpdesk.email, &demo.helpdesk.password)?;
+    let helpdesk_agent = AgentProc::start(&scratch.join("helpdesk-agent"), &relay.url)?;
+    helpdesk_agent.login(&api, &helpdesk)?;
+    let agent_of = |token: &str| -> anyhow::Result<String> {
+        let agents = api.call("GET", "/api/agents", Some(token), None)?.ok()?;
+        Ok(agents[0]["agent_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    };
+    let (owners_agent, helpdesks_agent) = (agent_of(&owner)?, agent_of(&helpdesk)?);
+    agent.select_as_obr(&api, &owner, relay.user("bob@demo.obr")?)?;
+
+    let path = |agent: &str| format!("/api/agents/{agent}/login");
+    let answer = api.call("DELETE", &path(&owners_agent), Some(&helpdesk), None)?;
+    refused_and_audited(
+        &api,
+        &owner,
+        answer,
+        "is not logged in as you",
+        (&demo.helpdesk.email, "log_out_agent", &owners_agent),
+    )?;
+    let out = api.call("DELETE", &path(&owners_agent), Some(&owner), None)?;
+    assert_eq!(out.status, 204, "{}", out.body);
+    agent.wait_status("not logged in", std::time::Duration::from_secs(5))?;
+    let actions = obr_tests::api::audit_actions(&api.audit(&owner)?);
+    assert!(
+        actions.ends_with(&["obr.ended".into(), "agent.logged_out".into()]),
+        "{actions:?}"
+    );
+    let again = api.call("DELETE", &path(&owners_agent), Some(&owner), None)?;
+    assert_eq!(again.status, 404, "{}", again.body);
+
+    let out = api.call("DELETE", &path(&helpdesks_agent), Some(&owner), None)?;
+    assert_eq!(out.status, 204, "{}", out.body);
+    helpdesk_agent.wait_status("not logged in", std::time::Duration::from_secs(5))?;
     Ok(())
 }
 

@@ -119,6 +119,11 @@ async fn contract(store: Arc<dyn SessionStore>) {
         .await
         .unwrap();
     assert_eq!(store.agents_of("admin").await.unwrap(), vec!["agent-1"]);
+    // Logged out: gone from the logins and from its person's agents.
+    assert!(store.delete_agent_login("agent-2").await.unwrap());
+    assert!(!store.delete_agent_login("agent-2").await.unwrap(), "twice");
+    assert_eq!(store.agent_login("agent-2").await.unwrap(), None);
+    assert_eq!(store.agents_of("other").await.unwrap(), vec!["agent-3"]);
 
     // One OBR session per agent and per user; compare-and-delete on end.
     let far = 4_000_000_000_000;

@@ -56,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             )
             .route("/agents", web::get().to(obr::agents))
             .route("/agents/{id}/obr", web::delete().to(obr::end))
+            .route("/agents/{id}/login", web::delete().to(obr::log_out))
             .route("/agent-logins/approve", web::post().to(obr::approve_login))
             .route("/audit", web::get().to(admin::audit))
             .route("/me/notifications", web::get().to(device::notifications))
@@ -286,6 +287,7 @@ async fn refuse(
             | ObrError::OutOfScope(_)
             | ObrError::RoleForbids { .. }
             | ObrError::OwnGrant
+            | ObrError::AgentNotYours(_)
     );
     if refusal {
         let detail = serde_json::json!({ "action": action, "reason": error.to_string(),

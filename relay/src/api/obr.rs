@@ -173,3 +173,49 @@ pub async fn end(
         .await?;
     Ok(HttpResponse::Ok().json(session))
 }
+
+/// `DELETE /api/agents/{id}/login`: log an agent out — your own, or (an
+/// owner) anyone's. An OBR session on it ends; the agent hears of it at
+/// once and is "not logged in". Audited.
+pub async fn log_out(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&req, &state).await?;
+    let agent_id = path.into_inner();
+    let login = state
+        .store
+        .agent_login(&agent_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("agent {agent_id} is not logged in")))?;
+    let allowed = if login.person_id == admin.person.id || admin.may(Power::ManageAdmins) {
+        Ok(())
+    } else {
+        Err(crate::obr::ObrError::AgentNotYours(agent_id.clone()))
+    };
+    audited(&state, &admin, "log_out_agent", &agent_id, allowed).await?;
+    if let Some(session) = state.store.get_obr(&agent_id).await? {
+        state
+            .obr
+            .end_by_relay(&session, EndReason::LoggedOut)
+            .await?;
+    }
+    state.store.delete_agent_login(&agent_id).await?;
+    state
+        .directory
+        .audit(
+            &admin.person.email,
+            "agent.logged_out",
+            &agent_id,
+            serde_json::json!({ "agent": agent_id, "was_logged_in_as": login.email }),
+        )
+        .await?;
+    state
+        .store
+        .publish(&AgentEvent::LoginChanged {
+            agent_id: agent_id.clone(),
+        })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -45,7 +45,7 @@ use self::approval::{AskUser, Decision};
 use crate::clock::now_ms;
 use crate::directory::grants::Grants;
 use crate::directory::{Directory, KeyStatus};
-use crate::obr::{self, Obr};
+use crate::obr::{self, EndReason, Obr};
 use crate::routing::{LinkError, Router};
 use crate::sessions::{ObrSession, Principal, SessionStore, StoreError};
 
@@ -184,7 +184,7 @@ impl Calls {
             // On behalf, the session ends with it: one audit record, the
             // user told, the agent back to normal mode. Refused either way.
             if let Some(session) = &session
-                && let Err(error) = self.obr.end_withdrawn(session).await
+                && let Err(error) = self.obr.end_by_relay(session, EndReason::Withdrawn).await
             {
                 tracing::error!(session = %session.id, %error,
                     "cannot end a session the directory no longer grants");

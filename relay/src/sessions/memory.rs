@@ -164,6 +164,14 @@ impl SessionStore for MemoryStore {
         Ok(self.with(|s| live(&mut s.agent_logins, agent_id)))
     }
 
+    async fn delete_agent_login(&self, agent_id: &str) -> StoreResult<bool> {
+        Ok(self.with(|s| {
+            let was_live = live(&mut s.agent_logins, agent_id).is_some();
+            s.agent_logins.remove(agent_id);
+            was_live
+        }))
+    }
+
     async fn agents_of(&self, person_id: &str) -> StoreResult<Vec<String>> {
         Ok(self.with(|s| {
             let now = Instant::now();

@@ -176,6 +176,8 @@ pub trait SessionStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreResult<()>;
     async fn agent_login(&self, agent_id: &str) -> StoreResult<Option<Principal>>;
+    /// Log the agent out. Whether it was logged in.
+    async fn delete_agent_login(&self, agent_id: &str) -> StoreResult<bool>;
     /// The agents currently logged in as `person_id`.
     async fn agents_of(&self, person_id: &str) -> StoreResult<Vec<String>>;
 

@@ -284,6 +284,13 @@ impl SessionStore for RedisStore {
         self.get_json(self.key(&["agent:", agent_id])).await
     }
 
+    /// (`agents_of` drops the agent from its owner's set when it next reads it.)
+    async fn delete_agent_login(&self, agent_id: &str) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let deleted: u64 = conn.del(self.key(&["agent:", agent_id])).await?;
+        Ok(deleted == 1)
+    }
+
     async fn agents_of(&self, person_id: &str) -> StoreResult<Vec<String>> {
         let mut conn = self.conn.clone();
         let set = self.key(&["agents_of:", person_id]);
