@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::{DirResult, Directory, DirectoryError, KeyStatus, Person};
+use super::{
+    DirResult, Directory, DirectoryError, KeyStatus, PERSON_COLUMNS, Person, person_from_row,
+};
 use crate::clock::now_ms;
 use crate::sessions::Sealer;
 
@@ -234,28 +236,23 @@ impl Grants {
 
     /// `person_id`'s sealed grant (granted or revoked) if it verifies, with
     /// the stored value it was read from.
+    /// (One query: this runs on every API call and every CTAP request of
+    /// an OBR session.)
     async fn verified(&self, person_id: &str) -> DirResult<Option<(Person, Sealed, String)>> {
-        let Some(person) = self.directory.person(person_id).await? else {
-            return Ok(None);
-        };
-        let row = sqlx::query(
-            "SELECT grant_sealed, password_hash FROM people \
-             WHERE id = $1 AND grant_sealed IS NOT NULL",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {PERSON_COLUMNS}, grant_sealed, password_hash FROM people \
+             WHERE id = $1 AND grant_sealed IS NOT NULL"
+        ))
         .bind(person_id)
         .fetch_optional(self.directory.pool())
         .await?;
-        match row {
-            Some(row) => self.open(person, &row),
-            None => Ok(None),
-        }
+        row.map_or(Ok(None), |row| self.open(&row))
     }
 
-    fn open(
-        &self,
-        person: Person,
-        row: &sqlx::sqlite::SqliteRow,
-    ) -> DirResult<Option<(Person, Sealed, String)>> {
+    /// The person and verified sealed value of a row read with
+    /// [`PERSON_COLUMNS`], `grant_sealed` and `password_hash`.
+    fn open(&self, row: &sqlx::sqlite::SqliteRow) -> DirResult<Option<(Person, Sealed, String)>> {
+        let person = person_from_row(row)?;
         let sealed: String = row.try_get("grant_sealed")?;
         let password_hash: Option<String> = row.try_get("password_hash")?;
         let binding = Self::binding(&person, password_hash.as_deref().unwrap_or_default());
@@ -273,18 +270,15 @@ impl Grants {
 
     /// Every admin whose grant verifies and is not revoked, by email.
     pub async fn admins(&self) -> DirResult<Vec<Admin>> {
-        let rows = sqlx::query(
-            "SELECT id, grant_sealed, password_hash FROM people \
-             WHERE grant_sealed IS NOT NULL ORDER BY email",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {PERSON_COLUMNS}, grant_sealed, password_hash FROM people \
+             WHERE grant_sealed IS NOT NULL ORDER BY email"
+        ))
         .fetch_all(self.directory.pool())
         .await?;
         let mut admins = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            if let Some(person) = self.directory.person(&id).await?
-                && let Some((person, Sealed::Granted(grant), _)) = self.open(person, &row)?
-            {
+        for row in &rows {
+            if let Some((person, Sealed::Granted(grant), _)) = self.open(row)? {
                 admins.push(Admin { person, grant });
             }
         }
