@@ -9,6 +9,12 @@ use obr_signer::RedisEndpoint;
 /// How often each relay looks for OBR sessions past their TTL.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// An admin session unused for 15 minutes ends (OWASP ASVS 3.3.2 asks for
+/// re-authentication after a period of inactivity).
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// An admin signs in again after 8 hours (a working day), whatever they do.
+pub const DEFAULT_ADMIN_SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     /// The URL people and agents reach this relay at (used in login links).
@@ -39,7 +45,15 @@ pub struct RelayConfig {
     /// The key owner approvals are MACed with for standalone signers (their
     /// `--approval-key-file`); the embedded signer gets a fresh one.
     pub approval_key_file: Option<PathBuf>,
+    /// The longest an OBR session may last, and its default.
     pub obr_ttl: Duration,
+    /// Four eyes on every OBR session: it starts only once this approver
+    /// (the user, or a second admin) says yes.
+    pub obr_four_eyes: Option<crate::sessions::Approver>,
+    /// An admin token unused this long ends.
+    pub admin_idle_timeout: Duration,
+    /// An admin token ends this long after sign-in, however much it is used.
+    pub admin_session_lifetime: Duration,
     pub sweep_interval: Duration,
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
@@ -95,6 +109,9 @@ impl RelayConfig {
             insecure_plaintext_signers: false,
             approval_key_file: None,
             obr_ttl: crate::obr::DEFAULT_OBR_TTL,
+            obr_four_eyes: None,
+            admin_idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
+            admin_session_lifetime: DEFAULT_ADMIN_SESSION_LIFETIME,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             workers: 0,
             demo_org: false,

@@ -2,8 +2,9 @@
 //! directory: two admins (the owner who logs in, and a helpdesk operator
 //! for all users, whom nobody may act on behalf of) and two users whose keys are active (their
 //! invitations accepted through the same code path as the API), plus one
-//! user still `invited`. Its secrets are written to `demo-org.json` in the
-//! data directory, readable only by the owner, so scripts can log in.
+//! user still `invited`. Its secrets (passwords, TOTP secrets, user app
+//! tokens) are written to `demo-org.json` in the data directory, readable
+//! only by the owner, so scripts can sign in; they are never printed.
 
 use std::path::Path;
 
@@ -21,6 +22,8 @@ pub const DEMO_FILE: &str = "demo-org.json";
 pub struct DemoOrg {
     pub admin_email: String,
     pub admin_password: String,
+    /// The admin's TOTP secret (base32), what an authenticator app holds.
+    pub admin_totp_secret: String,
     pub admin_id: String,
     /// A second admin: another admin's key is off limits to OBR and reset.
     pub helpdesk: DemoAdmin,
@@ -32,6 +35,7 @@ pub struct DemoAdmin {
     pub id: String,
     pub email: String,
     pub password: String,
+    pub totp_secret: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,9 +66,16 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
     let path = state.config.data_dir.join(DEMO_FILE);
     let seed_err = |e: &dyn std::fmt::Display| DemoError::Seed(e.to_string());
     if !state.directory.is_empty().await.map_err(|e| seed_err(&e))? {
-        let org: Option<DemoOrg> = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let org: Option<DemoOrg> = match std::fs::read(&path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                DemoError::Seed(format!(
+                    "{} is from an older obr ({e}): delete {} to make a new demo",
+                    path.display(),
+                    state.config.data_dir.display()
+                ))
+            })?),
+            Err(_) => None,
+        };
         if let Some(org) = &org {
             let granted = state.grants.admin(&org.admin_id).await;
             if granted.map_err(|e| seed_err(&e))?.is_none() {
@@ -113,6 +124,7 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
     let org = DemoOrg {
         admin_email: admin.email,
         admin_password: admin.password,
+        admin_totp_secret: admin.totp_secret,
         admin_id: admin.id,
         helpdesk,
         users,
@@ -124,7 +136,7 @@ pub async fn ensure(state: &AppState) -> Result<Option<DemoOrg>, DemoError> {
     Ok(Some(org))
 }
 
-/// An admin with `grant` and a random password.
+/// An admin with `grant`, a random password and a TOTP secret.
 async fn create_admin(
     state: &AppState,
     email: &str,
@@ -139,10 +151,16 @@ async fn create_admin(
         .create_admin(email, name, &hash, &grant)
         .await
         .map_err(|e| seed_err(&e))?;
+    let enrolment = state
+        .second_factor
+        .enrol(&admin.person)
+        .await
+        .map_err(|e| seed_err(&e))?;
     Ok(DemoAdmin {
         id: admin.person.id,
         email: admin.person.email,
         password,
+        totp_secret: enrolment.secret_base32.to_string(),
     })
 }
 

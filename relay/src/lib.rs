@@ -50,6 +50,7 @@ pub use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::directory::anchor::{self, AuditAnchor};
 use crate::directory::grants::Grants;
+use crate::directory::second_factor::SecondFactor;
 use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
@@ -136,6 +137,7 @@ impl Relay {
         // value in Redis when there is one.
         let sealer = Sealer::load_or_create(&config.cluster_key_path())?;
         let grants = Grants::new(directory.clone(), &sealer);
+        let second_factor = SecondFactor::new(directory.clone(), &sealer);
         let store: Arc<dyn SessionStore> = match &config.redis {
             Some(redis) => {
                 Arc::new(RedisStore::connect(redis, &config.redis_prefix, sealer).await?)
@@ -175,7 +177,12 @@ impl Relay {
             }
         };
         let config = Arc::new(config);
-        let obr = Obr::new(directory.clone(), store.clone(), config.obr_ttl);
+        let obr = Obr::new(
+            directory.clone(),
+            store.clone(),
+            config.obr_ttl,
+            config.obr_four_eyes,
+        );
         let outbox = Outbox::open(&config.data_dir.join("outbox")).map_err(data_dir_err)?;
         let anchor = AuditAnchor::open(
             &config
@@ -202,6 +209,7 @@ impl Relay {
             config,
             directory,
             grants,
+            second_factor,
             store,
             router,
             agents: AgentRegistry::default(),

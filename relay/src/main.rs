@@ -1,6 +1,7 @@
 //! `obr-relay`: parse configuration, open the relay, serve until
 //! SIGINT/SIGTERM. `obr-relay admin create` makes an admin (the first
-//! owner of an organisation); `obr-relay audit verify` checks the audit log
+//! owner of an organisation), `obr-relay admin reset-totp` gives one a new
+//! second factor; `obr-relay audit verify` checks the audit log
 //! against its signed checkpoints; `obr-relay pki init` makes a deployment
 //! CA and its certificates for setups without a PKI of their own.
 
@@ -13,7 +14,8 @@ use clap::{Parser, Subcommand};
 use obr_relay::directory::Directory;
 use obr_relay::directory::anchor::{self, Verdict};
 use obr_relay::directory::grants::{Grant, Grants, Role, Scope, valid_groups};
-use obr_relay::sessions::Sealer;
+use obr_relay::directory::second_factor::{Enrolment, SecondFactor};
+use obr_relay::sessions::{Approver, Sealer};
 use obr_relay::{Relay, RelayConfig};
 use obr_signer::RedisEndpoint;
 
@@ -88,6 +90,26 @@ enum AdminCommand {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
+    /// Give an admin a new TOTP secret (a lost phone, or an admin from
+    /// before second factors) and print it once; the old one stops working.
+    /// Audited.
+    ResetTotp {
+        /// The relay's data directory (relay.db).
+        #[arg(long, env = "OBR_RELAY_DATA_DIR", default_value = "obr-data")]
+        data_dir: PathBuf,
+        /// The deployment's cluster key (default: cluster.key in the data
+        /// directory): it encrypts the secret.
+        #[arg(long, env = "OBR_RELAY_CLUSTER_KEY_FILE")]
+        cluster_key_file: Option<PathBuf>,
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum FourEyesArg {
+    User,
+    SecondAdmin,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -194,6 +216,20 @@ struct Args {
     /// Hard lifetime of an OBR session, in seconds.
     #[arg(long, env = "OBR_RELAY_OBR_TTL_S", default_value_t = 900)]
     obr_ttl_s: u64,
+    /// Require four eyes on every OBR session: it starts only once the
+    /// user (on their phone) or a second admin approves it.
+    #[arg(long, env = "OBR_RELAY_OBR_FOUR_EYES", value_enum)]
+    obr_four_eyes: Option<FourEyesArg>,
+    /// An admin token unused this many seconds ends.
+    #[arg(long, env = "OBR_RELAY_ADMIN_IDLE_TIMEOUT_S", default_value_t = 900)]
+    admin_idle_timeout_s: u64,
+    /// An admin token ends this many seconds after sign-in.
+    #[arg(
+        long,
+        env = "OBR_RELAY_ADMIN_SESSION_LIFETIME_S",
+        default_value_t = 28_800
+    )]
+    admin_session_lifetime_s: u64,
     /// HTTP worker threads (0 = one per core).
     #[arg(long, env = "OBR_RELAY_WORKERS", default_value_t = 0)]
     workers: usize,
@@ -252,6 +288,18 @@ async fn main() -> anyhow::Result<()> {
                 cluster_key_file.unwrap_or_else(|| data_dir.join(obr_relay::CLUSTER_KEY_FILE));
             return create_admin(&data_dir, &key, &email, &name, role, &groups).await;
         }
+        Some(Command::Admin {
+            action:
+                AdminCommand::ResetTotp {
+                    data_dir,
+                    cluster_key_file,
+                    email,
+                },
+        }) => {
+            let key =
+                cluster_key_file.unwrap_or_else(|| data_dir.join(obr_relay::CLUSTER_KEY_FILE));
+            return reset_totp(&data_dir, &key, &email).await;
+        }
         None => {}
     }
     let args = cli.serve;
@@ -263,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "http"
     };
+    let demo_file = args.data_dir.join(obr_relay::demo::DEMO_FILE);
     let mut config = RelayConfig::embedded(
         args.data_dir,
         args.public_url
@@ -295,6 +344,12 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     config.obr_ttl = Duration::from_secs(args.obr_ttl_s);
+    config.obr_four_eyes = args.obr_four_eyes.map(|who| match who {
+        FourEyesArg::User => Approver::User,
+        FourEyesArg::SecondAdmin => Approver::SecondAdmin,
+    });
+    config.admin_idle_timeout = Duration::from_secs(args.admin_idle_timeout_s);
+    config.admin_session_lifetime = Duration::from_secs(args.admin_session_lifetime_s);
     config.workers = args.workers;
     config.demo_org = args.demo_org;
     config.audit_key_file = args.audit_key_file;
@@ -303,9 +358,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("cannot start the relay")?;
     if let Some(org) = relay.demo_org() {
+        // Its secrets stay in the file (0600), not in a log.
         println!(
-            "demo organisation: admin {} password {}",
-            org.admin_email, org.admin_password
+            "demo organisation: admin {}, password and TOTP secret in {}",
+            org.admin_email,
+            demo_file.display()
         );
     }
     println!("obr-relay listening on {addr}");
@@ -339,23 +396,7 @@ async fn create_admin(
     if name.is_empty() || name.len() > 128 {
         anyhow::bail!("--name must be 1-128 characters");
     }
-    obr_relay::files::private_dir(data_dir)
-        .with_context(|| format!("data directory {}", data_dir.display()))?;
-    let database = data_dir.join(obr_relay::DIRECTORY_FILE);
-    obr_relay::files::private_file(&database)
-        .with_context(|| format!("database {}", database.display()))?;
-    let directory = Directory::open(&database).await?;
-    // A new key for a directory that has people would seal a grant no
-    // relay of this deployment can verify: the path must be wrong.
-    if !cluster_key.exists() && !directory.is_empty().await? {
-        anyhow::bail!(
-            "no cluster key at {}, but {} has people: give the deployment's key with \
-             --cluster-key-file",
-            cluster_key.display(),
-            database.display()
-        );
-    }
-    let sealer = Sealer::load_or_create(cluster_key)?;
+    let (directory, sealer) = open_directory(data_dir, cluster_key).await?;
     let grants = Grants::new(directory.clone(), &sealer);
     let password = obr_relay::auth::new_password()?;
     let hash = obr_relay::auth::hash_password(&password)?;
@@ -382,6 +423,74 @@ async fn create_admin(
         admin.person.id
     );
     println!("password, shown once: {password}");
+    let enrolment = SecondFactor::new(directory, &sealer)
+        .enrol(&admin.person)
+        .await?;
+    print_enrolment(&enrolment);
+    Ok(())
+}
+
+fn print_enrolment(enrolment: &Enrolment) {
+    println!(
+        "TOTP secret, shown once (add it to an authenticator app): {}",
+        enrolment.secret_base32.as_str()
+    );
+    println!(
+        "otpauth URI (for a QR code): {}",
+        enrolment.otpauth_uri.as_str()
+    );
+}
+
+/// The relay's directory in `data_dir` and the deployment's cluster key,
+/// for the `admin` commands.
+async fn open_directory(
+    data_dir: &std::path::Path,
+    cluster_key: &std::path::Path,
+) -> anyhow::Result<(Directory, Sealer)> {
+    obr_relay::files::private_dir(data_dir)
+        .with_context(|| format!("data directory {}", data_dir.display()))?;
+    let database = data_dir.join(obr_relay::DIRECTORY_FILE);
+    obr_relay::files::private_file(&database)
+        .with_context(|| format!("database {}", database.display()))?;
+    let directory = Directory::open(&database).await?;
+    // A new key for a directory that has people would seal a grant no
+    // relay of this deployment can verify: the path must be wrong.
+    if !cluster_key.exists() && !directory.is_empty().await? {
+        anyhow::bail!(
+            "no cluster key at {}, but {} has people: give the deployment's key with \
+             --cluster-key-file",
+            cluster_key.display(),
+            database.display()
+        );
+    }
+    let sealer = Sealer::load_or_create(cluster_key)?;
+    Ok((directory, sealer))
+}
+
+/// `obr-relay admin reset-totp`.
+async fn reset_totp(
+    data_dir: &std::path::Path,
+    cluster_key: &std::path::Path,
+    email: &str,
+) -> anyhow::Result<()> {
+    let (directory, sealer) = open_directory(data_dir, cluster_key).await?;
+    let (person, _) = directory
+        .admin_credentials(email.trim())
+        .await?
+        .with_context(|| format!("no admin with email {email}"))?;
+    let enrolment = SecondFactor::new(directory.clone(), &sealer)
+        .enrol(&person)
+        .await?;
+    directory
+        .audit(
+            "obr-relay admin reset-totp",
+            "admin.totp_reset",
+            &person.email,
+            serde_json::json!({ "admin_id": person.id }),
+        )
+        .await?;
+    println!("new second factor for {} (id {})", person.email, person.id);
+    print_enrolment(&enrolment);
     Ok(())
 }
 

@@ -17,10 +17,46 @@ use crate::directory::Person;
 use crate::directory::audit::RegistrationRecord;
 use crate::directory::grants::{Admin, Power};
 use crate::directory::{Directory, DirectoryError, KeyStatus};
-use crate::sessions::{AgentEvent, ObrConflict, ObrSession, Principal, SessionStore, StoreError};
+use crate::sessions::{
+    AgentEvent, Approver, ObrConflict, ObrPolicy, ObrSession, Principal, SessionStore, StoreError,
+};
 
 /// DESIGN: "A session has a hard TTL (default 15 min)".
 pub const DEFAULT_OBR_TTL: Duration = Duration::from_secs(15 * 60);
+/// The shortest TTL a session may be given.
+pub const MIN_OBR_TTL: Duration = Duration::from_secs(10);
+/// RP IDs an allow-list may name, and passkeys a session may be limited to.
+pub const MAX_ALLOWED_RPS: usize = 32;
+pub const MAX_REGISTRATION_LIMIT: u32 = 100;
+/// An RP ID is a domain name (WebAuthn §5.1.2 "RP ID"), at most 253 bytes.
+const MAX_RP_ID_LEN: usize = 253;
+
+/// What "Select as OBR" asks for beyond the user: the session's limits
+/// and, if shorter than the relay's, its TTL.
+#[derive(Clone, Debug, Default)]
+pub struct ObrRequest {
+    pub policy: ObrPolicy,
+    pub ttl: Option<Duration>,
+}
+
+/// A registration's place under its session's limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationSlot {
+    /// The session has no limit.
+    Unlimited,
+    /// Counted as the `nth` of at most `limit`.
+    Counted { nth: u32, limit: u32 },
+    /// The limit is reached: refused.
+    Full,
+}
+
+/// Who decides on a session awaiting approval.
+pub enum Decider<'a> {
+    /// The user, from the user app.
+    User(&'a Person),
+    /// Another admin, from the panel.
+    Admin(&'a Admin),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObrError {
@@ -55,6 +91,12 @@ pub enum ObrError {
     UserBusy(String),
     #[error("agent {0} has no on-behalf registration in progress")]
     NotActive(String),
+    #[error("{0}")]
+    BadPolicy(String),
+    #[error("no on-behalf registration awaits your approval with that id")]
+    NotAwaiting,
+    #[error("an admin cannot approve their own on-behalf registration: another admin must")]
+    OwnRequest,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -78,6 +120,10 @@ pub enum EndReason {
     Withdrawn,
     /// The agent was logged out from the panel.
     LoggedOut,
+    /// The session made as many passkeys as its policy allows.
+    LimitReached,
+    /// The user, or the second admin, said no before it started.
+    Denied,
 }
 
 impl EndReason {
@@ -87,7 +133,9 @@ impl EndReason {
             | EndReason::Done
             | EndReason::LoginChanged
             | EndReason::Withdrawn
-            | EndReason::LoggedOut => "obr.ended",
+            | EndReason::LoggedOut
+            | EndReason::LimitReached
+            | EndReason::Denied => "obr.ended",
             EndReason::Expired => "obr.expired",
         }
     }
@@ -100,6 +148,8 @@ impl EndReason {
             EndReason::LoginChanged => "login_changed",
             EndReason::Withdrawn => "grant_withdrawn",
             EndReason::LoggedOut => "agent_logged_out",
+            EndReason::LimitReached => "registration_limit_reached",
+            EndReason::Denied => "denied",
         }
     }
 }
@@ -108,25 +158,37 @@ impl EndReason {
 pub struct Obr {
     directory: Directory,
     store: Arc<dyn SessionStore>,
+    /// The longest a session may last (and the default).
     ttl: Duration,
+    /// Four eyes the organisation requires on every session, if any.
+    required_approver: Option<Approver>,
 }
 
 impl Obr {
-    pub fn new(directory: Directory, store: Arc<dyn SessionStore>, ttl: Duration) -> Self {
+    pub fn new(
+        directory: Directory,
+        store: Arc<dyn SessionStore>,
+        ttl: Duration,
+        required_approver: Option<Approver>,
+    ) -> Self {
         Self {
             directory,
             store,
             ttl,
+            required_approver,
         }
     }
 
     /// The panel's "Select as OBR": `admin` will act for `user_id` through
-    /// `agent_id` (or their only logged-in agent).
+    /// `agent_id` (or their only logged-in agent), within `request`'s
+    /// limits. With four eyes (asked for, or required by the relay) the
+    /// session waits for that approval before it starts.
     pub async fn select(
         &self,
         admin: &Admin,
         user_id: &str,
         agent_id: Option<&str>,
+        request: ObrRequest,
     ) -> Result<ObrSession, ObrError> {
         let user = self
             .directory
@@ -134,6 +196,8 @@ impl Obr {
             .await?
             .ok_or(ObrError::UserNotFound)?;
         check_target(admin, &user)?;
+        let (mut policy, ttl) = self.checked(request)?;
+        policy.four_eyes = policy.four_eyes.or(self.required_approver);
         let admin = &admin.person;
         let agent_id = self.admin_agent(&admin.id, agent_id).await?;
         let now = now_ms();
@@ -145,7 +209,9 @@ impl Obr {
             user_id: user.id.clone(),
             user_email: user.email.clone(),
             started_at_ms: now,
-            expires_at_ms: now + crate::directory::duration_ms(self.ttl),
+            expires_at_ms: now + crate::directory::duration_ms(ttl),
+            awaiting: policy.four_eyes,
+            policy,
         };
         match self.store.create_obr(&session).await? {
             Ok(()) => {}
@@ -161,30 +227,234 @@ impl Obr {
             }
             Err(ObrConflict::User) => return Err(ObrError::UserBusy(user.email)),
         }
+        if let Some(approver) = session.awaiting {
+            self.record_request(&session, approver).await?;
+        } else {
+            self.record_start(&admin.email, &session, None).await?;
+        }
+        Ok(session)
+    }
+
+    /// `request`'s policy and TTL, checked against the relay's bounds.
+    fn checked(&self, request: ObrRequest) -> Result<(ObrPolicy, Duration), ObrError> {
+        let bad = |why: String| Err(ObrError::BadPolicy(why));
+        let ttl = request.ttl.unwrap_or(self.ttl);
+        if ttl < MIN_OBR_TTL.min(self.ttl) || ttl > self.ttl {
+            return bad(format!(
+                "ttl_s must be {}-{} seconds",
+                MIN_OBR_TTL.min(self.ttl).as_secs(),
+                self.ttl.as_secs()
+            ));
+        }
+        let mut policy = request.policy;
+        if policy.rp_ids.len() > MAX_ALLOWED_RPS {
+            return bad(format!("rp_ids may name at most {MAX_ALLOWED_RPS} RP IDs"));
+        }
+        for rp_id in &mut policy.rp_ids {
+            *rp_id = rp_id.trim().to_ascii_lowercase();
+            let valid = !rp_id.is_empty()
+                && rp_id.len() <= MAX_RP_ID_LEN
+                && rp_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !valid {
+                return bad(format!("{rp_id:?} is not an RP ID (a domain name)"));
+            }
+        }
+        policy.rp_ids.sort();
+        policy.rp_ids.dedup();
+        if policy
+            .max_registrations
+            .is_some_and(|n| n == 0 || n > MAX_REGISTRATION_LIMIT)
+        {
+            return bad(format!(
+                "max_registrations must be 1-{MAX_REGISTRATION_LIMIT}"
+            ));
+        }
+        Ok((policy, ttl))
+    }
+
+    /// A session starts: audited, the user told, the agent in OBR mode.
+    async fn record_start(
+        &self,
+        actor: &str,
+        session: &ObrSession,
+        approved_by: Option<&str>,
+    ) -> Result<(), ObrError> {
         self.directory
             .audit(
-                &admin.email,
+                actor,
                 "obr.started",
-                &user.email,
-                json!({ "session": session.id, "agent": agent_id, "user_id": user.id,
-                        "expires_at_ms": session.expires_at_ms }),
+                &session.user_email,
+                json!({ "session": session.id, "agent": session.agent_id,
+                        "user_id": session.user_id, "admin": session.admin_email,
+                        "expires_at_ms": session.expires_at_ms, "policy": session.policy,
+                        "approved_by": approved_by }),
             )
             .await?;
+        let within = if session.policy.rp_ids.is_empty() {
+            String::new()
+        } else {
+            format!(" (for {} only)", session.policy.rp_ids.join(", "))
+        };
         self.directory
             .notify(
-                &user.id,
+                &session.user_id,
                 "obr.started",
                 &format!(
-                    "{} started an on-behalf registration on your security key",
-                    admin.email
+                    "{} started an on-behalf registration on your security key{within}",
+                    session.admin_email
                 ),
-                json!({ "admin": admin.email, "session": session.id, "agent": agent_id }),
+                json!({ "admin": session.admin_email, "session": session.id,
+                        "agent": session.agent_id, "rp_ids": session.policy.rp_ids }),
             )
             .await?;
         self.store
-            .publish(&AgentEvent::ModeChanged { agent_id })
+            .publish(&AgentEvent::ModeChanged {
+                agent_id: session.agent_id.clone(),
+            })
             .await?;
-        Ok(session)
+        Ok(())
+    }
+
+    /// A session waits for `approver`: audited, and the user told (asked,
+    /// when they are the one to approve).
+    async fn record_request(
+        &self,
+        session: &ObrSession,
+        approver: Approver,
+    ) -> Result<(), ObrError> {
+        self.directory
+            .audit(
+                &session.admin_email,
+                "obr.requested",
+                &session.user_email,
+                json!({ "session": session.id, "agent": session.agent_id,
+                        "user_id": session.user_id, "expires_at_ms": session.expires_at_ms,
+                        "policy": session.policy, "approver": approver.as_str() }),
+            )
+            .await?;
+        let (kind, message) = match approver {
+            Approver::User => (
+                "obr.approval_requested",
+                format!(
+                    "{} asks to register passkeys on your security key: approve or deny",
+                    session.admin_email
+                ),
+            ),
+            Approver::SecondAdmin => (
+                "obr.requested",
+                format!(
+                    "{} asked to register passkeys on your security key; a second admin must \
+                     approve before it starts",
+                    session.admin_email
+                ),
+            ),
+        };
+        self.directory
+            .notify(
+                &session.user_id,
+                kind,
+                &message,
+                json!({ "admin": session.admin_email, "session": session.id,
+                        "approver": approver.as_str(), "rp_ids": session.policy.rp_ids,
+                        "expires_at_ms": session.expires_at_ms }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The four-eyes decision on the session `session_id` by `decider`:
+    /// approved, it starts (the agent is told at once); denied, it ends.
+    /// Only the approver the session awaits may decide: its user, or an
+    /// admin other than the requester who may provision that user.
+    pub async fn decide(
+        &self,
+        session_id: &str,
+        decider: Decider<'_>,
+        approve: bool,
+    ) -> Result<ObrSession, ObrError> {
+        let session = self
+            .store
+            .obr_by_id(session_id)
+            .await?
+            .filter(|s| s.expires_at_ms > now_ms())
+            .ok_or(ObrError::NotAwaiting)?;
+        let actor = match (&decider, session.awaiting) {
+            (Decider::User(person), Some(Approver::User)) if person.id == session.user_id => {
+                person.email.clone()
+            }
+            (Decider::Admin(admin), Some(Approver::SecondAdmin)) => {
+                if admin.person.id == session.admin_id {
+                    return Err(ObrError::OwnRequest);
+                }
+                let user = self
+                    .directory
+                    .person(&session.user_id)
+                    .await?
+                    .ok_or(ObrError::UserNotFound)?;
+                check_target(admin, &user)?;
+                admin.person.email.clone()
+            }
+            _ => return Err(ObrError::NotAwaiting),
+        };
+        if approve {
+            let started = self
+                .store
+                .start_awaiting_obr(session_id)
+                .await?
+                .ok_or(ObrError::NotAwaiting)?;
+            self.record_start(&actor, &started, Some(&actor)).await?;
+            return Ok(started);
+        }
+        let ended = self
+            .store
+            .end_obr(&session.agent_id, &session.id)
+            .await?
+            .filter(|s| s.awaiting.is_some())
+            .ok_or(ObrError::NotAwaiting)?;
+        self.record_end(&actor, &ended, EndReason::Denied).await?;
+        Ok(ended)
+    }
+
+    /// Whether a registration in `session` may go ahead, counted against
+    /// its limit if it has one.
+    pub async fn reserve_registration(
+        &self,
+        session: &ObrSession,
+    ) -> Result<RegistrationSlot, ObrError> {
+        let Some(limit) = session.policy.max_registrations else {
+            return Ok(RegistrationSlot::Unlimited);
+        };
+        Ok(match self.store.count_registration(session, limit).await? {
+            Some(n) => RegistrationSlot::Counted { nth: n, limit },
+            None => RegistrationSlot::Full,
+        })
+    }
+
+    /// A counted registration did not happen: its count is given back.
+    pub async fn release_registration(&self, session: &ObrSession) -> Result<(), ObrError> {
+        Ok(self.store.uncount_registration(&session.id).await?)
+    }
+
+    /// A request `session`'s policy refuses (an RP not on its allow-list,
+    /// a registration past its limit): audited; the key never saw it.
+    pub async fn refused_by_policy(
+        &self,
+        session: &ObrSession,
+        rp_id: &str,
+        reason: &str,
+    ) -> Result<(), ObrError> {
+        self.directory
+            .audit(
+                &session.admin_email,
+                "obr.refused",
+                &session.user_email,
+                json!({ "session": session.id, "agent": session.agent_id, "rp_id": rp_id,
+                        "reason": reason, "policy": session.policy }),
+            )
+            .await?;
+        Ok(())
     }
 
     /// End the agent's session (by its admin, from the panel or the agent).
@@ -416,6 +686,15 @@ impl Obr {
                 "The on-behalf registration by {} ended: they may no longer act on your key",
                 session.admin_email
             ),
+            EndReason::LimitReached => format!(
+                "The on-behalf registration by {} ended: it made the passkeys it was allowed to",
+                session.admin_email
+            ),
+            EndReason::Denied => format!(
+                "{actor} denied the on-behalf registration {} asked for; nothing happened on \
+                 your key",
+                session.admin_email
+            ),
             _ => format!(
                 "{} ended the on-behalf registration; your key is no longer attached to their computer",
                 session.admin_email
@@ -459,9 +738,11 @@ impl Obr {
 
 /// Whether `session` may serve a request from the agent `agent_id`, logged
 /// in as `principal`, at `now_ms`: the session was started on that agent
-/// (its key) by that admin, and has not expired. Checked on every request.
+/// (its key) by that admin, awaits no approval, and has not expired.
+/// Checked on every request.
 pub fn serves(session: &ObrSession, agent_id: &str, principal: &Principal, now_ms: i64) -> bool {
-    session.agent_id == agent_id
+    session.awaiting.is_none()
+        && session.agent_id == agent_id
         && session.admin_id == principal.person_id
         && principal.is_admin
         && now_ms < session.expires_at_ms

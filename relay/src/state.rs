@@ -8,6 +8,7 @@ use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::directory::anchor::AuditAnchor;
 use crate::directory::grants::Grants;
+use crate::directory::second_factor::SecondFactor;
 use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub directory: Directory,
     /// Admins' power: their sealed grants in the directory.
     pub grants: Grants,
+    /// Admins' TOTP secrets, checked at sign-in.
+    pub second_factor: SecondFactor,
     pub store: Arc<dyn SessionStore>,
     pub router: Router,
     pub agents: AgentRegistry,

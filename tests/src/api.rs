@@ -84,16 +84,32 @@ impl Api {
         Ok(Answer { status, body })
     }
 
-    pub fn admin_login(&self, email: &str, password: &str) -> anyhow::Result<String> {
-        let body = self
-            .call(
+    /// Sign in with password and the current code of `totp_secret`; a code
+    /// already used (another sign-in this 30-second step) is followed by a
+    /// wait for the next step, as a person would.
+    pub fn admin_login(
+        &self,
+        email: &str,
+        password: &str,
+        totp_secret: &str,
+    ) -> anyhow::Result<String> {
+        let login = |code: &str| {
+            self.call(
                 "POST",
                 "/api/admin/login",
                 None,
-                Some(json!({ "email": email, "password": password })),
-            )?
-            .ok()?;
-        Ok(body["token"].as_str().context("no token")?.to_owned())
+                Some(json!({ "email": email, "password": password, "totp": code })),
+            )
+        };
+        let mut answer = login(&totp_code(totp_secret)?)?;
+        if answer.status == 401 && answer.body["error"] == "totp_replayed" {
+            std::thread::sleep(until_next_totp_step());
+            answer = login(&totp_code(totp_secret)?)?;
+        }
+        Ok(answer.ok()?["token"]
+            .as_str()
+            .context("no token")?
+            .to_owned())
     }
 
     pub fn approve_login(&self, token: &str, user_code: &str) -> anyhow::Result<Answer> {
@@ -150,6 +166,38 @@ impl Api {
             .ok()?;
         Ok(body.as_array().cloned().unwrap_or_default())
     }
+}
+
+/// The code an authenticator app holding `secret_base32` shows now (RFC
+/// 6238 with obr's parameters: SHA-1, 6 digits, 30-second steps).
+pub fn totp_code(secret_base32: &str) -> anyhow::Result<String> {
+    Ok(totp(secret_base32)?.generate_current().to_string())
+}
+
+fn totp(secret_base32: &str) -> anyhow::Result<totp_rs::Totp> {
+    let secret = totp_rs::Secret::try_from_base32(secret_base32)
+        .map_err(|e| anyhow::anyhow!("TOTP secret: {e}"))?;
+    totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_digits(6)
+        .with_step_duration(TOTP_STEP_S)
+        .with_secret(secret)
+        .build()
+        .map_err(|e| anyhow::anyhow!("TOTP: {e}"))
+}
+
+const TOTP_STEP_S: u64 = 30;
+
+/// How long until the next TOTP step begins (and a little more).
+pub fn until_next_totp_step() -> std::time::Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let step = std::time::Duration::from_secs(TOTP_STEP_S);
+    let into = std::time::Duration::from_millis(
+        u64::try_from(now.as_millis() % step.as_millis()).unwrap_or(0),
+    );
+    step - into + std::time::Duration::from_millis(200)
 }
 
 /// The code in `obr-agent login --no-wait`'s output.

@@ -8,6 +8,7 @@
 use std::process::Command;
 
 use obr_tests::api::{Answer, Api};
+use obr_tests::database_writer::write_db;
 use obr_tests::hid_client::HidClient;
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, admin_at_agent, binary};
 use obr_tests::rp;
@@ -17,13 +18,19 @@ use serde_json::{Value, json};
 const CTAP2_OK: u8 = 0x00;
 const CTAP2_ERR_OPERATION_DENIED: u8 = 0x27;
 
-/// `obr-relay admin create` on `data_dir`: the new admin's password.
+/// What `obr-relay admin create` shows once: password and TOTP secret.
+struct Created {
+    password: String,
+    totp: String,
+}
+
+/// `obr-relay admin create` on `data_dir`: the new admin's credentials.
 fn create_admin(
     data_dir: &std::path::Path,
     email: &str,
     role: &str,
     groups: &[&str],
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Created> {
     let mut command = Command::new(binary("obr-relay")?);
     command
         .args(["admin", "create", "--data-dir"])
@@ -40,11 +47,16 @@ fn create_admin(
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(said.contains(&format!("created {role} {email}")), "{said}");
-    let password = said
-        .lines()
-        .find_map(|line| line.strip_prefix("password, shown once: "))
-        .ok_or_else(|| anyhow::anyhow!("no password in: {said}"))?;
-    Ok(password.to_owned())
+    let shown = |prefix: &str| {
+        said.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no {prefix:?} in: {said}"))
+    };
+    Ok(Created {
+        password: shown("password, shown once: ")?,
+        totp: shown("TOTP secret, shown once (add it to an authenticator app): ")?,
+    })
 }
 
 /// The newest `access.refused` record: who was refused what, on whom.
@@ -93,18 +105,26 @@ fn operators_reach_their_scope_auditors_only_read_and_refusals_are_audited() -> 
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
     let api = Api::new(&relay.url);
     let demo = &relay.demo;
-    let owner = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    let owner = api.admin_login(
+        &demo.admin_email,
+        &demo.admin_password,
+        &demo.admin_totp_secret,
+    )?;
     let (bob, carol) = (relay.user("bob@demo.obr")?, relay.user("carol@demo.obr")?);
 
-    let op_password = create_admin(
+    let op_created = create_admin(
         &scratch.join("relay"),
         "emea-op@demo.obr",
         "operator",
         &["emea"],
     )?;
-    let auditor_password = create_admin(&scratch.join("relay"), "audit@demo.obr", "auditor", &[])?;
-    let operator = api.admin_login("emea-op@demo.obr", &op_password)?;
-    let auditor = api.admin_login("audit@demo.obr", &auditor_password)?;
+    let auditor_created = create_admin(&scratch.join("relay"), "audit@demo.obr", "auditor", &[])?;
+    let operator = api.admin_login("emea-op@demo.obr", &op_created.password, &op_created.totp)?;
+    let auditor = api.admin_login(
+        "audit@demo.obr",
+        &auditor_created.password,
+        &auditor_created.totp,
+    )?;
     let groups = api
         .call(
             "PUT",
@@ -264,11 +284,15 @@ fn owners_change_and_revoke_other_admins_grants() -> anyhow::Result<()> {
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
     let api = Api::new(&relay.url);
     let demo = &relay.demo;
-    let owner = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    let owner = api.admin_login(
+        &demo.admin_email,
+        &demo.admin_password,
+        &demo.admin_totp_secret,
+    )?;
     let carol = relay.user("carol@demo.obr")?;
     let op = "apac-op@demo.obr";
-    let password = create_admin(&scratch.join("relay"), op, "operator", &["apac"])?;
-    let operator = api.admin_login(op, &password)?;
+    let created = create_admin(&scratch.join("relay"), op, "operator", &["apac"])?;
+    let operator = api.admin_login(op, &created.password, &created.totp)?;
     let op_id = admin_id(&api, &owner, op)?;
     let grant_path = format!("/api/admins/{op_id}/grant");
     let refused = |answer, says, refusal| refused_and_audited(&api, &owner, answer, says, refusal);
@@ -331,7 +355,8 @@ fn owners_change_and_revoke_other_admins_grants() -> anyhow::Result<()> {
         "POST",
         "/api/admin/login",
         None,
-        Some(json!({ "email": op, "password": password })),
+        Some(json!({ "email": op, "password": created.password,
+                     "totp": obr_tests::api::totp_code(&created.totp)? })),
     )?;
     assert_eq!(login.status, 403, "{}", login.body);
     let listed = api.call("GET", "/api/admins", Some(&owner), None)?.ok()?;
@@ -341,7 +366,7 @@ fn owners_change_and_revoke_other_admins_grants() -> anyhow::Result<()> {
     // verifies): the operator signs in again.
     api.call("PUT", &grant_path, Some(&owner), Some(all_users.clone()))?
         .ok()?;
-    api.admin_login(op, &password)?;
+    api.admin_login(op, &created.password, &created.totp)?;
     // But once someone changed the row outside the relay (here: a
     // password hash they know), no grant takes on it.
     api.call("DELETE", &grant_path, Some(&owner), None)?.ok()?;
@@ -370,8 +395,16 @@ fn logout_ends_the_admin_token() -> anyhow::Result<()> {
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
     let api = Api::new(&relay.url);
     let demo = &relay.demo;
-    let token = api.admin_login(&demo.admin_email, &demo.admin_password)?;
-    let other = api.admin_login(&demo.helpdesk.email, &demo.helpdesk.password)?;
+    let token = api.admin_login(
+        &demo.admin_email,
+        &demo.admin_password,
+        &demo.admin_totp_secret,
+    )?;
+    let other = api.admin_login(
+        &demo.helpdesk.email,
+        &demo.helpdesk.password,
+        &demo.helpdesk.totp_secret,
+    )?;
     assert_eq!(
         api.call("GET", "/api/users", Some(&token), None)?.status,
         200
@@ -405,7 +438,11 @@ fn agents_are_logged_out_by_their_admin_or_an_owner() -> anyhow::Result<()> {
     let scratch = Scratch::new("roles-agents")?;
     let (relay, agent, api, owner) = admin_at_agent(&scratch, &RelayOptions::default())?;
     let demo = &relay.demo;
-    let helpdesk = api.admin_login(&demo.helpdesk.email, &demo.helpdesk.password)?;
+    let helpdesk = api.admin_login(
+        &demo.helpdesk.email,
+        &demo.helpdesk.password,
+        &demo.helpdesk.totp_secret,
+    )?;
     let helpdesk_agent = AgentProc::start(&scratch.join("helpdesk-agent"), &relay.url)?;
     helpdesk_agent.login(&api, &helpdesk)?;
     let agent_of = |token: &str| -> anyhow::Result<String> {
@@ -442,26 +479,6 @@ fn agents_are_logged_out_by_their_admin_or_an_owner() -> anyhow::Result<()> {
     assert_eq!(out.status, 204, "{}", out.body);
     helpdesk_agent.wait_status("not logged in", std::time::Duration::from_secs(5))?;
     Ok(())
-}
-
-/// `sql` with `values` bound, run on the SQLite file `database` as an
-/// attacker with write access to it would, beside the running relay.
-fn write_db(database: &std::path::Path, sql: &str, values: &[&str]) -> anyhow::Result<()> {
-    use sqlx::Connection as _;
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let url = format!("sqlite://{}", database.display());
-            let mut db = sqlx::SqliteConnection::connect(&url).await?;
-            let mut query = sqlx::query(sql);
-            for value in values {
-                query = query.bind(*value);
-            }
-            query.execute(&mut db).await?;
-            db.close().await?;
-            anyhow::Ok(())
-        })
 }
 
 /// The id of the admin `email`, as `/api/admins` lists them to `token`.
@@ -501,7 +518,7 @@ fn a_database_writer_cannot_make_an_admin() -> anyhow::Result<()> {
             "POST",
             "/api/admin/login",
             None,
-            Some(json!({ "email": email, "password": "attacker-knows-this" })),
+            Some(json!({ "email": email, "password": "attacker-knows-this", "totp": "000000" })),
         )
     };
     // The password the attacker set is right; the grant is missing.
@@ -526,7 +543,11 @@ fn a_database_writer_cannot_make_an_admin() -> anyhow::Result<()> {
     refused(login("bob@demo.obr")?);
 
     // The real owner still signs in and holds power.
-    let owner = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    let owner = api.admin_login(
+        &relay.demo.admin_email,
+        &relay.demo.admin_password,
+        &relay.demo.admin_totp_secret,
+    )?;
     assert_eq!(
         api.call("GET", "/api/admins", Some(&owner), None)?.status,
         200

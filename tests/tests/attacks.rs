@@ -24,7 +24,11 @@ fn admin_at_agent(label: &str) -> anyhow::Result<(Stack, Api, String)> {
     let stack = Stack::start(label)?;
     let api = Api::new(&stack.relay.url);
     let demo = &stack.relay.demo;
-    let admin = api.admin_login(&demo.admin_email, &demo.admin_password)?;
+    let admin = api.admin_login(
+        &demo.admin_email,
+        &demo.admin_password,
+        &demo.admin_totp_secret,
+    )?;
     stack.agent.login(&api, &admin)?;
     Ok((stack, api, admin))
 }
@@ -309,7 +313,11 @@ fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
     let agent = AgentProc::start_with(&scratch.join("agent"), &relay.url, SHORT_CTAP_BUDGET)?;
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    let admin = api.admin_login(
+        &relay.demo.admin_email,
+        &relay.demo.admin_password,
+        &relay.demo.admin_totp_secret,
+    )?;
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, bob)?;
 
@@ -329,7 +337,11 @@ fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
     );
     // The admin's token went with the flush; bob's key is read as an admin
     // again after logging in anew.
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    let admin = api.admin_login(
+        &relay.demo.admin_email,
+        &relay.demo.admin_password,
+        &relay.demo.admin_totp_secret,
+    )?;
     assert!(api.passkeys(&admin, &bob.id)?.is_empty());
     Ok(())
 }
@@ -389,7 +401,11 @@ fn the_inviting_admin_never_holds_the_invitation() -> anyhow::Result<()> {
     let scratch = Scratch::new("attack-invitation")?;
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
     let api = Api::new(&relay.url);
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    let admin = api.admin_login(
+        &relay.demo.admin_email,
+        &relay.demo.admin_password,
+        &relay.demo.admin_totp_secret,
+    )?;
     let invited = api
         .call(
             "POST",
@@ -445,7 +461,7 @@ fn guessing_is_slowed_down() -> anyhow::Result<()> {
             "POST",
             "/api/admin/login",
             None,
-            Some(serde_json::json!({ "email": email, "password": password })),
+            Some(serde_json::json!({ "email": email, "password": password, "totp": "000000" })),
         )
     };
     let mut statuses = Vec::new();
@@ -458,7 +474,11 @@ fn guessing_is_slowed_down() -> anyhow::Result<()> {
     assert_eq!(blocked.status, 429, "{:?}", blocked.body);
     assert_eq!(blocked.body["error"], "too_many_requests");
     // The other admin is not locked out by it.
-    api.admin_login(&relay.demo.helpdesk.email, &relay.demo.helpdesk.password)?;
+    api.admin_login(
+        &relay.demo.helpdesk.email,
+        &relay.demo.helpdesk.password,
+        &relay.demo.helpdesk.totp_secret,
+    )?;
 
     // Login codes: a user guessing codes with their own device token.
     let bob = relay.user("bob@demo.obr")?;
@@ -807,7 +827,11 @@ fn only_relays_reach_a_standalone_signer() -> anyhow::Result<()> {
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(&relay.demo.admin_email, &relay.demo.admin_password)?;
+    let admin = api.admin_login(
+        &relay.demo.admin_email,
+        &relay.demo.admin_password,
+        &relay.demo.admin_totp_secret,
+    )?;
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, bob)?;
     let request = rp::registration_request("bob")?;
@@ -954,7 +978,11 @@ fn a_revoked_admin_keeps_no_power_through_the_agent() -> anyhow::Result<()> {
         hid.cbor(&request)?.first(),
         Some(&CTAP2_ERR_OPERATION_DENIED)
     );
-    let helpdesk = api.admin_login(&demo.helpdesk.email, &demo.helpdesk.password)?;
+    let helpdesk = api.admin_login(
+        &demo.helpdesk.email,
+        &demo.helpdesk.password,
+        &demo.helpdesk.totp_secret,
+    )?;
     assert_eq!(api.passkeys(&helpdesk, &bob.id)?.len(), 2);
     Ok(())
 }

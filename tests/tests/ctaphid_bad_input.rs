@@ -98,6 +98,7 @@ fn cancel_and_busy_while_a_request_is_away() -> anyhow::Result<()> {
     let admin = api.admin_login(
         &stack.relay.demo.admin_email,
         &stack.relay.demo.admin_password,
+        &stack.relay.demo.admin_totp_secret,
     )?;
     stack.agent.login(&api, &admin)?;
     let mut client = HidClient::open(&stack.agent.hid_socket)?;

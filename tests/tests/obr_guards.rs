@@ -73,7 +73,10 @@ fn refused_selections_change_nothing() -> anyhow::Result<()> {
         "POST",
         "/api/admin/login",
         None,
-        Some(serde_json::json!({ "email": relay.demo.admin_email, "password": "nope" })),
+        Some(
+            serde_json::json!({ "email": relay.demo.admin_email, "password": "nope",
+                                 "totp": "123456" }),
+        ),
     )?;
     assert_eq!(wrong.status, 401);
     // Malformed JSON is a 400 with a reason.

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use obr_relay::sessions::{
-    AgentEvent, DeviceGrant, MemoryStore, ObrConflict, ObrSession, Principal, RedisStore, Sealer,
-    SessionStore, TokenScope,
+    AdminSession, AgentEvent, Approver, DeviceGrant, MemoryStore, ObrConflict, ObrPolicy,
+    ObrSession, Principal, RedisStore, Sealer, SessionStore, TokenScope,
 };
 use obr_signer::RedisEndpoint;
 use obr_tests::redis_server::RedisServer;
@@ -24,6 +24,22 @@ fn principal(id: &str, scope: TokenScope) -> Principal {
         email: format!("{id}@example.org"),
         is_admin: true,
         scope,
+        session: None,
+    }
+}
+
+/// An admin's sign-in `id`, ending `lifetime` from now.
+fn signed_in(id: &str, session: &str, lifetime: Duration) -> Principal {
+    let now = obr_relay::clock::now_ms();
+    Principal {
+        session: Some(AdminSession {
+            id: session.to_owned(),
+            created_at_ms: now,
+            expires_at_ms: now + i64::try_from(lifetime.as_millis()).unwrap(),
+            address: "192.0.2.7".to_owned(),
+            user_agent: "contract".to_owned(),
+        }),
+        ..principal(id, TokenScope::Admin)
     }
 }
 
@@ -42,14 +58,17 @@ fn session_for(id: &str, agent: &str, user: &str, expires_at_ms: i64) -> ObrSess
         user_email: format!("{user}@example.org"),
         started_at_ms: expires_at_ms - 60_000,
         expires_at_ms,
+        policy: ObrPolicy::default(),
+        awaiting: None,
     }
 }
 
 async fn contract(store: Arc<dyn SessionStore>) {
     // Tokens expire by themselves.
     let admin = principal("admin", TokenScope::Admin);
+    let long = Duration::from_secs(60);
     store
-        .put_token("t1", &admin, Duration::from_millis(200))
+        .put_token("t1", &admin, Duration::from_millis(200), long)
         .await
         .unwrap();
     assert_eq!(store.get_token("t1").await.unwrap(), Some(admin.clone()));
@@ -62,13 +81,62 @@ async fn contract(store: Arc<dyn SessionStore>) {
     );
 
     // A token is gone once deleted (logout), and only then.
-    store
-        .put_token("t2", &admin, Duration::from_secs(60))
-        .await
-        .unwrap();
+    store.put_token("t2", &admin, long, long).await.unwrap();
     assert!(store.delete_token("t2").await.unwrap());
     assert_eq!(store.get_token("t2").await.unwrap(), None);
     assert!(!store.delete_token("t2").await.unwrap(), "deleted twice");
+
+    // Idle expiry: a token unused for `idle` ends; each touch gives it
+    // `idle` more, never past the end of its lifetime.
+    let idle = Duration::from_millis(400);
+    let lifetime = Duration::from_millis(1500);
+    let ada = signed_in("ada", "s-ada", lifetime);
+    let ends = ada.session.as_ref().unwrap().expires_at_ms;
+    store.put_token("idle", &ada, lifetime, idle).await.unwrap();
+    store.put_token("kept", &ada, lifetime, idle).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(store.touch_token("kept", idle, ends).await.unwrap());
+    }
+    assert_eq!(
+        store.get_token("idle").await.unwrap(),
+        None,
+        "idle token lived on"
+    );
+    assert!(
+        !store.touch_token("idle", idle, ends).await.unwrap(),
+        "touched after it ended"
+    );
+    assert_eq!(store.get_token("kept").await.unwrap(), Some(ada.clone()));
+    while obr_relay::clock::now_ms() < ends {
+        store.touch_token("kept", idle, ends).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        store.get_token("kept").await.unwrap(),
+        None,
+        "a used token outlived its lifetime"
+    );
+
+    // An admin's live tokens are listed (oldest first), nobody else's.
+    let first = signed_in("grace", "s-1", long);
+    store.put_token("g1", &first, long, long).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = signed_in("grace", "s-2", long);
+    store.put_token("g2", &second, long, long).await.unwrap();
+    store
+        .put_token("other", &signed_in("hopper", "s-3", long), long, long)
+        .await
+        .unwrap();
+    let listed = store.tokens_of("grace").await.unwrap();
+    assert_eq!(
+        listed,
+        vec![("g1".to_owned(), first), ("g2".to_owned(), second)]
+    );
+    assert!(store.delete_token("g1").await.unwrap());
+    assert_eq!(store.tokens_of("grace").await.unwrap().len(), 1);
+    assert!(store.tokens_of("nobody").await.unwrap().is_empty());
 
     // A device-code grant is taken at most once.
     let grant = DeviceGrant {
@@ -165,6 +233,55 @@ async fn contract(store: Arc<dyn SessionStore>) {
     let s4 = session_for("s4", "agent-2", "bob", far);
     assert_eq!(store.create_obr(&s4).await.unwrap(), Ok(()));
     assert_eq!(store.end_obr("agent-2", "s4").await.unwrap(), Some(s4));
+
+    // Four eyes: found by id, started once (its policy kept), then served.
+    let mut pending = session_for("p1", "agent-4", "dora", far);
+    pending.policy = ObrPolicy {
+        rp_ids: vec!["login.microsoft.com".into()],
+        max_registrations: Some(2),
+        four_eyes: Some(Approver::User),
+    };
+    pending.awaiting = Some(Approver::User);
+    assert_eq!(store.create_obr(&pending).await.unwrap(), Ok(()));
+    assert_eq!(store.obr_by_id("p1").await.unwrap(), Some(pending.clone()));
+    assert_eq!(store.obr_by_id("nope").await.unwrap(), None);
+    let (a, b) = tokio::join!(
+        store.start_awaiting_obr("p1"),
+        store.start_awaiting_obr("p1")
+    );
+    let started: Vec<ObrSession> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    let expected = ObrSession {
+        awaiting: None,
+        ..pending.clone()
+    };
+    assert_eq!(started, vec![expected.clone()], "started exactly once");
+    assert_eq!(
+        store.get_obr("agent-4").await.unwrap(),
+        Some(expected.clone())
+    );
+    assert_eq!(store.start_awaiting_obr("p1").await.unwrap(), None);
+
+    // Registrations are counted up to the limit; a count given back frees
+    // one; a session that ended counts nothing.
+    assert_eq!(
+        store.count_registration(&expected, 2).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.count_registration(&expected, 2).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(store.count_registration(&expected, 2).await.unwrap(), None);
+    store.uncount_registration("p1").await.unwrap();
+    assert_eq!(
+        store.count_registration(&expected, 2).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store.end_obr("agent-4", "p1").await.unwrap(),
+        Some(expected.clone())
+    );
+    assert_eq!(store.count_registration(&expected, 2).await.unwrap(), None);
 
     // Expiry: each expired session is claimed exactly once.
     let now = 1_000_000;
@@ -313,7 +430,12 @@ async fn redis_store_reads_nothing_a_redis_writer_forged() {
     assert_eq!(store.get_token("other-key").await.unwrap(), None);
     // A genuine token copied to the attacker's token hash.
     store
-        .put_token("genuine", &admin, Duration::from_secs(60))
+        .put_token(
+            "genuine",
+            &admin,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -327,7 +449,12 @@ async fn redis_store_reads_nothing_a_redis_writer_forged() {
     assert_eq!(store.get_token("copied").await.unwrap(), None);
     // A genuine token saved, and put back (for good) after it expired.
     store
-        .put_token("short", &admin, Duration::from_millis(200))
+        .put_token(
+            "short",
+            &admin,
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     let saved: String = redis::AsyncCommands::get(&mut writer.clone(), "forge:token:short")

@@ -7,38 +7,54 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{ApiError, audited, bearer, client_address, require_power};
+use super::{ApiError, audited, bearer, client_address, require_admin, require_power};
 use crate::auth;
+use crate::clock::now_ms;
 use crate::directory::grants::{Admin, Grant, GrantError, Power};
+use crate::directory::second_factor::SecondFactorError;
 use crate::limits::{ARGON2_QUEUE_WAIT, TooMany};
 use crate::obr::ObrError;
-use crate::sessions::{Principal, TokenScope};
+use crate::sessions::{AdminSession, Principal, TokenScope};
 use crate::state::AppState;
 
-/// Admin panel tokens are short-lived (DESIGN: "tokens scoped and short-lived").
-pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
 const MAX_AUDIT_PAGE: i64 = 1000;
+/// How much of a `User-Agent` a session keeps.
+const MAX_USER_AGENT_LEN: usize = 256;
 
 #[derive(Deserialize)]
 pub struct LoginRequest {
     email: String,
     password: String,
+    /// The 6-digit code from the admin's authenticator app.
+    totp: Option<String>,
 }
 
 #[derive(Serialize)]
 pub struct LoginResponse {
     token: String,
+    /// Until the session's absolute end.
     expires_in_s: u64,
+    /// Unused this long, the token ends sooner.
+    idle_timeout_s: u64,
+    session_id: String,
     person_id: String,
 }
 
-/// `POST /api/admin/login`. Failures back off per account and per client
-/// address (429 with `Retry-After`); argon2 runs a bounded number at once.
+/// `POST /api/admin/login` `{email, password, totp}`: password and
+/// one-time code, checked together (a refusal does not say which was
+/// wrong). Failures back off per account and per client address (429 with
+/// `Retry-After`); argon2 runs a bounded number at once.
 pub async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    // Asked for before anything is checked, so it tells nobody anything.
+    let Some(code) = body.totp.as_deref().filter(|c| !c.trim().is_empty()) else {
+        return Err(ApiError::BadRequest(
+            "totp is required: the 6-digit code from your authenticator app".into(),
+        ));
+    };
     let account = body.email.trim().to_lowercase();
     let address = client_address(&req);
     let limits = &state.limits;
@@ -70,17 +86,17 @@ pub async fn login(
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let person = match (person, ok) {
-        (Some(p), true) => p,
-        _ => {
-            tracing::info!(email = %body.email, %address, "admin login refused");
-            limits.login_accounts.failed(&account, Instant::now());
-            limits.login_addresses.failed(&address, Instant::now());
-            return Err(ApiError::Unauthorized);
-        }
+    let refused = |why: &str| {
+        tracing::info!(email = %body.email, %address, why, "admin login refused");
+        limits.login_accounts.failed(&account, Instant::now());
+        limits.login_addresses.failed(&address, Instant::now());
     };
-    limits.login_accounts.succeeded(&account);
-    // The password is theirs; the power is their sealed grant's.
+    let Some(person) = person.filter(|_| ok) else {
+        refused("email or password");
+        return Err(ApiError::SignInRefused);
+    };
+    // The password is theirs; the power is their sealed grant's (checked
+    // before the code, so a refused account does not spend one).
     if state.grants.admin(&person.id).await?.is_none() {
         tracing::warn!(email = %person.email, "admin login without a verified grant refused");
         return Err(ApiError::Forbidden(
@@ -89,16 +105,44 @@ pub async fn login(
                 .into(),
         ));
     }
+    if let Err(e) = state
+        .second_factor
+        .verify(&person, code, unix_now_s())
+        .await
+    {
+        refused("one-time code");
+        return Err(match e {
+            SecondFactorError::Wrong => ApiError::SignInRefused,
+            SecondFactorError::Replayed => ApiError::TotpReplayed,
+            SecondFactorError::NotEnrolled => ApiError::Forbidden(e.to_string()),
+            SecondFactorError::Directory(e) => e.into(),
+        });
+    }
+    limits.login_accounts.succeeded(&account);
     let token = auth::new_token()?;
+    let (lifetime, idle) = (
+        state.config.admin_session_lifetime,
+        state.config.admin_idle_timeout,
+    );
+    let created_at_ms = now_ms();
+    let session = AdminSession {
+        id: uuid::Uuid::new_v4().to_string(),
+        created_at_ms,
+        expires_at_ms: created_at_ms
+            .saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX)),
+        address: address.clone(),
+        user_agent: user_agent(&req),
+    };
     let principal = Principal {
         person_id: person.id.clone(),
         email: person.email.clone(),
         is_admin: true,
         scope: TokenScope::Admin,
+        session: Some(session.clone()),
     };
     state
         .store
-        .put_token(&auth::token_hash(&token), &principal, ADMIN_TOKEN_TTL)
+        .put_token(&auth::token_hash(&token), &principal, lifetime, idle)
         .await?;
     state
         .directory
@@ -106,14 +150,31 @@ pub async fn login(
             &person.email,
             "admin.login",
             &person.email,
-            serde_json::json!({}),
+            serde_json::json!({ "session": session.id, "address": address }),
         )
         .await?;
     Ok(HttpResponse::Ok().json(LoginResponse {
         token,
-        expires_in_s: ADMIN_TOKEN_TTL.as_secs(),
+        expires_in_s: lifetime.as_secs(),
+        idle_timeout_s: idle.as_secs(),
+        session_id: session.id,
         person_id: person.id,
     }))
+}
+
+fn unix_now_s() -> u64 {
+    u64::try_from(now_ms() / 1000).unwrap_or(0)
+}
+
+/// The request's `User-Agent`, cut to [`MAX_USER_AGENT_LEN`] characters.
+fn user_agent(req: &HttpRequest) -> String {
+    req.headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(MAX_USER_AGENT_LEN)
+        .collect()
 }
 
 /// An argon2id hash of a random password, verified against when the email
@@ -282,4 +343,161 @@ pub async fn logout(
         )
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    id: String,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    address: String,
+    user_agent: String,
+    /// The session this request was made with.
+    current: bool,
+}
+
+#[derive(Serialize)]
+struct AgentLogin {
+    agent_id: String,
+    connected_here: bool,
+}
+
+#[derive(Serialize)]
+struct SessionsView {
+    admin_id: String,
+    email: String,
+    sessions: Vec<SessionView>,
+    /// Agents logged in as this admin (log one out with
+    /// `DELETE /api/agents/{id}/login`).
+    agents: Vec<AgentLogin>,
+}
+
+/// The admin whose sessions `id` names (`me`: the caller): the caller
+/// themself, or anyone for an owner; another admin's are refused and
+/// audited.
+async fn sessions_owner(
+    state: &AppState,
+    caller: &Admin,
+    action: &str,
+    id: &str,
+) -> Result<(String, String), ApiError> {
+    if id == "me" || id == caller.person.id {
+        return Ok((caller.person.id.clone(), caller.person.email.clone()));
+    }
+    let allowed = if caller.may(Power::ManageAdmins) {
+        Ok(())
+    } else {
+        Err(ObrError::RoleForbids {
+            role: caller.grant.role.as_str(),
+            power: Power::ManageAdmins.as_str(),
+        })
+    };
+    audited(state, caller, action, id, allowed).await?;
+    match state.directory.person(id).await? {
+        Some(person) if person.is_admin => Ok((person.id, person.email)),
+        _ => Err(ApiError::NotFound("no such admin".into())),
+    }
+}
+
+/// `GET /api/admins/{id}/sessions` (`me` for yourself): an admin's signed-in
+/// sessions (never their tokens) and logged-in agents.
+pub async fn sessions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = require_admin(&req, &state).await?;
+    let (admin_id, email) =
+        sessions_owner(&state, &caller, "list_sessions", &path.into_inner()).await?;
+    let current = bearer(&req).map(auth::token_hash);
+    let sessions = state
+        .store
+        .tokens_of(&admin_id)
+        .await?
+        .into_iter()
+        .filter(|(_, p)| p.scope == TokenScope::Admin)
+        .filter_map(|(hash, p)| {
+            let s = p.session?;
+            Some(SessionView {
+                current: current.as_deref() == Some(hash.as_str()),
+                id: s.id,
+                created_at_ms: s.created_at_ms,
+                expires_at_ms: s.expires_at_ms,
+                address: s.address,
+                user_agent: s.user_agent,
+            })
+        })
+        .collect();
+    let agents = state
+        .store
+        .agents_of(&admin_id)
+        .await?
+        .into_iter()
+        .map(|agent_id| AgentLogin {
+            connected_here: state.agents.is_connected(&agent_id),
+            agent_id,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(SessionsView {
+        admin_id,
+        email,
+        sessions,
+        agents,
+    }))
+}
+
+/// `DELETE /api/admins/{id}/sessions/{session_id}`: end one session (yours,
+/// or anyone's for an owner); its token is refused from now on. Audited.
+pub async fn end_session(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, session_id) = path.into_inner();
+    end_sessions(&req, &state, &id, Some(&session_id)).await
+}
+
+/// `DELETE /api/admins/{id}/sessions`: sign an admin out everywhere. Audited.
+pub async fn end_all_sessions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    end_sessions(&req, &state, &path.into_inner(), None).await
+}
+
+/// End `only` or every session of the admin `id` names.
+async fn end_sessions(
+    req: &HttpRequest,
+    state: &AppState,
+    id: &str,
+    only: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = require_admin(req, state).await?;
+    let (admin_id, email) = sessions_owner(state, &caller, "end_sessions", id).await?;
+    let mut ended = Vec::new();
+    for (hash, principal) in state.store.tokens_of(&admin_id).await? {
+        let Some(session) = principal.session else {
+            continue;
+        };
+        if only.is_none_or(|wanted| wanted == session.id) && state.store.delete_token(&hash).await?
+        {
+            ended.push(session.id);
+        }
+    }
+    if only.is_some() && ended.is_empty() {
+        return Err(ApiError::NotFound(
+            "no such session: it ended or never existed".into(),
+        ));
+    }
+    state
+        .directory
+        .audit(
+            &caller.person.email,
+            "admin.sessions_ended",
+            &email,
+            serde_json::json!({ "admin_id": admin_id, "sessions": ended }),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "ended": ended })))
 }

@@ -1,11 +1,13 @@
 //! The user's side: what their phone (the user app, or any client holding
-//! their device token) reads and answers: the notification inbox, and
-//! approvals of normal-mode sign-ins and registrations on their key.
+//! their device token) reads and answers: the notification inbox,
+//! approvals of normal-mode sign-ins and registrations on their key, and
+//! four eyes on an on-behalf registration that waits for them.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use super::{ApiError, require_device};
+use super::{ApiError, Decision, require_device};
+use crate::obr::Decider;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -25,11 +27,6 @@ pub async fn notifications(
     Ok(HttpResponse::Ok().json(inbox))
 }
 
-#[derive(Deserialize)]
-pub struct DecideRequest {
-    approve: bool,
-}
-
 /// `POST /api/me/approvals/{id}` `{"approve": bool}`: the owner's answer to
 /// an `approval.requested` notification. 404 when there is no such pending
 /// approval of theirs (unknown, expired, already decided, or not theirs).
@@ -37,7 +34,7 @@ pub async fn decide_approval(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Json<DecideRequest>,
+    body: web::Json<Decision>,
 ) -> Result<HttpResponse, ApiError> {
     let me = require_device(&req, &state).await?;
     let id = path.into_inner();
@@ -62,4 +59,21 @@ pub async fn decide_approval(
         )
         .await?;
     Ok(HttpResponse::Ok().json(approval))
+}
+
+/// `POST /api/me/obr-sessions/{id}/decision` `{"approve": bool}`: the user
+/// approves or denies an on-behalf registration that waits for them
+/// (`obr.approval_requested`). 404 when no session of theirs awaits them.
+pub async fn decide_obr(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<Decision>,
+) -> Result<HttpResponse, ApiError> {
+    let me = require_device(&req, &state).await?;
+    let session = state
+        .obr
+        .decide(&path.into_inner(), Decider::User(&me), body.approve)
+        .await?;
+    Ok(HttpResponse::Ok().json(session))
 }

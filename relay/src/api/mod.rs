@@ -23,12 +23,16 @@ use crate::routing::LinkError;
 use crate::sessions::{Principal, StoreError, TokenScope};
 use crate::state::AppState;
 
+/// The largest request body the API reads.
+const MAX_BODY: usize = 16 * 1024;
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api")
+            .app_data(web::PayloadConfig::new(MAX_BODY))
             .app_data(
                 web::JsonConfig::default()
-                    .limit(16 * 1024)
+                    .limit(MAX_BODY)
                     .error_handler(|e, _| {
                         ApiError::BadRequest(format!("invalid JSON body: {e}")).into()
                     }),
@@ -49,10 +53,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/admins", web::get().to(admin::admins))
             .route("/admins/{id}/grant", web::put().to(admin::set_grant))
             .route("/admins/{id}/grant", web::delete().to(admin::revoke))
+            .route("/admins/{id}/sessions", web::get().to(admin::sessions))
+            .route(
+                "/admins/{id}/sessions",
+                web::delete().to(admin::end_all_sessions),
+            )
+            .route(
+                "/admins/{id}/sessions/{session_id}",
+                web::delete().to(admin::end_session),
+            )
             .route("/users/{id}/obr", web::post().to(obr::select))
             .route(
                 "/invitations/accept",
                 web::post().to(users::accept_invitation),
+            )
+            .route(
+                "/obr-sessions/{id}/decision",
+                web::post().to(obr::decide_as_admin),
+            )
+            .route(
+                "/me/obr-sessions/{id}/decision",
+                web::post().to(device::decide_obr),
             )
             .route("/agents", web::get().to(obr::agents))
             .route("/agents/{id}/obr", web::delete().to(obr::end))
@@ -73,6 +94,11 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("this one-time code was already used: wait for the next one")]
+    TotpReplayed,
+    /// A sign-in refused: which of the three was wrong is not said.
+    #[error("wrong email, password or one-time code")]
+    SignInRefused,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -97,7 +123,8 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::SignInRefused => "unauthorized",
+            ApiError::TotpReplayed => "totp_replayed",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
@@ -112,7 +139,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::TotpReplayed | ApiError::SignInRefused => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -186,7 +215,10 @@ impl From<ObrError> for ApiError {
             | ObrError::OutOfScope(_)
             | ObrError::RoleForbids { .. }
             | ObrError::OwnGrant
+            | ObrError::OwnRequest
             | ObrError::AgentNotYours(_) => ApiError::Forbidden(e.to_string()),
+            ObrError::BadPolicy(_) => ApiError::BadRequest(e.to_string()),
+            ObrError::NotAwaiting => ApiError::NotFound(e.to_string()),
             ObrError::KeyNotActive(_)
             | ObrError::NoAgent
             | ObrError::AgentAmbiguous(_)
@@ -197,6 +229,12 @@ impl From<ObrError> for ApiError {
             ObrError::Directory(e) => e.into(),
         }
     }
+}
+
+/// A yes or no: an owner's approval, four eyes on a session.
+#[derive(serde::Deserialize)]
+pub struct Decision {
+    pub approve: bool,
 }
 
 /// The TCP peer's address (never a forwarded header a client could write).
@@ -219,8 +257,15 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 /// directory entry holds now.
 async fn require_admin(req: &HttpRequest, state: &AppState) -> Result<Admin, ApiError> {
     let token = bearer(req).ok_or(ApiError::Unauthorized)?;
-    match state.store.get_token(&auth::token_hash(token)).await? {
+    let hash = auth::token_hash(token);
+    match state.store.get_token(&hash).await? {
         Some(p) if p.scope == TokenScope::Admin && p.is_admin => {
+            // Used now: idle expiry starts again, the absolute end stays.
+            let ends = p.session.as_ref().map_or(0, |s| s.expires_at_ms);
+            let idle = state.config.admin_idle_timeout;
+            if !state.store.touch_token(&hash, idle, ends).await? {
+                return Err(ApiError::Unauthorized);
+            }
             // Power is where it is used: the directory's sealed grant, not
             // the token's copy, says whether this person is an admin now.
             state
@@ -287,6 +332,7 @@ async fn refuse(
             | ObrError::OutOfScope(_)
             | ObrError::RoleForbids { .. }
             | ObrError::OwnGrant
+            | ObrError::OwnRequest
             | ObrError::AgentNotYours(_)
     );
     if refusal {
@@ -310,6 +356,7 @@ fn principal(admin: &Admin) -> Principal {
         email: admin.person.email.clone(),
         is_admin: true,
         scope: TokenScope::Admin,
+        session: None,
     }
 }
 

@@ -7,11 +7,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{ApiError, audited, bearer, client_address, principal, require_admin, require_device};
+use super::{
+    ApiError, Decision, audited, bearer, client_address, principal, require_admin, require_device,
+};
 use crate::auth;
 use crate::directory::grants::Power;
-use crate::obr::EndReason;
-use crate::sessions::{AgentEvent, Principal, TokenScope};
+use crate::obr::{Decider, EndReason, ObrRequest};
+use crate::sessions::{AgentEvent, Approver, ObrPolicy, Principal, TokenScope};
 use crate::state::AppState;
 
 /// How long an agent stays logged in without logging in again.
@@ -49,6 +51,7 @@ pub async fn approve_login(
                 email: person.email,
                 is_admin: false,
                 scope: TokenScope::Agent,
+                session: None,
             }
         }
         Err(e) => return Err(e),
@@ -138,26 +141,75 @@ pub async fn agents(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct SelectRequest {
     agent_id: Option<String>,
+    /// Only these RP IDs (e.g. `login.microsoft.com`); none: any.
+    #[serde(default)]
+    rp_ids: Vec<String>,
+    /// At most this many passkeys; the session ends when they are made.
+    max_registrations: Option<u32>,
+    /// Shorter than the relay's OBR TTL, if wanted.
+    ttl_s: Option<u64>,
+    /// `user` or `second_admin` must approve before the session starts.
+    four_eyes: Option<Approver>,
 }
 
-/// `POST /api/users/{id}/obr`: "Select as OBR".
+/// `POST /api/users/{id}/obr`: "Select as OBR", with optional limits.
+/// 201 with the session when it starts; 202 when it awaits four eyes.
 pub async fn select(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: Option<web::Json<SelectRequest>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&req, &state).await?;
-    let body = body.map(web::Json::into_inner).unwrap_or_default();
+    // No body: no limits. A body that does not parse is refused, never
+    // read as "no limits" (a misspelt `rp_ids` must not widen a session).
+    let body: SelectRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SelectRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
     let user_id = path.into_inner();
+    let request = ObrRequest {
+        policy: ObrPolicy {
+            rp_ids: body.rp_ids,
+            max_registrations: body.max_registrations,
+            four_eyes: body.four_eyes,
+        },
+        ttl: body.ttl_s.map(Duration::from_secs),
+    };
     let selected = state
         .obr
-        .select(&admin, &user_id, body.agent_id.as_deref())
+        .select(&admin, &user_id, body.agent_id.as_deref(), request)
         .await;
     let session = audited(&state, &admin, "select_obr", &user_id, selected).await?;
-    Ok(HttpResponse::Created().json(session))
+    Ok(if session.awaiting.is_some() {
+        HttpResponse::Accepted().json(session)
+    } else {
+        HttpResponse::Created().json(session)
+    })
+}
+
+/// `POST /api/obr-sessions/{id}/decision` `{approve}`: a second admin's
+/// four eyes on another admin's session (not their own; only on a user
+/// they may provision themself). Refusals are audited.
+pub async fn decide_as_admin(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<Decision>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&req, &state).await?;
+    let session_id = path.into_inner();
+    let decided = state
+        .obr
+        .decide(&session_id, Decider::Admin(&admin), body.approve)
+        .await;
+    let session = audited(&state, &admin, "decide_obr", &session_id, decided).await?;
+    Ok(HttpResponse::Ok().json(session))
 }
 
 /// `DELETE /api/agents/{id}/obr`: "Done" — back to normal mode.

@@ -14,7 +14,11 @@
 //!    behalf, the admin must still be an admin; in normal mode, the person
 //!    must still exist. A login or session kept in the store carries no
 //!    power the directory has withdrawn.
-//! 2. The key is the session's user's, else the principal's own.
+//! 2. The key is the session's user's, else the principal's own. On
+//!    behalf, the session's policy comes first ([`request`]): an RP off
+//!    its allow-list, or a registration past its limit, is refused and
+//!    audited without reaching the key; the registration that reaches
+//!    the limit ends the session.
 //! 3. The signer answers over the user's link ([`crate::routing`]).
 //! 4. Normal mode: the key's owner approves on their device
 //!    ([`approval`]); one pending approval per agent.
@@ -31,6 +35,7 @@
 //! It never touches sockets or the registry of connected agents.
 
 mod approval;
+mod request;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,10 +47,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use self::approval::{AskUser, Decision};
+use self::request::Request;
 use crate::clock::now_ms;
 use crate::directory::grants::Grants;
 use crate::directory::{Directory, KeyStatus};
-use crate::obr::{self, EndReason, Obr};
+use crate::obr::{self, EndReason, Obr, RegistrationSlot};
 use crate::routing::{LinkError, Router};
 use crate::sessions::{ObrSession, Principal, SessionStore, StoreError};
 
@@ -308,6 +314,15 @@ impl Calls {
         payload: Vec<u8>,
         budget: Duration,
     ) -> Result<Answer, CallError> {
+        let slot = match self.within_policy(session, &payload).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(refused)) => return Ok(refused),
+            Err(e) => {
+                tracing::error!(error = %e, session = %session.id,
+                    "cannot apply the session's policy; the browser gets an error");
+                return Ok(Answer::status(StatusCode::Other));
+            }
+        };
         let acting = Acting {
             admin_id: session.admin_id.clone(),
             obr_session_id: session.id.clone(),
@@ -315,7 +330,15 @@ impl Calls {
         let response = self
             .router
             .ctap(&session.user_id, payload, budget, Some(acting), None)
-            .await?;
+            .await;
+        let created = response.as_ref().is_ok_and(|r| r.created.is_some());
+        if slot != RegistrationSlot::Unlimited && !created {
+            // Counted, but no passkey came of it (excluded, cancelled…).
+            if let Err(e) = self.obr.release_registration(session).await {
+                tracing::warn!(error = %e, session = %session.id, "cannot give a registration count back");
+            }
+        }
+        let response = response?;
         if response.approval_needed.is_some() {
             // The signer asks no owner on behalf; a signer that does is
             // not one this relay knows how to serve.
@@ -327,7 +350,52 @@ impl Calls {
                 "cannot record an on-behalf operation; the browser gets an error");
             return Ok(Answer::status(StatusCode::Other));
         }
+        if let RegistrationSlot::Counted { nth, limit } = slot
+            && created
+            && nth >= limit
+        {
+            // The last passkey it may make: the agent returns to normal
+            // mode by itself.
+            if let Err(e) = self
+                .obr
+                .end_by_relay(session, EndReason::LimitReached)
+                .await
+            {
+                tracing::error!(error = %e, session = %session.id,
+                    "cannot end a session that reached its registration limit");
+            }
+        }
         Ok(Answer::Reply(Box::new(response)))
+    }
+
+    /// Step 2 on behalf: the session's policy on this request. A request
+    /// for an RP off its allow-list, or a registration past its limit, is
+    /// refused (`CTAP2_ERR_OPERATION_DENIED`) and audited without reaching
+    /// the key; a registration within its limit is counted.
+    async fn within_policy(
+        &self,
+        session: &ObrSession,
+        payload: &[u8],
+    ) -> Result<Result<RegistrationSlot, Answer>, obr::ObrError> {
+        let (rp_id, registers) = match Request::read(payload) {
+            Request::MakeCredential { rp_id } => (rp_id, true),
+            Request::GetAssertion { rp_id } => (rp_id, false),
+            Request::Other => return Ok(Ok(RegistrationSlot::Unlimited)),
+        };
+        let rp_id = rp_id.unwrap_or_default();
+        let reason = if !session.policy.allows_rp(&rp_id) {
+            "rp_not_allowed"
+        } else if !registers {
+            return Ok(Ok(RegistrationSlot::Unlimited));
+        } else {
+            match self.obr.reserve_registration(session).await? {
+                RegistrationSlot::Full => "registration_limit_reached",
+                slot => return Ok(Ok(slot)),
+            }
+        };
+        tracing::info!(session = %session.id, rp_id, reason, "refused by the session's policy");
+        self.obr.refused_by_policy(session, &rp_id, reason).await?;
+        Ok(Err(Answer::status(StatusCode::OperationDenied)))
     }
 
     /// A request from an agent nobody is logged in on: the key belongs to

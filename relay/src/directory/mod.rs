@@ -2,7 +2,8 @@
 //! PostgreSQL), behind typed methods.
 //!
 //! Owns people (admins and users) with their key status and groups,
-//! admins' sealed grants ([`grants`]), invitations, device tokens, the audit log ([`audit`], anchored by signed checkpoints
+//! admins' sealed grants ([`grants`]) and second factors
+//! ([`second_factor`]), invitations, device tokens, the audit log ([`audit`], anchored by signed checkpoints
 //! outside the database: [`anchor`]) and each user's notification
 //! inbox ([`notifications`]). It never holds key material or credentials:
 //! those live in the signer's own database.
@@ -11,6 +12,7 @@ pub mod anchor;
 pub mod audit;
 pub mod grants;
 pub mod notifications;
+pub mod second_factor;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -351,6 +353,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "admin_grants",
         include_str!("../../migrations/0003_admin_grants.sql"),
+    ),
+    (
+        4,
+        "admin_second_factor",
+        include_str!("../../migrations/0004_admin_second_factor.sql"),
     ),
 ];
 

@@ -42,6 +42,8 @@ struct State {
     /// (expires_at_ms, agent id) of every live session
     expiring: BTreeSet<(i64, String)>,
     approvals: HashMap<String, (Approval, Instant)>,
+    /// session id -> registrations counted, for every live session
+    registrations: HashMap<String, u32>,
     last_purge: Option<Instant>,
 }
 
@@ -87,6 +89,11 @@ impl MemoryStore {
     }
 }
 
+/// The time from now until `at_ms` (zero if it has passed).
+fn remaining(at_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at_ms.saturating_sub(crate::clock::now_ms())).unwrap_or(0))
+}
+
 fn live<T: Clone>(map: &mut HashMap<String, (T, Instant)>, key: &str) -> Option<T> {
     match map.get(key) {
         Some((value, until)) if *until > Instant::now() => Some(value.clone()),
@@ -104,15 +111,48 @@ impl SessionStore for MemoryStore {
         &self,
         token_hash: &str,
         principal: &Principal,
-        ttl: Duration,
+        lifetime: Duration,
+        idle: Duration,
     ) -> StoreResult<()> {
         self.with(|s| {
             s.tokens.insert(
                 token_hash.to_owned(),
-                (principal.clone(), Instant::now() + ttl),
+                (principal.clone(), Instant::now() + lifetime.min(idle)),
             )
         });
         Ok(())
+    }
+
+    async fn touch_token(
+        &self,
+        token_hash: &str,
+        idle: Duration,
+        expires_at_ms: i64,
+    ) -> StoreResult<bool> {
+        let left = remaining(expires_at_ms);
+        Ok(self.with(|s| {
+            if live(&mut s.tokens, token_hash).is_none() {
+                return false;
+            }
+            if let Some((_, until)) = s.tokens.get_mut(token_hash) {
+                *until = Instant::now() + idle.min(left);
+            }
+            true
+        }))
+    }
+
+    async fn tokens_of(&self, person_id: &str) -> StoreResult<Vec<(String, Principal)>> {
+        Ok(self.with(|s| {
+            let now = Instant::now();
+            let mut tokens: Vec<(String, Principal)> = s
+                .tokens
+                .iter()
+                .filter(|(_, (p, until))| p.person_id == person_id && *until > now)
+                .map(|(hash, (p, _))| (hash.clone(), p.clone()))
+                .collect();
+            tokens.sort_by_key(|(_, p)| p.session.as_ref().map(|s| s.created_at_ms));
+            tokens
+        }))
     }
 
     async fn get_token(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
@@ -216,6 +256,7 @@ impl SessionStore for MemoryStore {
             s.expiring
                 .remove(&(session.expires_at_ms, session.agent_id.clone()));
             s.obr_users.remove(&session.user_id);
+            s.registrations.remove(&session.id);
             Some(session)
         }))
     }
@@ -233,10 +274,56 @@ impl SessionStore for MemoryStore {
                     s.expiring.remove(&key);
                     let session = s.obr.remove(&key.1)?;
                     s.obr_users.remove(&session.user_id);
+                    s.registrations.remove(&session.id);
                     Some(session)
                 })
                 .collect()
         }))
+    }
+
+    async fn obr_by_id(&self, session_id: &str) -> StoreResult<Option<ObrSession>> {
+        Ok(self.with(|s| s.obr.values().find(|o| o.id == session_id).cloned()))
+    }
+
+    async fn start_awaiting_obr(&self, session_id: &str) -> StoreResult<Option<ObrSession>> {
+        Ok(self.with(|s| {
+            let session = s
+                .obr
+                .values_mut()
+                .find(|o| o.id == session_id && o.awaiting.is_some())?;
+            session.awaiting = None;
+            Some(session.clone())
+        }))
+    }
+
+    async fn count_registration(
+        &self,
+        session: &ObrSession,
+        limit: u32,
+    ) -> StoreResult<Option<u32>> {
+        Ok(self.with(|s| {
+            if s.obr
+                .get(&session.agent_id)
+                .is_none_or(|o| o.id != session.id)
+            {
+                return None;
+            }
+            let count = s.registrations.entry(session.id.clone()).or_insert(0);
+            if *count >= limit {
+                return None;
+            }
+            *count += 1;
+            Some(*count)
+        }))
+    }
+
+    async fn uncount_registration(&self, session_id: &str) -> StoreResult<()> {
+        self.with(|s| {
+            if let Some(count) = s.registrations.get_mut(session_id) {
+                *count = count.saturating_sub(1);
+            }
+        });
+        Ok(())
     }
 
     async fn put_approval(&self, approval: &Approval, ttl: Duration) -> StoreResult<()> {

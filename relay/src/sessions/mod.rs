@@ -33,6 +33,23 @@ pub struct Principal {
     pub email: String,
     pub is_admin: bool,
     pub scope: TokenScope,
+    /// An admin token's sign-in: what lists and revokes it (agent logins
+    /// have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<AdminSession>,
+}
+
+/// One sign-in of an admin, as their token records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminSession {
+    /// Names the session in lists and revocations (never the token).
+    pub id: String,
+    pub created_at_ms: i64,
+    /// The absolute end: no use extends a session past it.
+    pub expires_at_ms: i64,
+    /// The TCP peer and the `User-Agent` it signed in with.
+    pub address: String,
+    pub user_agent: String,
 }
 
 /// What a token may be used for; a token of one scope is refused elsewhere.
@@ -57,6 +74,53 @@ pub struct ObrSession {
     pub user_email: String,
     pub started_at_ms: i64,
     pub expires_at_ms: i64,
+    /// The limits it was started with.
+    #[serde(default)]
+    pub policy: ObrPolicy,
+    /// Whose approval it still waits for before it starts (four eyes);
+    /// until then it serves nothing and the agent stays in normal mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting: Option<Approver>,
+}
+
+/// What an OBR session may do, set when it is selected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObrPolicy {
+    /// The only RP IDs it may register or sign in at; empty: any.
+    #[serde(default)]
+    pub rp_ids: Vec<String>,
+    /// At most this many passkeys; the session ends when it has made them.
+    #[serde(default)]
+    pub max_registrations: Option<u32>,
+    /// Who must approve before it starts.
+    #[serde(default)]
+    pub four_eyes: Option<Approver>,
+}
+
+impl ObrPolicy {
+    /// Whether a request for `rp_id` is within the allow-list.
+    pub fn allows_rp(&self, rp_id: &str) -> bool {
+        self.rp_ids.is_empty() || self.rp_ids.iter().any(|allowed| allowed == rp_id)
+    }
+}
+
+/// The second pair of eyes on an OBR session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approver {
+    /// The user, on their phone (the user app).
+    User,
+    /// Another admin who may provision that user.
+    SecondAdmin,
+}
+
+impl Approver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approver::User => "user",
+            Approver::SecondAdmin => "second_admin",
+        }
+    }
 }
 
 /// A pending device-code login, keyed by its `user_code` (RFC 8628 §3.2).
@@ -153,16 +217,29 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Ephemeral shared state. Every method is one atomic step.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Store `principal` under the token's hash for `ttl`.
+    /// Store `principal` under the token's hash until `lifetime` has
+    /// passed, or `idle` without a [`Self::touch_token`], whichever is
+    /// first.
     async fn put_token(
         &self,
         token_hash: &str,
         principal: &Principal,
-        ttl: Duration,
+        lifetime: Duration,
+        idle: Duration,
     ) -> StoreResult<()>;
     async fn get_token(&self, token_hash: &str) -> StoreResult<Option<Principal>>;
+    /// The token was used: it lives `idle` more, never past
+    /// `expires_at_ms`. Whether it was still there.
+    async fn touch_token(
+        &self,
+        token_hash: &str,
+        idle: Duration,
+        expires_at_ms: i64,
+    ) -> StoreResult<bool>;
     /// Forget the token (logout). Whether it was there.
     async fn delete_token(&self, token_hash: &str) -> StoreResult<bool>;
+    /// The live tokens of `person_id`, each with its hash, oldest first.
+    async fn tokens_of(&self, person_id: &str) -> StoreResult<Vec<(String, Principal)>>;
 
     async fn put_grant(&self, grant: &DeviceGrant, ttl: Duration) -> StoreResult<()>;
     /// Remove and return the grant: a code can be approved at most once.
@@ -192,6 +269,20 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Remove and return sessions whose `expires_at_ms <= now_ms`. Each
     /// expired session is returned to exactly one caller, across all pods.
     async fn claim_expired(&self, now_ms: i64) -> StoreResult<Vec<ObrSession>>;
+    /// The session `session_id`, whatever its agent.
+    async fn obr_by_id(&self, session_id: &str) -> StoreResult<Option<ObrSession>>;
+    /// Start a session still awaiting its approval; the started session,
+    /// or `None` if it is not (any more) awaiting one.
+    async fn start_awaiting_obr(&self, session_id: &str) -> StoreResult<Option<ObrSession>>;
+    /// Count one more registration in `session` if fewer than `limit` are
+    /// counted: the count it now holds, or `None` at the limit.
+    async fn count_registration(
+        &self,
+        session: &ObrSession,
+        limit: u32,
+    ) -> StoreResult<Option<u32>>;
+    /// Take back a count whose registration did not happen.
+    async fn uncount_registration(&self, session_id: &str) -> StoreResult<()>;
 
     /// Store a pending approval for `ttl` (the call's remaining budget).
     async fn put_approval(&self, approval: &Approval, ttl: Duration) -> StoreResult<()>;

@@ -3,11 +3,15 @@
 //! Layout (all keys under a configurable prefix, all with TTLs):
 //! - `token:{hash}`, `grant:{code}`, `agent:{id}` — JSON values;
 //! - `agents_of:{person}` — a set of agent ids (members checked against
-//!   `agent:{id}` on read, so a stale member is harmless);
+//!   `agent:{id}` on read, so a stale member is harmless), and
+//!   `tokens_of:{person}` of token hashes, likewise;
 //! - `obr:agent:{agent}` and `obr:user:{user}` → session id (one session
 //!   per agent and per user), `obr:session:{id}` → JSON, and the
 //!   sorted set `obr:expiring` (score = expires_at_ms) that the sweeper
 //!   claims from. Multi-key changes are Lua scripts, so each is atomic.
+//! - `obr:registrations:{session}` — passkeys counted against a session's
+//!   limit (a plain counter: a Redis writer who resets it gets more
+//!   registrations, each still audited and notified);
 //! - events are published on the `events` channel.
 //!
 //! Every value and event is sealed ([`super::seal`]): a MAC under the
@@ -106,6 +110,24 @@ for _, id in ipairs(ids) do
   end
 end
 return out
+"#;
+
+/// Count a registration in a live session (KEYS[2]) below the limit
+/// (ARGV[1]); the counter lives as long as the session (ARGV[2] ms).
+const COUNT_REGISTRATION: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return -1
+end
+return n
+"#;
+
+const UNCOUNT_REGISTRATION: &str = r#"
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+return 1
 "#;
 
 /// Replace a value only if it is still what was read (KEEPTTL): the
@@ -229,14 +251,65 @@ fn ttl_ms(ttl: Duration) -> u64 {
 
 #[async_trait]
 impl SessionStore for RedisStore {
+    /// (The seal expires with `lifetime`; the key with `idle`, extended by
+    /// each touch. `tokens_of:{person}` lists the token for its owner.)
     async fn put_token(
         &self,
         token_hash: &str,
         principal: &Principal,
-        ttl: Duration,
+        lifetime: Duration,
+        idle: Duration,
     ) -> StoreResult<()> {
-        self.put_json(self.key(&["token:", token_hash]), principal, ttl)
-            .await
+        let key = self.key(&["token:", token_hash]);
+        let expires = now_ms().saturating_add(i64::try_from(ttl_ms(lifetime)).unwrap_or(i64::MAX));
+        let sealed = self
+            .sealer
+            .seal(&key, &serde_json::to_string(principal)?, expires);
+        let set = self.key(&["tokens_of:", &principal.person_id]);
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .pset_ex(&key, sealed, ttl_ms(lifetime.min(idle)))
+            .sadd(&set, token_hash)
+            .pexpire(&set, i64::try_from(ttl_ms(lifetime)).unwrap_or(i64::MAX))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn touch_token(
+        &self,
+        token_hash: &str,
+        idle: Duration,
+        expires_at_ms: i64,
+    ) -> StoreResult<bool> {
+        let left = u64::try_from(expires_at_ms.saturating_sub(now_ms())).unwrap_or(0);
+        let ttl = ttl_ms(idle).min(left).max(1);
+        let mut conn = self.conn.clone();
+        let touched: bool = conn
+            .pexpire(
+                self.key(&["token:", token_hash]),
+                i64::try_from(ttl).unwrap_or(i64::MAX),
+            )
+            .await?;
+        Ok(touched)
+    }
+
+    async fn tokens_of(&self, person_id: &str) -> StoreResult<Vec<(String, Principal)>> {
+        let mut conn = self.conn.clone();
+        let set = self.key(&["tokens_of:", person_id]);
+        let members: Vec<String> = conn.smembers(&set).await?;
+        let mut live = Vec::with_capacity(members.len());
+        for hash in members {
+            match self.get_token(&hash).await? {
+                Some(p) if p.person_id == person_id => live.push((hash, p)),
+                _ => {
+                    let _: () = conn.srem(&set, &hash).await?;
+                }
+            }
+        }
+        live.sort_by_key(|(_, p)| p.session.as_ref().map(|s| s.created_at_ms));
+        Ok(live)
     }
 
     async fn get_token(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
@@ -367,6 +440,67 @@ impl SessionStore for RedisStore {
         sealed.map_or(Ok(None), |s| {
             self.open_session(&s, Some(agent_id), now_ms())
         })
+    }
+
+    async fn obr_by_id(&self, session_id: &str) -> StoreResult<Option<ObrSession>> {
+        let mut conn = self.conn.clone();
+        let sealed: Option<String> = conn.get(self.key(&["obr:session:", session_id])).await?;
+        sealed.map_or(Ok(None), |s| self.open_session(&s, None, now_ms()))
+    }
+
+    async fn start_awaiting_obr(&self, session_id: &str) -> StoreResult<Option<ObrSession>> {
+        let key = self.key(&["obr:session:", session_id]);
+        let mut conn = self.conn.clone();
+        let Some(sealed): Option<String> = conn.get(&key).await? else {
+            return Ok(None);
+        };
+        let Ok((json, expires)) = self.sealer.open(&key, &sealed, now_ms()) else {
+            tracing::warn!(key, "dropped a Redis value the cluster key did not seal");
+            return Ok(None);
+        };
+        let mut session: ObrSession = serde_json::from_str(json)?;
+        if session.awaiting.take().is_none() {
+            return Ok(None);
+        }
+        let started = self
+            .sealer
+            .seal(&key, &serde_json::to_string(&session)?, expires);
+        let swapped: i64 = Script::new(COMPARE_AND_SET)
+            .key(&key)
+            .arg(&sealed)
+            .arg(&started)
+            .invoke_async(&mut conn)
+            .await?;
+        // Lost a race with another decision, an end or the expiry.
+        Ok((swapped == 1).then_some(session))
+    }
+
+    async fn count_registration(
+        &self,
+        session: &ObrSession,
+        limit: u32,
+    ) -> StoreResult<Option<u32>> {
+        let lives = Duration::from_millis(
+            u64::try_from(session.expires_at_ms.saturating_sub(now_ms())).unwrap_or(0),
+        ) + EXPIRED_SESSION_GRACE;
+        let mut conn = self.conn.clone();
+        let count: i64 = Script::new(COUNT_REGISTRATION)
+            .key(self.key(&["obr:registrations:", &session.id]))
+            .key(self.key(&["obr:session:", &session.id]))
+            .arg(limit)
+            .arg(ttl_ms(lives))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(u32::try_from(count).ok())
+    }
+
+    async fn uncount_registration(&self, session_id: &str) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(UNCOUNT_REGISTRATION)
+            .key(self.key(&["obr:registrations:", session_id]))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     async fn claim_expired(&self, now_ms: i64) -> StoreResult<Vec<ObrSession>> {

@@ -97,6 +97,15 @@ impl Sealer {
         }
     }
 
+    /// 32 bytes of key material of its own for `purpose` (an encryption
+    /// key, say), derived as [`Self::derived`] does.
+    pub fn derived_secret(&self, purpose: &str) -> Zeroizing<[u8; CLUSTER_KEY_LEN]> {
+        let derived = hmac::sign(&self.key, purpose.as_bytes());
+        let mut secret = Zeroizing::new([0u8; CLUSTER_KEY_LEN]);
+        secret.copy_from_slice(derived.as_ref());
+        secret
+    }
+
     /// `json`, sealed for `binding` until `expires_at_ms`.
     pub fn seal(&self, binding: &str, json: &str, expires_at_ms: i64) -> String {
         let tag = hmac::sign(&self.key, &mac_input(binding, expires_at_ms, json));

@@ -80,8 +80,9 @@ async fn main() -> anyhow::Result<()> {
         data_dir.display()
     );
     println!(
-        "demo organisation: admin {} / password {}",
-        org.admin_email, org.admin_password
+        "demo organisation: admin {}; password and TOTP secret in {}",
+        org.admin_email,
+        data_dir.join(obr_relay::demo::DEMO_FILE).display()
     );
     println!();
     let handle = tokio::runtime::Handle::current();
@@ -162,12 +163,19 @@ fn story(
             pending.user_code, pending.verification_uri
         ),
     );
-    let admin = api.admin_login(&org.admin_email, &org.admin_password)?;
+    let admin = api.admin_login(
+        &org.admin_email,
+        &org.admin_password,
+        &org.admin_totp_secret,
+    )?;
     api.approve_login(&admin, &pending.user_code)?.ok()?;
     let mode = wait_for_mode(tunnel, "ready", |m| matches!(m, ModeView::Normal { .. }))?;
     step(
         3,
-        &format!("Admin logs in to the panel and approves it; the agent shows \"{mode}\""),
+        &format!(
+            "Admin signs in to the panel (password and TOTP code) and approves it; the agent \
+             shows \"{mode}\""
+        ),
     );
 
     let session = api.select_obr(&admin, &bob.id)?.ok()?;
