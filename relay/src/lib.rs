@@ -12,6 +12,8 @@
 //! - [`routing`] — which signer holds a user's key; the multiplexed links.
 //! - [`obr`] — the OBR rules and the record of every transition.
 //! - [`api`] — the admin/user HTTP API (`/api/*`).
+//! - [`pages`] — the pages: admin panel (`/panel/`) and user app (`/app/`).
+//! - [`phones`] — the user app's live feed (`/api/me/live`).
 //! - [`sessions`] — the session store trait, memory and Redis.
 //! - [`directory`] — people, invitations, audit log, notifications.
 //! - [`files`] — the data directory and databases, private to the relay.
@@ -34,6 +36,8 @@ pub mod files;
 pub mod limits;
 pub mod mail;
 pub mod obr;
+pub mod pages;
+pub mod phones;
 pub mod pki;
 pub mod routing;
 pub mod sessions;
@@ -43,6 +47,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use actix_web::{App, HttpResponse, web};
+use futures_util::StreamExt;
 
 use crate::agents::AgentRegistry;
 use crate::calls::Calls;
@@ -54,8 +59,9 @@ use crate::directory::second_factor::SecondFactor;
 use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
+use crate::phones::Phones;
 use crate::routing::Router;
-use crate::sessions::{MemoryStore, RedisStore, Sealer, SessionStore};
+use crate::sessions::{AgentEvent, MemoryStore, RedisStore, Sealer, SessionStore};
 use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +219,7 @@ impl Relay {
             store,
             router,
             agents: AgentRegistry::default(),
+            phones: Phones::default(),
         });
         let demo = if state.config.demo_org {
             demo::ensure(&state).await?
@@ -237,7 +244,8 @@ impl Relay {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RelayError> {
         let state = self.state;
-        let pump = tokio::spawn(state.agents.clone().pump(state.store.clone()));
+        let pump = tokio::spawn(pump_events(state.clone()));
+        let inbox = tokio::spawn(forward_inbox(state.clone()));
         let sweeper = tokio::spawn(sweep(state.clone()));
         let outbox = tokio::spawn(sweep_outbox(state.clone()));
         let checkpoints = tokio::spawn(checkpoint_audit(state.clone()));
@@ -256,6 +264,7 @@ impl Relay {
                 )
                 .route("/agent/ws", web::get().to(agents::agent_socket))
                 .configure(api::configure)
+                .configure(pages::configure)
         })
         .workers(workers)
         .disable_signals();
@@ -271,6 +280,7 @@ impl Relay {
             () = shutdown => handle.stop(true).await,
         }
         pump.abort();
+        inbox.abort();
         sweeper.abort();
         outbox.abort();
         checkpoints.abort();
@@ -280,6 +290,52 @@ impl Relay {
         }
         drop(self.embedded_signer);
         Ok(())
+    }
+}
+
+/// Hand every event from the store to the local agents and user apps it
+/// concerns, until the store's stream ends (it re-subscribes by itself on
+/// loss, and says so with a resync).
+async fn pump_events(state: web::Data<AppState>) {
+    let mut events = match state.store.subscribe().await {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to events");
+            return;
+        }
+    };
+    while let Some(event) = events.next().await {
+        match &event {
+            AgentEvent::InboxChanged { person_id } => state.phones.wake(person_id),
+            AgentEvent::Resync => state.phones.wake_all(),
+            AgentEvent::LoginChanged { .. } | AgentEvent::ModeChanged { .. } => {}
+        }
+        state.agents.deliver(event);
+    }
+}
+
+/// Tell every pod (this one too) whose inbox this process just wrote to.
+async fn forward_inbox(state: web::Data<AppState>) {
+    let mut changes = state.directory.inbox_changes();
+    loop {
+        let person_id = match changes.recv().await {
+            Ok(person_id) => person_id,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    lost = n,
+                    "inbox signals lost; phones re-read on their interval"
+                );
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if let Err(e) = state
+            .store
+            .publish(&AgentEvent::InboxChanged { person_id })
+            .await
+        {
+            tracing::warn!(error = %e, "cannot signal an inbox change; phones re-read on their interval");
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use crate::directory::second_factor::SecondFactor;
 use crate::limits::Limits;
 use crate::mail::Outbox;
 use crate::obr::Obr;
+use crate::phones::Phones;
 use crate::routing::Router;
 use crate::sessions::SessionStore;
 
@@ -25,6 +26,8 @@ pub struct AppState {
     pub store: Arc<dyn SessionStore>,
     pub router: Router,
     pub agents: AgentRegistry,
+    /// The user apps connected to this pod.
+    pub phones: Phones,
     pub obr: Obr,
     pub calls: Calls,
     pub outbox: Outbox,

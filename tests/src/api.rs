@@ -168,6 +168,20 @@ impl Api {
     }
 }
 
+/// The invitation token in the mail to `email` in the relay's `outbox`
+/// folder (its link is `…/app/#invite=TOKEN`).
+pub fn mailed_invitation(outbox: &std::path::Path, email: &str) -> anyhow::Result<String> {
+    let mail = std::fs::read_dir(outbox)?
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .find(|mail| mail.starts_with(&format!("To: {email}\r\n")))
+        .ok_or_else(|| anyhow::anyhow!("no mail to {email} in {}", outbox.display()))?;
+    mail.split("/app/#invite=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no invitation link in {mail}"))
+}
+
 /// The code an authenticator app holding `secret_base32` shows now (RFC
 /// 6238 with obr's parameters: SHA-1, 6 digits, 30-second steps).
 pub fn totp_code(secret_base32: &str) -> anyhow::Result<String> {

@@ -15,6 +15,7 @@
 //!   scratch directory, wait until they are ready, stop them on drop.
 
 pub mod api;
+pub mod browser;
 pub mod database_writer;
 pub mod guest;
 pub mod hid_client;

@@ -425,15 +425,8 @@ fn the_inviting_admin_never_holds_the_invitation() -> anyhow::Result<()> {
         assert_eq!(accept.status, 404, "the admin accepted with {candidate:?}");
     }
     // Erin's mail does.
-    let mail = std::fs::read_dir(scratch.join("relay").join("outbox"))?
-        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-        .find(|mail| mail.starts_with("To: erin@demo.obr\r\n"))
-        .ok_or_else(|| anyhow::anyhow!("no mail to erin in the outbox"))?;
-    let token = mail
-        .split("\"token\": \"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .ok_or_else(|| anyhow::anyhow!("no token in {mail}"))?;
+    let token =
+        obr_tests::api::mailed_invitation(&scratch.join("relay").join("outbox"), "erin@demo.obr")?;
     let accepted = api
         .call(
             "POST",

@@ -9,10 +9,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::sessions::AgentEvent;
 use actix::{Message, Recipient};
-use futures_util::StreamExt;
-
-use crate::sessions::{AgentEvent, SessionStore};
 
 /// An event for one agent's actor.
 #[derive(Message, Clone, Debug)]
@@ -74,7 +72,12 @@ impl AgentRegistry {
         self.lock().contains_key(agent_id)
     }
 
-    fn deliver(&self, event: AgentEvent) {
+    /// Hand `event` to the local actor of its agent (every local actor for
+    /// a resync; none for a person's inbox).
+    pub fn deliver(&self, event: AgentEvent) {
+        if matches!(event, AgentEvent::InboxChanged { .. }) {
+            return;
+        }
         let local = self.lock();
         match event.agent_id() {
             Some(agent_id) => {
@@ -87,19 +90,6 @@ impl AgentRegistry {
                     connection.events.do_send(Deliver(event.clone()));
                 }
             }
-        }
-    }
-
-    /// Forward every event from the store to local actors, until the
-    /// store's stream ends (it re-subscribes by itself on loss).
-    pub async fn pump(self, store: Arc<dyn SessionStore>) {
-        match store.subscribe().await {
-            Ok(mut events) => {
-                while let Some(event) = events.next().await {
-                    self.deliver(event);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot subscribe to agent events"),
         }
     }
 

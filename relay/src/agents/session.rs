@@ -236,6 +236,7 @@ impl Handler<Deliver> for AgentSession {
                 self.refresh(ctx);
             }
             AgentEvent::ModeChanged { .. } | AgentEvent::Resync => self.refresh(ctx),
+            AgentEvent::InboxChanged { .. } => {}
         }
     }
 }
@@ -379,7 +380,7 @@ impl AgentSession {
             Ok::<_, String>(LoginPending {
                 // Where the code is approved. The panel page is not built
                 // yet: this is the API the panel will call.
-                verification_uri: format!("{}/api/agent-logins/approve", state.config.public_url),
+                verification_uri: format!("{}/panel/#approve", state.config.public_url),
                 user_code,
                 expires_in_s: u32::try_from(LOGIN_CODE_TTL.as_secs()).unwrap_or(u32::MAX),
             })

@@ -81,6 +81,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/agent-logins/approve", web::post().to(obr::approve_login))
             .route("/audit", web::get().to(admin::audit))
             .route("/me/notifications", web::get().to(device::notifications))
+            .route("/me/live", web::get().to(crate::phones::live))
+            .route("/me/passkeys", web::get().to(users::my_passkeys))
             .route(
                 "/me/approvals/{id}",
                 web::post().to(device::decide_approval),

@@ -75,8 +75,10 @@ pub async fn invite(
         to: user.email.clone(),
         subject: "Your security key: accept the invitation".to_owned(),
         body: format!(
-            "{} added you to obr. Accept in the obr app, or:\n\n  \
-             POST {}/api/invitations/accept\n  {{\"token\": \"{invitation_token}\"}}\n\n\
+            "{} added you to obr: your security key lives in the cloud, and the obr app \
+             on your phone tells you whenever anyone uses it.\n\n\
+             Open this link on your phone to accept:\n\n  {}/app/#invite={invitation_token}\n\n\
+             (or type the code {invitation_token} in the obr app).\n\
              The invitation expires in {} days and works once.",
             admin.person.email,
             state.config.public_url,
@@ -184,6 +186,8 @@ struct Passkey {
     discoverable: bool,
     created_at_ms: i64,
     created_by_admin: String,
+    /// The email of the admin who created it ("" when the user did).
+    created_by: String,
     obr_session_id: String,
     sign_count: u32,
     last_used_at_ms: i64,
@@ -201,10 +205,32 @@ pub async fn passkeys(
     if state.directory.person(&user_id).await?.is_none() {
         return Err(ApiError::NotFound("no such user".into()));
     }
-    let credentials = state.router.list_credentials(&user_id).await?;
-    let passkeys: Vec<Passkey> = credentials
+    Ok(HttpResponse::Ok().json(passkeys_of(&state, &user_id).await?))
+}
+
+/// `GET /api/me/passkeys` (device token): the user's own passkeys, as
+/// their key holds them.
+pub async fn my_passkeys(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let me = super::require_device(&req, &state).await?;
+    Ok(HttpResponse::Ok().json(passkeys_of(&state, &me.id).await?))
+}
+
+async fn passkeys_of(state: &AppState, user_id: &str) -> Result<Vec<Passkey>, ApiError> {
+    let credentials = state.router.list_credentials(user_id).await?;
+    let mut admins = std::collections::HashMap::new();
+    for id in credentials.iter().map(|c| &c.created_by_admin) {
+        if !id.is_empty() && !admins.contains_key(id) {
+            let email = state.directory.person(id).await?.map(|p| p.email);
+            admins.insert(id.clone(), email.unwrap_or_else(|| id.clone()));
+        }
+    }
+    Ok(credentials
         .into_iter()
         .map(|c| Passkey {
+            created_by: admins.get(&c.created_by_admin).cloned().unwrap_or_default(),
             credential_id: base64_url(&c.credential_id),
             rp_id: c.rp_id,
             user_name: c.user_name,
@@ -217,8 +243,7 @@ pub async fn passkeys(
             last_used_at_ms: c.last_used_at_ms,
             algorithm: c.algorithm,
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(passkeys))
+        .collect())
 }
 
 /// `DELETE /api/users/{id}/passkeys/{credential_id}` (base64url id): remove

@@ -104,6 +104,7 @@ impl Directory {
         .await?;
         tx.commit().await?;
         log(&audited);
+        self.inbox_changed(&record.user_id);
         Ok(true)
     }
 

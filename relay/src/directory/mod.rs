@@ -28,6 +28,9 @@ use tokio::sync::Mutex;
 
 use crate::clock::now_ms;
 
+/// Inbox signals buffered per listener before a slow one starts losing
+/// them (a lost one only delays a phone until its next periodic read).
+const INBOX_SIGNALS: usize = 1024;
 /// How long SQLite waits on a locked database before failing a statement.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_DB_CONNECTIONS: u32 = 8;
@@ -103,6 +106,9 @@ pub struct Directory {
     /// Serialises audit appends in this process so the hash chain stays
     /// linear (the chain head is read and extended in one transaction).
     audit_lock: std::sync::Arc<Mutex<()>>,
+    /// Whose inbox just got a notification (committed), for the user
+    /// app's live feed ([`Directory::inbox_changes`]).
+    inbox: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Directory {
@@ -122,6 +128,7 @@ impl Directory {
         Ok(Self {
             pool,
             audit_lock: Default::default(),
+            inbox: tokio::sync::broadcast::channel(INBOX_SIGNALS).0,
         })
     }
 

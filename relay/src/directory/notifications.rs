@@ -1,6 +1,7 @@
 //! Each user's notification inbox: durable, so a phone that was offline
 //! sees what happened on its key when it comes back. Written whenever an
-//! admin acts on the user's key; read by the user's device.
+//! admin acts on the user's key; read by the user's device, and signalled
+//! as it is written so a connected phone hears of it at once.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -28,7 +29,22 @@ impl Directory {
         detail: serde_json::Value,
     ) -> DirResult<Notification> {
         let mut conn = self.pool().acquire().await?;
-        insert_notification(&mut conn, person_id, kind, message, &detail).await
+        let notification =
+            insert_notification(&mut conn, person_id, kind, message, &detail).await?;
+        self.inbox_changed(person_id);
+        Ok(notification)
+    }
+
+    /// `person_id`'s inbox got a notification that is now committed.
+    pub(super) fn inbox_changed(&self, person_id: &str) {
+        // Nobody listening is not an error: no phone is connected here.
+        let _ = self.inbox.send(person_id.to_owned());
+    }
+
+    /// The people whose inbox gets a notification from now on, in this
+    /// process (the relay forwards them to every pod).
+    pub fn inbox_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inbox.subscribe()
     }
 
     /// The person's notifications with `id > after`, oldest first.

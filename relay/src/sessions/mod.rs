@@ -165,20 +165,24 @@ pub enum AgentEvent {
     LoginChanged { agent_id: String },
     /// The agent's OBR session started or ended: re-read it.
     ModeChanged { agent_id: String },
+    /// A person's notification inbox got something: their connected user
+    /// apps re-read it. (Not for agents.)
+    InboxChanged { person_id: String },
     /// Events may have been lost (the subscription was re-established):
-    /// every local agent re-reads its state. Made by the subscriber,
-    /// never published.
+    /// every local agent and user app re-reads its state. Made by the
+    /// subscriber, never published.
     Resync,
 }
 
 impl AgentEvent {
-    /// The agent this event is for; `None` for every local agent.
+    /// The agent this event is for; `None` for every local agent (or, for
+    /// [`AgentEvent::InboxChanged`], none).
     pub fn agent_id(&self) -> Option<&str> {
         match self {
             AgentEvent::LoginChanged { agent_id } | AgentEvent::ModeChanged { agent_id } => {
                 Some(agent_id)
             }
-            AgentEvent::Resync => None,
+            AgentEvent::InboxChanged { .. } | AgentEvent::Resync => None,
         }
     }
 }

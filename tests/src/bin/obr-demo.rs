@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         org.admin_email,
         data_dir.join(obr_relay::demo::DEMO_FILE).display()
     );
+    println!("admin panel: {url}/panel/   user app: {url}/app/");
     println!();
     let handle = tokio::runtime::Handle::current();
     let story = {
