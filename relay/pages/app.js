@@ -85,6 +85,8 @@ function connect() {
   });
   socket.addEventListener('close', (event) => {
     live.textContent = 'offline';
+    // 1008: the token is unknown or revoked. Anything else (the relay
+    // restarting, its directory not answering, too many feeds): retry.
     if (event.code === 1008) {
       say('This phone is no longer signed in: accept a new invitation.', true);
       localStorage.removeItem(DEVICE);
@@ -115,8 +117,13 @@ function render() {
   for (const n of inbox.slice().reverse()) {
     const ask = question(n);
     const open = ask && !done.has(ask.key);
+    const sites = n.detail && Array.isArray(n.detail.rp_ids) && n.detail.rp_ids.length
+      ? 'Only for: ' + n.detail.rp_ids.join(', ') : null;
+    const until = open && n.detail && n.detail.expires_at_ms ? 'Until ' + when(n.detail.expires_at_ms) : null;
     feed.append(h('article', { class: open ? 'notice ask' : 'notice', 'data-kind': n.kind },
       h('p', { text: n.message }),
+      open && sites ? h('p', { text: sites }) : null,
+      until ? h('p', { text: until }) : null,
       h('p', { class: 'muted', text: when(n.at_ms) }),
       open ? h('div', { class: 'row' },
         h('button', { type: 'button', text: 'Approve', onclick: () => decide(ask, true) }),
@@ -130,7 +137,8 @@ async function decide(ask, approve) {
     await call('POST', ask.path, device(), { approve });
     say(approve ? 'Approved.' : 'Denied.');
   } catch (error) {
-    say(error.status === 404 ? 'Too late: it was decided or expired.' : error.message, true);
+    if (error.status !== 404) { say(error.message, true); return; }
+    say('Too late: it was decided or expired.', true);
   }
   remember(ask.key);
   render();

@@ -223,10 +223,12 @@ async function agents() {
     h('p', {}, h('a', { href: '#approve', text: 'Approve an agent login code' })));
 }
 
-function approve(code) {
+// The code is typed, never taken from the link: someone else's agent must
+// not be approved by following their link (RFC 8628 §5.4).
+function approve() {
   const form = h('form', { class: 'card', id: 'approve-form' },
-    h('p', { text: 'Type the code your obr agent shows (obr-agent login).' }),
-    field('Code', { name: 'user_code', value: code || '', autocomplete: 'off', required: true }),
+    h('p', { text: 'Type the code your own obr agent shows (obr-agent login). Approve only a code you see on your own screen.' }),
+    field('Code', { name: 'user_code', autocomplete: 'off', required: true }),
     h('div', { class: 'row' }, h('button', { type: 'submit', text: 'Approve' })));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -241,10 +243,27 @@ function approve(code) {
 }
 
 // ----- audit -----
-async function audit() {
-  const answer = await api('GET', '/api/audit');
+const AUDIT_FIELDS = [['actor', 'Actor'], ['subject', 'User or subject'], ['action', 'Action (or family: obr)'], ['rp_id', 'Site (RP ID)']];
+
+async function audit(query) {
+  const params = new URLSearchParams(query || '');
+  const answer = await api('GET', '/api/audit?' + params.toString());
   const records = answer.records.slice().reverse();
-  const filter = h('input', { id: 'audit-filter', type: 'search', placeholder: 'actor, user, site or action' });
+  const form = h('form', { class: 'card', id: 'audit-form' },
+    AUDIT_FIELDS.map(([name, label]) => field(label, { name, value: params.get(name) || '' })),
+    h('div', { class: 'row' }, h('button', { type: 'submit', text: 'Search' }),
+      h('button', { type: 'button', class: 'secondary', id: 'audit-export', text: 'Export JSON lines',
+        onclick: () => exportAudit(params) })));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const next = new URLSearchParams();
+    for (const [name] of AUDIT_FIELDS) {
+      const value = String(new FormData(form).get(name) || '').trim();
+      if (value) next.set(name, value);
+    }
+    attempt(() => audit(next.toString()));
+  });
+  const filter = h('input', { id: 'audit-filter', type: 'search', placeholder: 'any text in these records' });
   const body = h('tbody');
   const render = () => {
     const needle = filter.value.trim().toLowerCase();
@@ -260,10 +279,29 @@ async function audit() {
   filter.addEventListener('input', render);
   show('Audit log',
     h('p', { text: answer.chain_intact ? 'The hash chain is intact.' : 'The hash chain is BROKEN at record ' + answer.chain_broken_at + '.' }),
-    h('label', { for: 'audit-filter', text: 'Filter' }), filter,
+    form,
+    h('label', { for: 'audit-filter', text: 'Narrow down' }), filter,
     h('table', {}, h('thead', {}, h('tr', {}, ['When', 'Actor', 'Action', 'Subject', 'Detail'].map((t, i) =>
       h('th', { scope: 'col', class: i === 4 ? 'wide' : null, text: t })))), body));
   render();
+}
+
+// Download what the filters select as JSON lines (the token goes in a
+// header, so this is a fetch and a blob, not a link).
+async function exportAudit(params) {
+  await attempt(async () => {
+    const response = await fetch('/api/audit/export?' + params.toString(), {
+      headers: { Authorization: 'Bearer ' + token() }, credentials: 'omit', cache: 'no-store',
+    });
+    if (!response.ok) throw new Error('export failed: HTTP ' + response.status);
+    const url = URL.createObjectURL(await response.blob());
+    const link = h('a', { href: url, download: 'obr-audit.jsonl' });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    URL.revokeObjectURL(url);
+    say('Exported.');
+  });
 }
 
 // ----- my sessions -----
@@ -298,7 +336,7 @@ async function route() {
     switch (name) {
       case 'user': await user(arg); break;
       case 'agents': await agents(); break;
-      case 'approve': approve(arg); break;
+      case 'approve': approve(); break;
       case 'audit': await audit(); break;
       case 'sessions': await sessions(); break;
       default: await users();

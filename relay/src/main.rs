@@ -348,6 +348,11 @@ async fn main() -> anyhow::Result<()> {
         FourEyesArg::User => Approver::User,
         FourEyesArg::SecondAdmin => Approver::SecondAdmin,
     });
+    anyhow::ensure!(
+        args.admin_idle_timeout_s >= 1
+            && args.admin_idle_timeout_s <= args.admin_session_lifetime_s,
+        "--admin-idle-timeout-s must be at least 1 and at most --admin-session-lifetime-s"
+    );
     config.admin_idle_timeout = Duration::from_secs(args.admin_idle_timeout_s);
     config.admin_session_lifetime = Duration::from_secs(args.admin_session_lifetime_s);
     config.workers = args.workers;

@@ -197,7 +197,16 @@ impl Obr {
             .ok_or(ObrError::UserNotFound)?;
         check_target(admin, &user)?;
         let (mut policy, ttl) = self.checked(request)?;
-        policy.four_eyes = policy.four_eyes.or(self.required_approver);
+        if let Some(required) = self.required_approver {
+            // The organisation's rule, not the requester's choice.
+            if policy.four_eyes.is_some_and(|asked| asked != required) {
+                return Err(ObrError::BadPolicy(format!(
+                    "this relay requires four_eyes \"{}\" on every session",
+                    required.as_str()
+                )));
+            }
+            policy.four_eyes = Some(required);
+        }
         let admin = &admin.person;
         let agent_id = self.admin_agent(&admin.id, agent_id).await?;
         let now = now_ms();
@@ -407,11 +416,12 @@ impl Obr {
             self.record_start(&actor, &started, Some(&actor)).await?;
             return Ok(started);
         }
+        // Whatever ends it here is on record, even a session another
+        // approver started a moment ago: this one said no.
         let ended = self
             .store
             .end_obr(&session.agent_id, &session.id)
             .await?
-            .filter(|s| s.awaiting.is_some())
             .ok_or(ObrError::NotAwaiting)?;
         self.record_end(&actor, &ended, EndReason::Denied).await?;
         Ok(ended)

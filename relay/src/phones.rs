@@ -9,10 +9,15 @@
 //! `after`, and again whenever the person's inbox changes on any pod
 //! ([`crate::sessions::AgentEvent::InboxChanged`]) or every
 //! [`REREAD_INTERVAL`] (a lost signal delays, never loses). A device token
-//! revoked meanwhile closes the feed at the next read.
+//! revoked meanwhile closes the feed at the next read. Close codes: 1008
+//! for a missing, unknown or revoked token (the app forgets it), 1013 past
+//! the feed limits, 1011 when the directory did not answer (the app
+//! reconnects). A silent phone is closed after [`SILENCE_LIMIT`].
 //!
 //! Must not write anything: deciding approvals stays with the HTTP API.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -23,21 +28,62 @@ use tokio::sync::broadcast;
 
 use crate::auth;
 use crate::directory::Person;
+use crate::directory::notifications::NOTIFICATION_PAGE;
 use crate::state::AppState;
 
 /// A phone that says nothing first is closed after this long.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The inbox is read again this often even without a signal.
 pub const REREAD_INTERVAL: Duration = Duration::from_secs(15);
+/// The relay pings each phone this often, and closes a feed that has
+/// answered nothing (no pong, no message) for [`SILENCE_LIMIT`].
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(75);
+/// Feeds one person may hold open on one relay (their phones and tabs),
+/// and feeds one relay holds in all; more are refused with 1013.
+pub const MAX_FEEDS_PER_PERSON: usize = 4;
+pub const MAX_FEEDS: usize = 10_000;
 /// The largest message a phone may send.
 const MAX_FRAME: usize = 4 * 1024;
 /// Signals buffered per connected phone.
 const SIGNALS: usize = 256;
 
-/// Which people's inbox changed, for the feeds on this pod.
+/// Which people's inbox changed, for the feeds on this pod; and how many
+/// feeds each person holds here.
 #[derive(Clone)]
 pub struct Phones {
     changed: broadcast::Sender<Changed>,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open feed, counted until it is dropped.
+struct Counted {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    person_id: String,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.person_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.person_id);
+            }
+        }
+    }
+}
+
+/// Why a feed closes: the close code and what it says.
+enum Refusal {
+    /// Not a device token, or no longer one (1008: the app forgets it).
+    Unknown(&'static str),
+    /// Too many feeds (1013: try again later).
+    Full(&'static str),
+    /// The directory did not answer (1011: the app reconnects).
+    Unavailable,
+    /// The phone went away.
+    Gone,
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +97,7 @@ impl Default for Phones {
     fn default() -> Self {
         Self {
             changed: broadcast::channel(SIGNALS).0,
+            open: Arc::default(),
         }
     }
 }
@@ -64,6 +111,23 @@ impl Phones {
     /// Every feed re-reads (after a lost subscription).
     pub fn wake_all(&self) {
         let _ = self.changed.send(Changed::Everyone);
+    }
+
+    /// Count one more feed of `person_id`, within the limits.
+    fn open(&self, person_id: &str) -> Result<Counted, Refusal> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.values().sum::<usize>() >= MAX_FEEDS {
+            return Err(Refusal::Full("this relay holds as many feeds as it may"));
+        }
+        let n = open.entry(person_id.to_owned()).or_insert(0);
+        if *n >= MAX_FEEDS_PER_PERSON {
+            return Err(Refusal::Full("too many feeds open for this person"));
+        }
+        *n += 1;
+        Ok(Counted {
+            open: self.open.clone(),
+            person_id: person_id.to_owned(),
+        })
     }
 }
 
@@ -91,32 +155,44 @@ async fn feed(
     mut session: actix_ws::Session,
     mut stream: actix_ws::MessageStream,
 ) {
-    let Some((person, token_hash, mut after)) = hello(&state, &mut stream).await else {
-        let _ = session
-            .close(Some(CloseReason {
-                code: CloseCode::Policy,
-                description: Some("send {\"token\": DEVICE_TOKEN} first".into()),
-            }))
-            .await;
-        return;
+    let refusal = serve(&state, &mut session, &mut stream).await;
+    let (code, why) = match refusal {
+        Refusal::Unknown(why) => (CloseCode::Policy, why),
+        Refusal::Full(why) => (CloseCode::Again, why),
+        Refusal::Unavailable => (CloseCode::Error, "directory unavailable: reconnect"),
+        Refusal::Gone => return,
+    };
+    let _ = session
+        .close(Some(CloseReason {
+            code,
+            description: Some(why.into()),
+        }))
+        .await;
+}
+
+/// The feed of one phone, until it must close (why).
+async fn serve(
+    state: &AppState,
+    session: &mut actix_ws::Session,
+    stream: &mut actix_ws::MessageStream,
+) -> Refusal {
+    let (person, token_hash, mut after) = match hello(state, stream).await {
+        Ok(hello) => hello,
+        Err(refusal) => return refusal,
+    };
+    let _counted = match state.phones.open(&person.id) {
+        Ok(counted) => counted,
+        Err(refusal) => return refusal,
     };
     // Subscribed before the first read: nothing written in between is missed.
     let mut changed = state.phones.changed.subscribe();
     let mut reread = tokio::time::interval(REREAD_INTERVAL);
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut heard = tokio::time::Instant::now();
     loop {
-        match send_new(&state, &mut session, &person, &token_hash, after).await {
-            Ok(Some(last)) => after = last,
-            Ok(None) => {}
-            Err(why) => {
-                tracing::debug!(person = %person.id, why, "user app feed closed");
-                let _ = session
-                    .close(Some(CloseReason {
-                        code: CloseCode::Policy,
-                        description: Some(why.into()),
-                    }))
-                    .await;
-                return;
-            }
+        match send_new(state, session, &person, &token_hash, after).await {
+            Ok(last) => after = last,
+            Err(refusal) => return refusal,
         }
         // Wait for a reason to read again.
         loop {
@@ -124,17 +200,23 @@ async fn feed(
                 signal = changed.recv() => match signal {
                     Ok(Changed::Person(id)) if id != person.id => continue,
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => return Refusal::Gone,
                 },
                 _ = reread.tick() => break,
+                _ = ping.tick() => {
+                    if heard.elapsed() > SILENCE_LIMIT || session.ping(b"").await.is_err() {
+                        return Refusal::Gone;
+                    }
+                }
                 message = stream.next() => match message {
                     Some(Ok(Message::Ping(bytes))) => {
+                        heard = tokio::time::Instant::now();
                         if session.pong(&bytes).await.is_err() {
-                            return;
+                            return Refusal::Gone;
                         }
                     }
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                    Some(Ok(_)) => {}
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return Refusal::Gone,
+                    Some(Ok(_)) => heard = tokio::time::Instant::now(),
                 },
             }
         }
@@ -146,48 +228,55 @@ async fn feed(
 async fn hello(
     state: &AppState,
     stream: &mut actix_ws::MessageStream,
-) -> Option<(Person, String, i64)> {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, stream.next())
-        .await
-        .ok()??
-        .ok()?;
-    let Message::Text(text) = first else {
-        return None;
+) -> Result<(Person, String, i64), Refusal> {
+    const FIRST: &str = "send {\"token\": DEVICE_TOKEN} first";
+    let first = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(message))) => message,
+        Ok(Some(Err(_)) | None) => return Err(Refusal::Gone),
+        Err(_) => return Err(Refusal::Unknown(FIRST)),
     };
-    let hello: Hello = serde_json::from_str(&text).ok()?;
+    let Message::Text(text) = first else {
+        return Err(Refusal::Unknown(FIRST));
+    };
+    let hello: Hello = serde_json::from_str(&text).map_err(|_| Refusal::Unknown(FIRST))?;
     let token_hash = auth::token_hash(&hello.token);
-    let person = state
-        .directory
-        .device_token_owner(&token_hash)
-        .await
-        .ok()??;
-    Some((person, token_hash, hello.after.max(0)))
+    match state.directory.device_token_owner(&token_hash).await {
+        Ok(Some(person)) => Ok((person, token_hash, hello.after.max(0))),
+        Ok(None) => Err(Refusal::Unknown("not a device token")),
+        Err(_) => Err(Refusal::Unavailable),
+    }
 }
 
-/// Send `person`'s notifications after `after`; the last id sent, if any.
-/// An error says why the feed must close.
+/// Send `person`'s notifications after `after`, a page at a time; the
+/// last id sent (`after` if none). An error says why the feed must close.
 async fn send_new(
     state: &AppState,
     session: &mut actix_ws::Session,
     person: &Person,
     token_hash: &str,
-    after: i64,
-) -> Result<Option<i64>, &'static str> {
+    mut after: i64,
+) -> Result<i64, Refusal> {
     // The token may have been revoked since the hello.
     match state.directory.device_token_owner(token_hash).await {
         Ok(Some(owner)) if owner.id == person.id => {}
-        Ok(_) => return Err("device token revoked"),
-        Err(_) => return Err("directory unavailable"),
+        Ok(_) => return Err(Refusal::Unknown("device token revoked")),
+        Err(_) => return Err(Refusal::Unavailable),
     }
-    let fresh = state
-        .directory
-        .notifications(&person.id, after)
-        .await
-        .map_err(|_| "directory unavailable")?;
-    let Some(last) = fresh.last().map(|n| n.id) else {
-        return Ok(None);
-    };
-    let frame = serde_json::json!({ "notifications": fresh }).to_string();
-    session.text(frame).await.map_err(|_| "closed")?;
-    Ok(Some(last))
+    loop {
+        let page = state
+            .directory
+            .notifications(&person.id, after)
+            .await
+            .map_err(|_| Refusal::Unavailable)?;
+        let Some(last) = page.last().map(|n| n.id) else {
+            return Ok(after);
+        };
+        let full = i64::try_from(page.len()).is_ok_and(|n| n >= NOTIFICATION_PAGE);
+        let frame = serde_json::json!({ "notifications": page }).to_string();
+        session.text(frame).await.map_err(|_| Refusal::Gone)?;
+        after = last;
+        if !full {
+            return Ok(after);
+        }
+    }
 }

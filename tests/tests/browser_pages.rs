@@ -68,7 +68,8 @@ fn an_admin_provisions_erin_through_the_panel_and_her_phone_sees_it() -> anyhow:
 
         // The agent's login code, approved in the panel ("Ctrl+I").
         let code = login_code(&agent.cli(&["login", "--no-wait"])?)?;
-        panel.goto(&format!("{url}/panel/#approve={code}")).await?;
+        panel.goto(&format!("{url}/panel/#approve")).await?;
+        panel.fill("#f-user_code", &code).await?;
         panel.click_text("Approve").await?;
         panel
             .wait_text("#status", "is logged in as admin@demo.obr")
@@ -133,11 +134,26 @@ fn an_admin_provisions_erin_through_the_panel_and_her_phone_sees_it() -> anyhow:
             .await?;
         panel.screenshot("06-panel-passkeys").await?;
 
-        // The audit log page, filtered to erin.
+        // The audit log page: erin's records, asked of the server, then
+        // narrowed down on the page.
         panel.goto(&format!("{url}/panel/#audit")).await?;
-        panel.fill("#audit-filter", "erin").await?;
+        panel.fill("#f-subject", "erin@demo.obr").await?;
+        panel.click_text("Search").await?;
         panel.wait_text("#view", "obr.registration").await?;
+        panel.fill("#audit-filter", "login.microsoft.com").await?;
+        let page = panel.wait_text("#view", "obr.registration").await?;
+        assert!(
+            !page.contains("user.invited"),
+            "not only erin's OBR records: {page}"
+        );
         panel.screenshot("07-panel-audit").await?;
+        for (name, browser) in [("panel", &panel), ("phone", &phone)] {
+            let text = browser.wait_text("body", "").await?;
+            assert!(
+                !text.contains("[object"),
+                "the {name} shows an unrendered object: {text}"
+            );
+        }
 
         panel.close().await?;
         phone.close().await?;

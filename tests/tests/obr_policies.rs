@@ -199,6 +199,16 @@ fn a_second_admin_approves_or_denies_when_the_relay_requires_it() -> anyhow::Res
         )
     };
 
+    // The requester cannot pick a weaker pair of eyes than the relay's
+    // rule (their user, who may be an accomplice or easy to talk round).
+    let weaker = select(&api, &admin, &bob.id, json!({ "four_eyes": "user" }))?;
+    assert_eq!(weaker.status, 400, "{}", weaker.body);
+    assert!(
+        weaker.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("requires four_eyes")
+    );
     // Asked for nothing: the relay's rule applies all the same.
     let asked = select(&api, &admin, &bob.id, json!({}))?;
     assert_eq!(asked.status, 202, "{}", asked.body);

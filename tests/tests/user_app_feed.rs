@@ -1,6 +1,6 @@
 //! The user app's live feed (`/api/me/live`) through real relays: a socket
 //! that does not say who it is, or names a token that is not a device
-//! token, is closed (1008); bob's phone, connected to one relay, hears of
+//! token, is closed (1008); a fifth feed of one person is refused (1013); bob's phone, connected to one relay, hears of
 //! what an admin did on the *other* relay (one Redis, one directory) long
 //! before its periodic re-read; and a phone that was offline gets what it
 //! missed from the durable inbox when it comes back.
@@ -90,6 +90,31 @@ fn a_phone_hears_at_once_what_happened_on_another_relay() -> anyhow::Result<()> 
             closed_with(&mut wrong, Duration::from_secs(5)).await?,
             CloseCode::Policy
         );
+
+        // One person holds at most four feeds on a relay; the fifth is told
+        // to come back later (1013), and the app keeps its token.
+        let carol = first
+            .user("carol@demo.obr")?
+            .device_token
+            .clone()
+            .unwrap_or_default();
+        let mut feeds = Vec::new();
+        for _ in 0..4 {
+            let mut feed = open(&first.url).await?;
+            feed.send(Message::text(json!({ "token": carol }).to_string()))
+                .await?;
+            feeds.push(feed);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut fifth = open(&first.url).await?;
+        fifth
+            .send(Message::text(json!({ "token": carol }).to_string()))
+            .await?;
+        assert_eq!(
+            closed_with(&mut fifth, Duration::from_secs(5)).await?,
+            CloseCode::Again
+        );
+        drop(feeds);
 
         // Bob's phone on the first relay; the owner suspends his key on
         // the second. (The feed re-reads every 15 s by itself; this must

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::{ApiError, audited, bearer, client_address, require_admin, require_power};
 use crate::auth;
 use crate::clock::now_ms;
+use crate::directory::audit::AuditFilter;
 use crate::directory::grants::{Admin, Grant, GrantError, Power};
 use crate::directory::second_factor::SecondFactorError;
 use crate::limits::{ARGON2_QUEUE_WAIT, TooMany};
@@ -18,6 +19,8 @@ use crate::sessions::{AdminSession, Principal, TokenScope};
 use crate::state::AppState;
 
 const MAX_AUDIT_PAGE: i64 = 1000;
+/// The largest audit export one request returns (a SIEM pages with `after`).
+const MAX_EXPORT_BYTES: usize = 64 << 20;
 /// How much of a `User-Agent` a session keeps.
 const MAX_USER_AGENT_LEN: usize = 256;
 
@@ -182,13 +185,34 @@ fn user_agent(req: &HttpRequest) -> String {
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2ebC7Dv9oS3BgmNFrSv1zk5Y3v7QJc5c5ZQeuDcZJ6A";
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     #[serde(default)]
     after: i64,
     limit: Option<i64>,
+    actor: Option<String>,
+    subject: Option<String>,
+    action: Option<String>,
+    rp_id: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
 }
 
-/// `GET /api/audit?after=SEQ&limit=N`: records and whether the chain holds.
+impl AuditQuery {
+    fn filter(&self) -> AuditFilter {
+        AuditFilter {
+            actor: self.actor.clone(),
+            subject: self.subject.clone(),
+            action: self.action.clone(),
+            rp_id: self.rp_id.clone(),
+            since_ms: self.since_ms,
+            until_ms: self.until_ms,
+        }
+    }
+}
+
+/// `GET /api/audit?after=SEQ&limit=N&actor=…&subject=…&action=…&rp_id=…&since_ms=…&until_ms=…`:
+/// records the filters select, and whether the whole chain holds.
 pub async fn audit(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -199,13 +223,68 @@ pub async fn audit(
         .limit
         .unwrap_or(MAX_AUDIT_PAGE)
         .clamp(1, MAX_AUDIT_PAGE);
-    let records = state.directory.audit_records(query.after, limit).await?;
+    let records = state
+        .directory
+        .audit_search(&query.filter(), query.after, limit)
+        .await?;
     let broken_at = state.directory.verify_audit_chain().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "records": records,
         "chain_intact": broken_at.is_none(),
         "chain_broken_at": broken_at,
     })))
+}
+
+/// `GET /api/audit/export?…` (the filters of `/api/audit`): every record
+/// they select as JSON lines (`application/x-ndjson`, one record per line,
+/// oldest first), for a SIEM. The export itself is audited.
+pub async fn export_audit(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_power(&req, &state, Power::Read, "export_audit").await?;
+    let filter = query.filter();
+    let mut lines = Vec::new();
+    let mut after = query.after;
+    loop {
+        let page = state
+            .directory
+            .audit_search(&filter, after, MAX_AUDIT_PAGE)
+            .await?;
+        let Some(last) = page.last().map(|r| r.seq) else {
+            break;
+        };
+        for record in &page {
+            serde_json::to_writer(&mut lines, record)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            lines.push(b'\n');
+        }
+        if lines.len() > MAX_EXPORT_BYTES {
+            return Err(ApiError::BadRequest(format!(
+                "the export is larger than {} MiB: narrow it (since_ms, until_ms, after)",
+                MAX_EXPORT_BYTES >> 20
+            )));
+        }
+        after = last;
+    }
+    state
+        .directory
+        .audit(
+            &admin.person.email,
+            "audit.exported",
+            "audit_log",
+            serde_json::json!({ "after": query.after, "up_to": after,
+                                "bytes": lines.len() }),
+        )
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            "attachment; filename=\"obr-audit.jsonl\"",
+        ))
+        .body(lines))
 }
 
 #[derive(Serialize)]

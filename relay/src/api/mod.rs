@@ -31,6 +31,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/api")
             .app_data(web::PayloadConfig::new(MAX_BODY))
             .app_data(
+                web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::BadRequest(format!("invalid query: {e}")).into()
+                }),
+            )
+            .app_data(
                 web::JsonConfig::default()
                     .limit(MAX_BODY)
                     .error_handler(|e, _| {
@@ -80,6 +85,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/agents/{id}/login", web::delete().to(obr::log_out))
             .route("/agent-logins/approve", web::post().to(obr::approve_login))
             .route("/audit", web::get().to(admin::audit))
+            .route("/audit/export", web::get().to(admin::export_audit))
             .route("/me/notifications", web::get().to(device::notifications))
             .route("/me/live", web::get().to(crate::phones::live))
             .route("/me/passkeys", web::get().to(users::my_passkeys))

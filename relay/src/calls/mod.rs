@@ -332,11 +332,15 @@ impl Calls {
             .ctap(&session.user_id, payload, budget, Some(acting), None)
             .await;
         let created = response.as_ref().is_ok_and(|r| r.created.is_some());
-        if slot != RegistrationSlot::Unlimited && !created {
-            // Counted, but no passkey came of it (excluded, cancelled…).
-            if let Err(e) = self.obr.release_registration(session).await {
-                tracing::warn!(error = %e, session = %session.id, "cannot give a registration count back");
-            }
+        // Counted, and the key answered without a passkey (excluded,
+        // refused…): the count is given back. On a link error the key may
+        // still have made one (the outbox records it): the count stays.
+        if slot != RegistrationSlot::Unlimited
+            && response.is_ok()
+            && !created
+            && let Err(e) = self.obr.release_registration(session).await
+        {
+            tracing::warn!(error = %e, session = %session.id, "cannot give a registration count back");
         }
         let response = response?;
         if response.approval_needed.is_some() {

@@ -18,6 +18,23 @@ use crate::clock::now_ms;
 /// The `prev_hash` of the first record.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// Which records to read; every field that is set must match.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Who did it (an email, an agent id, `system`).
+    pub actor: Option<String>,
+    /// Whom it concerns (a user's email, an agent id…).
+    pub subject: Option<String>,
+    /// An action (`obr.started`) or a family of them (`obr`).
+    pub action: Option<String>,
+    /// The relying party a record names (`detail.rp_id`).
+    pub rp_id: Option<String>,
+    /// From this time on (Unix ms, inclusive).
+    pub since_ms: Option<i64>,
+    /// Before this time (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditRecord {
     pub seq: i64,
@@ -129,12 +146,38 @@ impl Directory {
 
     /// Records with `seq > after`, oldest first, at most `limit`.
     pub async fn audit_records(&self, after: i64, limit: i64) -> DirResult<Vec<AuditRecord>> {
+        self.audit_search(&AuditFilter::default(), after, limit)
+            .await
+    }
+
+    /// Records `filter` selects with `seq > after`, oldest first, at most
+    /// `limit`.
+    pub async fn audit_search(
+        &self,
+        filter: &AuditFilter,
+        after: i64,
+        limit: i64,
+    ) -> DirResult<Vec<AuditRecord>> {
+        // Every condition is bound, never spliced: `?n IS NULL OR …`.
         let rows = sqlx::query(
             "SELECT seq, at_ms, actor, action, subject, detail, prev_hash, hash FROM audit_log \
-             WHERE seq > $1 ORDER BY seq LIMIT $2",
+             WHERE seq > $1 \
+             AND ($3 IS NULL OR actor = $3) \
+             AND ($4 IS NULL OR subject = $4) \
+             AND ($5 IS NULL OR action = $5 OR action LIKE $5 || '.%') \
+             AND ($6 IS NULL OR json_extract(detail, '$.rp_id') = $6) \
+             AND ($7 IS NULL OR at_ms >= $7) \
+             AND ($8 IS NULL OR at_ms < $8) \
+             ORDER BY seq LIMIT $2",
         )
         .bind(after)
         .bind(limit)
+        .bind(&filter.actor)
+        .bind(&filter.subject)
+        .bind(&filter.action)
+        .bind(&filter.rp_id)
+        .bind(filter.since_ms)
+        .bind(filter.until_ms)
         .fetch_all(self.pool())
         .await?;
         rows.iter()

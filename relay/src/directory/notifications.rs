@@ -9,6 +9,9 @@ use sqlx::Row;
 use super::{DirResult, Directory};
 use crate::clock::now_ms;
 
+/// Notifications one read returns.
+pub const NOTIFICATION_PAGE: i64 = 200;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Notification {
     pub id: i64,
@@ -47,13 +50,15 @@ impl Directory {
         self.inbox.subscribe()
     }
 
-    /// The person's notifications with `id > after`, oldest first.
+    /// The person's notifications with `id > after`, oldest first, at most
+    /// [`NOTIFICATION_PAGE`] (ask again from the last one for more).
     pub async fn notifications(&self, person_id: &str, after: i64) -> DirResult<Vec<Notification>> {
         let rows = sqlx::query(
-            "SELECT id, at_ms, kind, message, detail FROM notifications WHERE person_id = $1 AND id > $2 ORDER BY id",
+            "SELECT id, at_ms, kind, message, detail FROM notifications WHERE person_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(person_id)
         .bind(after)
+        .bind(NOTIFICATION_PAGE)
         .fetch_all(self.pool())
         .await?;
         rows.iter()
