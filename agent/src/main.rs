@@ -81,18 +81,24 @@ enum Cmd {
         #[arg(long, env = "OBR_AGENT_INSECURE")]
         insecure: bool,
     },
-    /// Log in ("Ctrl+I"): print a code to approve in the admin panel, wait.
+    /// Log in ("Ctrl+I"), like `gh auth login`: show the panel's address
+    /// and a code, open the browser when there is one, and wait until the
+    /// code is approved.
     Login {
         /// Print the code and return without waiting for approval.
         #[arg(long)]
         no_wait: bool,
+        /// Do not open a browser, only print the address.
+        #[arg(long)]
+        no_browser: bool,
     },
-    /// Show the agent's mode.
+    /// Show the agent's mode, target user, the session's expiry, and the relay.
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// End the on-behalf registration in progress.
+    /// End the on-behalf registration in progress: back to normal mode.
+    #[command(visible_alias = "normal-mode")]
     BackToNormal,
 }
 
@@ -155,7 +161,10 @@ async fn main() -> anyhow::Result<()> {
             agent.run(shutdown_signal()).await?;
             Ok(())
         }
-        Cmd::Login { no_wait } => login(&args.control, no_wait).await,
+        Cmd::Login {
+            no_wait,
+            no_browser,
+        } => login(&args.control, no_wait, no_browser).await,
         Cmd::Status { json } => {
             match control::request(&args.control, &ControlRequest::Status).await? {
                 ControlReply::Status { status, display } => {
@@ -190,15 +199,26 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn login(control_path: &std::path::Path, no_wait: bool) -> anyhow::Result<()> {
+async fn login(
+    control_path: &std::path::Path,
+    no_wait: bool,
+    no_browser: bool,
+) -> anyhow::Result<()> {
     let login = match control::request(control_path, &ControlRequest::Login).await? {
         ControlReply::Login { login } => login,
         ControlReply::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer: {other:?}"),
     };
+    println!("! Your one-time code: {}", login.user_code);
+    let opened = !no_browser && open_browser(&login.verification_uri);
+    if opened {
+        println!("Opened {} in your browser:", login.verification_uri);
+    } else {
+        println!("Open {} in a browser:", login.verification_uri);
+    }
     println!(
-        "To log in, approve code {} (an admin, or the user on their device: POST {} {{\"user_code\": ...}})",
-        login.user_code, login.verification_uri
+        "sign in and type the code {} (it expires in {} s)",
+        login.user_code, login.expires_in_s
     );
     if no_wait {
         return Ok(());
@@ -218,6 +238,25 @@ async fn login(control_path: &std::path::Path, no_wait: bool) -> anyhow::Result<
         "the code was not approved within {} s",
         LOGIN_WAIT.as_secs()
     )
+}
+
+/// Open `url` in the desktop's browser (`$BROWSER`, or `xdg-open` in a
+/// graphical session), without waiting for it; whether one was started.
+fn open_browser(url: &str) -> bool {
+    let graphical =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    let opener = match std::env::var("BROWSER") {
+        Ok(browser) if !browser.trim().is_empty() => browser,
+        _ if graphical => "xdg-open".to_owned(),
+        _ => return false,
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
 }
 
 async fn shutdown_signal() {

@@ -86,11 +86,30 @@ impl ModeView {
                 is_admin: true,
             } => format!("normal mode: ready for on behalf registration ({principal})"),
             ModeView::Normal { principal, .. } => format!("normal mode ({principal})"),
-            ModeView::Obr { target_user, .. } => format!("OBR: acting for {target_user}"),
+            ModeView::Obr {
+                target_user,
+                expires_at_ms,
+                ..
+            } => format!(
+                "OBR: acting for {target_user} (ends in {})",
+                time_left(*expires_at_ms)
+            ),
             ModeView::EndingObr { target_user, .. } => format!(
                 "normal mode: no longer acting for {target_user} (ending the session; the relay has not confirmed yet)"
             ),
         }
+    }
+}
+
+/// "14 min 52 s" from now until `at_ms` (Unix ms), "0 s" once past.
+fn time_left(at_ms: i64) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let left_s = at_ms.saturating_sub(now_ms).max(0) / 1000;
+    match (left_s / 60, left_s % 60) {
+        (0, s) => format!("{s} s"),
+        (m, s) => format!("{m} min {s} s"),
     }
 }
 
