@@ -21,12 +21,19 @@ const MAX_REQUEST: usize = 4096;
 /// How long a control client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a pairing waits for the relay's answer.
+const PAIR_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum ControlRequest {
     Status,
     Login,
     BackToNormal,
+    /// "Open Pairing Tool": the code from the panel's obr:// link.
+    Pair {
+        code: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,6 +45,10 @@ pub enum ControlReply {
     },
     Login {
         login: LoginView,
+    },
+    /// The relay started an OBR session on this agent for `target_user`.
+    Paired {
+        target_user: String,
     },
     /// Back to normal mode is in effect on the agent; `confirmed` says
     /// whether the relay ended the session too.
@@ -157,6 +168,22 @@ async fn handle(request: ControlRequest, tunnel: &TunnelHandle) -> ControlReply 
                 message: e.to_string(),
             },
         },
+        ControlRequest::Pair { code } => {
+            match tokio::time::timeout(PAIR_WAIT, tunnel.pair(&code)).await {
+                Ok(Ok(result)) if result.started => ControlReply::Paired {
+                    target_user: result.target_user,
+                },
+                Ok(Ok(result)) => ControlReply::Error {
+                    message: result.message,
+                },
+                Ok(Err(e)) => ControlReply::Error {
+                    message: e.to_string(),
+                },
+                Err(_) => ControlReply::Error {
+                    message: format!("the relay did not answer within {} s", PAIR_WAIT.as_secs()),
+                },
+            }
+        }
         ControlRequest::BackToNormal => match tunnel.back_to_normal().await {
             Ok(EndOutcome::Confirmed) => ControlReply::Ended {
                 confirmed: true,

@@ -13,7 +13,8 @@
 //!
 //! - [`tunnel`]: the WebSocket to the relay (reconnects, login, CTAP forwarding, getInfo cache).
 //! - [`status`]: the mode the agent shows (not logged in, normal, OBR: acting for …).
-//! - [`control`]: the local control socket behind `obr-agent status|login|back-to-normal`.
+//! - [`control`]: the local control socket behind `obr-agent status|login|back-to-normal|open`.
+//! - [`url_handler`]: the desktop's handler of `obr://` links (`obr-agent register-url-handler`).
 //! - [`daemon`]: all of the above wired into one running agent.
 //!
 //! Requests flow host → [`hid`] → [`ctaphid`] → [`tunnel`] → relay, and answers back the same way.
@@ -24,3 +25,4 @@ pub mod daemon;
 pub mod hid;
 pub mod status;
 pub mod tunnel;
+pub mod url_handler;

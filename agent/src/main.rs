@@ -100,6 +100,14 @@ enum Cmd {
     /// End the on-behalf registration in progress: back to normal mode.
     #[command(visible_alias = "normal-mode")]
     BackToNormal,
+    /// Handle an obr:// link: `obr://pair?code=…` from the panel's
+    /// +Passkey → Other platforms makes this agent act for that user
+    /// ("Open Pairing Tool"). What the desktop runs for the link.
+    Open { url: String },
+    /// Register `obr-agent open` as this desktop user's handler of obr://
+    /// links (a .desktop file in ~/.local/share/applications and the
+    /// default in ~/.config/mimeapps.list).
+    RegisterUrlHandler,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -178,6 +186,29 @@ async fn main() -> anyhow::Result<()> {
                 other => bail!("unexpected answer: {other:?}"),
             }
         }
+        Cmd::Open { url } => {
+            let code = pairing_code(&url)?;
+            match control::request(&args.control, &ControlRequest::Pair { code }).await? {
+                ControlReply::Paired { target_user } => {
+                    println!(
+                        "OBR: acting for {target_user}: register the passkey, then press Done in the panel"
+                    );
+                    Ok(())
+                }
+                ControlReply::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Cmd::RegisterUrlHandler => {
+            let desktop = obr_agent::url_handler::register(&args.control)
+                .context("cannot register the obr:// handler")?;
+            println!(
+                "obr:// links now open obr-agent ({}; control socket {})",
+                desktop.display(),
+                args.control.display()
+            );
+            Ok(())
+        }
         Cmd::BackToNormal => {
             match control::request(&args.control, &ControlRequest::BackToNormal).await? {
                 ControlReply::Ended {
@@ -238,6 +269,28 @@ async fn login(
         "the code was not approved within {} s",
         LOGIN_WAIT.as_secs()
     )
+}
+
+/// The pairing code of an `obr://pair?code=…` link; anything else is
+/// refused (the agent follows no other link).
+fn pairing_code(link: &str) -> anyhow::Result<String> {
+    let parsed = url::Url::parse(link.trim()).context("not a link")?;
+    if parsed.scheme() != "obr" || parsed.host_str() != Some("pair") {
+        bail!("not an obr://pair link: {link}");
+    }
+    let code = parsed
+        .query_pairs()
+        .find(|(name, _)| name == "code")
+        .map(|(_, value)| value.into_owned())
+        .context("the link has no code")?;
+    let plausible = (16..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !plausible {
+        bail!("the link's code is not a pairing code");
+    }
+    Ok(code)
 }
 
 /// Open `url` in the desktop's browser (`$BROWSER`, or `xdg-open` in a

@@ -178,9 +178,50 @@ async function endObr(agentId, userId, what) {
   });
 }
 
+// +Passkey → Other platforms / applications (the second seed): a pairing
+// link that opens the Pairing Tool (obr-agent) on this computer, which then
+// acts for the user; Done and Cancel end it.
+function addPasskey(person, panel) {
+  const box = h('div', { class: 'notice', id: 'add-passkey' },
+    h('p', { text: 'Where will the passkey be registered?' }),
+    h('div', { class: 'row' },
+      h('button', { type: 'button', id: 'other-platforms', text: 'Other platforms / applications',
+        onclick: () => attempt(async () => {
+          const offer = await api('POST', '/api/users/' + person.id + '/pairing', {});
+          clear(box);
+          box.append(
+            h('p', { text: 'Open the Pairing Tool: it becomes ready to register a passkey on ' + person.email + "'s behalf." }),
+            h('p', {}, h('a', { id: 'pair-link', href: offer.link, text: 'Open Pairing Tool' })),
+            h('p', { class: 'muted', text: 'The link works once, for your own agent, within ' + Math.round(offer.expires_in_s / 60) + ' minutes.' }),
+            h('div', { class: 'row' },
+              h('button', { type: 'button', class: 'secondary', id: 'pair-cancel', text: 'Cancel',
+                onclick: () => user(person.id) })));
+          say('Waiting for the Pairing Tool…');
+          waitForPairing(person);
+        }) })));
+  panel.prepend(box);
+}
+
+// Until the agent took the pairing (or the page moved on): then the user's
+// page shows the session with Done and Cancel.
+async function waitForPairing(person) {
+  const deadline = Date.now() + 5 * 60 * 1000;
+  while (Date.now() < deadline && location.hash === '#user/' + person.id && document.getElementById('pair-link')) {
+    const agents = await api('GET', '/api/agents');
+    if (agents.some((a) => a.obr && a.obr.user_id === person.id)) {
+      say('The Pairing Tool acts for ' + person.email + ': register the passkey, then press Done.');
+      await user(person.id);
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
 async function listPasskeys(person, panel) {
   const keys = await api('GET', '/api/users/' + person.id + '/passkeys');
   clear(panel);
+  panel.append(h('div', { class: 'row' }, h('button', { type: 'button', id: 'add-passkey-button', text: '+Passkey',
+    onclick: () => { if (!document.getElementById('add-passkey')) addPasskey(person, panel); } })));
   if (!keys.length) { panel.append(h('p', { id: 'no-passkeys', text: 'No passkeys on this key yet.' })); return; }
   panel.append(h('table', { id: 'passkey-table' },
     h('caption', { class: 'sr-only', text: 'Passkeys on ' + person.email + "'s key" }),

@@ -18,11 +18,15 @@ use crate::directory::audit::RegistrationRecord;
 use crate::directory::grants::{Admin, Power};
 use crate::directory::{Directory, DirectoryError, KeyStatus};
 use crate::sessions::{
-    AgentEvent, Approver, ObrConflict, ObrPolicy, ObrSession, Principal, SessionStore, StoreError,
+    AgentEvent, Approver, ObrConflict, ObrPolicy, ObrSession, Pairing, Principal, SessionStore,
+    StoreError,
 };
 
 /// DESIGN: "A session has a hard TTL (default 15 min)".
 pub const DEFAULT_OBR_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long a pairing link (+Passkey → Other platforms) may wait for the
+/// admin's agent to open it.
+pub const PAIRING_TTL: Duration = Duration::from_secs(5 * 60);
 /// The shortest TTL a session may be given.
 pub const MIN_OBR_TTL: Duration = Duration::from_secs(10);
 /// RP IDs an allow-list may name, and passkeys a session may be limited to.
@@ -97,6 +101,10 @@ pub enum ObrError {
     NotAwaiting,
     #[error("an admin cannot approve their own on-behalf registration: another admin must")]
     OwnRequest,
+    #[error("unknown, expired or already used pairing link: make a new one in the panel")]
+    UnknownPairing,
+    #[error("this pairing link was made by another admin: log this agent in as yourself")]
+    PairingNotYours,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -242,6 +250,82 @@ impl Obr {
             self.record_start(&admin.email, &session, None).await?;
         }
         Ok(session)
+    }
+
+    /// "+Passkey → Other platforms": an OBR session for `user_id` within
+    /// `request`, to start on whichever agent of `admin`'s opens the link
+    /// with the returned code (within [`PAIRING_TTL`]). Checked as
+    /// [`Obr::select`] checks, now and again when the link is opened.
+    pub async fn offer_pairing(
+        &self,
+        admin: &Admin,
+        user_id: &str,
+        request: ObrRequest,
+    ) -> Result<String, ObrError> {
+        let user = self
+            .directory
+            .person(user_id)
+            .await?
+            .ok_or(ObrError::UserNotFound)?;
+        check_target(admin, &user)?;
+        let (policy, ttl) = self.checked(request)?;
+        let code = crate::auth::new_token()
+            .map_err(|e| ObrError::Directory(DirectoryError::Corrupt(e.to_string())))?;
+        let pairing = Pairing {
+            admin_id: admin.person.id.clone(),
+            user_id: user.id.clone(),
+            policy,
+            ttl_ms: Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            created_at_ms: now_ms(),
+        };
+        self.store
+            .put_pairing(&crate::auth::token_hash(&code), &pairing, PAIRING_TTL)
+            .await?;
+        self.directory
+            .audit(
+                &admin.person.email,
+                "obr.pairing_offered",
+                &user.email,
+                json!({ "user_id": user.id, "policy": pairing.policy,
+                        "expires_in_s": PAIRING_TTL.as_secs() }),
+            )
+            .await?;
+        Ok(code)
+    }
+
+    /// The agent `agent_id`, logged in as `principal`, opened the pairing
+    /// link with `code`: the pairing is taken (once), and if it is that
+    /// admin's, the session starts on this agent as "Select as OBR" would
+    /// start it (`admin`: the principal's verified grant, if any).
+    pub async fn claim_pairing(
+        &self,
+        code: &str,
+        agent_id: &str,
+        principal: &Principal,
+        admin: Option<&Admin>,
+    ) -> Result<ObrSession, ObrError> {
+        let pairing = self
+            .store
+            .take_pairing(&crate::auth::token_hash(code))
+            .await?
+            .ok_or(ObrError::UnknownPairing)?;
+        let Some(admin) = admin
+            .filter(|a| a.person.id == pairing.admin_id && principal.person_id == pairing.admin_id)
+        else {
+            let detail = json!({ "action": "claim_pairing", "agent": agent_id,
+                                 "reason": ObrError::PairingNotYours.to_string(),
+                                 "offered_by": pairing.admin_id });
+            self.directory
+                .audit(&principal.email, "access.refused", &pairing.user_id, detail)
+                .await?;
+            return Err(ObrError::PairingNotYours);
+        };
+        let request = ObrRequest {
+            policy: pairing.policy,
+            ttl: pairing.ttl_ms.map(Duration::from_millis),
+        };
+        self.select(admin, &pairing.user_id, Some(agent_id), request)
+            .await
     }
 
     /// `request`'s policy and TTL, checked against the relay's bounds.

@@ -161,6 +161,15 @@ impl Browser {
         }
     }
 
+    /// The attribute `name` of `css`.
+    pub async fn attribute(&self, css: &str, name: &str) -> anyhow::Result<String> {
+        self.element(css)
+            .await?
+            .attr(name)
+            .await?
+            .with_context(|| format!("{css} has no {name}"))
+    }
+
     /// Save what the browser shows as `<shots>/<name>.png`.
     pub async fn screenshot(&self, name: &str) -> anyhow::Result<PathBuf> {
         let png = self.client.screenshot().await?;

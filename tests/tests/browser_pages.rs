@@ -4,7 +4,9 @@
 //! admin approves the agent's login code, selects erin as OBR for
 //! login.microsoft.com only, python-fido2 registers a passkey through the
 //! agent, and erin's phone shows it without a reload; Done returns the
-//! agent to normal mode and the passkey is on erin's page.
+//! agent to normal mode and the passkey is on erin's page. Then the second
+//! seed: +Passkey → Other platforms → the obr:// link opens the agent
+//! (`obr-agent open`, as the desktop would) → another passkey → Done.
 //!
 //! Screenshots of each key screen go to the scratch directory, or to
 //! `$OBR_SCREENSHOTS_DIR` (the README's come from `OBR_SCREENSHOTS_DIR=docs/screenshots`).
@@ -134,6 +136,39 @@ fn an_admin_provisions_erin_through_the_panel_and_her_phone_sees_it() -> anyhow:
             .await?;
         panel.screenshot("06-panel-passkeys").await?;
 
+        // The second seed: +Passkey → Other platforms → "Open Pairing Tool"
+        // (the desktop hands the obr:// link to `obr-agent open`) → the
+        // agent acts for erin → a passkey at another site → Done.
+        panel.click("#add-passkey-button").await?;
+        panel.click("#other-platforms").await?;
+        let link = panel.attribute("#pair-link", "href").await?;
+        assert!(link.starts_with("obr://pair?code="), "{link}");
+        panel.screenshot("08-panel-pairing").await?;
+        let opened = agent.cli(&["open", &link])?;
+        assert!(opened.contains("OBR: acting for erin@demo.obr"), "{opened}");
+        panel
+            .wait_text("#obr-state", "acts for erin@demo.obr")
+            .await?;
+        let output = Command::new(&python)
+            .arg(python::script("obr_interop.py"))
+            .arg("--hid-socket")
+            .arg(&agent.hid_socket)
+            .args(["--rp-id", "github.com", "--origin", "https://github.com"])
+            .args(["--user-name", "erin-gh", "--display-name", "Erin"])
+            .args(["--assertions", "1"])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "python-fido2: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        phone
+            .wait_text("#feed", "registered a passkey for github.com")
+            .await?;
+        panel.click("#done").await?;
+        agent.wait_status("normal mode", Duration::from_secs(10))?;
+        panel.wait_text("#passkey-table", "erin-gh").await?;
+
         // The audit log page: erin's records, asked of the server, then
         // narrowed down on the page.
         panel.goto(&format!("{url}/panel/#audit")).await?;
@@ -174,7 +209,11 @@ fn an_admin_provisions_erin_through_the_panel_and_her_phone_sees_it() -> anyhow:
         .ok_or_else(|| anyhow::anyhow!("no erin"))?;
     assert_eq!(erin["key_status"], "active");
     let passkeys = api.passkeys(&admin, erin["id"].as_str().unwrap_or_default())?;
-    assert_eq!(passkeys.len(), 1, "{passkeys:?}");
-    assert_eq!(passkeys[0]["rp_id"], "login.microsoft.com");
+    let mut sites: Vec<&str> = passkeys
+        .iter()
+        .filter_map(|p| p["rp_id"].as_str())
+        .collect();
+    sites.sort_unstable();
+    assert_eq!(sites, ["github.com", "login.microsoft.com"], "{passkeys:?}");
     Ok(())
 }

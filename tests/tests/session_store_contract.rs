@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use obr_relay::sessions::{
     AdminSession, AgentEvent, Approver, DeviceGrant, MemoryStore, ObrConflict, ObrPolicy,
-    ObrSession, Principal, RedisStore, Sealer, SessionStore, TokenScope,
+    ObrSession, Pairing, Principal, RedisStore, Sealer, SessionStore, TokenScope,
 };
 use obr_signer::RedisEndpoint;
 use obr_tests::redis_server::RedisServer;
@@ -137,6 +137,28 @@ async fn contract(store: Arc<dyn SessionStore>) {
     assert!(store.delete_token("g1").await.unwrap());
     assert_eq!(store.tokens_of("grace").await.unwrap().len(), 1);
     assert!(store.tokens_of("nobody").await.unwrap().is_empty());
+
+    // A pairing is taken at most once, and not after its TTL.
+    let pairing = Pairing {
+        admin_id: "admin".into(),
+        user_id: "bob".into(),
+        policy: ObrPolicy::default(),
+        ttl_ms: Some(60_000),
+        created_at_ms: 1,
+    };
+    store
+        .put_pairing("p-hash", &pairing, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(store.take_pairing("p-hash"), store.take_pairing("p-hash"));
+    let taken: Vec<Pairing> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(taken, vec![pairing.clone()], "taken exactly once");
+    store
+        .put_pairing("short", &pairing, Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(store.take_pairing("short").await.unwrap(), None);
 
     // A device-code grant is taken at most once.
     let grant = DeviceGrant {

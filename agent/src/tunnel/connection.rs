@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use obr_proto::agent::{
     AgentFrame, CtapCancel, CtapRequest, EndObr, Hello, KeepaliveState, LoginPending, LoginStart,
-    ObrEndResult, RelayFrame, agent_frame, relay_frame,
+    ObrEndResult, Pair, PairResult, RelayFrame, agent_frame, relay_frame,
 };
 use obr_proto::ctap::{SILENCE_LIMIT, StatusCode};
 use prost::Message as _;
@@ -77,6 +77,8 @@ pub(crate) struct Connection {
     connector: Option<Connector>,
     pending: HashMap<u64, (oneshot::Sender<Vec<u8>>, KeepaliveStatus)>,
     login_waiters: Vec<oneshot::Sender<Result<LoginPending, TunnelError>>>,
+    /// Pairings sent to the relay, by code, waiting for its answer.
+    pairing: HashMap<String, oneshot::Sender<Result<PairResult, TunnelError>>>,
     ending: Option<Ending>,
 }
 
@@ -105,6 +107,7 @@ impl Connection {
             connector,
             pending: HashMap::new(),
             login_waiters: Vec::new(),
+            pairing: HashMap::new(),
             ending: None,
         })
     }
@@ -243,6 +246,11 @@ impl Connection {
                 return self.relay_mode(mode);
             }
             relay_frame::Kind::EndObrResult(result) => self.on_end_result(result),
+            relay_frame::Kind::PairResult(result) => {
+                if let Some(waiter) = self.pairing.remove(&result.code) {
+                    let _ = waiter.send(Ok(result));
+                }
+            }
             relay_frame::Kind::CtapResponse(response) => {
                 if let Some((waiter, _)) = self.pending.remove(&response.id) {
                     let _ = waiter.send(response.payload);
@@ -363,6 +371,10 @@ impl Connection {
                 self.login_waiters.push(reply);
                 Some(agent_frame::Kind::LoginStart(LoginStart {}))
             }
+            Command::Pair { code, reply } => {
+                self.pairing.insert(code.clone(), reply);
+                Some(agent_frame::Kind::Pair(Pair { code }))
+            }
             Command::EndObr { reply } => self.begin_end(reply).map(|session_id| {
                 agent_frame::Kind::EndObr(EndObr {
                     obr_session_id: session_id,
@@ -429,6 +441,7 @@ impl Connection {
                     Some(Command::Ctap { reply, .. }) => { let _ = reply.send(StatusCode::Other.response()); }
                     Some(Command::Cancel { .. }) => {}
                     Some(Command::Login { reply }) => { let _ = reply.send(Err(TunnelError::NotConnected)); }
+                    Some(Command::Pair { reply, .. }) => { let _ = reply.send(Err(TunnelError::NotConnected)); }
                     Some(Command::EndObr { reply }) => {
                         // In effect here now; sent when the relay is back.
                         if self.begin_end(reply).is_some() {
@@ -443,6 +456,9 @@ impl Connection {
     fn fail_in_flight(&mut self) {
         for (_, (waiter, _)) in self.pending.drain() {
             let _ = waiter.send(StatusCode::Other.response());
+        }
+        for (_, waiter) in self.pairing.drain() {
+            let _ = waiter.send(Err(TunnelError::NotConnected));
         }
         for waiter in self.login_waiters.drain(..) {
             let _ = waiter.send(Err(TunnelError::NotConnected));

@@ -119,6 +119,10 @@ pub(crate) enum Command {
     EndObr {
         reply: oneshot::Sender<Result<EndOutcome, TunnelError>>,
     },
+    Pair {
+        code: String,
+        reply: oneshot::Sender<Result<obr_proto::agent::PairResult, TunnelError>>,
+    },
 }
 
 /// What "Back to normal mode" achieved. Either way the agent no longer
@@ -189,6 +193,20 @@ impl TunnelHandle {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::EndObr { reply })
+            .await
+            .map_err(|_| TunnelError::Stopped)?;
+        rx.await.map_err(|_| TunnelError::Stopped)?
+    }
+
+    /// "Open Pairing Tool": hand the relay a pairing code from the panel's
+    /// obr:// link; says whom the agent now acts for, or why not.
+    pub async fn pair(&self, code: &str) -> Result<obr_proto::agent::PairResult, TunnelError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Pair {
+                code: code.to_owned(),
+                reply,
+            })
             .await
             .map_err(|_| TunnelError::Stopped)?;
         rx.await.map_err(|_| TunnelError::Stopped)?

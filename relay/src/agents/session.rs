@@ -30,7 +30,7 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytes::Bytes;
 use obr_proto::agent::{
     AgentFrame, Challenge, CtapRequest, CtapResponse, CtapStatus, EndObr, Hello, HopTimings,
-    KeepaliveState, LoginPending, Mode, ModeChanged, ModeKind, ObrEndResult,
+    KeepaliveState, LoginPending, Mode, ModeChanged, ModeKind, ObrEndResult, Pair, PairResult,
     ProtocolError as ProtocolErrorFrame, RelayFrame, Welcome, agent_frame, relay_frame,
 };
 use obr_proto::ctap::{
@@ -272,6 +272,7 @@ impl AgentSession {
                 }
             }
             agent_frame::Kind::EndObr(end) => self.end_obr(end, ctx),
+            agent_frame::Kind::Pair(pair) => self.pair(pair, ctx),
         }
     }
 
@@ -508,6 +509,52 @@ impl AgentSession {
                 Err(e) => (false, e.to_string()),
             };
             act.send_end_result(ctx, wanted, ended, message);
+            act.refresh(ctx);
+        }));
+    }
+
+    /// "Open Pairing Tool": start the session the panel's pairing link
+    /// names on this agent, if it is logged in as the admin who made it.
+    fn pair(&mut self, pair: Pair, ctx: &mut actix::Context<Self>) {
+        let (Some(agent_id), Some(principal)) =
+            (self.agent_id().map(str::to_owned), self.principal.clone())
+        else {
+            return self.send(
+                ctx,
+                relay_frame::Kind::PairResult(PairResult {
+                    code: pair.code,
+                    message: "log this agent in first (obr-agent login)".into(),
+                    ..PairResult::default()
+                }),
+            );
+        };
+        let state = self.state.clone();
+        let code = pair.code.clone();
+        let claiming = async move {
+            let admin = state.grants.admin(&principal.person_id).await?;
+            state
+                .obr
+                .claim_pairing(&code, &agent_id, &principal, admin.as_ref())
+                .await
+        };
+        ctx.spawn(claiming.into_actor(self).map(move |result, act, ctx| {
+            let result = match result {
+                Ok(session) => PairResult {
+                    code: pair.code,
+                    started: true,
+                    target_user: session.user_email,
+                    message: String::new(),
+                },
+                Err(e) => {
+                    tracing::info!(error = %e, "a pairing link was refused");
+                    PairResult {
+                        code: pair.code,
+                        message: e.to_string(),
+                        ..PairResult::default()
+                    }
+                }
+            };
+            act.send(ctx, relay_frame::Kind::PairResult(result));
             act.refresh(ctx);
         }));
     }

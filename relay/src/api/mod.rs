@@ -68,6 +68,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::delete().to(admin::end_session),
             )
             .route("/users/{id}/obr", web::post().to(obr::select))
+            .route("/users/{id}/pairing", web::post().to(obr::offer_pairing))
             .route(
                 "/invitations/accept",
                 web::post().to(users::accept_invitation),
@@ -226,7 +227,8 @@ impl From<ObrError> for ApiError {
             | ObrError::OwnRequest
             | ObrError::AgentNotYours(_) => ApiError::Forbidden(e.to_string()),
             ObrError::BadPolicy(_) => ApiError::BadRequest(e.to_string()),
-            ObrError::NotAwaiting => ApiError::NotFound(e.to_string()),
+            ObrError::NotAwaiting | ObrError::UnknownPairing => ApiError::NotFound(e.to_string()),
+            ObrError::PairingNotYours => ApiError::Forbidden(e.to_string()),
             ObrError::KeyNotActive(_)
             | ObrError::NoAgent
             | ObrError::AgentAmbiguous(_)

@@ -155,6 +155,60 @@ pub struct SelectRequest {
     four_eyes: Option<Approver>,
 }
 
+/// `POST /api/users/{id}/pairing` (the limits of `/obr`, no `agent_id`):
+/// "+Passkey → Other platforms". The answer's `link` (`obr://pair?code=…`)
+/// opens the admin's agent on this computer, which then acts for the
+/// user; the code works once, within five minutes, and only for an agent
+/// logged in as this admin.
+pub async fn offer_pairing(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_admin(&req, &state).await?;
+    let body = select_body(&body)?;
+    if body.agent_id.is_some() {
+        return Err(ApiError::BadRequest(
+            "a pairing goes to whichever of your agents opens its link: no agent_id".into(),
+        ));
+    }
+    let user_id = path.into_inner();
+    let offered = state
+        .obr
+        .offer_pairing(&admin, &user_id, body.request())
+        .await;
+    let code = audited(&state, &admin, "offer_pairing", &user_id, offered).await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "link": format!("obr://pair?code={code}"),
+        "expires_in_s": crate::obr::PAIRING_TTL.as_secs(),
+    })))
+}
+
+/// A "Select as OBR" body: none is no limits; one that does not parse is
+/// refused, never read as "no limits" (a misspelt `rp_ids` must not widen
+/// a session).
+fn select_body(body: &[u8]) -> Result<SelectRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(SelectRequest::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+impl SelectRequest {
+    fn request(self) -> ObrRequest {
+        ObrRequest {
+            policy: ObrPolicy {
+                rp_ids: self.rp_ids,
+                max_registrations: self.max_registrations,
+                four_eyes: self.four_eyes,
+            },
+            ttl: self.ttl_s.map(Duration::from_secs),
+        }
+    }
+}
+
 /// `POST /api/users/{id}/obr`: "Select as OBR", with optional limits.
 /// 201 with the session when it starts; 202 when it awaits four eyes.
 pub async fn select(
@@ -164,26 +218,12 @@ pub async fn select(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&req, &state).await?;
-    // No body: no limits. A body that does not parse is refused, never
-    // read as "no limits" (a misspelt `rp_ids` must not widen a session).
-    let body: SelectRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        SelectRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-    };
+    let mut body = select_body(&body)?;
     let user_id = path.into_inner();
-    let request = ObrRequest {
-        policy: ObrPolicy {
-            rp_ids: body.rp_ids,
-            max_registrations: body.max_registrations,
-            four_eyes: body.four_eyes,
-        },
-        ttl: body.ttl_s.map(Duration::from_secs),
-    };
+    let agent_id = body.agent_id.take();
     let selected = state
         .obr
-        .select(&admin, &user_id, body.agent_id.as_deref(), request)
+        .select(&admin, &user_id, agent_id.as_deref(), body.request())
         .await;
     let session = audited(&state, &admin, "select_obr", &user_id, selected).await?;
     Ok(if session.awaiting.is_some() {

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    AgentEvent, Approval, ApprovalState, DeviceGrant, ObrConflict, ObrSession, Principal,
+    AgentEvent, Approval, ApprovalState, DeviceGrant, ObrConflict, ObrSession, Pairing, Principal,
     SessionStore, StoreResult,
 };
 
@@ -42,6 +42,7 @@ struct State {
     /// (expires_at_ms, agent id) of every live session
     expiring: BTreeSet<(i64, String)>,
     approvals: HashMap<String, (Approval, Instant)>,
+    pairings: HashMap<String, (Pairing, Instant)>,
     /// session id -> registrations counted, for every live session
     registrations: HashMap<String, u32>,
     last_purge: Option<Instant>,
@@ -55,6 +56,7 @@ impl State {
         self.grants.retain(|_, (_, until)| *until > now);
         self.agent_logins.retain(|_, (_, until)| *until > now);
         self.approvals.retain(|_, (_, until)| *until > now);
+        self.pairings.retain(|_, (_, until)| *until > now);
         self.last_purge = Some(now);
     }
 }
@@ -324,6 +326,29 @@ impl SessionStore for MemoryStore {
             }
         });
         Ok(())
+    }
+
+    async fn put_pairing(
+        &self,
+        code_hash: &str,
+        pairing: &Pairing,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.with(|s| {
+            s.pairings.insert(
+                code_hash.to_owned(),
+                (pairing.clone(), Instant::now() + ttl),
+            )
+        });
+        Ok(())
+    }
+
+    async fn take_pairing(&self, code_hash: &str) -> StoreResult<Option<Pairing>> {
+        Ok(self.with(|s| {
+            let pairing = live(&mut s.pairings, code_hash);
+            s.pairings.remove(code_hash);
+            pairing
+        }))
     }
 
     async fn put_approval(&self, approval: &Approval, ttl: Duration) -> StoreResult<()> {

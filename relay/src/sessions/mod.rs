@@ -131,6 +131,19 @@ pub struct DeviceGrant {
     pub created_at_ms: i64,
 }
 
+/// "+Passkey → Other platforms": an OBR session an admin asked for in the
+/// panel, waiting for their agent on this computer to claim it with the
+/// code from the obr:// link (kept under the code's hash, taken once).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pairing {
+    pub admin_id: String,
+    pub user_id: String,
+    pub policy: ObrPolicy,
+    /// The session's TTL, if shorter than the relay's.
+    pub ttl_ms: Option<u64>,
+    pub created_at_ms: i64,
+}
+
 /// A normal-mode call waiting for the key owner's approval on their device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
@@ -287,6 +300,16 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> StoreResult<Option<u32>>;
     /// Take back a count whose registration did not happen.
     async fn uncount_registration(&self, session_id: &str) -> StoreResult<()>;
+
+    /// Keep `pairing` under `code_hash` for `ttl`.
+    async fn put_pairing(
+        &self,
+        code_hash: &str,
+        pairing: &Pairing,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    /// Remove and return the pairing: a code is claimed at most once.
+    async fn take_pairing(&self, code_hash: &str) -> StoreResult<Option<Pairing>>;
 
     /// Store a pending approval for `ttl` (the call's remaining budget).
     async fn put_approval(&self, approval: &Approval, ttl: Duration) -> StoreResult<()>;

@@ -1,7 +1,7 @@
 //! [`RedisStore`]: the session store shared by every relay pod.
 //!
 //! Layout (all keys under a configurable prefix, all with TTLs):
-//! - `token:{hash}`, `grant:{code}`, `agent:{id}` — JSON values;
+//! - `token:{hash}`, `grant:{code}`, `agent:{id}`, `pairing:{hash}` — JSON values;
 //! - `agents_of:{person}` — a set of agent ids (members checked against
 //!   `agent:{id}` on read, so a stale member is harmless), and
 //!   `tokens_of:{person}` of token hashes, likewise;
@@ -34,7 +34,7 @@ use redis::{AsyncCommands, Script};
 use super::seal::{Forged, Sealer, unverified_json};
 use super::{
     AgentEvent, Approval, ApprovalState, DeviceGrant, EXPIRED_SESSION_GRACE, ObrConflict,
-    ObrSession, Principal, SessionStore, StoreError, StoreResult,
+    ObrSession, Pairing, Principal, SessionStore, StoreError, StoreResult,
 };
 use crate::clock::now_ms;
 
@@ -518,6 +518,23 @@ impl SessionStore for RedisStore {
             claimed.extend(self.open_session(sealed, None, now_ms)?);
         }
         Ok(claimed)
+    }
+
+    async fn put_pairing(
+        &self,
+        code_hash: &str,
+        pairing: &Pairing,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.put_json(self.key(&["pairing:", code_hash]), pairing, ttl)
+            .await
+    }
+
+    async fn take_pairing(&self, code_hash: &str) -> StoreResult<Option<Pairing>> {
+        let key = self.key(&["pairing:", code_hash]);
+        let mut conn = self.conn.clone();
+        let sealed: Option<String> = conn.get_del(&key).await?;
+        sealed.map_or(Ok(None), |s| self.open(&key, &s, now_ms()))
     }
 
     async fn put_approval(&self, approval: &Approval, ttl: Duration) -> StoreResult<()> {
