@@ -73,13 +73,8 @@ enum AdminCommand {
     /// once (the first owner of a new organisation, or one more admin).
     /// Audited. Run where the relay's data directory and cluster key are.
     Create {
-        /// The relay's data directory (relay.db).
-        #[arg(long, env = "OBR_RELAY_DATA_DIR", default_value = "obr-data")]
-        data_dir: PathBuf,
-        /// The deployment's cluster key (default: cluster.key in the data
-        /// directory, made if missing): it seals the admin's grant.
-        #[arg(long, env = "OBR_RELAY_CLUSTER_KEY_FILE")]
-        cluster_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        directory: DirectoryArgs,
         #[arg(long)]
         email: String,
         #[arg(long)]
@@ -94,16 +89,32 @@ enum AdminCommand {
     /// before second factors) and print it once; the old one stops working.
     /// Audited.
     ResetTotp {
-        /// The relay's data directory (relay.db).
-        #[arg(long, env = "OBR_RELAY_DATA_DIR", default_value = "obr-data")]
-        data_dir: PathBuf,
-        /// The deployment's cluster key (default: cluster.key in the data
-        /// directory): it encrypts the secret.
-        #[arg(long, env = "OBR_RELAY_CLUSTER_KEY_FILE")]
-        cluster_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        directory: DirectoryArgs,
         #[arg(long)]
         email: String,
     },
+}
+
+/// Where an `admin` command finds the directory and the key that seals
+/// grants and encrypts second factors.
+#[derive(clap::Args, Debug)]
+struct DirectoryArgs {
+    /// The relay's data directory (relay.db).
+    #[arg(long, env = "OBR_RELAY_DATA_DIR", default_value = "obr-data")]
+    data_dir: PathBuf,
+    /// The deployment's cluster key (default: cluster.key in the data
+    /// directory, made if missing for a new directory).
+    #[arg(long, env = "OBR_RELAY_CLUSTER_KEY_FILE")]
+    cluster_key_file: Option<PathBuf>,
+}
+
+impl DirectoryArgs {
+    fn cluster_key(&self) -> PathBuf {
+        self.cluster_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(obr_relay::CLUSTER_KEY_FILE))
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -276,30 +287,19 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Admin {
             action:
                 AdminCommand::Create {
-                    data_dir,
-                    cluster_key_file,
+                    directory,
                     email,
                     name,
                     role,
                     groups,
                 },
         }) => {
-            let key =
-                cluster_key_file.unwrap_or_else(|| data_dir.join(obr_relay::CLUSTER_KEY_FILE));
-            return create_admin(&data_dir, &key, &email, &name, role, &groups).await;
+            let key = directory.cluster_key();
+            return create_admin(&directory.data_dir, &key, &email, &name, role, &groups).await;
         }
         Some(Command::Admin {
-            action:
-                AdminCommand::ResetTotp {
-                    data_dir,
-                    cluster_key_file,
-                    email,
-                },
-        }) => {
-            let key =
-                cluster_key_file.unwrap_or_else(|| data_dir.join(obr_relay::CLUSTER_KEY_FILE));
-            return reset_totp(&data_dir, &key, &email).await;
-        }
+            action: AdminCommand::ResetTotp { directory, email },
+        }) => return reset_totp(&directory.data_dir, &directory.cluster_key(), &email).await,
         None => {}
     }
     let args = cli.serve;

@@ -198,23 +198,7 @@ impl Obr {
         agent_id: Option<&str>,
         request: ObrRequest,
     ) -> Result<ObrSession, ObrError> {
-        let user = self
-            .directory
-            .person(user_id)
-            .await?
-            .ok_or(ObrError::UserNotFound)?;
-        check_target(admin, &user)?;
-        let (mut policy, ttl) = self.checked(request)?;
-        if let Some(required) = self.required_approver {
-            // The organisation's rule, not the requester's choice.
-            if policy.four_eyes.is_some_and(|asked| asked != required) {
-                return Err(ObrError::BadPolicy(format!(
-                    "this relay requires four_eyes \"{}\" on every session",
-                    required.as_str()
-                )));
-            }
-            policy.four_eyes = Some(required);
-        }
+        let (user, policy, ttl) = self.target_within(admin, user_id, request).await?;
         let admin = &admin.person;
         let agent_id = self.admin_agent(&admin.id, agent_id).await?;
         let now = now_ms();
@@ -262,13 +246,7 @@ impl Obr {
         user_id: &str,
         request: ObrRequest,
     ) -> Result<String, ObrError> {
-        let user = self
-            .directory
-            .person(user_id)
-            .await?
-            .ok_or(ObrError::UserNotFound)?;
-        check_target(admin, &user)?;
-        let (policy, ttl) = self.checked(request)?;
+        let (user, policy, ttl) = self.target_within(admin, user_id, request).await?;
         let code = crate::auth::new_token()
             .map_err(|e| ObrError::Directory(DirectoryError::Corrupt(e.to_string())))?;
         let pairing = Pairing {
@@ -326,6 +304,34 @@ impl Obr {
         };
         self.select(admin, &pairing.user_id, Some(agent_id), request)
             .await
+    }
+
+    /// The user `admin` may act on, and `request`'s policy (with the
+    /// relay's four eyes) and TTL, checked.
+    async fn target_within(
+        &self,
+        admin: &Admin,
+        user_id: &str,
+        request: ObrRequest,
+    ) -> Result<(Person, ObrPolicy, Duration), ObrError> {
+        let user = self
+            .directory
+            .person(user_id)
+            .await?
+            .ok_or(ObrError::UserNotFound)?;
+        check_target(admin, &user)?;
+        let (mut policy, ttl) = self.checked(request)?;
+        if let Some(required) = self.required_approver {
+            // The organisation's rule, not the requester's choice.
+            if policy.four_eyes.is_some_and(|asked| asked != required) {
+                return Err(ObrError::BadPolicy(format!(
+                    "this relay requires four_eyes \"{}\" on every session",
+                    required.as_str()
+                )));
+            }
+            policy.four_eyes = Some(required);
+        }
+        Ok((user, policy, ttl))
     }
 
     /// `request`'s policy and TTL, checked against the relay's bounds.

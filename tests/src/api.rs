@@ -112,6 +112,21 @@ impl Api {
             .to_owned())
     }
 
+    /// Sign in as the demo organisation's owner.
+    pub fn demo_owner(&self, demo: &obr_relay::demo::DemoOrg) -> anyhow::Result<String> {
+        self.admin_login(
+            &demo.admin_email,
+            &demo.admin_password,
+            &demo.admin_totp_secret,
+        )
+    }
+
+    /// Sign in as the demo organisation's helpdesk operator.
+    pub fn demo_helpdesk(&self, demo: &obr_relay::demo::DemoOrg) -> anyhow::Result<String> {
+        let helpdesk = &demo.helpdesk;
+        self.admin_login(&helpdesk.email, &helpdesk.password, &helpdesk.totp_secret)
+    }
+
     pub fn approve_login(&self, token: &str, user_code: &str) -> anyhow::Result<Answer> {
         self.call(
             "POST",
@@ -166,6 +181,23 @@ impl Api {
             .ok()?;
         Ok(body.as_array().cloned().unwrap_or_default())
     }
+}
+
+/// The newest record of `action` in an `/api/audit` answer.
+pub fn newest_record(audit: &Value, action: &str) -> anyhow::Result<Value> {
+    audit["records"]
+        .as_array()
+        .and_then(|records| records.iter().rev().find(|r| r["action"] == action))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no {action} record in {audit}"))
+}
+
+/// A record's `detail`, as JSON (whether stored as JSON or as text).
+pub fn record_detail(record: &Value) -> anyhow::Result<Value> {
+    Ok(match &record["detail"] {
+        Value::String(text) => serde_json::from_str(text)?,
+        other => other.clone(),
+    })
 }
 
 /// The invitation token in the mail to `email` in the relay's `outbox`

@@ -361,11 +361,7 @@ pub fn admin_at_agent(
     let relay = RelayProc::start(&scratch.join("relay"), options)?;
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = crate::api::Api::new(&relay.url);
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     agent.login(&api, &admin)?;
     Ok((relay, agent, api, admin))
 }

@@ -105,11 +105,7 @@ fn operators_reach_their_scope_auditors_only_read_and_refusals_are_audited() -> 
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
     let api = Api::new(&relay.url);
     let demo = &relay.demo;
-    let owner = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let owner = api.demo_owner(demo)?;
     let (bob, carol) = (relay.user("bob@demo.obr")?, relay.user("carol@demo.obr")?);
 
     let op_created = create_admin(
@@ -284,11 +280,7 @@ fn owners_change_and_revoke_other_admins_grants() -> anyhow::Result<()> {
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
     let api = Api::new(&relay.url);
     let demo = &relay.demo;
-    let owner = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let owner = api.demo_owner(demo)?;
     let carol = relay.user("carol@demo.obr")?;
     let op = "apac-op@demo.obr";
     let created = create_admin(&scratch.join("relay"), op, "operator", &["apac"])?;
@@ -395,16 +387,8 @@ fn logout_ends_the_admin_token() -> anyhow::Result<()> {
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
     let api = Api::new(&relay.url);
     let demo = &relay.demo;
-    let token = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
-    let other = api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let token = api.demo_owner(demo)?;
+    let other = api.demo_helpdesk(demo)?;
     assert_eq!(
         api.call("GET", "/api/users", Some(&token), None)?.status,
         200
@@ -438,11 +422,7 @@ fn agents_are_logged_out_by_their_admin_or_an_owner() -> anyhow::Result<()> {
     let scratch = Scratch::new("roles-agents")?;
     let (relay, agent, api, owner) = admin_at_agent(&scratch, &RelayOptions::default())?;
     let demo = &relay.demo;
-    let helpdesk = api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let helpdesk = api.demo_helpdesk(demo)?;
     let helpdesk_agent = AgentProc::start(&scratch.join("helpdesk-agent"), &relay.url)?;
     helpdesk_agent.login(&api, &helpdesk)?;
     let agent_of = |token: &str| -> anyhow::Result<String> {
@@ -543,11 +523,7 @@ fn a_database_writer_cannot_make_an_admin() -> anyhow::Result<()> {
     refused(login("bob@demo.obr")?);
 
     // The real owner still signs in and holds power.
-    let owner = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let owner = api.demo_owner(&relay.demo)?;
     assert_eq!(
         api.call("GET", "/api/admins", Some(&owner), None)?.status,
         200

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use obr_tests::api::{Api, audit_actions, totp_code, until_next_totp_step};
+use obr_tests::api::{Api, audit_actions, newest_record, totp_code, until_next_totp_step};
 use obr_tests::database_writer::write_db;
 use obr_tests::processes::{RelayOptions, RelayProc, binary};
 use obr_tests::scratch::Scratch;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn login(
     api: &Api,
@@ -168,16 +168,8 @@ fn admin_sessions_end_when_idle_and_at_their_end() -> anyhow::Result<()> {
     let api = Api::new(&relay.url);
     let demo = &relay.demo;
     let started = std::time::Instant::now();
-    let used = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
-    let idle = api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let used = api.demo_owner(demo)?;
+    let idle = api.demo_helpdesk(demo)?;
     let status = |token: &str| -> anyhow::Result<u16> {
         Ok(api.call("GET", "/api/users", Some(token), None)?.status)
     };
@@ -213,16 +205,8 @@ fn admins_list_and_end_sessions() -> anyhow::Result<()> {
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
     let api = Api::new(&relay.url);
     let demo = &relay.demo;
-    let owner = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
-    let helpdesk = api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let owner = api.demo_owner(demo)?;
+    let helpdesk = api.demo_helpdesk(demo)?;
 
     let mine = api
         .call("GET", "/api/admins/me/sessions", Some(&helpdesk), None)?
@@ -246,7 +230,7 @@ fn admins_list_and_end_sessions() -> anyhow::Result<()> {
     let refused = api.call("GET", &theirs, Some(&helpdesk), None)?;
     assert_eq!(refused.status, 403, "{}", refused.body);
     let audit = api.audit(&owner)?;
-    let refusal = last(&audit, "access.refused")?;
+    let refusal = newest_record(&audit, "access.refused")?;
     assert_eq!(refusal["actor"], demo.helpdesk.email.as_str());
 
     let helpdesk_sessions = format!("/api/admins/{}/sessions", demo.helpdesk.id);
@@ -279,7 +263,7 @@ fn admins_list_and_end_sessions() -> anyhow::Result<()> {
     )?;
     assert_eq!(again.status, 404, "{}", again.body);
 
-    let record = last(&api.audit(&owner)?, "admin.sessions_ended")?;
+    let record = newest_record(&api.audit(&owner)?, "admin.sessions_ended")?;
     assert_eq!(record["subject"], demo.helpdesk.email.as_str());
     api.call("DELETE", "/api/admins/me/sessions", Some(&owner), None)?
         .ok()?;
@@ -288,13 +272,4 @@ fn admins_list_and_end_sessions() -> anyhow::Result<()> {
         401
     );
     Ok(())
-}
-
-/// The newest audit record with `action`.
-fn last(audit: &Value, action: &str) -> anyhow::Result<Value> {
-    audit["records"]
-        .as_array()
-        .and_then(|records| records.iter().rev().find(|r| r["action"] == action))
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no {action} record in {audit}"))
 }

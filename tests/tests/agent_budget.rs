@@ -27,11 +27,7 @@ fn the_agents_budget_is_honoured_and_a_late_request_withdrawn() -> anyhow::Resul
         &["--ctap-budget-ms", &budget],
     )?;
     let api = Api::new(&relay.url);
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     agent.login(&api, &admin)?;
     let bob = relay.user("bob@demo.obr")?;
     agent.select_as_obr(&api, &admin, bob)?;

@@ -20,11 +20,7 @@ fn login_status_and_normal_mode_from_the_terminal() -> anyhow::Result<()> {
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = Api::new(&relay.url);
     let demo = &relay.demo;
-    let admin = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(demo)?;
 
     // A "browser" that writes down the address it was given.
     let opened = scratch.join("opened.txt");

@@ -24,11 +24,7 @@ fn admin_at_agent(label: &str) -> anyhow::Result<(Stack, Api, String)> {
     let stack = Stack::start(label)?;
     let api = Api::new(&stack.relay.url);
     let demo = &stack.relay.demo;
-    let admin = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(demo)?;
     stack.agent.login(&api, &admin)?;
     Ok((stack, api, admin))
 }
@@ -313,11 +309,7 @@ fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
     let agent = AgentProc::start_with(&scratch.join("agent"), &relay.url, SHORT_CTAP_BUDGET)?;
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, bob)?;
 
@@ -337,11 +329,7 @@ fn a_session_the_store_lost_is_not_served() -> anyhow::Result<()> {
     );
     // The admin's token went with the flush; bob's key is read as an admin
     // again after logging in anew.
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     assert!(api.passkeys(&admin, &bob.id)?.is_empty());
     Ok(())
 }
@@ -401,11 +389,7 @@ fn the_inviting_admin_never_holds_the_invitation() -> anyhow::Result<()> {
     let scratch = Scratch::new("attack-invitation")?;
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::default())?;
     let api = Api::new(&relay.url);
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     let invited = api
         .call(
             "POST",
@@ -467,11 +451,7 @@ fn guessing_is_slowed_down() -> anyhow::Result<()> {
     assert_eq!(blocked.status, 429, "{:?}", blocked.body);
     assert_eq!(blocked.body["error"], "too_many_requests");
     // The other admin is not locked out by it.
-    api.admin_login(
-        &relay.demo.helpdesk.email,
-        &relay.demo.helpdesk.password,
-        &relay.demo.helpdesk.totp_secret,
-    )?;
+    api.demo_helpdesk(&relay.demo)?;
 
     // Login codes: a user guessing codes with their own device token.
     let bob = relay.user("bob@demo.obr")?;
@@ -820,11 +800,7 @@ fn only_relays_reach_a_standalone_signer() -> anyhow::Result<()> {
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, bob)?;
     let request = rp::registration_request("bob")?;
@@ -971,11 +947,7 @@ fn a_revoked_admin_keeps_no_power_through_the_agent() -> anyhow::Result<()> {
         hid.cbor(&request)?.first(),
         Some(&CTAP2_ERR_OPERATION_DENIED)
     );
-    let helpdesk = api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let helpdesk = api.demo_helpdesk(demo)?;
     assert_eq!(api.passkeys(&helpdesk, &bob.id)?.len(), 2);
     Ok(())
 }

@@ -27,11 +27,7 @@ fn auditors_filter_and_export_the_audit_log() -> anyhow::Result<()> {
     let agents = api.call("GET", "/api/agents", Some(&admin), None)?.ok()?;
     api.end_obr(&admin, agents[0]["agent_id"].as_str().unwrap_or_default())?
         .ok()?;
-    let helpdesk = api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let helpdesk = api.demo_helpdesk(demo)?;
 
     let search = |query: &str| -> anyhow::Result<Vec<Value>> {
         let answer = api

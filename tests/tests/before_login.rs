@@ -32,11 +32,7 @@ fn get_info_answers_before_login_and_nothing_else_does() -> anyhow::Result<()> {
     // The same key after an admin logs in.
     let api = Api::new(&stack.relay.url);
     let demo = &stack.relay.demo;
-    let admin = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(demo)?;
     stack.agent.login(&api, &admin)?;
     let after = hid.cbor(&[CTAP_GET_INFO])?;
     assert_eq!(before, after);

@@ -197,11 +197,7 @@ fn an_admin_provisions_erin_through_the_panel_and_her_phone_sees_it() -> anyhow:
 
     // What the pages did is what the API says happened.
     let api = Api::new(&relay.url);
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     let erin = api
         .users(&admin)?
         .into_iter()

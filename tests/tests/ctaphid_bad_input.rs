@@ -95,11 +95,7 @@ fn malformed_packets_get_the_spec_errors() -> anyhow::Result<()> {
 fn cancel_and_busy_while_a_request_is_away() -> anyhow::Result<()> {
     let stack = Stack::start("hidcancel")?;
     let api = Api::new(&stack.relay.url);
-    let admin = api.admin_login(
-        &stack.relay.demo.admin_email,
-        &stack.relay.demo.admin_password,
-        &stack.relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&stack.relay.demo)?;
     stack.agent.login(&api, &admin)?;
     let mut client = HidClient::open(&stack.agent.hid_socket)?;
     // Warm the link (and the agent's getInfo cache) first.

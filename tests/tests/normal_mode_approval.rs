@@ -151,11 +151,7 @@ fn the_owner_approves_denies_or_ignores_on_their_device() -> anyhow::Result<()> 
     )?;
     assert_eq!(foreign.status, 404);
     assert_eq!(sign.join().expect("sign thread")?, vec![0x2F]);
-    let audit = api.audit(&api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?)?;
+    let audit = api.audit(&api.demo_owner(&relay.demo)?)?;
     let actions = obr_tests::api::audit_actions(&audit);
     assert!(
         actions.iter().any(|a| a == "approval.approved")

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use obr_tests::api::{Answer, Api, audit_actions};
+use obr_tests::api::{Answer, Api, audit_actions, newest_record, record_detail};
 use obr_tests::hid_client::HidClient;
 use obr_tests::processes::{RelayOptions, admin_at_agent};
 use obr_tests::rp;
@@ -24,22 +24,6 @@ fn select(api: &Api, token: &str, user_id: &str, body: Value) -> anyhow::Result<
         Some(token),
         Some(body),
     )
-}
-
-/// The newest audit record with `action`.
-fn last(audit: &Value, action: &str) -> anyhow::Result<Value> {
-    audit["records"]
-        .as_array()
-        .and_then(|records| records.iter().rev().find(|r| r["action"] == action))
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no {action} record in {audit}"))
-}
-
-fn detail(record: &Value) -> anyhow::Result<Value> {
-    Ok(match &record["detail"] {
-        Value::String(text) => serde_json::from_str(text)?,
-        other => other.clone(),
-    })
 }
 
 #[test]
@@ -65,8 +49,8 @@ fn the_allow_list_and_the_limit_bound_a_session() -> anyhow::Result<()> {
     agent.wait_status("OBR: acting for bob@demo.obr", Duration::from_secs(5))?;
     let answer = hid.cbor(&rp::registration_request("bob")?)?;
     assert_eq!(answer.first(), Some(&CTAP2_ERR_OPERATION_DENIED));
-    let refused = last(&api.audit(&admin)?, "obr.refused")?;
-    let why = detail(&refused)?;
+    let refused = newest_record(&api.audit(&admin)?, "obr.refused")?;
+    let why = record_detail(&refused)?;
     assert_eq!(why["rp_id"], rp::RP_ID);
     assert_eq!(why["reason"], "rp_not_allowed");
     assert!(
@@ -96,7 +80,7 @@ fn the_allow_list_and_the_limit_bound_a_session() -> anyhow::Result<()> {
     agent.wait_status("normal mode", Duration::from_secs(5))?;
     assert_eq!(api.passkeys(&admin, &bob.id)?.len(), 2);
     let audit = api.audit(&admin)?;
-    let ended = detail(&last(&audit, "obr.ended")?)?;
+    let ended = record_detail(&newest_record(&audit, "obr.ended")?)?;
     assert_eq!(ended["reason"], "registration_limit_reached");
     let inbox = api.notifications(bob.device_token.as_deref().unwrap_or_default())?;
     assert!(
@@ -168,9 +152,9 @@ fn the_user_approves_a_session_before_it_starts() -> anyhow::Result<()> {
         hid.cbor(&rp::registration_request("bob")?)?.first(),
         Some(&CTAP2_OK)
     );
-    let started = last(&api.audit(&admin)?, "obr.started")?;
+    let started = newest_record(&api.audit(&admin)?, "obr.started")?;
     assert_eq!(started["actor"], "bob@demo.obr", "{started}");
-    assert_eq!(detail(&started)?["approved_by"], "bob@demo.obr");
+    assert_eq!(record_detail(&started)?["approved_by"], "bob@demo.obr");
     assert_eq!(decide(bob_device, true)?.status, 404, "decided twice");
     Ok(())
 }
@@ -185,11 +169,7 @@ fn a_second_admin_approves_or_denies_when_the_relay_requires_it() -> anyhow::Res
     let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
     let demo = &relay.demo;
     let bob = relay.user("bob@demo.obr")?;
-    let helpdesk = api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let helpdesk = api.demo_helpdesk(demo)?;
     let decide = |token: &str, session: &str, approve: bool| {
         api.call(
             "POST",
@@ -217,8 +197,8 @@ fn a_second_admin_approves_or_denies_when_the_relay_requires_it() -> anyhow::Res
     // The requester cannot be their own second pair of eyes (audited).
     let own = decide(&admin, &first, true)?;
     assert_eq!(own.status, 403, "{}", own.body);
-    let refusal = last(&api.audit(&admin)?, "access.refused")?;
-    assert_eq!(detail(&refusal)?["action"], "decide_obr");
+    let refusal = newest_record(&api.audit(&admin)?, "access.refused")?;
+    assert_eq!(record_detail(&refusal)?["action"], "decide_obr");
     // Nor is bob, when a second admin is what it waits for.
     let bobs = api.call(
         "POST",
@@ -231,9 +211,9 @@ fn a_second_admin_approves_or_denies_when_the_relay_requires_it() -> anyhow::Res
     // The helpdesk denies it: it ends, nothing happened on bob's key.
     decide(&helpdesk, &first, false)?.ok()?;
     let audit = api.audit(&admin)?;
-    let ended = last(&audit, "obr.ended")?;
+    let ended = newest_record(&audit, "obr.ended")?;
     assert_eq!(ended["actor"], demo.helpdesk.email.as_str());
-    assert_eq!(detail(&ended)?["reason"], "denied");
+    assert_eq!(record_detail(&ended)?["reason"], "denied");
     assert!(!audit_actions(&audit).contains(&"obr.started".to_owned()));
 
     // Asked again, approved: it starts and the agent acts for bob.
@@ -246,9 +226,9 @@ fn a_second_admin_approves_or_denies_when_the_relay_requires_it() -> anyhow::Res
     );
     decide(&helpdesk, &second, true)?.ok()?;
     agent.wait_status("OBR: acting for bob@demo.obr", Duration::from_secs(5))?;
-    let started = last(&api.audit(&admin)?, "obr.started")?;
+    let started = newest_record(&api.audit(&admin)?, "obr.started")?;
     assert_eq!(
-        detail(&started)?["approved_by"],
+        record_detail(&started)?["approved_by"],
         demo.helpdesk.email.as_str()
     );
     Ok(())

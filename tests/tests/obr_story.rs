@@ -23,11 +23,7 @@ fn on_behalf_registration_then_the_user_signs_in() -> anyhow::Result<()> {
     let api = Api::new(&stack.relay.url);
     let demo = &stack.relay.demo;
     let bob = stack.relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(demo)?;
 
     // 1-3: Ctrl+I, approve in the panel, "Ready for on behalf registration".
     assert_eq!(
@@ -145,11 +141,7 @@ fn passkey_with_user_verification_and_excluded_credentials() -> anyhow::Result<(
     let api = Api::new(&stack.relay.url);
     let demo = &stack.relay.demo;
     let carol = stack.relay.user("carol@demo.obr")?;
-    let admin = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(demo)?;
     stack.agent.login(&api, &admin)?;
     stack.agent.select_as_obr(&api, &admin, carol)?;
 

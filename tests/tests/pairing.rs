@@ -35,11 +35,7 @@ fn a_pairing_link_opens_its_admins_agent_once() -> anyhow::Result<()> {
     let (relay, agent, api, admin) = admin_at_agent(&scratch, &RelayOptions::default())?;
     let demo = &relay.demo;
     let bob = relay.user("bob@demo.obr")?;
-    let helpdesk = api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let helpdesk = api.demo_helpdesk(demo)?;
     let other = AgentProc::start(&scratch.join("helpdesk-agent"), &relay.url)?;
     other.login(&api, &helpdesk)?;
     let fresh = AgentProc::start(&scratch.join("fresh-agent"), &relay.url)?;

@@ -25,11 +25,7 @@ const ROUNDS: usize = 3;
 fn registrations_all_recorded(relay: &RelayProc, agent: &AgentProc) -> anyhow::Result<()> {
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?;
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, bob)?;
     let registered = register_at_once(&agent.hid_socket)?;
@@ -189,16 +185,8 @@ fn two_relays_on_one_directory_record_everything() -> anyhow::Result<()> {
 
     let ada_agent = AgentProc::start(&scratch.join("agent-1"), &first.url)?;
     let hugo_agent = AgentProc::start(&scratch.join("agent-2"), &second.url)?;
-    let ada = first_api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
-    let hugo = second_api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let ada = first_api.demo_owner(demo)?;
+    let hugo = second_api.demo_helpdesk(demo)?;
     ada_agent.login(&first_api, &ada)?;
     hugo_agent.login(&second_api, &hugo)?;
     ada_agent.select_as_obr(&first_api, &ada, bob)?;

@@ -96,11 +96,7 @@ fn admin_acting_for_bob(label: &str) -> anyhow::Result<(Stack, Api, String)> {
     let stack = Stack::start(label)?;
     let api = Api::new(&stack.relay.url);
     let demo = &stack.relay.demo;
-    let admin = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(demo)?;
     stack.agent.login(&api, &admin)?;
     stack
         .agent
@@ -204,11 +200,7 @@ fn registrations_a_killed_relay_left_are_recorded_after_restart() -> anyhow::Res
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = Api::new(&relay.url);
     let bob = relay.user("bob@demo.obr")?.clone();
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, &bob)?;
 
@@ -237,11 +229,7 @@ fn registrations_a_killed_relay_left_are_recorded_after_restart() -> anyhow::Res
 
     let relay = restart(&relay_dir)?;
     let api = Api::new(&relay.url);
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     let on_key = all_recorded(&api, &admin, &bob)?;
     eprintln!("{answered} registrations answered before the kill; {on_key} on the key");
     assert!(on_key >= answered);

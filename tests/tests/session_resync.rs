@@ -25,11 +25,7 @@ fn a_relay_resyncs_its_agents_after_losing_its_subscription() -> anyhow::Result<
     )?;
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = Api::new(&relay.url);
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     let code = obr_tests::api::login_code(&agent.cli(&["login", "--no-wait"])?)?;
 
     let killed = std::process::Command::new("redis-cli")
@@ -77,11 +73,7 @@ fn the_relay_uses_a_redis_acl_user() -> anyhow::Result<()> {
     let relay = RelayProc::start(&scratch.join("relay"), &RelayOptions::with_redis(url))?;
     // A login writes its token to Redis and reads it back on the next call.
     let api = Api::new(&relay.url);
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     assert_eq!(
         api.call("GET", "/api/users", Some(&admin), None)?.status,
         200

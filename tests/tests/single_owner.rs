@@ -312,11 +312,7 @@ fn the_relay_follows_a_redirect_to_the_owner() -> anyhow::Result<()> {
 
     let agent = AgentProc::start(&scratch.join("agent"), &relay.url)?;
     let api = Api::new(&relay.url);
-    let admin = api.admin_login(
-        &relay.demo.admin_email,
-        &relay.demo.admin_password,
-        &relay.demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(&relay.demo)?;
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, &bob)?;
     let webauthn = rp::webauthn()?;

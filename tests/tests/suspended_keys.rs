@@ -32,11 +32,7 @@ fn a_suspended_key_refuses_everything_until_resumed() -> anyhow::Result<()> {
 
     let suspend = format!("/api/users/{}/suspend", bob.id);
     let resume = format!("/api/users/{}/resume", bob.id);
-    let helpdesk = api.admin_login(
-        &demo.helpdesk.email,
-        &demo.helpdesk.password,
-        &demo.helpdesk.totp_secret,
-    )?;
+    let helpdesk = api.demo_helpdesk(demo)?;
     let refused = api.call("POST", &suspend, Some(&helpdesk), None)?;
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(

@@ -69,11 +69,7 @@ fn a_phone_hears_at_once_what_happened_on_another_relay() -> anyhow::Result<()> 
     let bob = first.user("bob@demo.obr")?;
     let device = bob.device_token.clone().unwrap_or_default();
     let api = Api::new(&second.url);
-    let admin = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(demo)?;
 
     tokio::runtime::Runtime::new()?.block_on(async {
         // Saying nothing, or naming an admin's token: closed as a policy breach.

@@ -245,6 +245,46 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Change the sealed value at `key` with `change` (which says whether
+    /// it changed anything), sealed again with its expiry, if nobody changed
+    /// it meanwhile (compare-and-set); the new value, or `None` when it is
+    /// absent, forged, unchanged, or lost a race (another decision, an end,
+    /// its expiry). The decision is made and sealed here, never by
+    /// rewriting JSON in Lua.
+    async fn update_sealed<T>(
+        &self,
+        key: &str,
+        change: impl FnOnce(&mut T) -> bool,
+    ) -> StoreResult<Option<T>>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let mut conn = self.conn.clone();
+        let Some(sealed): Option<String> = conn.get(key).await? else {
+            return Ok(None);
+        };
+        let Ok((json, expires)) = self.sealer.open(key, &sealed, now_ms()) else {
+            tracing::warn!(key, "dropped a Redis value the cluster key did not seal");
+            return Ok(None);
+        };
+        let mut value: T = serde_json::from_str(json)?;
+        if !change(&mut value) {
+            return Ok(None);
+        }
+        let changed = self
+            .sealer
+            .seal(key, &serde_json::to_string(&value)?, expires);
+        let swapped: i64 = Script::new(COMPARE_AND_SET)
+            .key(key)
+            .arg(&sealed)
+            .arg(&changed)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((swapped == 1).then_some(value))
+    }
+}
+
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -450,29 +490,10 @@ impl SessionStore for RedisStore {
 
     async fn start_awaiting_obr(&self, session_id: &str) -> StoreResult<Option<ObrSession>> {
         let key = self.key(&["obr:session:", session_id]);
-        let mut conn = self.conn.clone();
-        let Some(sealed): Option<String> = conn.get(&key).await? else {
-            return Ok(None);
-        };
-        let Ok((json, expires)) = self.sealer.open(&key, &sealed, now_ms()) else {
-            tracing::warn!(key, "dropped a Redis value the cluster key did not seal");
-            return Ok(None);
-        };
-        let mut session: ObrSession = serde_json::from_str(json)?;
-        if session.awaiting.take().is_none() {
-            return Ok(None);
-        }
-        let started = self
-            .sealer
-            .seal(&key, &serde_json::to_string(&session)?, expires);
-        let swapped: i64 = Script::new(COMPARE_AND_SET)
-            .key(&key)
-            .arg(&sealed)
-            .arg(&started)
-            .invoke_async(&mut conn)
-            .await?;
-        // Lost a race with another decision, an end or the expiry.
-        Ok((swapped == 1).then_some(session))
+        self.update_sealed(&key, |session: &mut ObrSession| {
+            session.awaiting.take().is_some()
+        })
+        .await
     }
 
     async fn count_registration(
@@ -553,34 +574,18 @@ impl SessionStore for RedisStore {
         approve: bool,
     ) -> StoreResult<Option<Approval>> {
         let key = self.key(&["approval:", id]);
-        let mut conn = self.conn.clone();
-        let Some(sealed): Option<String> = conn.get(&key).await? else {
-            return Ok(None);
-        };
-        let Ok((json, expires)) = self.sealer.open(&key, &sealed, now_ms()) else {
-            tracing::warn!(key, "dropped a Redis value the cluster key did not seal");
-            return Ok(None);
-        };
-        let mut approval: Approval = serde_json::from_str(json)?;
-        if approval.person_id != person_id || approval.state != ApprovalState::Pending {
-            return Ok(None);
-        }
-        approval.state = if approve {
-            ApprovalState::Approved
-        } else {
-            ApprovalState::Denied
-        };
-        let decided = self
-            .sealer
-            .seal(&key, &serde_json::to_string(&approval)?, expires);
-        let swapped: i64 = Script::new(COMPARE_AND_SET)
-            .key(&key)
-            .arg(&sealed)
-            .arg(&decided)
-            .invoke_async(&mut conn)
-            .await?;
-        // Lost a race with another decision (or the expiry): not ours.
-        Ok((swapped == 1).then_some(approval))
+        self.update_sealed(&key, |approval: &mut Approval| {
+            if approval.person_id != person_id || approval.state != ApprovalState::Pending {
+                return false;
+            }
+            approval.state = if approve {
+                ApprovalState::Approved
+            } else {
+                ApprovalState::Denied
+            };
+            true
+        })
+        .await
     }
 
     async fn publish(&self, event: &AgentEvent) -> StoreResult<()> {

@@ -164,11 +164,7 @@ fn story(
             pending.user_code, pending.verification_uri
         ),
     );
-    let admin = api.admin_login(
-        &org.admin_email,
-        &org.admin_password,
-        &org.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(org)?;
     api.approve_login(&admin, &pending.user_code)?.ok()?;
     let mode = wait_for_mode(tunnel, "ready", |m| matches!(m, ModeView::Normal { .. }))?;
     step(

@@ -106,11 +106,7 @@ fn drive(out: &Path, report: &mut Report, started: Instant) -> anyhow::Result<()
         .device_token
         .clone()
         .context("bob has no device token")?;
-    let admin = api.admin_login(
-        &demo.admin_email,
-        &demo.admin_password,
-        &demo.admin_totp_secret,
-    )?;
+    let admin = api.demo_owner(demo)?;
     agent.login(&api, &admin)?;
     agent.select_as_obr(&api, &admin, bob)?;
     report.mark(started, "admin logged in, bob selected as OBR");
