@@ -99,13 +99,40 @@ async function users() {
       users();
     });
   });
+  const importForm = h('form', { class: 'card', id: 'import-form' },
+    h('h3', { text: 'Import users from CSV' }),
+    h('p', { class: 'muted', text: 'A header row naming email and display_name (and optionally groups, separated by ;). Each user gets their invitation by mail.' }),
+    h('label', { for: 'f-csv', text: 'CSV file' }),
+    h('input', { id: 'f-csv', name: 'csv', type: 'file', accept: '.csv,text/csv', required: true }),
+    h('div', { class: 'row' }, h('button', { type: 'submit', text: 'Import' })),
+    h('div', { id: 'import-report' }));
+  importForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const file = importForm.querySelector('#f-csv').files[0];
+    if (!file) return;
+    attempt(async () => {
+      const response = await fetch('/api/users/import', {
+        method: 'POST', body: await file.text(), credentials: 'omit', cache: 'no-store',
+        headers: { Authorization: 'Bearer ' + token(), 'Content-Type': 'text/csv' },
+      });
+      const report = await response.json();
+      if (!response.ok) throw new Error(report.message || 'import failed');
+      say('Imported: ' + report.invited + ' invited, ' + report.failed + ' failed.');
+      const box = document.getElementById('import-report');
+      clear(box);
+      box.append(h('table', {},
+        h('thead', {}, h('tr', {}, ['Line', 'Email', 'Result'].map((t) => h('th', { scope: 'col', text: t })))),
+        h('tbody', {}, report.rows.map((r) => h('tr', {}, h('td', { text: r.line }), h('td', { text: r.email }),
+          h('td', { text: r.status === 'invited' ? 'invited' : 'failed: ' + r.error })))))));
+    });
+  });
   show('Users & Security Keys',
     h('section', {}, h('table', {},
       h('caption', { class: 'sr-only', text: 'Users and the status of their security key' }),
       h('thead', {}, h('tr', {}, ['Name', 'Email', 'Security key', 'Groups'].map((t, i) =>
         h('th', { scope: 'col', class: i === 3 ? 'wide' : null, text: t })))),
       h('tbody', {}, rows))),
-    invite);
+    invite, importForm);
 }
 
 // ----- one user -----

@@ -84,6 +84,28 @@ impl Api {
         Ok(Answer { status, body })
     }
 
+    /// `POST path` with a body that is not JSON (`content_type`).
+    pub fn post_text(
+        &self,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: &str,
+    ) -> anyhow::Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Content-Type", content_type)
+            .send(body)
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status().as_u16();
+        let text = response.into_body().read_to_string()?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Answer { status, body })
+    }
+
     /// Sign in with password and the current code of `totp_secret`; a code
     /// already used (another sign-in this 30-second step) is followed by a
     /// wait for the next step, as a person would.

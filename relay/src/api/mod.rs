@@ -6,6 +6,7 @@
 
 mod admin;
 mod device;
+mod import;
 mod obr;
 pub(crate) mod users;
 
@@ -46,6 +47,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/admin/logout", web::post().to(admin::logout))
             .route("/users", web::get().to(users::list))
             .route("/users", web::post().to(users::invite))
+            .service(
+                web::resource("/users/import")
+                    .app_data(web::PayloadConfig::new(import::MAX_IMPORT_BYTES))
+                    .route(web::post().to(import::import)),
+            )
             .route("/users/{id}/passkeys", web::get().to(users::passkeys))
             .route(
                 "/users/{id}/passkeys/{credential_id}",

@@ -49,28 +49,43 @@ pub async fn invite(
     body: web::Json<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_power(&req, &state, Power::ManageUsers, "invite").await?;
-    let email = body.email.trim();
+    let user = invite_and_mail(&state, &admin, &body.email, &body.display_name).await?;
+    Ok(HttpResponse::Created().json(Invited {
+        invitation_sent_to: user.email.clone(),
+        user,
+    }))
+}
+
+/// Check `email` and `display_name`, make the invited user and mail them
+/// the invitation (never returned): what inviting one user is, from the
+/// form or from a CSV row.
+pub(super) async fn invite_and_mail(
+    state: &AppState,
+    admin: &Admin,
+    email: &str,
+    display_name: &str,
+) -> Result<Person, ApiError> {
+    let (email, display_name) = (email.trim(), display_name.trim());
     if email.is_empty() || email.len() > MAX_EMAIL_LEN || !email.contains('@') {
         return Err(ApiError::BadRequest(
             "email must look like name@domain".into(),
         ));
     }
-    if body.display_name.trim().is_empty() || body.display_name.len() > MAX_NAME_LEN {
+    if display_name.is_empty() || display_name.len() > MAX_NAME_LEN {
         return Err(ApiError::BadRequest(format!(
             "display_name must be 1-{MAX_NAME_LEN} characters"
         )));
     }
-    let (user, invitation_token) =
-        invite_user(&state, &admin.person.email, email, body.display_name.trim())
-            .await
-            .map_err(|e| match e {
-                crate::directory::DirectoryError::Db(sqlx::Error::Database(db))
-                    if db.is_unique_violation() =>
-                {
-                    ApiError::Conflict(format!("a user with email {email} already exists"))
-                }
-                other => other.into(),
-            })?;
+    let (user, invitation_token) = invite_user(state, &admin.person.email, email, display_name)
+        .await
+        .map_err(|e| match e {
+            crate::directory::DirectoryError::Db(sqlx::Error::Database(db))
+                if db.is_unique_violation() =>
+            {
+                ApiError::Conflict(format!("a user with email {email} already exists"))
+            }
+            other => other.into(),
+        })?;
     let mail = Mail {
         to: user.email.clone(),
         subject: "Your security key: accept the invitation".to_owned(),
@@ -89,10 +104,7 @@ pub async fn invite(
         .outbox
         .send(&mail)
         .map_err(|e| ApiError::Internal(format!("cannot queue the invitation mail: {e}")))?;
-    Ok(HttpResponse::Created().json(Invited {
-        invitation_sent_to: user.email.clone(),
-        user,
-    }))
+    Ok(user)
 }
 
 /// Create an invited user and their invitation; returns the invitation token.

@@ -1,0 +1,144 @@
+//! Users imported from a spreadsheet: `POST /api/users/import` with a CSV
+//! body (RFC 4180; a header row naming `email` and `display_name`, and
+//! optionally `groups`, `;`-separated). Each row is invited as the form
+//! invites one user (the mail goes to the user; no secret comes back) and
+//! gets a line in the report; a bad row never stops the others. Owners
+//! only; the import is audited as a whole and every invitation on its own.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use super::users::invite_and_mail;
+use super::{ApiError, require_power};
+use crate::directory::grants::{Power, valid_groups};
+use crate::state::AppState;
+
+/// Rows one import may hold.
+pub const MAX_IMPORT_ROWS: usize = 1000;
+/// The largest CSV body read (1000 rows of long names fit).
+pub const MAX_IMPORT_BYTES: usize = 1024 * 1024;
+
+#[derive(Serialize)]
+struct RowReport {
+    /// The row's line in the file (the header is line 1).
+    line: u64,
+    email: String,
+    /// `invited`, or `failed` with `error`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ImportReport {
+    invited: usize,
+    failed: usize,
+    rows: Vec<RowReport>,
+}
+
+/// `POST /api/users/import` (CSV, see the module).
+pub async fn import(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_power(&req, &state, Power::ManageUsers, "import_users").await?;
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(body.as_ref());
+    let headers = reader
+        .headers()
+        .map_err(|e| ApiError::BadRequest(format!("not CSV: {e}")))?
+        .clone();
+    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (Some(email_at), Some(name_at)) = (column("email"), column("display_name")) else {
+        return Err(ApiError::BadRequest(
+            "the first row must name the columns: email, display_name (and optionally groups)"
+                .into(),
+        ));
+    };
+    let groups_at = column("groups");
+    // All rows read first: a file over the limit imports nothing.
+    let records: Vec<_> = reader
+        .records()
+        .take(MAX_IMPORT_ROWS.saturating_add(1))
+        .collect();
+    if records.len() > MAX_IMPORT_ROWS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_IMPORT_ROWS} rows per import: split the file"
+        )));
+    }
+    let mut rows = Vec::new();
+    for (index, record) in records.into_iter().enumerate() {
+        let line = u64::try_from(index).map_or(u64::MAX, |i| i.saturating_add(2));
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                rows.push(failed(line, String::new(), format!("not CSV: {e}")));
+                continue;
+            }
+        };
+        let field = |at: usize| record.get(at).unwrap_or_default().to_owned();
+        let email = field(email_at);
+        let groups = groups_at.map(field).unwrap_or_default();
+        let groups: Vec<&str> = groups
+            .split(';')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .collect();
+        let groups = match valid_groups(groups.iter().copied()) {
+            Ok(groups) => groups,
+            Err(e) => {
+                rows.push(failed(line, email, e.to_string()));
+                continue;
+            }
+        };
+        match invite_and_mail(&state, &admin, &email, &field(name_at)).await {
+            Ok(user) => {
+                if !groups.is_empty() {
+                    state.directory.set_groups(&user.id, &groups).await?;
+                }
+                rows.push(RowReport {
+                    line,
+                    email: user.email,
+                    status: "invited",
+                    user_id: Some(user.id),
+                    error: None,
+                });
+            }
+            Err(e @ (ApiError::BadRequest(_) | ApiError::Conflict(_))) => {
+                rows.push(failed(line, email, e.to_string()));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    let invited = rows.iter().filter(|r| r.status == "invited").count();
+    let failed_rows = rows.len().saturating_sub(invited);
+    state
+        .directory
+        .audit(
+            &admin.person.email,
+            "users.imported",
+            "users",
+            serde_json::json!({ "invited": invited, "failed": failed_rows }),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(ImportReport {
+        invited,
+        failed: failed_rows,
+        rows,
+    }))
+}
+
+fn failed(line: u64, email: String, error: String) -> RowReport {
+    RowReport {
+        line,
+        email,
+        status: "failed",
+        user_id: None,
+        error: Some(error),
+    }
+}
