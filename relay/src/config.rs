@@ -9,6 +9,8 @@ use obr_signer::RedisEndpoint;
 /// How often each relay looks for OBR sessions past their TTL.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Who mail to people comes from, unless `--mail-from` says otherwise.
+pub const DEFAULT_MAIL_FROM: &str = "obr <no-reply@obr.invalid>";
 /// An admin session unused for 15 minutes ends (OWASP ASVS 3.3.2 asks for
 /// re-authentication after a period of inactivity).
 pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -57,6 +59,12 @@ pub struct RelayConfig {
     pub sweep_interval: Duration,
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
+    /// Send mail to people through this SMTP server (`smtps://user:pass@host`,
+    /// `smtp://host:587?tls=required`); `None` writes `.eml` files to the
+    /// outbox folder in the data directory.
+    pub smtp_url: Option<String>,
+    /// The sender of that mail.
+    pub mail_from: String,
     /// Create a demo organisation when the directory is empty.
     pub demo_org: bool,
     /// Serve HTTPS/WSS with this certificate chain and key (PEM).
@@ -114,6 +122,8 @@ impl RelayConfig {
             admin_session_lifetime: DEFAULT_ADMIN_SESSION_LIFETIME,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             workers: 0,
+            smtp_url: None,
+            mail_from: DEFAULT_MAIL_FROM.to_owned(),
             demo_org: false,
             tls: None,
             audit_key_file: None,

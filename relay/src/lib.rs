@@ -57,7 +57,7 @@ use crate::directory::anchor::{self, AuditAnchor};
 use crate::directory::grants::Grants;
 use crate::directory::second_factor::SecondFactor;
 use crate::limits::Limits;
-use crate::mail::Outbox;
+use crate::mail::{Mailer, Outbox};
 use crate::obr::Obr;
 use crate::phones::Phones;
 use crate::routing::Router;
@@ -89,6 +89,8 @@ pub enum RelayError {
          where nothing but relays and signers reach the network"
     )]
     PlaintextSigners,
+    #[error("mail: {0}")]
+    Mail(#[from] mail::MailError),
     #[error("embedded signer: {0}")]
     Signer(String),
     #[error(transparent)]
@@ -189,7 +191,12 @@ impl Relay {
             config.obr_ttl,
             config.obr_four_eyes,
         );
-        let outbox = Outbox::open(&config.data_dir.join("outbox")).map_err(data_dir_err)?;
+        let mail = match &config.smtp_url {
+            Some(url) => Mailer::smtp(url, &config.mail_from)?,
+            None => {
+                Mailer::Outbox(Outbox::open(&config.data_dir.join("outbox")).map_err(data_dir_err)?)
+            }
+        };
         let anchor = AuditAnchor::open(
             &config
                 .audit_key_file
@@ -201,7 +208,7 @@ impl Relay {
                 .unwrap_or_else(|| config.data_dir.join(anchor::CHECKPOINTS_FILE)),
         )?;
         let state = web::Data::new(AppState {
-            outbox,
+            mail,
             anchor,
             limits: Limits::default(),
             calls: Calls::new(

@@ -231,6 +231,15 @@ struct Args {
     /// user (on their phone) or a second admin approves it.
     #[arg(long, env = "OBR_RELAY_OBR_FOUR_EYES", value_enum)]
     obr_four_eyes: Option<FourEyesArg>,
+    /// Send mail (invitations) through this SMTP server: smtps://user:pass@host,
+    /// or smtp://host:587?tls=required; give a password as the environment
+    /// variable, out of other users' `ps`. Default: .eml files in
+    /// <data-dir>/outbox.
+    #[arg(long, env = "OBR_RELAY_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// The sender of that mail.
+    #[arg(long, env = "OBR_RELAY_MAIL_FROM", default_value = obr_relay::config::DEFAULT_MAIL_FROM)]
+    mail_from: String,
     /// An admin token unused this many seconds ends.
     #[arg(long, env = "OBR_RELAY_ADMIN_IDLE_TIMEOUT_S", default_value_t = 900)]
     admin_idle_timeout_s: u64,
@@ -355,6 +364,8 @@ async fn main() -> anyhow::Result<()> {
     );
     config.admin_idle_timeout = Duration::from_secs(args.admin_idle_timeout_s);
     config.admin_session_lifetime = Duration::from_secs(args.admin_session_lifetime_s);
+    config.smtp_url = args.smtp_url;
+    config.mail_from = args.mail_from;
     config.workers = args.workers;
     config.demo_org = args.demo_org;
     config.audit_key_file = args.audit_key_file;

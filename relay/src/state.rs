@@ -10,7 +10,7 @@ use crate::directory::anchor::AuditAnchor;
 use crate::directory::grants::Grants;
 use crate::directory::second_factor::SecondFactor;
 use crate::limits::Limits;
-use crate::mail::Outbox;
+use crate::mail::Mailer;
 use crate::obr::Obr;
 use crate::phones::Phones;
 use crate::routing::Router;
@@ -30,7 +30,8 @@ pub struct AppState {
     pub phones: Phones,
     pub obr: Obr,
     pub calls: Calls,
-    pub outbox: Outbox,
+    /// Mail to people: SMTP, or the outbox folder.
+    pub mail: Mailer,
     pub anchor: AuditAnchor,
     pub limits: Limits,
 }

@@ -58,6 +58,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::delete().to(users::delete_passkey),
             )
             .route("/users/{id}/reset-key", web::post().to(users::reset_key))
+            .route("/users/{id}/invitation", web::post().to(users::reinvite))
             .route("/users/{id}/groups", web::put().to(users::set_groups))
             .route("/users/{id}/suspend", web::post().to(users::suspend))
             .route("/users/{id}/resume", web::post().to(users::resume))

@@ -86,6 +86,25 @@ pub(super) async fn invite_and_mail(
             }
             other => other.into(),
         })?;
+    mail_invitation(state, &admin.person.email, &user, &invitation_token)
+        .await
+        .map_err(|e| {
+            ApiError::Unavailable(format!(
+                "{} is invited, but the invitation mail could not be sent ({e}): send it again \
+                 with POST /api/users/{}/invitation",
+                user.email, user.id
+            ))
+        })?;
+    Ok(user)
+}
+
+/// Mail `user` the invitation `token` (the link to the user app).
+async fn mail_invitation(
+    state: &AppState,
+    inviter: &str,
+    user: &Person,
+    invitation_token: &str,
+) -> Result<String, crate::mail::MailError> {
     let mail = Mail {
         to: user.email.clone(),
         subject: "Your security key: accept the invitation".to_owned(),
@@ -95,16 +114,52 @@ pub(super) async fn invite_and_mail(
              Open this link on your phone to accept:\n\n  {}/app/#invite={invitation_token}\n\n\
              (or type the code {invitation_token} in the obr app).\n\
              The invitation expires in {} days and works once.",
-            admin.person.email,
+            inviter,
             state.config.public_url,
             INVITATION_TTL.as_secs() / 86_400
         ),
     };
+    state.mail.send(&mail).await
+}
+
+/// `POST /api/users/{id}/invitation` (owners): a new invitation for a user
+/// whose key is still `invited` (the mail was lost, or it expired), mailed
+/// to them; earlier links stop working. Audited.
+pub async fn reinvite(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let admin = require_power(&req, &state, Power::ManageUsers, "reinvite").await?;
+    let user = person(&state, &path.into_inner()).await?;
+    if user.key_status != KeyStatus::Invited {
+        return Err(ApiError::Conflict(format!(
+            "{}'s key is {}: there is no invitation to send",
+            user.email,
+            user.key_status.as_str()
+        )));
+    }
+    let token = auth::new_token()?;
     state
-        .outbox
-        .send(&mail)
-        .map_err(|e| ApiError::Internal(format!("cannot queue the invitation mail: {e}")))?;
-    Ok(user)
+        .directory
+        .replace_invitation(&user.id, &auth::token_hash(&token), INVITATION_TTL)
+        .await?;
+    state
+        .directory
+        .audit(
+            &admin.person.email,
+            "user.reinvited",
+            &user.email,
+            serde_json::json!({ "user_id": user.id }),
+        )
+        .await?;
+    mail_invitation(&state, &admin.person.email, &user, &token)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot send the invitation mail: {e}")))?;
+    Ok(HttpResponse::Ok().json(Invited {
+        invitation_sent_to: user.email.clone(),
+        user,
+    }))
 }
 
 /// Create an invited user and their invitation; returns the invitation token.

@@ -239,6 +239,33 @@ impl Directory {
         Ok(())
     }
 
+    /// A new invitation for `person_id` in place of any they have not
+    /// accepted (whose links stop working).
+    pub async fn replace_invitation(
+        &self,
+        person_id: &str,
+        token_hash: &str,
+        ttl: Duration,
+    ) -> DirResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM invitations WHERE person_id = $1 AND accepted_at_ms IS NULL")
+            .bind(person_id)
+            .execute(&mut *tx)
+            .await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO invitations (token_hash, person_id, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(person_id)
+        .bind(now)
+        .bind(now + duration_ms(ttl))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Accept an invitation: mark it used, make the key `active`, and issue
     /// a device token, all in one transaction. `None` if the invitation is
     /// unknown, expired or already used.
