@@ -123,7 +123,7 @@ async function users() {
       box.append(h('table', {},
         h('thead', {}, h('tr', {}, ['Line', 'Email', 'Result'].map((t) => h('th', { scope: 'col', text: t })))),
         h('tbody', {}, report.rows.map((r) => h('tr', {}, h('td', { text: r.line }), h('td', { text: r.email }),
-          h('td', { text: r.status === 'invited' ? 'invited' : 'failed: ' + r.error })))))));
+          h('td', { text: r.status === 'invited' ? 'invited' : 'failed: ' + r.error }))))));
     });
   });
   show('Users & Security Keys',

@@ -54,6 +54,20 @@ fn an_admin_provisions_erin_through_the_panel_and_her_phone_sees_it() -> anyhow:
             .wait_text("#status", "Invitation sent to erin@demo.obr")
             .await?;
         panel.wait_text("#view", "erin@demo.obr").await?;
+        // And two more from a spreadsheet, one of them a mistake.
+        let csv = scratch.join("users.csv");
+        std::fs::write(
+            &csv,
+            "email,display_name\nken@demo.obr,Ken\nnot-an-email,Nobody\n",
+        )?;
+        panel.fill("#f-csv", &csv.display().to_string()).await?;
+        panel.click_text("Import").await?;
+        panel
+            .wait_text("#status", "Imported: 1 invited, 1 failed.")
+            .await?;
+        panel
+            .wait_text("#import-report", "failed: email must look like name@domain")
+            .await?;
         panel.screenshot("02-panel-users").await?;
         let invitation = mailed_invitation(&scratch.join("relay").join("outbox"), "erin@demo.obr")?;
 

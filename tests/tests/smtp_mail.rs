@@ -72,7 +72,10 @@ fn mail_to(maildir: &Path, to: &str) -> anyhow::Result<String> {
 /// The invitation token in `mail`, its body read as quoted-printable
 /// (RFC 2045 §6.7: soft line breaks, `=3D`), as a mail client reads it.
 fn invitation_in(mail: &str) -> anyhow::Result<String> {
-    let mail = mail.replace("=\r\n", "").replace("=\n", "").replace("=3D", "=");
+    let mail = mail
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
     mail.split("/app/#invite=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
