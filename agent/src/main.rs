@@ -296,6 +296,12 @@ fn pairing_code(link: &str) -> anyhow::Result<String> {
 /// Open `url` in the desktop's browser (`$BROWSER`, or `xdg-open` in a
 /// graphical session), without waiting for it; whether one was started.
 fn open_browser(url: &str) -> bool {
+    // The address comes from the relay: a web page, never an option.
+    let web = (url.starts_with("https://") || url.starts_with("http://"))
+        && !url.chars().any(|c| c.is_control() || c.is_whitespace());
+    if !web {
+        return false;
+    }
     let graphical =
         std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
     let opener = match std::env::var("BROWSER") {

@@ -25,7 +25,12 @@ pub fn register(control: &Path) -> io::Result<PathBuf> {
     let config = config_home()?;
     std::fs::create_dir_all(&config)?;
     let mimeapps = config.join("mimeapps.list");
-    let existing = std::fs::read_to_string(&mimeapps).unwrap_or_default();
+    // A file that is there but cannot be read is not overwritten.
+    let existing = match std::fs::read_to_string(&mimeapps) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
     std::fs::write(&mimeapps, with_default(&existing))?;
     Ok(desktop)
 }
@@ -40,14 +45,22 @@ fn desktop_entry(exe: &Path, control: &Path) -> String {
     )
 }
 
-/// An Exec argument, quoted as the Desktop Entry Specification says.
+/// An Exec argument, as the Desktop Entry Specification says: quoted, `"`,
+/// `` ` ``, `$` and `\` escaped with a backslash inside the quotes, then
+/// every backslash escaped again (the value is a string), and `%` doubled
+/// (a field code otherwise).
 fn quoted(path: &Path) -> String {
     let mut out = String::from("\"");
     for c in path.display().to_string().chars() {
-        if matches!(c, '"' | '`' | '$' | '\\') {
-            out.push('\\');
+        match c {
+            '"' | '`' | '$' => {
+                out.push_str(r"\\");
+                out.push(c);
+            }
+            '\\' => out.push_str(r"\\\\"),
+            '%' => out.push_str("%%"),
+            _ => out.push(c),
         }
-        out.push(c);
     }
     out.push('"');
     out
@@ -132,11 +145,11 @@ mod tests {
     fn exec_arguments_are_quoted() {
         let entry = desktop_entry(
             Path::new("/opt/obr/bin/obr-agent"),
-            Path::new("/home/a b/$x.ctl"),
+            Path::new("/home/a b/$x%.ctl"),
         );
         assert!(
             entry.contains(
-                "Exec=\"/opt/obr/bin/obr-agent\" --control \"/home/a b/\\$x.ctl\" open %u\n"
+                r#"Exec="/opt/obr/bin/obr-agent" --control "/home/a b/\\$x%%.ctl" open %u"#
             ),
             "{entry}"
         );

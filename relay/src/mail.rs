@@ -18,6 +18,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::clock::now_ms;
 
+/// How long one SMTP command may take before the mail fails.
+pub const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
     #[error("bad SMTP URL: {0}")]
@@ -63,10 +66,12 @@ impl Mailer {
                 .trim_matches(['[', ']'])
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
+        // As lettre reads it: the first `tls` parameter.
         let encrypted = parsed.scheme() == "smtps"
             || parsed
                 .query_pairs()
-                .any(|(k, v)| k == "tls" && v == "required");
+                .find(|(k, _)| k == "tls")
+                .is_some_and(|(_, v)| v == "required");
         if parsed.password().is_some() && !encrypted && !loopback {
             return Err(MailError::PlaintextPassword(format!(
                 "{}://{host}",
@@ -75,6 +80,7 @@ impl Mailer {
         }
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|e| MailError::Url(e.to_string()))?
+            .timeout(Some(SMTP_TIMEOUT))
             .build();
         let from = from
             .parse()

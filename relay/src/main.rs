@@ -164,7 +164,7 @@ struct Args {
     /// Redis URL for shared session state; omit to keep it in memory.
     /// `redis://…`, or `rediss://…` for TLS; an ACL user and password go
     /// in the URL.
-    #[arg(long, env = "OBR_RELAY_REDIS_URL")]
+    #[arg(long, env = "OBR_RELAY_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     /// PEM CA that signed the Redis server's certificate (`rediss://`;
     /// default: the system's roots).
@@ -235,7 +235,7 @@ struct Args {
     /// or smtp://host:587?tls=required; give a password as the environment
     /// variable, out of other users' `ps`. Default: .eml files in
     /// <data-dir>/outbox.
-    #[arg(long, env = "OBR_RELAY_SMTP_URL")]
+    #[arg(long, env = "OBR_RELAY_SMTP_URL", hide_env_values = true)]
     smtp_url: Option<String>,
     /// The sender of that mail.
     #[arg(long, env = "OBR_RELAY_MAIL_FROM", default_value = obr_relay::config::DEFAULT_MAIL_FROM)]

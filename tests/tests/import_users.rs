@@ -22,12 +22,13 @@ fn an_owner_imports_users_from_csv_with_a_report_per_row() -> anyhow::Result<()>
                not-an-email,Nobody,\n\
                heidi@demo.obr,Heidi,bad group!\n\
                ivan@demo.obr,,\n\
-               judy@demo.obr,Judy\n";
+               judy@demo.obr,Judy\n\
+               \"x y@demo.obr\",Spacey\n";
     let report = api
         .post_text("/api/users/import", &owner, "text/csv", csv)?
         .ok()?;
     assert_eq!(report["invited"], 3, "{report}");
-    assert_eq!(report["failed"], 4, "{report}");
+    assert_eq!(report["failed"], 5, "{report}");
     let rows = report["rows"].as_array().cloned().unwrap_or_default();
     let row = |line: u64| {
         rows.iter()
@@ -64,6 +65,7 @@ fn an_owner_imports_users_from_csv_with_a_report_per_row() -> anyhow::Result<()>
         "invited",
         "a row without the optional column: {report}"
     );
+    assert_eq!(row(9)["status"], "failed", "not one bare address: {report}");
 
     let users = api.users(&owner)?;
     let grace = users
@@ -84,6 +86,14 @@ fn an_owner_imports_users_from_csv_with_a_report_per_row() -> anyhow::Result<()>
         newest_record(&audit, "users.imported")?["detail"]["invited"],
         3
     );
+    let groups_set: Vec<&str> = audit["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["action"] == "user.groups_set")
+        .filter_map(|r| r["subject"].as_str())
+        .collect();
+    assert_eq!(groups_set, ["frank@demo.obr", "grace@demo.obr"]);
 
     // An operator may not import.
     let helpdesk = api.demo_helpdesk(&relay.demo)?;

@@ -83,6 +83,16 @@ fn a_pairing_link_opens_its_admins_agent_once() -> anyhow::Result<()> {
     );
     assert_eq!(agents[0]["obr"]["policy"]["max_registrations"], 1);
 
+    // A link with four eyes: the agent is told it waits, not that it acts.
+    agent.cli(&["normal-mode"])?;
+    agent.wait_status("normal mode", Duration::from_secs(5))?;
+    let fourth = link(offer(json!({ "four_eyes": "user" }))?.ok()?);
+    let waits = open(&agent, &fourth)?.expect_err("awaiting approval");
+    assert!(
+        waits.contains("waits for the user to approve it"),
+        "{waits}"
+    );
+
     // No link for another admin's key, none naming an agent; no other links followed.
     let for_admin = api.call(
         "POST",

@@ -143,6 +143,35 @@ fn invitations_go_out_by_smtp() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no path in {says}"))?
         .trim_end_matches(|c: char| !c.is_alphanumeric())
         .to_owned();
+    // An import while it is down: everyone invited, no one mailed, each
+    // row says so; the import does not wait on a mail server per row.
+    let report = api
+        .post_text(
+            "/api/users/import",
+            &owner,
+            "text/csv",
+            "email,display_name\numa@demo.obr,Uma\nvic@demo.obr,Vic\n",
+        )?
+        .ok()?;
+    assert_eq!(report["invited"], 2, "{report}");
+    let statuses: Vec<&str> = report["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["status"].as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["invited_not_mailed", "invited_not_mailed"],
+        "{report}"
+    );
+    assert!(
+        report["rows"][1]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("an earlier mail of this import failed"),
+        "{report}"
+    );
     let _server = MailServer::start(&python, port, &maildir)?;
     api.call("POST", &again, Some(&owner), None)?.ok()?;
     let mail = mail_to(&maildir, "yann@demo.obr")?;

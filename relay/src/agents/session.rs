@@ -541,9 +541,18 @@ impl AgentSession {
             let result = match result {
                 Ok(session) => PairResult {
                     code: pair.code,
-                    started: true,
+                    started: session.awaiting.is_none(),
+                    message: session.awaiting.map_or_else(String::new, |who| {
+                        format!(
+                            "the session for {} waits for {} to approve it",
+                            session.user_email,
+                            match who {
+                                crate::sessions::Approver::User => "the user",
+                                crate::sessions::Approver::SecondAdmin => "a second admin",
+                            }
+                        )
+                    }),
                     target_user: session.user_email,
-                    message: String::new(),
                 },
                 Err(e) => {
                     tracing::info!(error = %e, "a pairing link was refused");

@@ -2,13 +2,17 @@
 //! body (RFC 4180; a header row naming `email` and `display_name`, and
 //! optionally `groups`, `;`-separated). Each row is invited as the form
 //! invites one user (the mail goes to the user; no secret comes back) and
-//! gets a line in the report; a bad row never stops the others. Owners
-//! only; the import is audited as a whole and every invitation on its own.
+//! gets a line in the report; a bad row never stops the others. When a
+//! mail cannot be sent, that user is still invited (`invited_not_mailed`:
+//! send it again with `POST /api/users/{id}/invitation`) and the rows after
+//! it are not mailed either, so a mail server that is down cannot hold the
+//! request for long. Owners only; the import is audited as a whole, every
+//! invitation and every group set on its own.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use super::users::invite_and_mail;
+use super::users::{InviteError, invite_and_mail};
 use super::{ApiError, require_power};
 use crate::directory::grants::{Power, valid_groups};
 use crate::state::AppState;
@@ -72,6 +76,7 @@ pub async fn import(
         )));
     }
     let mut rows = Vec::new();
+    let mut mail_down = false;
     for (index, record) in records.into_iter().enumerate() {
         let line = u64::try_from(index).map_or(u64::MAX, |i| i.saturating_add(2));
         let record = match record {
@@ -96,26 +101,47 @@ pub async fn import(
                 continue;
             }
         };
-        match invite_and_mail(&state, &admin, &email, &field(name_at)).await {
-            Ok(user) => {
-                if !groups.is_empty() {
-                    state.directory.set_groups(&user.id, &groups).await?;
-                }
-                rows.push(RowReport {
-                    line,
-                    email: user.email,
-                    status: "invited",
-                    user_id: Some(user.id),
-                    error: None,
-                });
+        let invited = invite_row(&state, &admin, &email, &field(name_at), !mail_down).await;
+        let (user, mail_error) = match invited {
+            Ok(user) => (user, None),
+            Err(Invitation::Unmailed(user, why)) => {
+                // One mail failure says the mail server is down: the rest
+                // are invited without trying (each says so), which keeps
+                // the import short.
+                mail_down = true;
+                (user, Some(why))
             }
-            Err(e @ (ApiError::BadRequest(_) | ApiError::Conflict(_))) => {
+            Err(Invitation::Refused(e)) => {
                 rows.push(failed(line, email, e.to_string()));
+                continue;
             }
-            Err(other) => return Err(other),
+            Err(Invitation::Failed(e)) => return Err(e),
+        };
+        if !groups.is_empty() {
+            state.directory.set_groups(&user.id, &groups).await?;
+            state
+                .directory
+                .audit(
+                    &admin.person.email,
+                    "user.groups_set",
+                    &user.email,
+                    serde_json::json!({ "user_id": user.id, "groups": groups }),
+                )
+                .await?;
         }
+        rows.push(RowReport {
+            line,
+            email: user.email,
+            status: if mail_error.is_some() {
+                "invited_not_mailed"
+            } else {
+                "invited"
+            },
+            user_id: Some(user.id),
+            error: mail_error,
+        });
     }
-    let invited = rows.iter().filter(|r| r.status == "invited").count();
+    let invited = rows.iter().filter(|r| r.status != "failed").count();
     let failed_rows = rows.len().saturating_sub(invited);
     state
         .directory
@@ -131,6 +157,34 @@ pub async fn import(
         failed: failed_rows,
         rows,
     }))
+}
+
+/// How one row's invitation went wrong.
+enum Invitation {
+    /// The user is invited, but their mail did not go (why).
+    Unmailed(crate::directory::Person, String),
+    /// The row itself is wrong (address, name, an existing user).
+    Refused(ApiError),
+    /// The relay cannot go on (its directory).
+    Failed(ApiError),
+}
+
+/// [`invite_and_mail`], with what went wrong sorted for the report.
+async fn invite_row(
+    state: &AppState,
+    admin: &crate::directory::grants::Admin,
+    email: &str,
+    name: &str,
+    mail: bool,
+) -> Result<crate::directory::Person, Invitation> {
+    match invite_and_mail(state, admin, email, name, mail).await {
+        Ok(user) => Ok(user),
+        Err(InviteError::Unmailed(user, why)) => Err(Invitation::Unmailed(user, why)),
+        Err(InviteError::Api(e @ (ApiError::BadRequest(_) | ApiError::Conflict(_)))) => {
+            Err(Invitation::Refused(e))
+        }
+        Err(InviteError::Api(e)) => Err(Invitation::Failed(e)),
+    }
 }
 
 fn failed(line: u64, email: String, error: String) -> RowReport {

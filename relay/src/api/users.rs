@@ -49,7 +49,16 @@ pub async fn invite(
     body: web::Json<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_power(&req, &state, Power::ManageUsers, "invite").await?;
-    let user = invite_and_mail(&state, &admin, &body.email, &body.display_name).await?;
+    let user = match invite_and_mail(&state, &admin, &body.email, &body.display_name, true).await {
+        Ok(user) => user,
+        Err(InviteError::Api(e)) => return Err(e),
+        Err(InviteError::Unmailed(user, why)) => {
+            return Err(ApiError::Unavailable(format!(
+                "{} is invited, but {why}: send it again with POST /api/users/{}/invitation",
+                user.email, user.id
+            )));
+        }
+    };
     Ok(HttpResponse::Created().json(Invited {
         invitation_sent_to: user.email.clone(),
         user,
@@ -64,17 +73,20 @@ pub(super) async fn invite_and_mail(
     admin: &Admin,
     email: &str,
     display_name: &str,
-) -> Result<Person, ApiError> {
+    mail: bool,
+) -> Result<Person, InviteError> {
     let (email, display_name) = (email.trim(), display_name.trim());
-    if email.is_empty() || email.len() > MAX_EMAIL_LEN || !email.contains('@') {
-        return Err(ApiError::BadRequest(
-            "email must look like name@domain".into(),
-        ));
+    // A bare address a mail can go to (no display name, no second
+    // address): what is stored is where the invitation goes.
+    if email.is_empty() || email.len() > MAX_EMAIL_LEN || email.parse::<lettre::Address>().is_err()
+    {
+        return Err(ApiError::BadRequest("email must look like name@domain".into()).into());
     }
     if display_name.is_empty() || display_name.len() > MAX_NAME_LEN {
         return Err(ApiError::BadRequest(format!(
             "display_name must be 1-{MAX_NAME_LEN} characters"
-        )));
+        ))
+        .into());
     }
     let (user, invitation_token) = invite_user(state, &admin.person.email, email, display_name)
         .await
@@ -86,16 +98,33 @@ pub(super) async fn invite_and_mail(
             }
             other => other.into(),
         })?;
-    mail_invitation(state, &admin.person.email, &user, &invitation_token)
-        .await
-        .map_err(|e| {
-            ApiError::Unavailable(format!(
-                "{} is invited, but the invitation mail could not be sent ({e}): send it again \
-                 with POST /api/users/{}/invitation",
-                user.email, user.id
-            ))
-        })?;
-    Ok(user)
+    if !mail {
+        return Err(InviteError::Unmailed(
+            user,
+            "not mailed: an earlier mail of this import failed".into(),
+        ));
+    }
+    match mail_invitation(state, &admin.person.email, &user, &invitation_token).await {
+        Ok(_) => Ok(user),
+        Err(e) => {
+            let why = format!("the invitation mail could not be sent ({e})");
+            Err(InviteError::Unmailed(user, why))
+        }
+    }
+}
+
+/// Why inviting one user did not end with a mail on its way.
+pub(super) enum InviteError {
+    /// The user is invited; their mail did not go (why).
+    Unmailed(Person, String),
+    /// Nothing happened (bad input, an existing user, the directory).
+    Api(ApiError),
+}
+
+impl From<ApiError> for InviteError {
+    fn from(e: ApiError) -> Self {
+        InviteError::Api(e)
+    }
 }
 
 /// Mail `user` the invitation `token` (the link to the user app).
