@@ -12,7 +12,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
-use super::users::{InviteError, invite_and_mail};
+use super::users::{InviteError, invite_and_mail, set_groups_audited};
 use super::{ApiError, require_power};
 use crate::directory::grants::{Power, valid_groups};
 use crate::state::AppState;
@@ -118,16 +118,7 @@ pub async fn import(
             Err(Invitation::Failed(e)) => return Err(e),
         };
         if !groups.is_empty() {
-            state.directory.set_groups(&user.id, &groups).await?;
-            state
-                .directory
-                .audit(
-                    &admin.person.email,
-                    "user.groups_set",
-                    &user.email,
-                    serde_json::json!({ "user_id": user.id, "groups": groups }),
-                )
-                .await?;
+            set_groups_audited(&state, &admin.person.email, &user, &groups).await?;
         }
         rows.push(RowReport {
             line,

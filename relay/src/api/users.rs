@@ -171,7 +171,7 @@ pub async fn reinvite(
     let token = auth::new_token()?;
     state
         .directory
-        .replace_invitation(&user.id, &auth::token_hash(&token), INVITATION_TTL)
+        .create_invitation(&user.id, &auth::token_hash(&token), INVITATION_TTL)
         .await?;
     state
         .directory
@@ -459,17 +459,28 @@ pub async fn set_groups(
     let user = person(&state, &path.into_inner()).await?;
     let groups = valid_groups(body.groups.iter().map(String::as_str))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    state.directory.set_groups(&user.id, &groups).await?;
+    set_groups_audited(&state, &admin.person.email, &user, &groups).await?;
+    Ok(HttpResponse::Ok().json(person(&state, &user.id).await?))
+}
+
+/// Give `user` these groups, on record as `actor`'s doing.
+pub(super) async fn set_groups_audited(
+    state: &AppState,
+    actor: &str,
+    user: &Person,
+    groups: &std::collections::BTreeSet<String>,
+) -> Result<(), ApiError> {
+    state.directory.set_groups(&user.id, groups).await?;
     state
         .directory
         .audit(
-            &admin.person.email,
+            actor,
             "user.groups_set",
             &user.email,
             serde_json::json!({ "user_id": user.id, "groups": groups }),
         )
         .await?;
-    Ok(HttpResponse::Ok().json(person(&state, &user.id).await?))
+    Ok(())
 }
 
 /// `POST /api/users/{id}/suspend` and `/resume` (owners): a suspended key

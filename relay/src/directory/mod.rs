@@ -220,28 +220,9 @@ impl Directory {
         }
     }
 
-    pub async fn create_invitation(
-        &self,
-        person_id: &str,
-        token_hash: &str,
-        ttl: Duration,
-    ) -> DirResult<()> {
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO invitations (token_hash, person_id, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(token_hash)
-        .bind(person_id)
-        .bind(now)
-        .bind(now + duration_ms(ttl))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// A new invitation for `person_id` in place of any they have not
+    /// A new invitation for `person_id`, in place of any they have not
     /// accepted (whose links stop working).
-    pub async fn replace_invitation(
+    pub async fn create_invitation(
         &self,
         person_id: &str,
         token_hash: &str,
