@@ -139,6 +139,14 @@ struct Hello {
 }
 
 /// `GET /api/me/live`: the user app's live feed (see the module).
+#[utoipa::path(get, path = "/api/me/live", tag = "me", security(()),
+    description = "A WebSocket. The first message is `{\"token\": DEVICE_TOKEN, \"after\": ID}`; \
+        the relay answers with the notifications after `after`, then each new one as it happens. \
+        Closes with 1008 for an unknown or revoked token, 1013 when too many phones are connected.",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket handshake"),
+    ))]
 pub async fn live(
     req: HttpRequest,
     body: web::Payload,

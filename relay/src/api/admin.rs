@@ -6,11 +6,12 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, audited, bearer, client_address, require_admin, require_power};
+use super::{ApiError, ErrorBody, audited, bearer, client_address, require_admin, require_power};
 use crate::auth;
 use crate::clock::now_ms;
-use crate::directory::audit::AuditFilter;
+use crate::directory::audit::{AuditFilter, AuditRecord};
 use crate::directory::grants::{Admin, Grant, GrantError, Power};
 use crate::directory::second_factor::SecondFactorError;
 use crate::limits::{ARGON2_QUEUE_WAIT, TooMany};
@@ -24,15 +25,16 @@ const MAX_EXPORT_BYTES: usize = 64 << 20;
 /// How much of a `User-Agent` a session keeps.
 const MAX_USER_AGENT_LEN: usize = 256;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     email: String,
     password: String,
     /// The 6-digit code from the admin's authenticator app.
+    #[schema(value_type = String, required = true)]
     totp: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LoginResponse {
     token: String,
     /// Until the session's absolute end.
@@ -47,6 +49,15 @@ pub struct LoginResponse {
 /// one-time code, checked together (a refusal does not say which was
 /// wrong). Failures back off per account and per client address (429 with
 /// `Retry-After`); argon2 runs a bounded number at once.
+#[utoipa::path(post, path = "/api/admin/login", tag = "admins", security(()),
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in: the bearer token for this session", body = LoginResponse),
+        (status = 401, description = "Wrong email, password or one-time code; or a code already used (`totp_replayed`)", body = ErrorBody),
+        (status = 403, description = "The account holds no verified admin grant, or no second factor", body = ErrorBody),
+        (status = 429, description = "Too many failures from this account or address", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 pub async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -184,18 +195,37 @@ fn user_agent(req: &HttpRequest) -> String {
 /// is unknown so that both paths cost the same.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2ebC7Dv9oS3BgmNFrSv1zk5Y3v7QJc5c5ZQeuDcZJ6A";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Records after this `seq` (paging).
     #[serde(default)]
     after: i64,
+    /// At most this many records (1-1000; the default is 1000).
     limit: Option<i64>,
+    /// Who did it: an email, an agent id, `system`.
     actor: Option<String>,
+    /// Whom it concerns.
     subject: Option<String>,
+    /// An action (`obr.started`) or a family of them (`obr`).
     action: Option<String>,
+    /// The relying party a record names.
     rp_id: Option<String>,
+    /// From this time on (Unix ms).
     since_ms: Option<i64>,
+    /// Before this time (Unix ms).
     until_ms: Option<i64>,
+}
+
+/// A page of the audit log.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    records: Vec<AuditRecord>,
+    /// Whether the whole hash chain verifies.
+    chain_intact: bool,
+    /// The first record whose link does not verify.
+    chain_broken_at: Option<i64>,
 }
 
 impl AuditQuery {
@@ -213,6 +243,9 @@ impl AuditQuery {
 
 /// `GET /api/audit?after=SEQ&limit=N&actor=…&subject=…&action=…&rp_id=…&since_ms=…&until_ms=…`:
 /// records the filters select, and whether the whole chain holds.
+#[utoipa::path(get, path = "/api/audit", tag = "audit", security(("admin" = [])),
+    params(AuditQuery),
+    responses((status = 200, description = "Records, oldest first", body = AuditPage)))]
 pub async fn audit(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -228,16 +261,23 @@ pub async fn audit(
         .audit_search(&query.filter(), query.after, limit)
         .await?;
     let broken_at = state.directory.verify_audit_chain().await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "records": records,
-        "chain_intact": broken_at.is_none(),
-        "chain_broken_at": broken_at,
-    })))
+    Ok(HttpResponse::Ok().json(AuditPage {
+        records,
+        chain_intact: broken_at.is_none(),
+        chain_broken_at: broken_at,
+    }))
 }
 
 /// `GET /api/audit/export?…` (the filters of `/api/audit`): every record
 /// they select as JSON lines (`application/x-ndjson`, one record per line,
 /// oldest first), for a SIEM. The export itself is audited.
+#[utoipa::path(get, path = "/api/audit/export", tag = "audit", security(("admin" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "One `AuditRecord` as JSON per line, oldest first",
+            content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "Larger than 64 MiB: narrow it", body = ErrorBody),
+    ))]
 pub async fn export_audit(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -287,8 +327,8 @@ pub async fn export_audit(
         .body(lines))
 }
 
-#[derive(Serialize)]
-struct AdminView {
+#[derive(Serialize, ToSchema)]
+pub struct AdminView {
     id: String,
     email: String,
     display_name: String,
@@ -296,6 +336,8 @@ struct AdminView {
 }
 
 /// `GET /api/admins`: every admin whose grant verifies, with role and scope.
+#[utoipa::path(get, path = "/api/admins", tag = "admins", security(("admin" = [])),
+    responses((status = 200, description = "The admins", body = Vec<AdminView>)))]
 pub async fn admins(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -338,6 +380,14 @@ async fn other_admin(
 
 /// `PUT /api/admins/{id}/grant` `{role, scope}`: give another admin a new
 /// role or scope (owners). Audited.
+#[utoipa::path(put, path = "/api/admins/{id}/grant", tag = "admins", security(("admin" = [])),
+    params(("id" = String, Path, description = "The admin's person id")),
+    request_body = Grant,
+    responses(
+        (status = 200, description = "The admin with the new grant", body = AdminView),
+        (status = 404, description = "No such admin", body = ErrorBody),
+        (status = 409, description = "The grant changed meanwhile", body = ErrorBody),
+    ))]
 pub async fn set_grant(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -368,6 +418,13 @@ pub async fn set_grant(
 /// `DELETE /api/admins/{id}/grant`: take another admin's power away
 /// (owners). They stay an admin nobody may act on; their tokens, agents
 /// and sessions lose their power at their next use. Audited.
+#[utoipa::path(delete, path = "/api/admins/{id}/grant", tag = "admins", security(("admin" = [])),
+    params(("id" = String, Path, description = "The admin's person id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such admin, or no grant", body = ErrorBody),
+        (status = 409, description = "The grant changed meanwhile", body = ErrorBody),
+    ))]
 pub async fn revoke(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -393,6 +450,8 @@ pub async fn revoke(
 
 /// `POST /api/admin/logout`: the bearer token ends now (any admin, whatever
 /// their grant). Audited.
+#[utoipa::path(post, path = "/api/admin/logout", tag = "admins", security(("admin" = [])),
+    responses((status = 204, description = "The token is void")))]
 pub async fn logout(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -424,8 +483,8 @@ pub async fn logout(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Serialize)]
-struct SessionView {
+#[derive(Serialize, ToSchema)]
+pub struct SessionView {
     id: String,
     created_at_ms: i64,
     expires_at_ms: i64,
@@ -435,14 +494,14 @@ struct SessionView {
     current: bool,
 }
 
-#[derive(Serialize)]
-struct AgentLogin {
+#[derive(Serialize, ToSchema)]
+pub struct AgentLogin {
     agent_id: String,
     connected_here: bool,
 }
 
-#[derive(Serialize)]
-struct SessionsView {
+#[derive(Serialize, ToSchema)]
+pub struct SessionsView {
     admin_id: String,
     email: String,
     sessions: Vec<SessionView>,
@@ -480,6 +539,12 @@ async fn sessions_owner(
 
 /// `GET /api/admins/{id}/sessions` (`me` for yourself): an admin's signed-in
 /// sessions (never their tokens) and logged-in agents.
+#[utoipa::path(get, path = "/api/admins/{id}/sessions", tag = "admins", security(("admin" = [])),
+    params(("id" = String, Path, description = "The admin's person id, or `me`")),
+    responses(
+        (status = 200, description = "Their sessions and agents", body = SessionsView),
+        (status = 404, description = "No such admin", body = ErrorBody),
+    ))]
 pub async fn sessions(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -527,6 +592,14 @@ pub async fn sessions(
 
 /// `DELETE /api/admins/{id}/sessions/{session_id}`: end one session (yours,
 /// or anyone's for an owner); its token is refused from now on. Audited.
+#[utoipa::path(delete, path = "/api/admins/{id}/sessions/{session_id}", tag = "admins",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The admin's person id, or `me`"),
+        ("session_id" = String, Path, description = "A session's id")),
+    responses(
+        (status = 200, description = "The sessions ended", body = Ended),
+        (status = 404, description = "No such admin or session", body = ErrorBody),
+    ))]
 pub async fn end_session(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -537,6 +610,13 @@ pub async fn end_session(
 }
 
 /// `DELETE /api/admins/{id}/sessions`: sign an admin out everywhere. Audited.
+#[utoipa::path(delete, path = "/api/admins/{id}/sessions", tag = "admins",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The admin's person id, or `me`")),
+    responses(
+        (status = 200, description = "The sessions ended", body = Ended),
+        (status = 404, description = "No such admin", body = ErrorBody),
+    ))]
 pub async fn end_all_sessions(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -578,5 +658,12 @@ async fn end_sessions(
             serde_json::json!({ "admin_id": admin_id, "sessions": ended }),
         )
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "ended": ended })))
+    Ok(HttpResponse::Ok().json(Ended { ended }))
+}
+
+/// Sessions that a `DELETE` ended.
+#[derive(Serialize, ToSchema)]
+pub struct Ended {
+    /// Their ids.
+    ended: Vec<String>,
 }

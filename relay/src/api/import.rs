@@ -11,9 +11,10 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::users::{InviteError, invite_and_mail, set_groups_audited};
-use super::{ApiError, require_power};
+use super::{ApiError, ErrorBody, require_power};
 use crate::directory::grants::{Power, valid_groups};
 use crate::state::AppState;
 
@@ -22,12 +23,13 @@ pub const MAX_IMPORT_ROWS: usize = 1000;
 /// The largest CSV body read (1000 rows of long names fit).
 pub const MAX_IMPORT_BYTES: usize = 1024 * 1024;
 
-#[derive(Serialize)]
-struct RowReport {
+#[derive(Serialize, ToSchema)]
+pub struct RowReport {
     /// The row's line in the file (the header is line 1).
     line: u64,
     email: String,
-    /// `invited`, or `failed` with `error`.
+    /// `invited`, `invited_not_mailed` or `failed` (with `error`).
+    #[schema(value_type = String)]
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<String>,
@@ -35,14 +37,22 @@ struct RowReport {
     error: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ImportReport {
+#[derive(Serialize, ToSchema)]
+pub struct ImportReport {
     invited: usize,
     failed: usize,
     rows: Vec<RowReport>,
 }
 
 /// `POST /api/users/import` (CSV, see the module).
+#[utoipa::path(post, path = "/api/users/import", tag = "users", security(("admin" = [])),
+    request_body(content = String, content_type = "text/csv",
+        description = "A header row naming `email`, `display_name` and optionally `groups` (`;`-separated); at most 1000 rows, 1 MiB"),
+    responses(
+        (status = 200, description = "A line per row", body = ImportReport),
+        (status = 400, description = "Not CSV, no such columns, or too many rows", body = ErrorBody),
+        (status = 413, description = "Larger than 1 MiB"),
+    ))]
 pub async fn import(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -2,12 +2,14 @@
 //! user app and scripts. Every handler authenticates first (bearer token of
 //! the right scope), then calls into [`crate::obr`], the directory or the
 //! router; errors leave through one type, [`ApiError`], with a stable
-//! machine-readable `error` code and a sentence for people.
+//! machine-readable `error` code and a sentence for people. Each handler
+//! carries its part of the OpenAPI document ([`openapi`]).
 
 mod admin;
 mod device;
 mod import;
 mod obr;
+mod openapi;
 pub(crate) mod users;
 
 pub(crate) use self::users::{accept, invite_user};
@@ -43,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         ApiError::BadRequest(format!("invalid JSON body: {e}")).into()
                     }),
             )
+            .route("/openapi.json", web::get().to(openapi::document))
             .route("/admin/login", web::post().to(admin::login))
             .route("/admin/logout", web::post().to(admin::logout))
             .route("/users", web::get().to(users::list))
@@ -129,9 +132,14 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
+/// Every error the API answers: a stable code and a sentence for people.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `bad_request`, `unauthorized`, `totp_replayed`, `forbidden`,
+    /// `not_found`, `conflict`, `unavailable`, `too_many_requests` or
+    /// `internal`.
+    #[schema(example = "forbidden")]
+    error: &'static str,
     message: String,
 }
 
@@ -249,7 +257,7 @@ impl From<ObrError> for ApiError {
 }
 
 /// A yes or no: an owner's approval, four eyes on a session.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct Decision {
     pub approve: bool,
 }

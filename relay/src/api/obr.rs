@@ -6,25 +6,28 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use utoipa::ToSchema;
 
 use super::{
-    ApiError, Decision, audited, bearer, client_address, principal, require_admin, require_device,
+    ApiError, Decision, ErrorBody, audited, bearer, client_address, principal, require_admin,
+    require_device,
 };
 use crate::auth;
 use crate::directory::grants::Power;
 use crate::obr::{Decider, EndReason, ObrRequest};
-use crate::sessions::{AgentEvent, Approver, ObrPolicy, Principal, TokenScope};
+use crate::sessions::{AgentEvent, Approver, ObrPolicy, ObrSession, Principal, TokenScope};
 use crate::state::AppState;
 
 /// How long an agent stays logged in without logging in again.
 pub const AGENT_LOGIN_TTL: Duration = Duration::from_secs(12 * 3600);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct ApproveRequest {
+    /// The code the agent shows, e.g. `WDJB-MJHT`.
     user_code: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Approved {
     agent_id: String,
     principal: String,
@@ -33,6 +36,15 @@ pub struct Approved {
 /// `POST /api/agent-logins/approve`: the device-code grant (RFC 8628).
 /// With an admin token the agent becomes that admin's ("ready for on
 /// behalf registration"); with a user's device token, that user's own key.
+#[utoipa::path(post, path = "/api/agent-logins/approve", tag = "agents",
+    security(("admin" = []), ("device" = [])),
+    request_body = ApproveRequest,
+    responses(
+        (status = 200, description = "The agent is logged in as you", body = Approved),
+        (status = 404, description = "Unknown or expired code", body = ErrorBody),
+        (status = 429, description = "Too many wrong codes", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 pub async fn approve_login(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -115,14 +127,18 @@ pub async fn approve_login(
     }))
 }
 
-#[derive(Serialize)]
-struct AgentView {
+#[derive(Serialize, ToSchema)]
+pub struct AgentView {
     agent_id: String,
+    /// Its tunnel ends on the relay that answered.
     connected_here: bool,
-    obr: Option<crate::sessions::ObrSession>,
+    /// Its OBR session, if it has one.
+    obr: Option<ObrSession>,
 }
 
 /// `GET /api/agents`: the caller's logged-in agents and their OBR sessions.
+#[utoipa::path(get, path = "/api/agents", tag = "agents", security(("admin" = [])),
+    responses((status = 200, description = "Your agents", body = Vec<AgentView>)))]
 pub async fn agents(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -140,9 +156,10 @@ pub async fn agents(
     Ok(HttpResponse::Ok().json(views))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SelectRequest {
+    /// Which of your agents (needed only when you have several).
     agent_id: Option<String>,
     /// Only these RP IDs (e.g. `login.microsoft.com`); none: any.
     #[serde(default)]
@@ -160,6 +177,14 @@ pub struct SelectRequest {
 /// opens the admin's agent on this computer, which then acts for the
 /// user; the code works once, within five minutes, and only for an agent
 /// logged in as this admin.
+#[utoipa::path(post, path = "/api/users/{id}/pairing", tag = "obr", security(("admin" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = Option<SelectRequest>, description = "Limits (no `agent_id`); none: no limits"),
+    responses(
+        (status = 201, description = "The link for your agent", body = PairingOffer),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "The user's key is not active, or busy", body = ErrorBody),
+    ))]
 pub async fn offer_pairing(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -179,10 +204,18 @@ pub async fn offer_pairing(
         .offer_pairing(&admin, &user_id, body.request())
         .await;
     let code = audited(&state, &admin, "offer_pairing", &user_id, offered).await?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "link": format!("obr://pair?code={code}"),
-        "expires_in_s": crate::obr::PAIRING_TTL.as_secs(),
-    })))
+    Ok(HttpResponse::Created().json(PairingOffer {
+        link: format!("obr://pair?code={code}"),
+        expires_in_s: crate::obr::PAIRING_TTL.as_secs(),
+    }))
+}
+
+/// "+Passkey → Other platforms": the link that opens your agent.
+#[derive(Serialize, ToSchema)]
+pub struct PairingOffer {
+    /// `obr://pair?code=…`, once, for an agent logged in as you.
+    link: String,
+    expires_in_s: u64,
 }
 
 /// A "Select as OBR" body: none is no limits; one that does not parse is
@@ -211,6 +244,15 @@ impl SelectRequest {
 
 /// `POST /api/users/{id}/obr`: "Select as OBR", with optional limits.
 /// 201 with the session when it starts; 202 when it awaits four eyes.
+#[utoipa::path(post, path = "/api/users/{id}/obr", tag = "obr", security(("admin" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = Option<SelectRequest>, description = "Limits; none: no limits"),
+    responses(
+        (status = 201, description = "Started: the agent is in OBR mode", body = ObrSession),
+        (status = 202, description = "Waits for four eyes before it starts", body = ObrSession),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "The key is not active, no agent, or one is busy", body = ErrorBody),
+    ))]
 pub async fn select(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -236,6 +278,14 @@ pub async fn select(
 /// `POST /api/obr-sessions/{id}/decision` `{approve}`: a second admin's
 /// four eyes on another admin's session (not their own; only on a user
 /// they may provision themself). Refusals are audited.
+#[utoipa::path(post, path = "/api/obr-sessions/{id}/decision", tag = "obr",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The OBR session's id")),
+    request_body = Decision,
+    responses(
+        (status = 200, description = "Decided: started, or ended if denied", body = ObrSession),
+        (status = 404, description = "No session waits for a second admin", body = ErrorBody),
+    ))]
 pub async fn decide_as_admin(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -253,6 +303,12 @@ pub async fn decide_as_admin(
 }
 
 /// `DELETE /api/agents/{id}/obr`: "Done" — back to normal mode.
+#[utoipa::path(delete, path = "/api/agents/{id}/obr", tag = "obr", security(("admin" = [])),
+    params(("id" = String, Path, description = "The agent's id")),
+    responses(
+        (status = 200, description = "The session that ended", body = ObrSession),
+        (status = 409, description = "The agent has no OBR session", body = ErrorBody),
+    ))]
 pub async fn end(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -269,6 +325,12 @@ pub async fn end(
 /// `DELETE /api/agents/{id}/login`: log an agent out — your own, or (an
 /// owner) anyone's. An OBR session on it ends; the agent hears of it at
 /// once and is "not logged in". Audited.
+#[utoipa::path(delete, path = "/api/agents/{id}/login", tag = "agents", security(("admin" = [])),
+    params(("id" = String, Path, description = "The agent's id")),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 404, description = "The agent is not logged in", body = ErrorBody),
+    ))]
 pub async fn log_out(
     req: HttpRequest,
     state: web::Data<AppState>,

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::{ApiError, audited, require_admin, require_power};
+use super::{ApiError, ErrorBody, audited, require_admin, require_power};
 use crate::auth;
 use crate::directory::grants::{Admin, Power, valid_groups};
 use crate::directory::{KeyStatus, Person};
@@ -23,18 +24,23 @@ const MAX_EMAIL_LEN: usize = 254;
 const MAX_NAME_LEN: usize = 128;
 
 /// `GET /api/users`.
+#[utoipa::path(get, path = "/api/users", tag = "users", security(("admin" = [])),
+    responses((status = 200, description = "Every person in the directory", body = Vec<Person>)))]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     require_power(&req, &state, Power::Read, "list_users").await?;
     Ok(HttpResponse::Ok().json(state.directory.people().await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct InviteRequest {
+    /// One bare address, where the invitation goes.
+    #[schema(max_length = 254)]
     email: String,
+    #[schema(min_length = 1, max_length = 128)]
     display_name: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Invited {
     user: Person,
     /// Where the invitation went. Its secret reaches the user only.
@@ -43,6 +49,13 @@ pub struct Invited {
 
 /// `POST /api/users`: add a user with an `invited` key; the invitation is
 /// mailed to them (the answer never carries its secret).
+#[utoipa::path(post, path = "/api/users", tag = "users", security(("admin" = [])),
+    request_body = InviteRequest,
+    responses(
+        (status = 201, description = "Invited; the invitation is mailed", body = Invited),
+        (status = 409, description = "A user with this email exists", body = ErrorBody),
+        (status = 503, description = "Invited, but the mail could not be sent", body = ErrorBody),
+    ))]
 pub async fn invite(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -154,6 +167,14 @@ async fn mail_invitation(
 /// `POST /api/users/{id}/invitation` (owners): a new invitation for a user
 /// whose key is still `invited` (the mail was lost, or it expired), mailed
 /// to them; earlier links stop working. Audited.
+#[utoipa::path(post, path = "/api/users/{id}/invitation", tag = "users", security(("admin" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "A new invitation is mailed", body = Invited),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "The user's key is not invited", body = ErrorBody),
+        (status = 503, description = "The mail could not be sent", body = ErrorBody),
+    ))]
 pub async fn reinvite(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -220,12 +241,12 @@ pub async fn invite_user(
     Ok((user, token))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct AcceptRequest {
     token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Accepted {
     user: Person,
     /// The user app keeps this to read notifications.
@@ -233,6 +254,12 @@ pub struct Accepted {
 }
 
 /// `POST /api/invitations/accept`: the user accepts; their key is active.
+#[utoipa::path(post, path = "/api/invitations/accept", tag = "me", security(()),
+    request_body = AcceptRequest,
+    responses(
+        (status = 200, description = "Accepted: the user app's device token", body = Accepted),
+        (status = 404, description = "Unknown, expired or used invitation", body = ErrorBody),
+    ))]
 pub async fn accept_invitation(
     state: web::Data<AppState>,
     body: web::Json<AcceptRequest>,
@@ -273,8 +300,8 @@ pub async fn accept(
     Ok(Some((user, device_token)))
 }
 
-#[derive(Serialize)]
-struct Passkey {
+#[derive(Serialize, ToSchema)]
+pub struct Passkey {
     credential_id: String,
     rp_id: String,
     user_name: String,
@@ -291,6 +318,12 @@ struct Passkey {
 }
 
 /// `GET /api/users/{id}/passkeys`: what the user's key holds.
+#[utoipa::path(get, path = "/api/users/{id}/passkeys", tag = "users", security(("admin" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "The passkeys on the user's key", body = Vec<Passkey>),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
 pub async fn passkeys(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -306,6 +339,8 @@ pub async fn passkeys(
 
 /// `GET /api/me/passkeys` (device token): the user's own passkeys, as
 /// their key holds them.
+#[utoipa::path(get, path = "/api/me/passkeys", tag = "me", security(("device" = [])),
+    responses((status = 200, description = "The passkeys on your key", body = Vec<Passkey>)))]
 pub async fn my_passkeys(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -344,6 +379,15 @@ async fn passkeys_of(state: &AppState, user_id: &str) -> Result<Vec<Passkey>, Ap
 
 /// `DELETE /api/users/{id}/passkeys/{credential_id}` (base64url id): remove
 /// one credential from the user's key. Audited; the user is told.
+#[utoipa::path(delete, path = "/api/users/{id}/passkeys/{credential_id}", tag = "users",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The user's id"),
+        ("credential_id" = String, Path, description = "The credential id, base64url")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The credential id is not base64url", body = ErrorBody),
+        (status = 404, description = "No such user or passkey", body = ErrorBody),
+    ))]
 pub async fn delete_passkey(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -392,13 +436,19 @@ pub async fn delete_passkey(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Serialize)]
-struct ResetDone {
+#[derive(Serialize, ToSchema)]
+pub struct ResetDone {
     deleted_credentials: u64,
 }
 
 /// `POST /api/users/{id}/reset-key`: delete every passkey on the user's key
 /// and replace its data key. Admins only; audited; the user is told.
+#[utoipa::path(post, path = "/api/users/{id}/reset-key", tag = "users", security(("admin" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "Reset", body = ResetDone),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
 pub async fn reset_key(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -442,13 +492,20 @@ pub async fn reset_key(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct GroupsRequest {
     groups: Vec<String>,
 }
 
 /// `PUT /api/users/{id}/groups`: the user's groups, which admins' scopes
 /// name. Audited.
+#[utoipa::path(put, path = "/api/users/{id}/groups", tag = "users", security(("admin" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body = GroupsRequest,
+    responses(
+        (status = 200, description = "The user with their new groups", body = Person),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
 pub async fn set_groups(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -487,6 +544,13 @@ pub(super) async fn set_groups_audited(
 /// refuses everything but getInfo — OBR, the user's own sign-ins — until
 /// resumed; a session on it ends at its next request. Audited; the user
 /// is told.
+#[utoipa::path(post, path = "/api/users/{id}/suspend", tag = "users", security(("admin" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "Suspended", body = Person),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "The key is not active", body = ErrorBody),
+    ))]
 pub async fn suspend(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -496,6 +560,13 @@ pub async fn suspend(
 }
 
 /// See [`suspend`].
+#[utoipa::path(post, path = "/api/users/{id}/resume", tag = "users", security(("admin" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "Active again", body = Person),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "The key is not suspended", body = ErrorBody),
+    ))]
 pub async fn resume(
     req: HttpRequest,
     state: web::Data<AppState>,

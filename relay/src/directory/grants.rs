@@ -37,7 +37,7 @@ pub const MAX_GROUPS: usize = 64;
 pub const MAX_GROUP_NAME_LEN: usize = 64;
 
 /// What an admin is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything: admins, users, keys, provisioning.
@@ -59,7 +59,7 @@ impl Role {
 }
 
 /// Which users an admin's role reaches.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     AllUsers,
@@ -68,7 +68,7 @@ pub enum Scope {
 }
 
 /// An admin's role and scope.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Grant {
     pub role: Role,
     pub scope: Scope,

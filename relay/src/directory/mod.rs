@@ -49,7 +49,7 @@ pub type DirResult<T> = Result<T, DirectoryError>;
 
 /// A user's security key, as the admin panel sees it (seed: "User security
 /// key status must be active").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {
     Invited,
@@ -79,7 +79,7 @@ impl FromStr for KeyStatus {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Person {
     pub id: String,
     pub email: String,

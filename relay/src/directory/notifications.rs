@@ -12,7 +12,7 @@ use crate::clock::now_ms;
 /// Notifications one read returns.
 pub const NOTIFICATION_PAGE: i64 = 200;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Notification {
     pub id: i64,
     pub at_ms: i64,

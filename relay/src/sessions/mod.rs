@@ -64,7 +64,7 @@ pub enum TokenScope {
 
 /// An on-behalf registration in progress: `admin` acts for `user` through
 /// the agent `agent_id` until `expires_at_ms` or until it is ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ObrSession {
     pub id: String,
     pub agent_id: String,
@@ -84,7 +84,7 @@ pub struct ObrSession {
 }
 
 /// What an OBR session may do, set when it is selected.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ObrPolicy {
     /// The only RP IDs it may register or sign in at; empty: any.
     #[serde(default)]
@@ -105,7 +105,7 @@ impl ObrPolicy {
 }
 
 /// The second pair of eyes on an OBR session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Approver {
     /// The user, on their phone (the user app).
@@ -145,7 +145,7 @@ pub struct Pairing {
 }
 
 /// A normal-mode call waiting for the key owner's approval on their device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Approval {
     pub id: String,
     /// Whose key, and so whose device must decide.
@@ -159,7 +159,7 @@ pub struct Approval {
     pub created_at_ms: i64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalState {
     Pending,
