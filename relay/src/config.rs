@@ -65,6 +65,8 @@ pub struct RelayConfig {
     pub smtp_url: Option<String>,
     /// The sender of that mail.
     pub mail_from: String,
+    /// Where every audit record is POSTed, signed; `None`: nowhere.
+    pub audit_webhook: Option<crate::audit_webhook::WebhookConfig>,
     /// Create a demo organisation when the directory is empty.
     pub demo_org: bool,
     /// Serve HTTPS/WSS with this certificate chain and key (PEM).
@@ -124,6 +126,7 @@ impl RelayConfig {
             workers: 0,
             smtp_url: None,
             mail_from: DEFAULT_MAIL_FROM.to_owned(),
+            audit_webhook: None,
             demo_org: false,
             tls: None,
             audit_key_file: None,

@@ -26,6 +26,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod audit_webhook;
 pub mod auth;
 pub mod calls;
 pub mod clock;
@@ -91,6 +92,8 @@ pub enum RelayError {
     PlaintextSigners,
     #[error("mail: {0}")]
     Mail(#[from] mail::MailError),
+    #[error(transparent)]
+    AuditWebhook(#[from] audit_webhook::WebhookError),
     #[error("embedded signer: {0}")]
     Signer(String),
     #[error(transparent)]
@@ -119,6 +122,8 @@ pub struct Relay {
     /// The in-process signer, when no external one was configured.
     embedded_signer: Option<obr_signer::SignerCore>,
     demo: Option<demo::DemoOrg>,
+    /// Delivers the audit log to the organisation's URL, if configured.
+    audit_webhook: Option<Arc<audit_webhook::AuditWebhook>>,
 }
 
 impl Relay {
@@ -191,6 +196,14 @@ impl Relay {
             config.obr_ttl,
             config.obr_four_eyes,
         );
+        // Checked before anything serves: a webhook that cannot work is a
+        // configuration error, not a log that silently goes nowhere.
+        let audit_webhook = config
+            .audit_webhook
+            .as_ref()
+            .map(audit_webhook::AuditWebhook::new)
+            .transpose()?
+            .map(Arc::new);
         let mail = match &config.smtp_url {
             Some(url) => Mailer::smtp(url, &config.mail_from)?,
             None => {
@@ -237,6 +250,7 @@ impl Relay {
             state,
             embedded_signer,
             demo,
+            audit_webhook,
         })
     }
 
@@ -256,6 +270,10 @@ impl Relay {
         let sweeper = tokio::spawn(sweep(state.clone()));
         let outbox = tokio::spawn(sweep_outbox(state.clone()));
         let checkpoints = tokio::spawn(checkpoint_audit(state.clone()));
+        let webhook = self.audit_webhook.clone().map(|webhook| {
+            let directory = state.directory.clone();
+            tokio::spawn(async move { webhook.run(directory).await })
+        });
         let workers = match state.config.workers {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n,
@@ -291,6 +309,11 @@ impl Relay {
         sweeper.abort();
         outbox.abort();
         checkpoints.abort();
+        if let (Some(task), Some(webhook)) = (webhook, &self.audit_webhook) {
+            task.abort();
+            // Another relay delivers from where this one stopped, at once.
+            webhook.release(&state.directory).await;
+        }
         // The last records get their checkpoint before the relay goes.
         if let Err(e) = state.anchor.checkpoint(&state.directory).await {
             tracing::error!(error = %e, "cannot write the final audit checkpoint");

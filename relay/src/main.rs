@@ -240,6 +240,30 @@ struct Args {
     /// The sender of that mail.
     #[arg(long, env = "OBR_RELAY_MAIL_FROM", default_value = obr_relay::config::DEFAULT_MAIL_FROM)]
     mail_from: String,
+    /// POST every audit record, in signed batches, to this URL (https://;
+    /// http:// only to this machine).
+    #[arg(
+        long,
+        env = "OBR_RELAY_AUDIT_WEBHOOK_URL",
+        requires = "audit_webhook_secret_file"
+    )]
+    audit_webhook_url: Option<String>,
+    /// The file holding the webhook's HMAC-SHA256 secret (at least 32 bytes),
+    /// which the receiver holds too.
+    #[arg(
+        long,
+        env = "OBR_RELAY_AUDIT_WEBHOOK_SECRET_FILE",
+        requires = "audit_webhook_url"
+    )]
+    audit_webhook_secret_file: Option<PathBuf>,
+    /// Trust only this CA (PEM) for the webhook's receiver (default: the
+    /// public web PKI).
+    #[arg(
+        long,
+        env = "OBR_RELAY_AUDIT_WEBHOOK_CA",
+        requires = "audit_webhook_url"
+    )]
+    audit_webhook_ca: Option<PathBuf>,
     /// An admin token unused this many seconds ends.
     #[arg(long, env = "OBR_RELAY_ADMIN_IDLE_TIMEOUT_S", default_value_t = 900)]
     admin_idle_timeout_s: u64,
@@ -365,6 +389,16 @@ async fn main() -> anyhow::Result<()> {
     config.admin_idle_timeout = Duration::from_secs(args.admin_idle_timeout_s);
     config.admin_session_lifetime = Duration::from_secs(args.admin_session_lifetime_s);
     config.smtp_url = args.smtp_url;
+    config.audit_webhook = args
+        .audit_webhook_url
+        .zip(args.audit_webhook_secret_file)
+        .map(
+            |(url, secret_file)| obr_relay::audit_webhook::WebhookConfig {
+                url,
+                secret_file,
+                ca_file: args.audit_webhook_ca,
+            },
+        );
     config.mail_from = args.mail_from;
     config.workers = args.workers;
     config.demo_org = args.demo_org;

@@ -72,7 +72,7 @@ impl Directory {
             let mut tx = dir.pool().begin_with("BEGIN IMMEDIATE").await?;
             let record = append(&mut tx, &actor, &action, &subject, detail).await?;
             tx.commit().await?;
-            log(&record);
+            dir.appended(&record);
             Ok(record)
         })
         .await
@@ -120,7 +120,7 @@ impl Directory {
         )
         .await?;
         tx.commit().await?;
-        log(&audited);
+        self.appended(&audited);
         self.inbox_changed(&record.user_id);
         Ok(true)
     }
@@ -298,9 +298,13 @@ async fn append(
     })
 }
 
-fn log(record: &AuditRecord) {
-    tracing::info!(target: "obr::audit", seq = record.seq, actor = %record.actor,
-        action = %record.action, subject = %record.subject, detail = %record.detail);
+impl Directory {
+    /// After `record` committed: log it, and wake the audit webhook.
+    fn appended(&self, record: &AuditRecord) {
+        tracing::info!(target: "obr::audit", seq = record.seq, actor = %record.actor,
+            action = %record.action, subject = %record.subject, detail = %record.detail);
+        self.audit_appended.notify_one();
+    }
 }
 
 /// The chain's hash of one record: public, so anyone can check the chain —
@@ -332,7 +336,7 @@ pub fn chain_hash(
     hex(&h.finalize())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
         // invariant: writing to a String cannot fail.

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod grants;
 pub mod notifications;
 pub mod second_factor;
+pub mod webhook_cursor;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -109,6 +110,8 @@ pub struct Directory {
     /// Whose inbox just got a notification (committed), for the user
     /// app's live feed ([`Directory::inbox_changes`]).
     inbox: tokio::sync::broadcast::Sender<String>,
+    /// Woken after each audit append commits, for the audit webhook.
+    audit_appended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Directory {
@@ -129,6 +132,7 @@ impl Directory {
             pool,
             audit_lock: Default::default(),
             inbox: tokio::sync::broadcast::channel(INBOX_SIGNALS).0,
+            audit_appended: Default::default(),
         })
     }
 
@@ -374,6 +378,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "admin_second_factor",
         include_str!("../../migrations/0004_admin_second_factor.sql"),
     ),
+    (
+        5,
+        "audit_webhook",
+        include_str!("../../migrations/0005_audit_webhook.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -400,4 +409,23 @@ impl MigrationSource<'static> for EmbeddedMigrations {
 
 pub(crate) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_migration_file_is_compiled_in() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("migrations folder")
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = super::MIGRATIONS
+            .iter()
+            .map(|(version, name, _)| format!("{version:04}_{name}.sql"))
+            .collect();
+        assert_eq!(listed, files);
+    }
 }
