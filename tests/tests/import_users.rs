@@ -125,5 +125,13 @@ fn an_owner_imports_users_from_csv_with_a_report_per_row() -> anyhow::Result<()>
         !after.iter().any(|u| u["email"] == "u0@big.example"),
         "a refused file imported rows"
     );
+
+    // Past 1 MiB the owner gets a 413; a stranger with a big body is
+    // refused for who they are, before the relay reads it.
+    let huge = format!("email,display_name\n{}", "x".repeat(2 << 20));
+    let too_big = api.post_text("/api/users/import", &owner, "text/csv", &huge)?;
+    assert_eq!(too_big.status, 413, "{}", too_big.body);
+    let stranger = api.post_text("/api/users/import", "no-such-token", "text/csv", &huge)?;
+    assert_eq!(stranger.status, 401, "{}", stranger.body);
     Ok(())
 }

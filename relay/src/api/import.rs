@@ -10,6 +10,7 @@
 //! invitation and every group set on its own.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -51,14 +52,17 @@ pub struct ImportReport {
     responses(
         (status = 200, description = "A line per row", body = ImportReport),
         (status = 400, description = "Not CSV, no such columns, or too many rows", body = ErrorBody),
-        (status = 413, description = "Larger than 1 MiB"),
+        (status = 413, description = "Larger than 1 MiB", body = ErrorBody),
     ))]
 pub async fn import(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    // Who asks is checked before the body is read: a stranger cannot make
+    // the relay hold a megabyte per request.
     let admin = require_power(&req, &state, Power::ManageUsers, "import_users").await?;
+    let body = read_at_most(payload, MAX_IMPORT_BYTES).await?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
@@ -196,4 +200,21 @@ fn failed(line: u64, email: String, error: String) -> RowReport {
         user_id: None,
         error: Some(error),
     }
+}
+
+/// The request body, refused (413) past `limit` bytes.
+async fn read_at_most(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(format!(
+                "the file is larger than {} MiB: split it",
+                limit >> 20
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

@@ -50,11 +50,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/admin/logout", web::post().to(admin::logout))
             .route("/users", web::get().to(users::list))
             .route("/users", web::post().to(users::invite))
-            .service(
-                web::resource("/users/import")
-                    .app_data(web::PayloadConfig::new(import::MAX_IMPORT_BYTES))
-                    .route(web::post().to(import::import)),
-            )
+            .route("/users/import", web::post().to(import::import))
             .route("/users/{id}/passkeys", web::get().to(users::passkeys))
             .route(
                 "/users/{id}/passkeys/{credential_id}",
@@ -125,6 +121,8 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
     TooMany(#[from] crate::limits::TooMany),
@@ -136,8 +134,8 @@ pub enum ApiError {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// `bad_request`, `unauthorized`, `totp_replayed`, `forbidden`,
-    /// `not_found`, `conflict`, `unavailable`, `too_many_requests` or
-    /// `internal`.
+    /// `not_found`, `conflict`, `payload_too_large`, `unavailable`,
+    /// `too_many_requests` or `internal`.
     #[schema(example = "forbidden")]
     error: &'static str,
     message: String,
@@ -152,6 +150,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::TooLarge(_) => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::TooMany(_) => "too_many_requests",
             ApiError::Internal(_) => "internal",
@@ -169,6 +168,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
