@@ -44,9 +44,16 @@ struct Args {
 enum Cmd {
     /// Run the agent: the security key (HID socket or uhid), the tunnel and the control socket.
     Run {
-        /// Relay URL: http(s)://host:port or ws(s)://host:port/agent/ws.
-        #[arg(long, env = "OBR_AGENT_RELAY", default_value = "http://127.0.0.1:8080")]
-        relay: String,
+        /// Relay URL: http(s)://host:port or ws(s)://host:port/agent/ws. Give
+        /// several (repeat the option, or separate them with commas) and the
+        /// agent moves to the next when one fails or drains.
+        #[arg(
+            long,
+            env = "OBR_AGENT_RELAY",
+            value_delimiter = ',',
+            default_value = "http://127.0.0.1:8080"
+        )]
+        relay: Vec<String>,
         /// How the security key is presented.
         #[arg(long, env = "OBR_AGENT_HID", value_enum, default_value_t = HidKind::Socket)]
         hid: HidKind,
@@ -139,11 +146,16 @@ async fn main() -> anyhow::Result<()> {
             ctap_budget_ms,
             insecure,
         } => {
-            let url = TunnelConfig::normalize_url(&relay);
-            TunnelConfig::check_transport(&url, insecure)?;
+            let relays: Vec<String> = relay
+                .iter()
+                .map(|r| TunnelConfig::normalize_url(r))
+                .collect();
+            for url in &relays {
+                TunnelConfig::check_transport(url, insecure)?;
+            }
             let config = AgentConfig {
                 tunnel: TunnelConfig {
-                    url,
+                    relays,
                     ca_file,
                     state_file,
                     ctap_budget: Duration::from_millis(ctap_budget_ms),

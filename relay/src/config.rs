@@ -17,6 +17,12 @@ pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// An admin signs in again after 8 hours (a working day), whatever they do.
 pub const DEFAULT_ADMIN_SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
+/// On SIGTERM, agents get this long to finish and move (Kubernetes'
+/// default termination grace is 30 s: the server's own stop fits after).
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(20);
+/// Agents are told to move over this long, in batches.
+pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::from_secs(5);
+
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     /// The URL people and agents reach this relay at (used in login links).
@@ -65,6 +71,11 @@ pub struct RelayConfig {
     pub smtp_url: Option<String>,
     /// The sender of that mail.
     pub mail_from: String,
+    /// On SIGTERM, how long agents get to finish what is in flight and
+    /// move to another relay.
+    pub drain_grace: Duration,
+    /// Over how long the agents are told to move (in batches).
+    pub drain_spread: Duration,
     /// Where every audit record is POSTed, signed; `None`: nowhere.
     pub audit_webhook: Option<crate::audit_webhook::WebhookConfig>,
     /// Create a demo organisation when the directory is empty.
@@ -127,6 +138,8 @@ impl RelayConfig {
             smtp_url: None,
             mail_from: DEFAULT_MAIL_FROM.to_owned(),
             audit_webhook: None,
+            drain_grace: DEFAULT_DRAIN_GRACE,
+            drain_spread: DEFAULT_DRAIN_SPREAD,
             demo_org: false,
             tls: None,
             audit_key_file: None,

@@ -34,6 +34,7 @@ pub mod config;
 pub mod demo;
 pub mod directory;
 pub mod files;
+pub mod health;
 pub mod limits;
 pub mod mail;
 pub mod obr;
@@ -46,8 +47,9 @@ pub mod state;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::{App, HttpResponse, web};
+use actix_web::{App, web};
 use futures_util::StreamExt;
 
 use crate::agents::AgentRegistry;
@@ -240,6 +242,7 @@ impl Relay {
             router,
             agents: AgentRegistry::default(),
             phones: Phones::default(),
+            draining: Default::default(),
         });
         let demo = if state.config.demo_org {
             demo::ensure(&state).await?
@@ -283,15 +286,15 @@ impl Relay {
         let server = actix_web::HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
-                .route(
-                    "/healthz",
-                    web::get().to(|| async { HttpResponse::Ok().body("ok") }),
-                )
+                .route("/healthz", web::get().to(health::live))
+                .route("/readyz", web::get().to(health::ready))
                 .route("/agent/ws", web::get().to(agents::agent_socket))
                 .configure(api::configure)
                 .configure(pages::configure)
         })
         .workers(workers)
+        // What is left of the grace period after the agents moved.
+        .shutdown_timeout(SERVER_STOP_TIMEOUT.as_secs())
         .disable_signals();
         let server = match &state.config.tls {
             Some(files) => server.listen_rustls_0_23(listener, tls_config(files)?)?,
@@ -300,9 +303,17 @@ impl Relay {
         .run();
         let handle = server.handle();
         tracing::info!(url = %state.config.public_url, "obr-relay serving");
+        let mut server = std::pin::pin!(server);
         tokio::select! {
-            result = server => result?,
-            () = shutdown => handle.stop(true).await,
+            result = &mut server => result?,
+            () = shutdown => {
+                drain(&state).await;
+                // The stop is a command the server future itself carries
+                // out: ask, then drive it until it is done.
+                let stopped = handle.stop(true);
+                server.await?;
+                stopped.await;
+            }
         }
         pump.abort();
         inbox.abort();
@@ -320,6 +331,45 @@ impl Relay {
         }
         drop(self.embedded_signer);
         Ok(())
+    }
+}
+
+/// After the agents moved, how long open HTTP requests get to finish
+/// before the server closes every connection (idle keep-alive ones and the
+/// user apps' feeds, which reconnect elsewhere, hold it this long at most).
+pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// SIGTERM: fail readiness, refuse new agents, move the connected ones to
+/// other relays in jittered batches once each has nothing in flight, and
+/// wait for them to go, within `drain_grace`.
+async fn drain(state: &AppState) {
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (grace, spread) = (state.config.drain_grace, state.config.drain_spread);
+    let agents = state.agents.count();
+    tracing::info!(
+        agents,
+        ?grace,
+        ?spread,
+        "draining: moving agents to other relays"
+    );
+    let started = tokio::time::Instant::now();
+    let deadline = started + grace;
+    let moving = state.agents.drain(spread);
+    let gone = async {
+        while state.agents.count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let done = tokio::time::timeout_at(deadline, async { tokio::join!(moving, gone) }).await;
+    match done {
+        Ok(_) => tracing::info!(agents, took = ?started.elapsed(), "drained"),
+        Err(_) => tracing::warn!(
+            left = state.agents.count(),
+            ?grace,
+            "drain grace over: closing the agents still busy"
+        ),
     }
 }
 

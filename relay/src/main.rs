@@ -264,6 +264,13 @@ struct Args {
         requires = "audit_webhook_url"
     )]
     audit_webhook_ca: Option<PathBuf>,
+    /// On SIGTERM, seconds agents get to finish what is in flight and move
+    /// to another relay.
+    #[arg(long, env = "OBR_RELAY_DRAIN_GRACE_S", default_value_t = 20)]
+    drain_grace_s: u64,
+    /// Over how many seconds agents are told to move (in batches).
+    #[arg(long, env = "OBR_RELAY_DRAIN_SPREAD_S", default_value_t = 5)]
+    drain_spread_s: u64,
     /// An admin token unused this many seconds ends.
     #[arg(long, env = "OBR_RELAY_ADMIN_IDLE_TIMEOUT_S", default_value_t = 900)]
     admin_idle_timeout_s: u64,
@@ -389,6 +396,8 @@ async fn main() -> anyhow::Result<()> {
     config.admin_idle_timeout = Duration::from_secs(args.admin_idle_timeout_s);
     config.admin_session_lifetime = Duration::from_secs(args.admin_session_lifetime_s);
     config.smtp_url = args.smtp_url;
+    config.drain_grace = Duration::from_secs(args.drain_grace_s);
+    config.drain_spread = Duration::from_secs(args.drain_spread_s);
     config.audit_webhook = args
         .audit_webhook_url
         .zip(args.audit_webhook_secret_file)

@@ -34,4 +34,13 @@ pub struct AppState {
     pub mail: Mailer,
     pub anchor: AuditAnchor,
     pub limits: Limits,
+    /// Set on SIGTERM: readiness fails, agents move elsewhere, no new agent
+    /// connects here.
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

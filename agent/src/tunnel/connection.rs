@@ -1,10 +1,13 @@
 //! The connection task behind [`Tunnel`](super::Tunnel): connect, answer
 //! the relay's challenge with a `Hello` signed by the agent key
-//! ([`AgentKey`]), carry frames, and on loss reconnect with jittered
+//! ([`AgentKey`]), carry frames, and on loss move to the next relay of its
+//! list at once; once every relay failed in turn, wait with jittered
 //! exponential backoff (full jitter: a fleet of agents restarting together
-//! does not stampede the relay). Requests in flight when the socket drops
+//! does not stampede the relays). Requests in flight when the socket drops
 //! are answered with CTAP1_ERR_OTHER — the browser retries — rather than
-//! left hanging.
+//! left hanging. A relay that drains closes with 1012 only once it has
+//! answered everything it took: requests that crossed its close were not
+//! served there, so they are sent again to the next relay.
 //!
 //! "Back to normal mode" takes effect here at once: from that moment no
 //! request is forwarded for the session being ended (the browser gets
@@ -28,6 +31,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::identity::{AgentKey, StateFileError};
@@ -75,15 +79,28 @@ pub(crate) struct Connection {
     status: watch::Sender<AgentStatus>,
     key: AgentKey,
     connector: Option<Connector>,
-    pending: HashMap<u64, (oneshot::Sender<Vec<u8>>, KeepaliveStatus)>,
+    pending: HashMap<u64, Pending>,
+    /// Which of `config.relays` is in use.
+    current: usize,
     login_waiters: Vec<oneshot::Sender<Result<LoginPending, TunnelError>>>,
     /// Pairings sent to the relay, by code, waiting for its answer.
     pairing: HashMap<String, oneshot::Sender<Result<PairResult, TunnelError>>>,
     ending: Option<Ending>,
 }
 
+/// A CTAP request sent to the relay, until it answers.
+struct Pending {
+    reply: oneshot::Sender<Vec<u8>>,
+    status: KeepaliveStatus,
+    /// As sent, to send again to the next relay after a drain.
+    request: CtapRequest,
+    sent_at: tokio::time::Instant,
+}
+
 enum SessionEnd {
     Lost(String),
+    /// The relay drains (close 1012): on to the next, keeping requests.
+    Moved(String),
     Stopped,
 }
 
@@ -97,7 +114,7 @@ impl Connection {
         let connector = config.ca_file.as_deref().map(tls_connector).transpose()?;
         status.send_modify(|s| {
             s.agent_id = key.agent_id().to_owned();
-            s.relay = config.url.clone();
+            s.relay = config.relays.first().cloned().unwrap_or_default();
         });
         Ok(Self {
             config,
@@ -106,14 +123,31 @@ impl Connection {
             key,
             connector,
             pending: HashMap::new(),
+            current: 0,
             login_waiters: Vec::new(),
             pairing: HashMap::new(),
             ending: None,
         })
     }
 
+    /// The relay in use.
+    fn url(&self) -> &str {
+        self.config
+            .relays
+            .get(self.current)
+            .map_or("", String::as_str)
+    }
+
+    /// On to the next relay of the list (round and round).
+    fn next_relay(&mut self) {
+        self.current = (self.current + 1) % self.config.relays.len().max(1);
+        let url = self.url().to_owned();
+        self.status.send_modify(|s| s.relay = url);
+    }
+
     pub(crate) async fn run(mut self) {
         let mut failures: u32 = 0;
+        let relays = u32::try_from(self.config.relays.len()).unwrap_or(1).max(1);
         loop {
             let end = match self.connect().await {
                 Ok(socket) => {
@@ -122,19 +156,34 @@ impl Connection {
                 }
                 Err(e) => SessionEnd::Lost(e),
             };
-            self.fail_in_flight();
             match end {
-                SessionEnd::Stopped => return,
+                SessionEnd::Stopped => {
+                    self.fail_in_flight();
+                    return;
+                }
+                SessionEnd::Moved(why) => {
+                    tracing::info!(relay = %self.url(), %why, "relay draining; moving to the next");
+                    self.fail_waiters();
+                    self.status.send_modify(|s| s.connected = false);
+                    self.next_relay();
+                    continue;
+                }
                 SessionEnd::Lost(why) => {
-                    tracing::warn!(relay = %self.config.url, %why, "relay link down");
+                    self.fail_in_flight();
+                    tracing::warn!(relay = %self.url(), %why, "relay link down");
                     self.status.send_modify(|s| {
                         s.connected = false;
                         s.last_error = Some(why);
                     });
+                    self.next_relay();
                 }
             }
             failures = failures.saturating_add(1);
-            let pause = backoff(failures);
+            // Every relay in turn first; then back off.
+            if failures < relays {
+                continue;
+            }
+            let pause = backoff(failures + 1 - relays);
             if !self.wait_offline(pause).await {
                 return;
             }
@@ -148,17 +197,17 @@ impl Connection {
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
         let connecting = tokio_tungstenite::connect_async_tls_with_config(
-            self.config.url.as_str(),
+            self.url(),
             Some(config),
             true,
             self.connector.clone(),
         );
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok((socket, _))) => Ok(socket),
-            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.config.url)),
+            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.url())),
             Err(_) => Err(format!(
                 "connecting to {} got no answer within {CONNECT_TIMEOUT:?}",
-                self.config.url
+                self.url()
             )),
         }
     }
@@ -174,7 +223,7 @@ impl Connection {
                     "the relay opened with {other:?}, not a challenge"
                 ));
             }
-            Ok(Err(why)) => return SessionEnd::Lost(why),
+            Ok(Err(end)) => return end,
             Err(_) => return SessionEnd::Lost("the relay sent no challenge".into()),
         };
         let proof = match self.key.prove(&nonce) {
@@ -190,13 +239,30 @@ impl Connection {
         if let Err(e) = sink.send(encode(hello)).await {
             return SessionEnd::Lost(e.to_string());
         }
+        // Requests the last relay did not take (it drained), oldest first,
+        // with what is left of their budget.
+        let mut resend: Vec<&Pending> = self.pending.values().collect();
+        resend.sort_by_key(|p| p.sent_at);
+        for pending in resend {
+            let spent = u32::try_from(pending.sent_at.elapsed().as_millis()).unwrap_or(u32::MAX);
+            let request = CtapRequest {
+                budget_ms: pending.request.budget_ms.saturating_sub(spent).max(1),
+                ..pending.request.clone()
+            };
+            if let Err(e) = sink
+                .send(encode(agent_frame::Kind::CtapRequest(request)))
+                .await
+            {
+                return SessionEnd::Lost(e.to_string());
+            }
+        }
         loop {
             let answer_by = self.ending.as_ref().map(|e| e.answer_by);
             tokio::select! {
                 incoming = tokio::time::timeout(SILENCE_LIMIT, next_frame(&mut stream)) => {
                     let frame = match incoming {
                         Err(_) => return SessionEnd::Lost("relay silent for too long".into()),
-                        Ok(Err(why)) => return SessionEnd::Lost(why),
+                        Ok(Err(end)) => return end,
                         Ok(Ok(frame)) => frame,
                     };
                     if let Some(reply) = self.on_frame(frame)
@@ -252,15 +318,17 @@ impl Connection {
                 }
             }
             relay_frame::Kind::CtapResponse(response) => {
-                if let Some((waiter, _)) = self.pending.remove(&response.id) {
-                    let _ = waiter.send(response.payload);
+                if let Some(pending) = self.pending.remove(&response.id) {
+                    let _ = pending.reply.send(response.payload);
                 }
             }
             relay_frame::Kind::CtapStatus(update) => {
-                if let Some((_, status)) = self.pending.get(&update.id) {
+                if let Some(pending) = self.pending.get(&update.id) {
                     match KeepaliveState::try_from(update.state) {
-                        Ok(KeepaliveState::UserPresenceNeeded) => status.user_presence_needed(),
-                        _ => status.processing(),
+                        Ok(KeepaliveState::UserPresenceNeeded) => {
+                            pending.status.user_presence_needed()
+                        }
+                        _ => pending.status.processing(),
                     }
                 }
             }
@@ -354,14 +422,23 @@ impl Connection {
                     ModeView::Obr { session_id, .. } => session_id.clone(),
                     _ => String::new(),
                 };
-                self.pending.insert(id, (reply, status));
-                Some(agent_frame::Kind::CtapRequest(CtapRequest {
+                let request = CtapRequest {
                     id,
                     payload,
                     budget_ms: u32::try_from(self.config.ctap_budget.as_millis())
                         .unwrap_or(u32::MAX),
                     obr_session_id,
-                }))
+                };
+                self.pending.insert(
+                    id,
+                    Pending {
+                        reply,
+                        status,
+                        request: request.clone(),
+                        sent_at: tokio::time::Instant::now(),
+                    },
+                );
+                Some(agent_frame::Kind::CtapRequest(request))
             }
             Command::Cancel { id } => self
                 .pending
@@ -454,9 +531,15 @@ impl Connection {
     }
 
     fn fail_in_flight(&mut self) {
-        for (_, (waiter, _)) in self.pending.drain() {
-            let _ = waiter.send(StatusCode::Other.response());
+        for (_, pending) in self.pending.drain() {
+            let _ = pending.reply.send(StatusCode::Other.response());
         }
+        self.fail_waiters();
+    }
+
+    /// Logins, pairings and an unconfirmed end wait for an answer the old
+    /// link will not bring.
+    fn fail_waiters(&mut self) {
         for (_, waiter) in self.pairing.drain() {
             let _ = waiter.send(Err(TunnelError::NotConnected));
         }
@@ -479,22 +562,29 @@ impl Connection {
 }
 
 /// The next relay frame, skipping pings; an error says why the link is
-/// done.
-async fn next_frame<S>(stream: &mut S) -> Result<relay_frame::Kind, String>
+/// done (a close with 1012: the relay drains, move on).
+async fn next_frame<S>(stream: &mut S) -> Result<relay_frame::Kind, SessionEnd>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     loop {
         match stream.next().await {
-            None => return Err("relay closed the connection".into()),
-            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err(SessionEnd::Lost("relay closed the connection".into())),
+            Some(Err(e)) => return Err(SessionEnd::Lost(e.to_string())),
             Some(Ok(Message::Binary(bytes))) => match RelayFrame::decode(bytes.as_ref()) {
                 Ok(RelayFrame { kind: Some(kind) }) => return Ok(kind),
                 Ok(RelayFrame { kind: None }) => tracing::debug!("empty relay frame"),
-                Err(e) => return Err(format!("malformed relay frame: {e}")),
+                Err(e) => {
+                    return Err(SessionEnd::Lost(format!("malformed relay frame: {e}")));
+                }
             },
+            Some(Ok(Message::Close(Some(frame)))) if frame.code == CloseCode::Restart => {
+                return Err(SessionEnd::Moved(frame.reason.to_string()));
+            }
             Some(Ok(Message::Close(frame))) => {
-                return Err(format!("relay closed the connection: {frame:?}"));
+                return Err(SessionEnd::Lost(format!(
+                    "relay closed the connection: {frame:?}"
+                )));
             }
             // Pings are answered by tungstenite; text is not ours.
             Some(Ok(_)) => {}

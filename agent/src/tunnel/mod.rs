@@ -30,8 +30,10 @@ const COMMAND_QUEUE: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct TunnelConfig {
-    /// `ws://…/agent/ws` or `wss://…/agent/ws`.
-    pub url: String,
+    /// The relays, `ws://…/agent/ws` or `wss://…/agent/ws`, tried in turn:
+    /// the agent moves to the next when one cannot be reached, fails, or
+    /// drains (closes with 1012). At least one.
+    pub relays: Vec<String>,
     /// Extra PEM CA certificates to trust for `wss://` (else web PKI roots).
     pub ca_file: Option<PathBuf>,
     /// Where the agent's key pair (and so its id) is kept between runs.

@@ -42,7 +42,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::identity::{self, ProvenAgent};
-use super::registry::{Deliver, Replaced};
+use super::registry::{Deliver, Drain, Replaced};
 use crate::auth;
 use crate::calls::{Answer, CachedObr, CtapCall, StatusSink};
 use crate::clock::now_ms;
@@ -84,6 +84,12 @@ pub async fn agent_socket(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    if state.is_draining() {
+        // Not here: the agent tries its next relay.
+        return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+            .body("this relay is draining: connect to another one"));
+    }
     let nonce = identity::new_nonce().map_err(actix_web::error::ErrorInternalServerError)?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
@@ -109,6 +115,8 @@ pub async fn agent_socket(
             last_seen: Instant::now(),
             reads_started: 0,
             read_applied: 0,
+            draining: false,
+            closing: false,
         }
     });
     Ok(response)
@@ -159,6 +167,11 @@ pub struct AgentSession {
     /// Store reads of login and session started, and the newest applied.
     reads_started: u64,
     read_applied: u64,
+    /// The relay is draining: close once nothing is in flight.
+    draining: bool,
+    /// The close is sent: frames that still arrive are not served (the
+    /// agent sends them again to its next relay).
+    closing: bool,
 }
 
 impl Actor for AgentSession {
@@ -241,6 +254,15 @@ impl Handler<Deliver> for AgentSession {
     }
 }
 
+impl Handler<Drain> for AgentSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
+        self.draining = true;
+        self.close_if_drained(ctx);
+    }
+}
+
 impl Handler<Replaced> for AgentSession {
     type Result = ();
 
@@ -255,6 +277,9 @@ impl AgentSession {
     }
 
     fn on_frame(&mut self, frame: agent_frame::Kind, ctx: &mut actix::Context<Self>) {
+        if self.closing {
+            return;
+        }
         match frame {
             agent_frame::Kind::Hello(hello) => {
                 if self.agent.is_some() {
@@ -267,6 +292,7 @@ impl AgentSession {
             agent_frame::Kind::CtapRequest(request) => self.ctap(request, ctx),
             agent_frame::Kind::CtapCancel(cancel) => {
                 if let Some(handle) = self.in_flight.remove(&cancel.id) {
+                    ctx.run_later(Duration::ZERO, |act, ctx| act.close_if_drained(ctx));
                     // Dropping the request's future withdraws it at the signer.
                     ctx.cancel_future(handle);
                 }
@@ -287,10 +313,16 @@ impl AgentSession {
             self.connection,
             ctx.address().recipient(),
             ctx.address().recipient(),
+            ctx.address().recipient(),
         );
         tracing::info!(agent = %agent.agent_id(), version = %hello.agent_version, "agent connected");
         let agent_id = agent.agent_id().to_owned();
         self.agent = Some(agent);
+        if self.state.is_draining() {
+            // Connected while the relay began to drain: move on at once.
+            self.draining = true;
+            return self.close_if_drained(ctx);
+        }
         let state = self.state.clone();
         self.reads_started += 1;
         let (read, started) = (self.reads_started, Instant::now());
@@ -456,6 +488,7 @@ impl AgentSession {
         let serve = async move { state.calls.serve(call).await };
         let handle = ctx.spawn(serve.into_actor(self).map(move |result, act, ctx| {
             act.in_flight.remove(&id);
+            ctx.run_later(Duration::ZERO, |act, ctx| act.close_if_drained(ctx));
             match result {
                 Ok(Answer::ModeMismatch) => {
                     act.answer(ctx, id, StatusCode::OperationDenied.response(), None);
@@ -638,6 +671,23 @@ impl AgentSession {
             tracing::warn!(agent = ?self.agent_id(), "agent not reading; disconnecting");
             ctx.stop();
         }
+    }
+
+    /// Draining and nothing in flight: close with 1012 ("service restart")
+    /// so that the agent reconnects to another relay at once. Frames the
+    /// agent sent meanwhile are not served ([`Self::closing`]); it sends
+    /// them again there.
+    fn close_if_drained(&mut self, ctx: &mut actix::Context<Self>) {
+        if !self.draining || self.closing || !self.in_flight.is_empty() {
+            return;
+        }
+        self.closing = true;
+        tracing::info!(agent = ?self.agent_id(), "relay draining: moving the agent");
+        let _ = self.out.try_send(Outgoing::Close(CloseReason {
+            code: CloseCode::Restart,
+            description: Some("relay draining: reconnect to another relay".into()),
+        }));
+        ctx.stop();
     }
 
     /// Tell the agent what it did wrong, then close the socket.

@@ -136,6 +136,12 @@ impl Directory {
         })
     }
 
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> DirResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn is_empty(&self) -> DirResult<bool> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM people")
             .fetch_one(&self.pool)

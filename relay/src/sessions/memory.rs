@@ -386,6 +386,10 @@ impl SessionStore for MemoryStore {
         }))
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn publish(&self, event: &AgentEvent) -> StoreResult<()> {
         // No subscriber is not an error: nobody holds that agent's socket.
         let _ = self.events.send(event.clone());

@@ -327,6 +327,9 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn publish(&self, event: &AgentEvent) -> StoreResult<()>;
     /// Events published from now on, by any pod.
     async fn subscribe(&self) -> StoreResult<BoxStream<'static, AgentEvent>>;
+
+    /// Whether the store answers (readiness).
+    async fn ping(&self) -> StoreResult<()>;
 }
 
 /// How long a session's keys outlive its expiry, so the sweeper still finds

@@ -600,6 +600,12 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
     async fn subscribe(&self) -> StoreResult<BoxStream<'static, AgentEvent>> {
         let channel = self.key(&["events"]);
         // Subscribe once now so that events published after this call

@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     let hid_socket = data_dir.join("agent.hid");
     let agent = Agent::start(AgentConfig {
         tunnel: TunnelConfig {
-            url: TunnelConfig::normalize_url(&url),
+            relays: vec![TunnelConfig::normalize_url(&url)],
             ca_file: None,
             state_file: data_dir.join("agent.json"),
             ctap_budget: DEFAULT_CTAP_BUDGET,
@@ -239,7 +239,7 @@ fn story(
     let bob_dir = tempdir()?;
     let bob_agent = Agent::start(AgentConfig {
         tunnel: TunnelConfig {
-            url: TunnelConfig::normalize_url(url),
+            relays: vec![TunnelConfig::normalize_url(url)],
             ca_file: None,
             state_file: bob_dir.join("agent.json"),
             ctap_budget: DEFAULT_CTAP_BUDGET,

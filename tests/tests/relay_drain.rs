@@ -1,0 +1,133 @@
+//! A relay that is told to stop (SIGTERM, as Kubernetes does) while an
+//! admin registers passkeys through it, through the real processes: two
+//! relays on one directory and one Redis, a standalone signer, and an agent
+//! that knows both relays. The draining relay fails readiness, refuses new
+//! agents, waits until the agent's request in flight is answered, then
+//! closes with 1012; the agent moves to the other relay and sends there what
+//! crossed the close. Not one request fails, none is lost from the books,
+//! and the relay exits cleanly well within its grace. Then readiness
+//! follows the session store: Redis gone, `/readyz` says so.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use obr_tests::api::Api;
+use obr_tests::hid_client::HidClient;
+use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
+use obr_tests::redis_server::RedisServer;
+use obr_tests::rp;
+use obr_tests::scratch::Scratch;
+
+const CTAP2_OK: u8 = 0x00;
+
+#[test]
+fn a_draining_relay_moves_its_agent_without_failing_a_request() -> anyhow::Result<()> {
+    let Some(redis) = RedisServer::start()? else {
+        eprintln!("redis-server not installed; scripts/test installs it");
+        return Ok(());
+    };
+    let scratch = Scratch::new("relay-drain")?;
+    std::fs::create_dir_all(scratch.join("signer"))?;
+    let signer = SignerProc::start(&scratch.join("signer"))?;
+    let options = RelayOptions {
+        signers: vec![signer.endpoint.clone()],
+        redis_url: Some(redis.url()),
+        ..RelayOptions::default()
+    };
+    let data_dir = scratch.join("relay");
+    let first = RelayProc::start(&data_dir, &options)?;
+    let second = RelayProc::start(&data_dir, &options)?;
+    let (first_api, second_api) = (Api::new(&first.url), Api::new(&second.url));
+    let agent = AgentProc::start(
+        &scratch.join("agent"),
+        &format!("{},{}", first.url, second.url),
+    )?;
+    let owner = first_api.demo_owner(&first.demo)?;
+    agent.login(&first_api, &owner)?;
+    let bob = first.user("bob@demo.obr")?;
+    agent.select_as_obr(&first_api, &owner, bob)?;
+    assert!(
+        agent
+            .cli(&["status"])?
+            .contains(&first.url.replace("http", "ws"))
+    );
+    assert_eq!(first_api.call("GET", "/readyz", None, None)?.status, 200);
+
+    // Registrations back to back, while the first relay is told to stop.
+    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+        let socket = agent.hid_socket.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut hid = HidClient::open(&socket)?;
+            let request = rp::registration_request("bob")?;
+            while !stop.load(Ordering::Relaxed) {
+                match hid.cbor(&request)?.first() {
+                    Some(&CTAP2_OK) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+            Ok(())
+        })
+    };
+    let wait_for = |n: usize| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while done.load(Ordering::Relaxed) < n {
+            anyhow::ensure!(Instant::now() < deadline, "registrations stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    };
+    wait_for(10)?;
+    let before = done.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let status = first.proc.stop()?;
+    let took = started.elapsed();
+    assert!(status.success(), "the draining relay exited with {status}");
+    assert!(took < Duration::from_secs(5), "draining took {took:?}");
+    wait_for(before + 10)?;
+    stop.store(true, Ordering::Relaxed);
+    load.join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+
+    let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} registrations failed",
+        done + failed
+    );
+    let status = agent.cli(&["status"])?;
+    assert!(
+        status.contains(&second.url.replace("http", "ws")),
+        "the agent is not on the second relay: {status}"
+    );
+    assert!(status.contains("OBR: acting for bob@demo.obr"), "{status}");
+    // The books: one record per registration, none lost in the move.
+    let audit = second_api.audit(&owner)?;
+    let recorded = audit["records"].as_array().map_or(0, |r| {
+        r.iter()
+            .filter(|r| r["action"] == "obr.registration")
+            .count()
+    });
+    assert_eq!(recorded, done, "registrations without their audit record");
+    println!("drained in {took:?}; {done} registrations, none failed");
+
+    // Readiness follows the session store.
+    assert_eq!(second_api.call("GET", "/readyz", None, None)?.status, 200);
+    drop(redis);
+    let answer = second_api.call("GET", "/readyz", None, None)?;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer.body["why"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("session store"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(second_api.call("GET", "/healthz", None, None)?.status, 200);
+    Ok(())
+}
