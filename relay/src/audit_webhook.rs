@@ -4,14 +4,20 @@
 //! HMAC-SHA256 under a secret only the relay and the receiver hold.
 //!
 //! What a receiver gets: `POST` with `Content-Type: application/json`,
-//! body `{"records": [AuditRecord, …]}` (oldest first, `seq` contiguous),
-//! `Obr-Delivery: <first seq>-<last seq>`, and
+//! body `{"records": [AuditRecord, …], "head": {"seq", "hash"}}` (records
+//! oldest first, `seq` contiguous; `head` is the log's newest record when
+//! the batch was read), `Obr-Delivery: <first seq>-<last seq>` (or
+//! `heartbeat` for a batch without records, sent after
+//! [`WebhookConfig::heartbeat`] without one), and
 //! `Obr-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`.
 //! A receiver checks the MAC in constant time, refuses a `t` far from its
-//! clock (a replay), and checks each batch's first `prev_hash` against the
-//! last `hash` it stored: the hash chain shows a gap that anyone — even a
-//! database writer who moved the cursor — made. It answers 2xx once it has
-//! stored the batch.
+//! clock (a replay), drops records whose `seq` it already holds (delivery
+//! is at least once), checks that the next record's `prev_hash` is the
+//! last `hash` it stored, and alarms when `head.seq` runs ahead of what it
+//! holds for long or when no batch came for a few heartbeats. The hash
+//! chain and the signed head show a hole or a silence that anyone — even a
+//! database writer who moved the cursor or the lease — made. It answers
+//! 2xx once it has stored the batch.
 //!
 //! Delivery is at least once and in order: the cursor
 //! ([`crate::directory::webhook_cursor`]) moves only after a 2xx; until
@@ -33,46 +39,71 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use ring::hmac;
 use serde::Serialize;
-use sha2::Digest;
 
 use crate::clock::now_ms;
 use crate::directory::audit::AuditRecord;
 use crate::directory::{Directory, DirectoryError};
 
-/// Records in one POST at most.
+/// Records in one POST at most (a receiver that refuses a batch holds up
+/// every later record: it is retried until accepted).
 pub const MAX_BATCH: i64 = 100;
-/// How long a relay holds the right to deliver without renewing it.
+/// How long a relay holds the right to deliver without renewing it. The
+/// holder renews it whenever less than two thirds is left, so a post
+/// ([`POST_TIMEOUT`]) and the cursor's move always fall within it.
 pub const LEASE: Duration = Duration::from_secs(30);
+/// The default [`WebhookConfig::heartbeat`].
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
+/// How much of a receiver's answer is read (and dropped).
+const MAX_ANSWER: usize = 64 * 1024;
 /// A POST that has not answered by then failed.
 pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
 /// With nothing appended here, look for other relays' records this often.
 pub const IDLE_RECHECK: Duration = Duration::from_secs(2);
 /// The first wait after a failed delivery; it doubles up to [`MAX_RETRY`].
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of a batch the receiver refused.
 pub const MAX_RETRY: Duration = Duration::from_secs(60);
 /// The shortest secret accepted (bytes).
 pub const MIN_SECRET_LEN: usize = 32;
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256>` over `"<t>." + body`.
 pub const SIGNATURE_HEADER: &str = "obr-signature";
+/// `<first seq>-<last seq>`, or `heartbeat`.
 pub const DELIVERY_HEADER: &str = "obr-delivery";
 
 /// Where the audit log goes, from the relay's configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WebhookConfig {
-    /// `https://…` (`http://` only to this machine).
+    /// `https://…` (`http://` only to this machine). It may carry a token:
+    /// logs, errors and the database see its origin or a MAC of it only.
     pub url: String,
     /// A file holding the shared secret (at least [`MIN_SECRET_LEN`] bytes).
     pub secret_file: PathBuf,
     /// Trust only this CA (PEM) for the receiver; default: the public
     /// web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// With nothing to deliver, a signed batch without records (and the
+    /// log's head) goes out this often, so the receiver can tell silence
+    /// from quiet.
+    pub heartbeat: Duration,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("to", &origin_of(&self.url))
+            .field("secret_file", &self.secret_file)
+            .field("ca_file", &self.ca_file)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("audit webhook URL {0:?} is not an http(s) URL with a host")]
-    BadUrl(String),
+    #[error("the audit webhook URL is not an http(s) URL with a host")]
+    BadUrl,
     #[error(
-        "audit webhook URL {0:?} is plain http to another host: the log and its MACs would travel in clear (use https://)"
+        "the audit webhook URL is plain http to another host ({0}): the log and its MACs would travel in clear (use https://)"
     )]
     Plaintext(String),
     #[error("cannot read the audit webhook secret file {path}: {error}")]
@@ -81,6 +112,8 @@ pub enum WebhookError {
     ShortSecret(String),
     #[error("audit webhook CA {path}: {why}")]
     Ca { path: String, why: String },
+    #[error("cannot make the audit webhook's TLS client: {0}")]
+    Tls(String),
 }
 
 /// Why one delivery failed (it is tried again).
@@ -92,19 +125,40 @@ enum DeliveryError {
     Timeout,
     #[error("cannot reach the receiver: {0}")]
     Transport(String),
+    #[error("cannot encode the batch: {0}")]
+    Encode(#[from] serde_json::Error),
     #[error(transparent)]
     Directory(#[from] DirectoryError),
+}
+
+/// What one delivery step did.
+enum Step {
+    /// A batch was accepted: there may be more.
+    Delivered,
+    /// Nothing to send (a heartbeat may have gone out).
+    Idle,
+    /// Another relay holds the lease.
+    NotHolder,
 }
 
 #[derive(Serialize)]
 struct Batch<'a> {
     records: &'a [AuditRecord],
+    /// The log's newest record when the batch was read.
+    head: Option<Head>,
+}
+
+#[derive(Serialize)]
+struct Head {
+    seq: i64,
+    hash: String,
 }
 
 pub struct AuditWebhook {
     url: hyper::Uri,
-    /// The cursor's key: SHA-256 of the URL (which may carry a token, so
-    /// the database never holds it).
+    /// The cursor's key: HMAC-SHA256 of the URL under the secret (the URL
+    /// may carry a token: the database holds nothing it could be guessed
+    /// from). A new URL or secret starts from the first record.
     target: String,
     /// The URL's scheme, host and port: all that logs show of it.
     origin: String,
@@ -112,6 +166,7 @@ pub struct AuditWebhook {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// This relay, as the lease names it.
     holder: String,
+    heartbeat: Duration,
 }
 
 impl std::fmt::Debug for AuditWebhook {
@@ -127,16 +182,16 @@ impl AuditWebhook {
     /// Check `config` (an https URL or loopback http, a long enough secret,
     /// a readable CA) and make the client; nothing is sent yet.
     pub fn new(config: &WebhookConfig) -> Result<Self, WebhookError> {
-        let bad = || WebhookError::BadUrl(config.url.clone());
-        let parsed = url::Url::parse(&config.url).map_err(|_| bad())?;
-        let host = parsed.host().ok_or_else(bad)?;
+        let parsed = url::Url::parse(&config.url).map_err(|_| WebhookError::BadUrl)?;
+        let host = parsed.host().ok_or(WebhookError::BadUrl)?;
+        let origin = parsed.origin().ascii_serialization();
         match parsed.scheme() {
             "https" => {}
             "http" if is_loopback(&host) => {}
-            "http" => return Err(WebhookError::Plaintext(config.url.clone())),
-            _ => return Err(bad()),
+            "http" => return Err(WebhookError::Plaintext(origin)),
+            _ => return Err(WebhookError::BadUrl),
         }
-        let url: hyper::Uri = config.url.parse().map_err(|_| bad())?;
+        let url: hyper::Uri = config.url.parse().map_err(|_| WebhookError::BadUrl)?;
         let secret = read_secret(&config.secret_file)?;
         let tls = client_tls(config.ca_file.as_deref())?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -145,14 +200,15 @@ impl AuditWebhook {
             .enable_http1()
             .build();
         let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-        let origin = parsed.origin().ascii_serialization();
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &secret);
         Ok(Self {
             url,
-            target: crate::directory::audit::hex(&sha2::Sha256::digest(config.url.as_bytes())),
+            target: crate::directory::audit::hex(hmac::sign(&key, config.url.as_bytes()).as_ref()),
             origin,
-            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            key,
             client,
             holder: uuid::Uuid::new_v4().to_string(),
+            heartbeat: config.heartbeat,
         })
     }
 
@@ -161,16 +217,24 @@ impl AuditWebhook {
     pub async fn run(&self, directory: Directory) {
         tracing::info!(to = %self.origin, "audit webhook delivering");
         let mut leased_until = 0;
+        let mut last_post = tokio::time::Instant::now();
         let mut retry = FIRST_RETRY;
         loop {
-            match self.deliver_next(&directory, &mut leased_until).await {
-                Ok(Some(_)) => retry = FIRST_RETRY,
-                Ok(None) => {
+            match self
+                .step(&directory, &mut leased_until, &mut last_post)
+                .await
+            {
+                Ok(Step::Delivered) => retry = FIRST_RETRY,
+                Ok(Step::Idle) => {
+                    retry = FIRST_RETRY;
                     tokio::select! {
                         () = directory.audit_appended() => {}
                         () = tokio::time::sleep(IDLE_RECHECK) => {}
                     }
                 }
+                // Another relay delivers: look again when its lease could
+                // have run out, without writing the database meanwhile.
+                Ok(Step::NotHolder) => tokio::time::sleep(LEASE / 3).await,
                 Err(e) => {
                     tracing::warn!(to = %self.origin, error = %e, retry_in = ?retry,
                         "audit webhook delivery failed; the records are kept and sent again");
@@ -188,50 +252,74 @@ impl AuditWebhook {
         }
     }
 
-    /// One step: `Some(last seq)` when a batch was accepted, `None` when
-    /// there is nothing to send or another relay holds the lease.
-    async fn deliver_next(
+    /// One step: hold the lease, then send the next batch (or a heartbeat).
+    async fn step(
         &self,
         directory: &Directory,
         leased_until: &mut i64,
-    ) -> Result<Option<i64>, DeliveryError> {
+        last_post: &mut tokio::time::Instant,
+    ) -> Result<Step, DeliveryError> {
         let now = now_ms();
         let lease_ms = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
-        // Renewed when a third of it is left, not on every look.
-        let delivered = if *leased_until - now > lease_ms / 3 {
-            directory.webhook_delivered(&self.target).await?
-        } else {
+        if *leased_until - now < lease_ms * 2 / 3 {
             let until = now + lease_ms;
-            let got = directory
+            let held = directory
                 .lease_webhook(&self.target, &self.holder, now, until)
                 .await?;
-            *leased_until = if got.is_some() { until } else { 0 };
-            got
+            *leased_until = if held { until } else { 0 };
+            if !held {
+                return Ok(Step::NotHolder);
+            }
+        }
+        let Some(delivered) = directory
+            .webhook_delivered(&self.target, &self.holder)
+            .await?
+        else {
+            *leased_until = 0;
+            return Ok(Step::NotHolder);
         };
-        let Some(delivered) = delivered else {
-            return Ok(None);
-        };
+        let head = directory
+            .audit_head()
+            .await?
+            .map(|(seq, hash)| Head { seq, hash });
+        let head_seq = head.as_ref().map_or(0, |h| h.seq);
+        if delivered > head_seq {
+            tracing::error!(
+                delivered,
+                head_seq,
+                "the audit webhook's cursor is past the newest record: someone moved it in the \
+                 database; the receiver sees the log's head in every heartbeat"
+            );
+        }
         let records = directory.audit_records(delivered, MAX_BATCH).await?;
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
-            return Ok(None);
+            if last_post.elapsed() >= self.heartbeat {
+                let body = serde_json::to_vec(&Batch { records: &[], head })?;
+                self.post(body, "heartbeat".into()).await?;
+                *last_post = tokio::time::Instant::now();
+            }
+            return Ok(Step::Idle);
         };
         let (first, last) = (first.seq, last.seq);
-        let body = serde_json::to_vec(&Batch { records: &records })
-            .map_err(|e| DeliveryError::Transport(e.to_string()))?;
-        self.post(body, first, last).await?;
+        let body = serde_json::to_vec(&Batch {
+            records: &records,
+            head,
+        })?;
+        self.post(body, format!("{first}-{last}")).await?;
+        *last_post = tokio::time::Instant::now();
         if !directory
-            .advance_webhook(&self.target, &self.holder, delivered, last)
+            .advance_webhook(&self.target, &self.holder, delivered, last, now_ms())
             .await?
         {
             // The lease moved meanwhile: the new holder sends these again.
             *leased_until = 0;
-            return Ok(None);
+            return Ok(Step::NotHolder);
         }
         tracing::debug!(first, last, "audit webhook batch accepted");
-        Ok(Some(last))
+        Ok(Step::Delivered)
     }
 
-    async fn post(&self, body: Vec<u8>, first: i64, last: i64) -> Result<(), DeliveryError> {
+    async fn post(&self, body: Vec<u8>, delivery: String) -> Result<(), DeliveryError> {
         let unix_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
         let request = hyper::Request::post(&self.url)
             .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -240,7 +328,7 @@ impl AuditWebhook {
                 concat!("obr-relay/", env!("CARGO_PKG_VERSION")),
             )
             .header(SIGNATURE_HEADER, signature(&self.key, unix_s, &body))
-            .header(DELIVERY_HEADER, format!("{first}-{last}"))
+            .header(DELIVERY_HEADER, delivery)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| DeliveryError::Transport(e.to_string()))?;
         let exchange = async {
@@ -251,7 +339,9 @@ impl AuditWebhook {
                 .map_err(|e| DeliveryError::Transport(error_chain(&e)))?;
             let status = response.status();
             // Read (and drop) the answer so the connection can be reused.
-            let _ = response.into_body().collect().await;
+            let _ = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await;
             if status.is_success() {
                 Ok(())
             } else {
@@ -265,7 +355,7 @@ impl AuditWebhook {
 }
 
 /// `t=<unix_s>,v1=<hex HMAC-SHA256(key, "<unix_s>." + body)>`.
-pub fn signature(key: &hmac::Key, unix_s: u64, body: &[u8]) -> String {
+fn signature(key: &hmac::Key, unix_s: u64, body: &[u8]) -> String {
     let mut context = hmac::Context::with_key(key);
     context.update(unix_s.to_string().as_bytes());
     context.update(b".");
@@ -273,6 +363,14 @@ pub fn signature(key: &hmac::Key, unix_s: u64, body: &[u8]) -> String {
     let tag = context.sign();
     let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("t={unix_s},v1={hex}")
+}
+
+/// The scheme, host and port of `url`, or a placeholder.
+fn origin_of(url: &str) -> String {
+    url::Url::parse(url).map_or_else(
+        |_| "(not a URL)".into(),
+        |u| u.origin().ascii_serialization(),
+    )
 }
 
 fn is_loopback(host: &url::Host<&str>) -> bool {
@@ -319,10 +417,7 @@ fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, WebhookErr
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| WebhookError::Ca {
-            path: "-".into(),
-            why: e.to_string(),
-        })?
+        .map_err(|e| WebhookError::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
@@ -372,6 +467,7 @@ mod tests {
             url: url.into(),
             secret_file: secret.clone(),
             ca_file: None,
+            heartbeat: DEFAULT_HEARTBEAT,
         };
         assert!(AuditWebhook::new(&config("http://127.0.0.1:9/hook")).is_ok());
         assert!(AuditWebhook::new(&config("http://localhost:9/hook")).is_ok());
@@ -380,9 +476,15 @@ mod tests {
             AuditWebhook::new(&config("http://siem.example/hook")),
             Err(WebhookError::Plaintext(_))
         ));
+        let refused = AuditWebhook::new(&config("http://siem.example/hook?token=s3cret"));
+        assert!(
+            matches!(&refused, Err(e) if !e.to_string().contains("s3cret")),
+            "the error shows the origin only"
+        );
+        assert!(!format!("{:?}", config("https://siem.example/?token=s3cret")).contains("s3cret"));
         assert!(matches!(
             AuditWebhook::new(&config("ftp://siem.example/")),
-            Err(WebhookError::BadUrl(_))
+            Err(WebhookError::BadUrl)
         ));
         std::fs::write(&secret, b"short").expect("secret");
         assert!(matches!(

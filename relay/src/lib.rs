@@ -322,6 +322,9 @@ impl Relay {
         checkpoints.abort();
         if let (Some(task), Some(webhook)) = (webhook, &self.audit_webhook) {
             task.abort();
+            // Wait until it is gone: a renewal it had started must not
+            // take the lease back after the release.
+            let _ = task.await;
             // Another relay delivers from where this one stopped, at once.
             webhook.release(&state.directory).await;
         }

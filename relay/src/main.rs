@@ -245,6 +245,7 @@ struct Args {
     #[arg(
         long,
         env = "OBR_RELAY_AUDIT_WEBHOOK_URL",
+        hide_env_values = true,
         requires = "audit_webhook_secret_file"
     )]
     audit_webhook_url: Option<String>,
@@ -264,6 +265,11 @@ struct Args {
         requires = "audit_webhook_url"
     )]
     audit_webhook_ca: Option<PathBuf>,
+    /// With nothing to deliver, send the receiver a signed heartbeat (the
+    /// log's head, no records) this often, in seconds.
+    #[arg(long, env = "OBR_RELAY_AUDIT_WEBHOOK_HEARTBEAT_S", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    audit_webhook_heartbeat_s: u64,
     /// On SIGTERM, seconds agents get to finish what is in flight and move
     /// to another relay.
     #[arg(long, env = "OBR_RELAY_DRAIN_GRACE_S", default_value_t = 20)]
@@ -406,6 +412,7 @@ async fn main() -> anyhow::Result<()> {
                 url,
                 secret_file,
                 ca_file: args.audit_webhook_ca,
+                heartbeat: Duration::from_secs(args.audit_webhook_heartbeat_s),
             },
         );
     config.mail_from = args.mail_from;

@@ -102,6 +102,23 @@ impl Proc {
         }
     }
 
+    /// Wait for a stdout line (a log line) containing `needle`; returns it.
+    pub fn wait_for_line_containing(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!("{} did not print {needle:?} within {timeout:?}", self.name),
+            }
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -6,7 +6,8 @@
 //! organisation's HTTPS receiver (a local actix-web server here, verifying
 //! as `relay/src/audit_webhook.rs` tells receivers to), signed, in order,
 //! through an outage; an impostor receiver gets nothing; a database writer
-//! who moves the delivery cursor leaves a gap the receiver sees.
+//! who takes the delivery lease is overruled, and one who moves the cursor
+//! leaves a hole, or a head ahead of the records, that the receiver sees.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use obr_tests::api::Api;
-use obr_tests::database_writer::write_db;
+use obr_tests::database_writer::{read_i64, write_db};
 use obr_tests::hid_client::HidClient;
 use obr_tests::pki::{TestCa, Usage};
 use obr_tests::processes::{RelayOptions, RelayProc, admin_at_agent, binary};
@@ -113,10 +114,14 @@ struct Received {
     posts: usize,
     /// Batches whose MAC or time did not verify.
     forged: usize,
-    /// Records stored, in the order they came.
+    /// Records stored, in the order they came (each `seq` once).
     records: Vec<Value>,
-    /// Batches whose first `prev_hash` was not the last stored `hash`.
-    gaps: usize,
+    /// Records whose `prev_hash` was not the last stored `hash`.
+    holes: usize,
+    /// The newest `head.seq` a batch named.
+    head: i64,
+    /// Batches without records.
+    heartbeats: usize,
     /// Answer this instead of storing (an outage).
     fail_with: Option<u16>,
 }
@@ -227,10 +232,21 @@ async fn receive(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) 
         .finish();
     }
     let batch: Value = serde_json::from_slice(&body).unwrap_or_default();
-    for record in batch["records"].as_array().cloned().unwrap_or_default() {
-        let last_hash = seen.records.last().map(|r| r["hash"].clone());
-        if last_hash.is_some_and(|hash| hash != record["prev_hash"]) {
-            seen.gaps += 1;
+    seen.head = seen
+        .head
+        .max(batch["head"]["seq"].as_i64().unwrap_or_default());
+    let records = batch["records"].as_array().cloned().unwrap_or_default();
+    if records.is_empty() {
+        seen.heartbeats += 1;
+    }
+    for record in records {
+        let last = seen.records.last().cloned();
+        // Delivery is at least once: a record already held is dropped.
+        if last.as_ref().and_then(|r| r["seq"].as_i64()) >= record["seq"].as_i64() {
+            continue;
+        }
+        if last.is_some_and(|last| last["hash"] != record["prev_hash"]) {
+            seen.holes += 1;
         }
         seen.records.push(record);
     }
@@ -297,10 +313,14 @@ fn the_audit_log_reaches_the_webhook_signed_and_in_order() -> anyhow::Result<()>
             secret_file.clone().into(),
             "--audit-webhook-ca".into(),
             ca.cert().into(),
+            "--audit-webhook-heartbeat-s".into(),
+            "1".into(),
         ],
         ..RelayOptions::default()
     };
     let relay = RelayProc::start(&scratch.join("relay"), &options)?;
+    let database = scratch.join("relay").join(obr_relay::DIRECTORY_FILE);
+    let cursor = || read_i64(&database, "SELECT delivered_seq FROM audit_webhook_cursor");
     let api = Api::new(&relay.url);
     let owner = api.demo_owner(&relay.demo)?;
 
@@ -312,7 +332,8 @@ fn the_audit_log_reaches_the_webhook_signed_and_in_order() -> anyhow::Result<()>
     let log = log["records"].as_array().cloned().unwrap_or_default();
     receiver.seen(|seen| {
         assert_eq!(seen.forged, 0);
-        assert_eq!(seen.gaps, 0);
+        assert_eq!(seen.holes, 0);
+        assert!(seen.records.len() >= log.len());
         assert_eq!(seen.records[..log.len()], log[..]);
         let seqs: Vec<i64> = seen
             .records
@@ -339,7 +360,7 @@ fn the_audit_log_reaches_the_webhook_signed_and_in_order() -> anyhow::Result<()>
     let now = head(&api, &owner)?;
     receiver.wait_for(now)?;
     receiver.seen(|seen| {
-        assert_eq!(seen.gaps, 0);
+        assert_eq!((seen.holes, seen.forged), (0, 0));
         let seqs: Vec<i64> = seen
             .records
             .iter()
@@ -348,27 +369,68 @@ fn the_audit_log_reaches_the_webhook_signed_and_in_order() -> anyhow::Result<()>
         assert_eq!(
             seqs,
             (1..=now).collect::<Vec<_>>(),
-            "each record once, in order"
+            "every record, in order"
         );
     });
 
-    // A database writer moves the cursor past records to come, so that
-    // they are never sent: the receiver sees the hole in the chain.
+    // A database writer takes the lease for a relay that does not exist,
+    // for ever: no honest lease is that long, so the relay takes it back.
     write_db(
-        &scratch.join("relay").join(obr_relay::DIRECTORY_FILE),
+        &database,
+        "UPDATE audit_webhook_cursor SET holder = 'nobody', lease_until_ms = 9000000000000000",
+        &[],
+    )?;
+    invite(&api, &owner, "after-takeover@demo.obr")?;
+    let now = head(&api, &owner)?;
+    receiver.wait_for(now)?;
+
+    // A writer moves the cursor past records to come, so that they are
+    // never sent: the receiver sees the hole in the chain.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cursor()? != Some(now) {
+        anyhow::ensure!(Instant::now() < deadline, "the cursor did not reach {now}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write_db(
+        &database,
         "UPDATE audit_webhook_cursor SET delivered_seq = delivered_seq + 2",
         &[],
     )?;
     for n in 0..3 {
         invite(&api, &owner, &format!("hidden{n}@demo.obr"))?;
     }
-    let now = head(&api, &owner)?;
-    receiver.wait_for(now)?;
-    assert_eq!(
-        receiver.seen(|seen| seen.gaps),
-        1,
-        "the skipped records show"
-    );
+    let after = head(&api, &owner)?;
+    receiver.wait_for(after)?;
+    receiver.seen(|seen| {
+        let seqs: Vec<i64> = seen
+            .records
+            .iter()
+            .filter_map(|r| r["seq"].as_i64())
+            .collect();
+        assert!(!seqs.contains(&(now + 1)) && !seqs.contains(&(now + 2)));
+        assert!(seqs.contains(&(now + 3)));
+        assert_eq!(seen.holes, 1, "the skipped records show as a hole");
+    });
+
+    // A writer moves the cursor past the end of the log: nothing more is
+    // sent, but every heartbeat names the log's head, which runs ahead.
+    write_db(
+        &database,
+        "UPDATE audit_webhook_cursor SET delivered_seq = 1000000000",
+        &[],
+    )?;
+    invite(&api, &owner, "silenced@demo.obr")?;
+    let silenced = head(&api, &owner)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.seen(|seen| seen.head) < silenced {
+        anyhow::ensure!(Instant::now() < deadline, "no heartbeat named the new head");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    receiver.seen(|seen| {
+        assert!(seen.heartbeats > 0);
+        assert!(seen.records.last().and_then(|r| r["seq"].as_i64()) < Some(silenced));
+        assert_eq!(seen.forged, 0);
+    });
     Ok(())
 }
 
@@ -393,11 +455,15 @@ fn an_impostor_receiver_gets_nothing_and_plain_http_is_refused() -> anyhow::Resu
         ],
         ..RelayOptions::default()
     };
-    let relay = RelayProc::start(&scratch.join("relay"), &options)?;
+    let mut relay = RelayProc::start(&scratch.join("relay"), &options)?;
     let api = Api::new(&relay.url);
     let owner = api.demo_owner(&relay.demo)?;
     invite(&api, &owner, "carlos@demo.obr")?;
-    std::thread::sleep(Duration::from_secs(3));
+    // The relay tried, and refused the impostor's certificate.
+    let refused = relay
+        .proc
+        .wait_for_line_containing("audit webhook delivery failed", Duration::from_secs(10))?;
+    assert!(refused.contains("certificate"), "{refused}");
     assert_eq!(
         impostor.seen(|seen| seen.posts),
         0,
@@ -405,15 +471,38 @@ fn an_impostor_receiver_gets_nothing_and_plain_http_is_refused() -> anyhow::Resu
     );
 
     // The log in clear to another host is a configuration error.
-    let out = std::process::Command::new(binary("obr-relay")?)
+    let mut plain = std::process::Command::new(binary("obr-relay")?)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(scratch.join("plain"))
-        .args(["--audit-webhook-url", "http://siem.example/hook"])
+        .args([
+            "--audit-webhook-url",
+            "http://siem.example/hook?token=s3cret",
+        ])
         .arg("--audit-webhook-secret-file")
         .arg(&secret_file)
-        .output()?;
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = plain.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = plain.kill();
+            anyhow::bail!("a relay told to post the log in clear started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    if let Some(mut pipe) = plain.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
     assert!(stderr.contains("plain http to another host"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret"),
+        "the URL's token in an error: {stderr}"
+    );
     Ok(())
 }

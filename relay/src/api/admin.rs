@@ -276,7 +276,7 @@ pub async fn audit(
     responses(
         (status = 200, description = "One `AuditRecord` as JSON per line, oldest first",
             content_type = "application/x-ndjson", body = String),
-        (status = 400, description = "Larger than 64 MiB: narrow it", body = ErrorBody),
+        (status = 400, description = "A query that does not parse, or an export larger than 64 MiB (narrow it)", body = ErrorBody),
     ))]
 pub async fn export_audit(
     req: HttpRequest,

@@ -14,6 +14,7 @@ use crate::sessions::{Approval, ObrSession};
 use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct InboxQuery {
     /// Notifications after this id (the last one you have).

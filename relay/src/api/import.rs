@@ -10,12 +10,11 @@
 //! invitation and every group set on its own.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::users::{InviteError, invite_and_mail, set_groups_audited};
-use super::{ApiError, ErrorBody, require_power};
+use super::{ApiError, ErrorBody, read_at_most, require_power};
 use crate::directory::grants::{Power, valid_groups};
 use crate::state::AppState;
 
@@ -200,21 +199,4 @@ fn failed(line: u64, email: String, error: String) -> RowReport {
         user_id: None,
         error: Some(error),
     }
-}
-
-/// The request body, refused (413) past `limit` bytes.
-async fn read_at_most(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge(format!(
-                "the file is larger than {} MiB: split it",
-                limit >> 20
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }

@@ -16,6 +16,7 @@ pub(crate) use self::users::{accept, invite_user};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::auth;
@@ -26,7 +27,7 @@ use crate::routing::LinkError;
 use crate::sessions::{Principal, StoreError, TokenScope};
 use crate::state::AppState;
 
-/// The largest request body the API reads.
+/// The largest request body the API reads (but a CSV import's).
 const MAX_BODY: usize = 16 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -393,4 +394,24 @@ async fn require_device(req: &HttpRequest, state: &AppState) -> Result<Person, A
         .device_token_owner(&auth::token_hash(token))
         .await?
         .ok_or(ApiError::Unauthorized)
+}
+
+/// The request body, refused (413) past `limit` bytes.
+pub(super) async fn read_at_most(
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(format!(
+                "the file is larger than {} MiB: split it",
+                limit >> 20
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use super::{
-    ApiError, Decision, ErrorBody, audited, bearer, client_address, principal, require_admin,
-    require_device,
+    ApiError, Decision, ErrorBody, MAX_BODY, audited, bearer, client_address, principal,
+    read_at_most, require_admin, require_device,
 };
 use crate::auth;
 use crate::directory::grants::Power;
@@ -184,15 +184,16 @@ pub struct SelectRequest {
         (status = 201, description = "The link for your agent", body = PairingOffer),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "The user's key is not active, or busy", body = ErrorBody),
+        (status = 413, description = "A body larger than 16 KiB", body = ErrorBody),
     ))]
 pub async fn offer_pairing(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&req, &state).await?;
-    let body = select_body(&body)?;
+    let body = select_body(&read_at_most(body, MAX_BODY).await?)?;
     if body.agent_id.is_some() {
         return Err(ApiError::BadRequest(
             "a pairing goes to whichever of your agents opens its link: no agent_id".into(),
@@ -252,15 +253,16 @@ impl SelectRequest {
         (status = 202, description = "Waits for four eyes before it starts", body = ObrSession),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 409, description = "The key is not active, no agent, or one is busy", body = ErrorBody),
+        (status = 413, description = "A body larger than 16 KiB", body = ErrorBody),
     ))]
 pub async fn select(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let admin = require_admin(&req, &state).await?;
-    let mut body = select_body(&body)?;
+    let mut body = select_body(&read_at_most(body, MAX_BODY).await?)?;
     let user_id = path.into_inner();
     let agent_id = body.agent_id.take();
     let selected = state

@@ -74,21 +74,25 @@ struct ApiDoc;
 #[utoipa::path(get, path = "/api/openapi.json", tag = "meta", security(()),
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
 pub async fn document() -> HttpResponse {
-    static JSON: OnceLock<String> = OnceLock::new();
+    static JSON: OnceLock<Option<String>> = OnceLock::new();
     let json = JSON.get_or_init(|| {
         ApiDoc::openapi()
             .to_json()
-            .unwrap_or_else(|e| format!("{{\"error\":\"internal\",\"message\":\"{e}\"}}"))
+            .inspect_err(|e| tracing::error!(error = %e, "cannot serialise the OpenAPI document"))
+            .ok()
     });
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(json.as_str())
+    match json {
+        Some(json) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json.as_str()),
+        None => HttpResponse::InternalServerError().finish(),
+    }
 }
 
 /// The bearer schemes, and the answers any operation of a kind gives:
-/// 401 and 403 where a token is required (missing, expired, or the wrong
-/// kind of token), 400 where a body or a query is read, 503 everywhere
-/// (the session store or a signer cannot be reached).
+/// 401 where a token is required, 403 where it is an admin's (the wrong
+/// kind of token, or not the power), 400 where a body or a query is read,
+/// 503 and 500 wherever a store is used.
 struct CommonAnswers;
 
 impl Modify for CommonAnswers {
@@ -119,10 +123,21 @@ impl Modify for CommonAnswers {
 }
 
 fn add_common_answers(operation: &mut Operation) {
-    let needs_token = operation
+    // This document and the feed's handshake touch no store.
+    if matches!(operation.operation_id.as_deref(), Some("document" | "live")) {
+        return;
+    }
+    let schemes: Vec<String> = operation
         .security
-        .as_ref()
-        .is_some_and(|requirements| !requirements.iter().all(is_empty_requirement));
+        .iter()
+        .flatten()
+        .filter_map(|requirement| serde_json::to_value(requirement).ok())
+        .filter_map(|json| {
+            json.as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+        })
+        .flatten()
+        .collect();
     // A body, or a query string (whose unknown fields are refused too).
     let reads_input = operation.request_body.is_some()
         || operation.parameters.iter().flatten().any(
@@ -134,11 +149,15 @@ fn add_common_answers(operation: &mut Operation) {
             .entry(status.to_owned())
             .or_insert_with(|| error_answer(why));
     };
-    if needs_token {
+    if !schemes.is_empty() {
         add("401", "Missing, invalid or expired bearer token");
+    }
+    // Only an admin token can be the wrong kind, or lack the power.
+    if schemes.iter().any(|s| s == "admin") {
         add(
             "403",
-            "The token's holder may not do this (role, scope, own key, another admin's)",
+            "The token's holder may not do this (role, scope, own key, another admin's), \
+             or it is not an admin token",
         );
     }
     if reads_input {
@@ -148,10 +167,10 @@ fn add_common_answers(operation: &mut Operation) {
         "503",
         "The session store, the mail server or a signer cannot be reached",
     );
-}
-
-fn is_empty_requirement(requirement: &utoipa::openapi::security::SecurityRequirement) -> bool {
-    requirement == &utoipa::openapi::security::SecurityRequirement::default()
+    add(
+        "500",
+        "The directory failed (the error is logged with its cause)",
+    );
 }
 
 fn error_answer(why: &str) -> RefOr<Response> {
