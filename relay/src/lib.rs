@@ -24,6 +24,7 @@
 //! - [`auth`] — tokens, codes, password hashes.
 //! - [`demo`] — the demo organisation for the first README command.
 
+pub mod access_log;
 pub mod agents;
 pub mod api;
 pub mod audit_webhook;
@@ -285,6 +286,7 @@ impl Relay {
         listener.set_nonblocking(true)?;
         let server = actix_web::HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(access_log::access_log))
                 .app_data(app_state.clone())
                 .route("/healthz", web::get().to(health::live))
                 .route("/readyz", web::get().to(health::ready))

@@ -311,12 +311,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
-        )
-        .init();
+    init_logging("info,h2=warn,tower=warn");
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Audit {
@@ -632,4 +627,24 @@ fn init_pki(dir: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
         println!("kept    {}", path.display());
     }
     Ok(())
+}
+
+/// Logs on stdout: `OBR_LOG_FORMAT=json` writes one JSON object per line
+/// (for a log collector), otherwise text, coloured only on a terminal.
+/// `RUST_LOG` filters (default `info,h2=warn,tower=warn`).
+fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    if std::env::var("OBR_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.with_ansi(std::io::stdout().is_terminal()).init();
+    }
 }

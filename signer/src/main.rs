@@ -16,7 +16,6 @@ use obr_signer::{
     AttestationCa, AttestationConfig, DEFAULT_ROTATION_BATCH, Kek, RedisEndpoint, RotationProgress,
     SignerConfig, SignerCore,
 };
-use tracing_subscriber::EnvFilter;
 
 /// Environment variable that may hold the KEK itself (hex), overriding
 /// `--kek-file` (for secret stores that inject environment variables).
@@ -193,12 +192,7 @@ struct RotateArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging("info");
     let cli = Cli::parse();
     let env_kek = take_env_kek()?;
     tokio::runtime::Builder::new_multi_thread()
@@ -408,5 +402,25 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Logs on stderr: `OBR_LOG_FORMAT=json` writes one JSON object per line
+/// (for a log collector), otherwise text, coloured only on a terminal.
+/// `RUST_LOG` filters (default `info`).
+fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("OBR_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }

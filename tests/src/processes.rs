@@ -119,6 +119,11 @@ impl Proc {
         }
     }
 
+    /// Every stdout line printed since the last look, without waiting.
+    pub fn lines_so_far(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.lines.try_recv().ok()).collect()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -241,6 +246,8 @@ pub struct RelayOptions {
     pub discover_signers: bool,
     /// More `obr-relay` arguments.
     pub extra_args: Vec<std::ffi::OsString>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl RelayOptions {
@@ -295,6 +302,7 @@ impl RelayProc {
             cmd.arg("--obr-ttl-s").arg(ttl.to_string());
         }
         cmd.args(&options.extra_args);
+        cmd.envs(options.env.iter().cloned());
         let (proc, addr) = Proc::spawn("relay", cmd, "obr-relay listening on ")?;
         let demo_path = dir.join(obr_relay::demo::DEMO_FILE);
         let demo = serde_json::from_slice(
