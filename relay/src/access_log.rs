@@ -37,6 +37,12 @@ pub async fn access_log(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     let status = response.status().as_u16();
+    if let Some(state) = response
+        .request()
+        .app_data::<actix_web::web::Data<crate::state::AppState>>()
+    {
+        state.metrics.http(status);
+    }
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     span.in_scope(|| {
         if path == "/healthz" || path == "/readyz" {

@@ -76,6 +76,8 @@ pub struct RelayConfig {
     pub drain_grace: Duration,
     /// Over how long the agents are told to move (in batches).
     pub drain_spread: Duration,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics: bool,
     /// Where every audit record is POSTed, signed; `None`: nowhere.
     pub audit_webhook: Option<crate::audit_webhook::WebhookConfig>,
     /// Create a demo organisation when the directory is empty.
@@ -138,6 +140,7 @@ impl RelayConfig {
             smtp_url: None,
             mail_from: DEFAULT_MAIL_FROM.to_owned(),
             audit_webhook: None,
+            metrics: false,
             drain_grace: DEFAULT_DRAIN_GRACE,
             drain_spread: DEFAULT_DRAIN_SPREAD,
             demo_org: false,

@@ -38,6 +38,7 @@ pub mod files;
 pub mod health;
 pub mod limits;
 pub mod mail;
+pub mod metrics;
 pub mod obr;
 pub mod pages;
 pub mod phones;
@@ -244,6 +245,7 @@ impl Relay {
             agents: AgentRegistry::default(),
             phones: Phones::default(),
             draining: Default::default(),
+            metrics: Default::default(),
         });
         let demo = if state.config.demo_org {
             demo::ensure(&state).await?
@@ -290,6 +292,7 @@ impl Relay {
                 .app_data(app_state.clone())
                 .route("/healthz", web::get().to(health::live))
                 .route("/readyz", web::get().to(health::ready))
+                .route("/metrics", web::get().to(metrics::scrape))
                 .route("/agent/ws", web::get().to(agents::agent_socket))
                 .configure(api::configure)
                 .configure(pages::configure)

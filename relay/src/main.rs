@@ -270,6 +270,10 @@ struct Args {
     #[arg(long, env = "OBR_RELAY_AUDIT_WEBHOOK_HEARTBEAT_S", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     audit_webhook_heartbeat_s: u64,
+    /// Serve Prometheus metrics at /metrics (route it only from inside the
+    /// cluster).
+    #[arg(long, env = "OBR_RELAY_METRICS")]
+    metrics: bool,
     /// On SIGTERM, seconds agents get to finish what is in flight and move
     /// to another relay.
     #[arg(long, env = "OBR_RELAY_DRAIN_GRACE_S", default_value_t = 20)]
@@ -397,6 +401,7 @@ async fn main() -> anyhow::Result<()> {
     config.admin_idle_timeout = Duration::from_secs(args.admin_idle_timeout_s);
     config.admin_session_lifetime = Duration::from_secs(args.admin_session_lifetime_s);
     config.smtp_url = args.smtp_url;
+    config.metrics = args.metrics;
     config.drain_grace = Duration::from_secs(args.drain_grace_s);
     config.drain_spread = Duration::from_secs(args.drain_spread_s);
     config.audit_webhook = args

@@ -108,6 +108,12 @@ impl Phones {
         let _ = self.changed.send(Changed::Person(person_id.to_owned()));
     }
 
+    /// Feeds open on this relay.
+    pub fn count(&self) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.values().sum()
+    }
+
     /// Every feed re-reads (after a lost subscription).
     pub fn wake_all(&self) {
         let _ = self.changed.send(Changed::Everyone);

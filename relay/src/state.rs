@@ -37,6 +37,7 @@ pub struct AppState {
     /// Set on SIGTERM: readiness fails, agents move elsewhere, no new agent
     /// connects here.
     pub draining: std::sync::atomic::AtomicBool,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl AppState {

@@ -58,6 +58,9 @@ fn logs_are_json_lines_with_a_request_id_and_no_secret() -> anyhow::Result<()> {
         .proc
         .wait_for_line_containing(&fresh, Duration::from_secs(10))?;
 
+    // Metrics are served only when asked for.
+    assert_eq!(api.call("GET", "/metrics", None, None)?.status, 404);
+
     let mut lines = relay.proc.lines_so_far();
     lines.push(line);
     let password = relay.demo.admin_password.clone();

@@ -33,6 +33,7 @@ fn a_draining_relay_moves_its_agent_without_failing_a_request() -> anyhow::Resul
     let options = RelayOptions {
         signers: vec![signer.endpoint.clone()],
         redis_url: Some(redis.url()),
+        extra_args: vec!["--metrics".into()],
         ..RelayOptions::default()
     };
     let data_dir = scratch.join("relay");
@@ -114,6 +115,27 @@ fn a_draining_relay_moves_its_agent_without_failing_a_request() -> anyhow::Resul
     });
     assert_eq!(recorded, done, "registrations without their audit record");
     println!("drained in {took:?}; {done} registrations, none failed");
+
+    // The latency ledger saw them: the second relay's share, per hop.
+    let metrics = second_api.call("GET", "/metrics", None, None)?;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.body.as_str().unwrap_or_default();
+    let counted = text
+        .lines()
+        .find(|l| {
+            l.starts_with("obr_relay_ctap_request_seconds_count")
+                && l.contains("command=\"make_credential\"")
+                && l.contains("outcome=\"ok\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_default();
+    assert!(counted >= 5, "{text}");
+    assert!(
+        text.contains("obr_relay_ctap_hop_seconds_bucket{le="),
+        "{text}"
+    );
+    assert!(text.contains("hop=\"signer_queue\""), "{text}");
+    assert!(text.contains("obr_relay_agent_connections 1"), "{text}");
 
     // Readiness follows the session store.
     assert_eq!(second_api.call("GET", "/readyz", None, None)?.status, 200);

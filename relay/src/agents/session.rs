@@ -485,6 +485,7 @@ impl AgentSession {
         };
         let state = self.state.clone();
         let received = Instant::now();
+        let command = call.payload.first().copied();
         let serve = async move { state.calls.serve(call).await };
         let handle = ctx.spawn(serve.into_actor(self).map(move |result, act, ctx| {
             act.in_flight.remove(&id);
@@ -497,17 +498,34 @@ impl AgentSession {
                 }
                 Ok(answer) => {
                     let (payload, response) = answer.into_payload();
+                    let elapsed = received.elapsed();
                     let timings = response.map(|r| {
-                        let total_us = duration_us(received.elapsed());
+                        let total_us = duration_us(elapsed);
                         HopTimings {
                             relay_us: total_us.saturating_sub(r.queue_us.saturating_add(r.work_us)),
                             signer_queue_us: r.queue_us,
                             signer_us: r.work_us,
                         }
                     });
+                    let seconds = |us: u32| f64::from(us) / 1e6;
+                    act.state.metrics.ctap(
+                        command,
+                        payload.first().copied(),
+                        elapsed.as_secs_f64(),
+                        timings.as_ref().map(|t| {
+                            (
+                                seconds(t.relay_us),
+                                seconds(t.signer_queue_us),
+                                seconds(t.signer_us),
+                            )
+                        }),
+                    );
                     act.answer(ctx, id, payload, timings);
                 }
                 Err(e) => {
+                    act.state
+                        .metrics
+                        .ctap(command, None, received.elapsed().as_secs_f64(), None);
                     tracing::warn!(agent = ?act.agent_id(), error = %e, "CTAP request failed");
                     act.answer(ctx, id, e.status().response(), None);
                 }
