@@ -35,6 +35,8 @@ struct Inner {
     approval_key: Option<ring::hmac::Key>,
     /// authenticatorGetInfo, the same for every user.
     get_info: Vec<u8>,
+    /// Set when the pod drains: links end once idle.
+    links_closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -87,6 +89,7 @@ impl SignerCore {
                     .approval_key
                     .map(|key| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key)),
                 get_info,
+                links_closing: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -219,6 +222,22 @@ impl SignerCore {
 
     /// Stop every actor and wait for the actor threads to finish. Calls made
     /// afterwards answer `CTAP1_ERR_OTHER`.
+    /// Drain step: hand every active user over to another signer (see
+    /// `Registry::hand_over`). Returns how many there were.
+    pub async fn hand_over(&self) -> usize {
+        self.inner.registry.hand_over().await
+    }
+
+    /// Links end once their calls in flight are answered (drain).
+    pub fn close_links(&self) {
+        self.inner.links_closing.send_replace(true);
+    }
+
+    /// Resolves when links are to end (see [`Self::close_links`]).
+    pub fn links_closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.links_closing.subscribe()
+    }
+
     pub async fn shutdown(&self) {
         self.inner.registry.close();
         self.inner.runtime.shutdown().await;

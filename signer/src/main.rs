@@ -152,6 +152,10 @@ struct ServeArgs {
     /// How long a user's lease lasts without renewal, in milliseconds.
     #[arg(long, env = "OBR_SIGNER_LEASE_TTL_MS", default_value_t = obr_signer::placement::DEFAULT_LEASE_TTL.as_millis() as u64)]
     lease_ttl_ms: u64,
+    /// On SIGTERM, seconds to hand users over and answer the calls in
+    /// flight before exiting anyway.
+    #[arg(long, env = "OBR_SIGNER_DRAIN_GRACE_S", default_value_t = 20)]
+    drain_grace_s: u64,
 }
 
 /// `--attestation`.
@@ -279,13 +283,13 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
                 .await
                 .context("cannot reach Redis for placement")?;
             placement.beat().await.context("first heartbeat")?;
-            tokio::spawn(placement.clone().beat_forever());
-            Some(placement)
+            let heartbeat = tokio::spawn(placement.clone().beat_forever());
+            Some((placement, heartbeat))
         }
         None => None,
     };
     let config = SignerConfig {
-        placement: placement.clone(),
+        placement: placement.as_ref().map(|(p, _)| p.clone()),
         obr_stands_for_uv: args.obr_stands_for_uv,
         attestation,
         aaguid: args.aaguid.map_or(DEFAULT_AAGUID, |u| *u.as_bytes()),
@@ -301,15 +305,50 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
     };
     let core = SignerCore::open(config).await?;
     println!("obr-signer listening on {addr}");
-    obr_signer::serve_tls(core.clone(), listener, tls, shutdown_signal()).await?;
-    if let Some(placement) = placement
-        && let Err(e) = placement.leave().await
-    {
-        tracing::warn!(error = %e, "cannot leave the signer membership");
+    let grace = Duration::from_secs(args.drain_grace_s);
+    let terminated = std::sync::Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let (core, terminated) = (core.clone(), terminated.clone());
+        async move {
+            shutdown_signal().await;
+            terminated.notify_one();
+            drain(&core, placement).await;
+        }
+    };
+    let serve = obr_signer::serve_tls(core.clone(), listener, tls, shutdown);
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => served?,
+        () = async { terminated.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "drain grace over: exiting with links still open");
+        }
     }
     core.shutdown().await;
     tracing::info!("obr-signer stopped");
     Ok(())
+}
+
+/// Relays re-read the membership every 500 ms: after this, none routes a
+/// new user here.
+const HANDOVER_DELAY: Duration = Duration::from_millis(1500);
+
+/// SIGTERM: leave the membership (relays route to the other signers),
+/// hand every active user over (their leases given up, so a successor
+/// serves them at once), then end the relays' links once their calls in
+/// flight are answered; the server then stops.
+async fn drain(core: &SignerCore, placement: Option<(Placement, tokio::task::JoinHandle<()>)>) {
+    let started = tokio::time::Instant::now();
+    if let Some((placement, heartbeat)) = placement {
+        heartbeat.abort();
+        if let Err(e) = placement.leave().await {
+            tracing::warn!(error = %e, "cannot leave the signer membership");
+        }
+        tracing::info!("draining: left the membership; relays move their users");
+        tokio::time::sleep(HANDOVER_DELAY).await;
+    }
+    let users = core.hand_over().await;
+    core.close_links();
+    tracing::info!(users, took = ?started.elapsed(), "users handed over; closing the links");
 }
 
 /// The mutual-TLS configuration `--tls-cert/--tls-key/--client-ca` ask for.

@@ -197,6 +197,13 @@ impl Placement {
         }
     }
 
+    /// A live member other than this pod, if there is one.
+    pub async fn another_member(&self) -> Result<Option<String>, PlacementError> {
+        let mut conn = self.conn.clone();
+        let members = live_members(&mut conn, &self.prefix).await?;
+        Ok(members.into_iter().find(|m| *m != self.me))
+    }
+
     /// Leave the membership (clean shutdown).
     pub async fn leave(&self) -> Result<(), PlacementError> {
         let mut conn = self.conn.clone();

@@ -254,8 +254,16 @@ async fn run_link(
 ) {
     let mut tasks: JoinSet<u64> = JoinSet::new();
     let mut in_flight: HashMap<u64, AbortHandle> = HashMap::new();
+    let closing = until_closing(core.links_closing());
+    tokio::pin!(closing);
     loop {
         tokio::select! {
+            // The pod drains: read no more, answer what is in flight, end
+            // the stream (the relay reconnects where its router says).
+            () = &mut closing => {
+                tracing::debug!(in_flight = in_flight.len(), "link closing: the signer drains");
+                break;
+            }
             message = inbound.message() => match message {
                 Ok(Some(request)) => {
                     on_request(&core, request, &replies, &mut tasks, &mut in_flight).await;
@@ -279,6 +287,13 @@ async fn run_link(
     }
     while let Some(done) = tasks.join_next_with_id().await {
         on_task_done(done, &mut in_flight);
+    }
+}
+
+/// Resolves once links are to close (never, if nobody can say so).
+async fn until_closing(mut closing: tokio::sync::watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -4,10 +4,14 @@
 //! (SIGSTOP) past its lease: the other signer takes over and signs; the
 //! frozen one is woken and never signs again for bob — its stale actor's
 //! writes are fenced or it redirects to the new owner — and no two
-//! assertions ever carry the same counter.
+//! assertions ever carry the same counter. And bob's owner told to stop
+//! (SIGTERM) while bob's passkeys are used back to back: it leaves the
+//! membership, hands bob over at once and exits; not one request fails.
 
 use std::ffi::OsStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use obr_proto::signer::signer_client::SignerClient;
 use obr_proto::signer::{Acting, CtapCall, LinkRequest, link_request};
@@ -330,5 +334,85 @@ fn the_relay_follows_a_redirect_to_the_owner() -> anyhow::Result<()> {
         Some(other.endpoint.as_str()),
         "the owner kept bob"
     );
+    Ok(())
+}
+
+#[test]
+fn a_draining_signer_hands_its_users_over_without_failing_a_request() -> anyhow::Result<()> {
+    let redis =
+        RedisServer::start()?.expect("redis-server is not installed (scripts/test installs it)");
+    let scratch = Scratch::new("signer-drain")?;
+    let a = start_signer(&scratch.join("signers"), &redis.url())?;
+    let b = start_signer(&scratch.join("signers"), &redis.url())?;
+    let options = RelayOptions {
+        redis_url: Some(redis.url()),
+        discover_signers: true,
+        ..RelayOptions::default()
+    };
+    let (relay, agent, api, admin) = admin_at_agent(&scratch, &options)?;
+    let bob = relay.user("bob@demo.obr")?.clone();
+    agent.select_as_obr(&api, &admin, &bob)?;
+
+    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let longest_wait = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let load = {
+        let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+        let longest_wait = longest_wait.clone();
+        let socket = agent.hid_socket.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut hid = HidClient::open(&socket)?;
+            let request = rp::registration_request("bob")?;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match hid.cbor(&request)?.first() {
+                    Some(&0x00) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                let mut longest = longest_wait.lock().unwrap_or_else(|p| p.into_inner());
+                *longest = (*longest).max(started.elapsed());
+            }
+            Ok(())
+        })
+    };
+    let wait_for = |n: usize| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while done.load(Ordering::Relaxed) < n {
+            anyhow::ensure!(Instant::now() < deadline, "registrations stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    };
+    wait_for(10)?;
+    let owner_of_bob = || -> anyhow::Result<Option<String>> {
+        let client = redis::Client::open(redis.url())?;
+        let mut conn = client.get_connection()?;
+        Ok(redis::cmd("GET")
+            .arg(format!("obr:lease:{}", bob.id))
+            .query(&mut conn)?)
+    };
+    let owner = owner_of_bob()?.expect("bob has a lease");
+    let (draining, survivor) = if owner == a.endpoint { (a, b) } else { (b, a) };
+    let before = done.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let status = draining.proc.stop()?;
+    let took = started.elapsed();
+    assert!(status.success(), "the draining signer exited with {status}");
+    wait_for(before + 10)?;
+    stop.store(true, Ordering::Relaxed);
+    load.join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+
+    let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} registrations failed",
+        done + failed
+    );
+    assert_eq!(owner_of_bob()?.as_deref(), Some(survivor.endpoint.as_str()));
+    let longest = *longest_wait.lock().unwrap_or_else(|p| p.into_inner());
+    println!("signer drained in {took:?}; {done} registrations, none failed; longest {longest:?}");
+    assert!(took < Duration::from_secs(5), "draining took {took:?}");
     Ok(())
 }

@@ -61,6 +61,14 @@ impl Message for DeleteCredential {
     type Result = Result<bool, CommandError>;
 }
 
+/// The pod drains: stop once the calls queued before this are answered.
+#[derive(Debug)]
+pub(crate) struct HandOver;
+
+impl Message for HandOver {
+    type Result = ();
+}
+
 /// An admin resets the user's whole key.
 #[derive(Debug)]
 pub(crate) struct ResetKey;
@@ -247,6 +255,14 @@ impl Handler<DeleteCredential> for UserKey {
             act.after_call(result.as_ref().is_err_and(CommandError::is_fenced), ctx);
             result
         })))
+    }
+}
+
+impl Handler<HandOver> for UserKey {
+    type Result = ();
+
+    fn handle(&mut self, _message: HandOver, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 

@@ -22,7 +22,7 @@ use crate::error::SignerError;
 use crate::ids::{CredentialId, UserId};
 use crate::placement::{Lease, Placement};
 
-use super::{Ctap, DeleteCredential, ResetKey, UserKey};
+use super::{Ctap, DeleteCredential, HandOver, ResetKey, UserKey};
 
 /// A call whose actor stopped before answering (it passivated between
 /// lookup and delivery) is delivered once more, to a fresh activation.
@@ -39,6 +39,9 @@ pub(crate) struct Registry {
     actors: Mutex<HashMap<UserId, Activation>>,
     next_generation: AtomicU64,
     closed: AtomicBool,
+    /// The pod drains and has handed its users over: a call that still
+    /// comes is sent on to another live signer, never activated here.
+    handed_over: AtomicBool,
     /// Leases in Redis, when this signer is one of several pods.
     placement: Option<Placement>,
 }
@@ -63,6 +66,7 @@ impl Registry {
             actors: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             placement,
         })
     }
@@ -105,6 +109,15 @@ impl Registry {
         // runtime, so it gets the remaining budget, not the caller's clock.
         let deadline =
             received + caller_deadline.saturating_duration_since(tokio::time::Instant::now());
+        if self.handed_over.load(Ordering::Acquire) {
+            return match self.placement.as_ref() {
+                Some(placement) => match placement.another_member().await {
+                    Ok(Some(other)) => CtapReply::redirect(other, received.elapsed()),
+                    _ => CtapReply::failure(Ctap2Error::Other, received.elapsed()),
+                },
+                None => CtapReply::failure(Ctap2Error::Other, received.elapsed()),
+            };
+        }
         for _ in 0..MAX_DELIVERY_ATTEMPTS {
             match self.take_lease(user).await {
                 Ok(()) => {}
@@ -190,6 +203,29 @@ impl Registry {
     /// How many users have an active actor.
     pub(crate) fn active_users(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Drain: activate nobody more here, stop every user's actor once the
+    /// calls queued to it are answered, and give its lease up, so that
+    /// another signer takes the user at its next call. Returns how many
+    /// users were handed over.
+    pub(crate) async fn hand_over(&self) -> usize {
+        self.handed_over.store(true, Ordering::Release);
+        let actors: Vec<(UserId, Addr<UserKey>)> = self
+            .lock()
+            .iter()
+            .map(|(user, active)| (user.clone(), active.addr.clone()))
+            .collect();
+        for (user, addr) in &actors {
+            // Queued after the user's calls: answered first, then it stops.
+            let _ = addr.send(HandOver).await;
+            if let Some(placement) = &self.placement
+                && let Err(error) = placement.release(user.as_str()).await
+            {
+                tracing::warn!(%user, %error, "cannot release the user's lease");
+            }
+        }
+        actors.len()
     }
 
     /// Refuse further activations and forget every actor (they stop with
