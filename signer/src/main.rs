@@ -152,6 +152,11 @@ struct ServeArgs {
     /// How long a user's lease lasts without renewal, in milliseconds.
     #[arg(long, env = "OBR_SIGNER_LEASE_TTL_MS", default_value_t = obr_signer::placement::DEFAULT_LEASE_TTL.as_millis() as u64)]
     lease_ttl_ms: u64,
+    /// Serve gRPC health checking (`grpc.health.v1`, plaintext, nothing
+    /// else) on this address, for Kubernetes' `grpc` probes: SERVING, then
+    /// NOT_SERVING from the moment it drains.
+    #[arg(long, env = "OBR_SIGNER_HEALTH_LISTEN")]
+    health_listen: Option<std::net::SocketAddr>,
     /// On SIGTERM, seconds to hand users over and answer the calls in
     /// flight before exiting anyway.
     #[arg(long, env = "OBR_SIGNER_DRAIN_GRACE_S", default_value_t = 20)]
@@ -305,6 +310,10 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
     };
     let core = SignerCore::open(config).await?;
     println!("obr-signer listening on {addr}");
+    let health = match args.health_listen {
+        Some(at) => Some(serve_health(at).await?),
+        None => None,
+    };
     let grace = Duration::from_secs(args.drain_grace_s);
     let terminated = std::sync::Arc::new(tokio::sync::Notify::new());
     let shutdown = {
@@ -312,6 +321,11 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
         async move {
             shutdown_signal().await;
             terminated.notify_one();
+            if let Some(health) = &health {
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             drain(&core, placement).await;
         }
     };
@@ -326,6 +340,32 @@ async fn serve(args: ServeArgs, env_kek: Option<Kek>) -> anyhow::Result<()> {
     core.shutdown().await;
     tracing::info!("obr-signer stopped");
     Ok(())
+}
+
+/// The health service on its own plaintext listener (so a probe needs no
+/// client certificate, and reaches nothing but health).
+async fn serve_health(
+    at: std::net::SocketAddr,
+) -> anyhow::Result<tonic_health::server::HealthReporter> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("binding the health port {at}"))?;
+    tracing::info!(at = %listener.local_addr()?, "health checking served");
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            tracing::error!(error = %e, "the health port stopped");
+        }
+    });
+    Ok(reporter)
 }
 
 /// Relays re-read the membership every 500 ms: after this, none routes a

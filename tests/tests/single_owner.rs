@@ -342,8 +342,27 @@ fn a_draining_signer_hands_its_users_over_without_failing_a_request() -> anyhow:
     let redis =
         RedisServer::start()?.expect("redis-server is not installed (scripts/test installs it)");
     let scratch = Scratch::new("signer-drain")?;
-    let a = start_signer(&scratch.join("signers"), &redis.url())?;
-    let b = start_signer(&scratch.join("signers"), &redis.url())?;
+    // Each signer answers gRPC health checks on a port of its own.
+    let free_port = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let signer = |health: u16| -> anyhow::Result<SignerProc> {
+        let (ttl, health) = (LEASE_TTL_MS.to_string(), format!("127.0.0.1:{health}"));
+        let args = [
+            "--redis-url",
+            &redis.url(),
+            "--lease-ttl-ms",
+            &ttl,
+            "--health-listen",
+            &health,
+        ];
+        let extra: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        SignerProc::start_with(&scratch.join("signers"), &extra)
+    };
+    let (a_health, b_health) = (free_port()?, free_port()?);
+    let (a, b) = (signer(a_health)?, signer(b_health)?);
     let options = RelayOptions {
         redis_url: Some(redis.url()),
         discover_signers: true,
@@ -392,9 +411,38 @@ fn a_draining_signer_hands_its_users_over_without_failing_a_request() -> anyhow:
             .query(&mut conn)?)
     };
     let owner = owner_of_bob()?.expect("bob has a lease");
-    let (draining, survivor) = if owner == a.endpoint { (a, b) } else { (b, a) };
+    let ((draining, health), survivor) = if owner == a.endpoint {
+        ((a, a_health), b)
+    } else {
+        ((b, b_health), a)
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let status_of = |port: u16| -> anyhow::Result<i32> {
+        rt.block_on(async {
+            use tonic_health::pb::health_client::HealthClient;
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+                    .connect()
+                    .await?;
+            let mut client = HealthClient::new(channel);
+            let answer = client
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await?;
+            anyhow::Ok(answer.into_inner().status)
+        })
+    };
+    const SERVING: i32 = 1;
+    assert_eq!(status_of(health)?, SERVING);
     let before = done.load(Ordering::Relaxed);
     let started = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &draining.proc.pid().to_string()])
+        .status()?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while status_of(health)? == SERVING {
+        anyhow::ensure!(Instant::now() < deadline, "still SERVING while draining");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let status = draining.proc.stop()?;
     let took = started.elapsed();
     assert!(status.success(), "the draining signer exited with {status}");
