@@ -1,14 +1,20 @@
-//! python-fido2 in a virtualenv the harness makes once per machine, in a
+//! Python tools in virtualenvs the harness makes once per machine, in a
 //! cache directory outside the repository (`$OBR_TEST_CACHE`, default
-//! `~/.cache/obr-tests`), from `tests/python/requirements.txt` (pinned).
+//! `~/.cache/obr-tests`): python-fido2, aiosmtpd and schemathesis from
+//! `tests/python/requirements.txt`, and the Kubernetes manifest checkers
+//! (kubectl, kubernetes-validate, checkov) from
+//! `tests/python/requirements-k8s.txt`, apart because their pins would
+//! fight the others'. Every version is pinned.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
-fn requirements() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("python/requirements.txt")
+fn requirements(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(file)
 }
 
 pub fn script(name: &str) -> PathBuf {
@@ -25,9 +31,23 @@ fn cache_dir() -> PathBuf {
     Path::new(&home).join(".cache/obr-tests")
 }
 
-/// The venv's python, creating the venv if it is missing or stale.
+/// The main venv's python, creating the venv if it is missing or stale.
 pub fn venv_python() -> anyhow::Result<PathBuf> {
-    let reqs = std::fs::read_to_string(requirements())?;
+    venv_from("requirements.txt")
+}
+
+/// The `bin/` of the venv for the Kubernetes manifest checkers.
+pub fn k8s_tools() -> anyhow::Result<PathBuf> {
+    let python = venv_from("requirements-k8s.txt")?;
+    python
+        .parent()
+        .map(Path::to_path_buf)
+        .context("a venv's python lives in bin/")
+}
+
+/// The python of the venv made from `tests/python/<file>`.
+fn venv_from(file: &str) -> anyhow::Result<PathBuf> {
+    let reqs = std::fs::read_to_string(requirements(file))?;
     // A venv per requirements content: changing a pin makes a new one.
     let tag: u64 = reqs.bytes().fold(0xcbf29ce484222325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
@@ -45,8 +65,8 @@ pub fn venv_python() -> anyhow::Result<PathBuf> {
         .context("python3 -m venv failed (install python3-venv)")?;
     run(Command::new(building.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(requirements()))
-    .context("pip install of tests/python/requirements.txt failed")?;
+        .arg(requirements(file)))
+    .with_context(|| format!("pip install of tests/python/{file} failed"))?;
     std::fs::write(building.join(".complete"), b"")?;
     match std::fs::rename(&building, &venv) {
         Ok(()) => {}
