@@ -41,6 +41,8 @@ pub const LINK_OUTBOUND_CAPACITY: usize = 1024;
 /// CTAP calls one link may have in flight; more answer CHANNEL_BUSY.
 pub const MAX_IN_FLIGHT_PER_LINK: usize = 4096;
 pub use obr_proto::ctap::{DEFAULT_CTAP_BUDGET, MAX_CTAP_BUDGET};
+/// A draining pod's link ends after this long without a request.
+const LINK_QUIET: Duration = Duration::from_millis(300);
 /// Largest request message accepted: a CTAP message (7609 bytes) plus ids.
 const MAX_REQUEST_MESSAGE: usize = 16 * 1024;
 /// HTTP/2 pings keep idle links alive through proxies and detect dead peers.
@@ -256,17 +258,30 @@ async fn run_link(
     let mut in_flight: HashMap<u64, AbortHandle> = HashMap::new();
     let closing = until_closing(core.links_closing());
     tokio::pin!(closing);
+    let mut closed = false;
+    // Once the pod drains, the link ends when it has been quiet this long
+    // with nothing in flight: a request the relay sent just before it
+    // heard is still read and answered (by now, a redirect), never lost
+    // in the stream's buffer.
+    let quiet = tokio::time::sleep(LINK_QUIET);
+    tokio::pin!(quiet);
     loop {
         tokio::select! {
-            // The pod drains: read no more, answer what is in flight, end
-            // the stream (the relay reconnects where its router says).
-            () = &mut closing => {
+            () = &mut closing, if !closed => {
                 tracing::debug!(in_flight = in_flight.len(), "link closing: the signer drains");
-                break;
+                closed = true;
+                quiet.as_mut().reset(tokio::time::Instant::now() + LINK_QUIET);
+            }
+            () = &mut quiet, if closed => {
+                if in_flight.is_empty() {
+                    break;
+                }
+                quiet.as_mut().reset(tokio::time::Instant::now() + LINK_QUIET);
             }
             message = inbound.message() => match message {
                 Ok(Some(request)) => {
                     on_request(&core, request, &replies, &mut tasks, &mut in_flight).await;
+                    quiet.as_mut().reset(tokio::time::Instant::now() + LINK_QUIET);
                 }
                 Ok(None) => break,
                 Err(status) => {

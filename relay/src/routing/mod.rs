@@ -9,7 +9,7 @@
 //!
 //! Ownership itself is the signers' business (lease in Redis, fencing
 //! epoch in their database): a pod that does not own a user answers with
-//! the `owner`, and the router retries there once.
+//! the `owner`, and the router follows it (a few hops at most).
 
 mod signer_link;
 
@@ -30,6 +30,8 @@ pub use self::signer_link::{LinkError, SignerLink};
 
 /// Bound on a management call (list/delete credentials).
 const MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Redirects to a user's owner one call follows at most.
+pub const MAX_REDIRECTS: usize = 3;
 /// How often a discovering router re-reads the signers' membership.
 const MEMBERSHIP_REFRESH: Duration = Duration::from_millis(500);
 
@@ -191,8 +193,10 @@ impl Router {
 
     /// Send one CTAP request to the user's key, bounded by `budget`, with
     /// the owner's approval (its id and the relay's MAC over this request)
-    /// when there is one. If the chosen pod names another owner, follow it
-    /// once.
+    /// when there is one. If the chosen pod names another owner, follow it,
+    /// at most [`MAX_REDIRECTS`] times (a redirect means the call did not
+    /// run there; while a draining signer hands a user over, the user's new
+    /// signer may send it back once before the lease is free).
     pub async fn ctap(
         &self,
         user_id: &str,
@@ -211,25 +215,28 @@ impl Router {
             approval_id,
             approval_mac,
         };
-        let first = self.link_for(user_id)?;
-        let response = first.call(call.clone(), budget).await?;
-        if response.owner.is_empty() || response.owner == first.endpoint() {
+        let mut link = self.link_for(user_id)?;
+        let mut response = link.call(call.clone(), budget).await?;
+        for _ in 0..MAX_REDIRECTS {
+            if response.owner.is_empty() || response.owner == link.endpoint() {
+                return Ok(response);
+            }
+            tracing::debug!(user = user_id, owner = %response.owner, "following the user's owner");
+            let remaining = budget.saturating_sub(started.elapsed());
+            let call = CtapCall {
+                budget_ms: millis(remaining),
+                ..call.clone()
+            };
+            link = self.link(&response.owner)?;
+            response = link.call(call, remaining).await?;
+        }
+        if response.owner.is_empty() || response.owner == link.endpoint() {
             return Ok(response);
         }
-        tracing::debug!(user = user_id, owner = %response.owner, "following the user's owner");
-        let remaining = budget.saturating_sub(started.elapsed());
-        let call = CtapCall {
-            budget_ms: millis(remaining),
-            ..call
-        };
-        let response = self.link(&response.owner)?.call(call, remaining).await?;
-        if !response.owner.is_empty() {
-            return Err(LinkError::Unavailable(format!(
-                "ownership of {user_id} is moving (now {})",
-                response.owner
-            )));
-        }
-        Ok(response)
+        Err(LinkError::Unavailable(format!(
+            "ownership of {user_id} is moving (now {})",
+            response.owner
+        )))
     }
 
     pub async fn list_credentials(&self, user_id: &str) -> Result<Vec<Credential>, LinkError> {
