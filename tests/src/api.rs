@@ -197,11 +197,26 @@ impl Api {
         self.call("GET", "/api/audit", Some(token), None)?.ok()
     }
 
+    /// Every notification in the user's inbox, oldest first (the relay
+    /// answers a page of 200 at a time).
     pub fn notifications(&self, device_token: &str) -> anyhow::Result<Vec<Value>> {
-        let body = self
-            .call("GET", "/api/me/notifications", Some(device_token), None)?
-            .ok()?;
-        Ok(body.as_array().cloned().unwrap_or_default())
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let after = all.last().and_then(|n| n["id"].as_i64()).unwrap_or(0);
+            let page = self
+                .call(
+                    "GET",
+                    &format!("/api/me/notifications?after={after}"),
+                    Some(device_token),
+                    None,
+                )?
+                .ok()?;
+            let page = page.as_array().cloned().unwrap_or_default();
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
     }
 }
 
