@@ -23,6 +23,9 @@
 //! - [`limits`] — backoff on guessing (logins, login codes), argon2 slots.
 //! - [`auth`] — tokens, codes, password hashes.
 //! - [`demo`] — the demo organisation for the first README command.
+//! - [`audit_webhook`] — the audit log, signed, to the organisation's URL.
+//! - [`health`] — `/healthz` and `/readyz`; [`metrics`] — `/metrics`;
+//!   [`access_log`] — a line and a request id per HTTP request.
 
 pub mod access_log;
 pub mod agents;

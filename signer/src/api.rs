@@ -220,24 +220,25 @@ impl SignerCore {
         UserId::new(user_id).is_ok_and(|user| self.inner.registry.is_active(&user))
     }
 
-    /// Stop every actor and wait for the actor threads to finish. Calls made
-    /// afterwards answer `CTAP1_ERR_OTHER`.
     /// Drain step: hand every active user over to another signer (see
     /// `Registry::hand_over`). Returns how many there were.
     pub async fn hand_over(&self) -> usize {
         self.inner.registry.hand_over().await
     }
 
-    /// Links end once their calls in flight are answered (drain).
+    /// Links end once they have been quiet a moment with nothing in
+    /// flight (drain; see `service::run_link`).
     pub fn close_links(&self) {
         self.inner.links_closing.send_replace(true);
     }
 
-    /// Resolves when links are to end (see [`Self::close_links`]).
+    /// Turns true when links are to end (see [`Self::close_links`]).
     pub fn links_closing(&self) -> tokio::sync::watch::Receiver<bool> {
         self.inner.links_closing.subscribe()
     }
 
+    /// Stop every actor and wait for the actor threads to finish. Calls made
+    /// afterwards answer `CTAP1_ERR_OTHER`.
     pub async fn shutdown(&self) {
         self.inner.registry.close();
         self.inner.runtime.shutdown().await;

@@ -67,7 +67,7 @@ pub use crate::call::{
     ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing,
     ObrAssertion, ObrRecord, Operation, UserApproval,
 };
-pub use crate::config::{KeyFileError, SignerConfig, load_key_file};
+pub use crate::config::{KeyFileError, SignerConfig, key_file_is_private, load_key_file};
 pub use crate::ctap::attestation::{AttestationCa, AttestationConfig, AttestationError};
 pub use crate::direct::DirectKey;
 pub use crate::error::SignerError;

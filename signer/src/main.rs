@@ -99,7 +99,7 @@ struct ServeArgs {
     /// share the users (relays then use `--discover-signers`).
     /// (`redis://…`, or `rediss://…` for TLS; an ACL user and password go
     /// in the URL.)
-    #[arg(long, env = "OBR_SIGNER_REDIS_URL")]
+    #[arg(long, env = "OBR_SIGNER_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     /// PEM CA that signed the Redis server's certificate (`rediss://`;
     /// default: the system's roots).
@@ -187,7 +187,7 @@ struct PreviousKeks {
 #[derive(Debug, clap::Args)]
 struct RotateArgs {
     /// The signers' database.
-    #[arg(long, env = "OBR_SIGNER_DATABASE_URL")]
+    #[arg(long, env = "OBR_SIGNER_DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// The new KEK (hex file, must exist: see `new-kek`). Running signers
     /// must already hold it (as --kek-file or --previous-kek-file).

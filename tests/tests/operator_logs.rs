@@ -71,6 +71,12 @@ fn logs_are_json_lines_with_a_request_id_and_no_secret() -> anyhow::Result<()> {
         if line.starts_with('{') {
             serde_json::from_str::<Value>(line)
                 .map_err(|e| anyhow::anyhow!("not a JSON line ({e}): {line}"))?;
+        } else {
+            // What the relay prints for people (where it listens), never a
+            // log line in text form.
+            for level in [" INFO ", " WARN ", " ERROR ", " DEBUG "] {
+                assert!(!line.contains(level), "a text log line: {line}");
+            }
         }
     }
     Ok(())

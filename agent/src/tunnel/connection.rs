@@ -239,6 +239,28 @@ impl Connection {
         if let Err(e) = sink.send(encode(hello)).await {
             return SessionEnd::Lost(e.to_string());
         }
+        // "Back to normal mode" first, and nothing of the session it ends
+        // goes out again: it is over here whatever the relay says.
+        if let Some(ending) = &self.ending {
+            let end = agent_frame::Kind::EndObr(EndObr {
+                obr_session_id: ending.session_id.clone(),
+            });
+            if let Err(e) = sink.send(encode(end)).await {
+                return SessionEnd::Lost(e.to_string());
+            }
+            let ended = ending.session_id.clone();
+            let refused: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.request.obr_session_id == ended)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in refused {
+                if let Some(pending) = self.pending.remove(&id) {
+                    let _ = pending.reply.send(StatusCode::OperationDenied.response());
+                }
+            }
+        }
         // Requests the last relay did not take (it drained), oldest first,
         // with what is left of their budget.
         let mut resend: Vec<&Pending> = self.pending.values().collect();

@@ -7,6 +7,10 @@
 //! store round trip). What a CTAP request may reach is decided by
 //! [`crate::calls`], not here.
 //!
+//! When the relay drains, the actor takes nothing new from the agent (it
+//! will send it again to another relay), answers what is in flight, then
+//! closes with 1012 ([`AgentSession::close_if_drained`]).
+//!
 //! The connection opens with a [`Challenge`]; nothing is filed (registry,
 //! login, session) until the agent's `Hello` proves its key
 //! ([`super::identity`]). Peer input is checked here: non-binary frames,
@@ -277,7 +281,9 @@ impl AgentSession {
     }
 
     fn on_frame(&mut self, frame: agent_frame::Kind, ctx: &mut actix::Context<Self>) {
-        if self.closing {
+        // Draining: only a cancel of what is in flight still counts; the
+        // agent sends anything else again to its next relay after the 1012.
+        if self.closing || (self.draining && !matches!(frame, agent_frame::Kind::CtapCancel(_))) {
             return;
         }
         match frame {

@@ -109,16 +109,12 @@ impl Registry {
         // runtime, so it gets the remaining budget, not the caller's clock.
         let deadline =
             received + caller_deadline.saturating_duration_since(tokio::time::Instant::now());
-        if self.handed_over.load(Ordering::Acquire) {
-            return match self.placement.as_ref() {
-                Some(placement) => match placement.another_member().await {
-                    Ok(Some(other)) => CtapReply::redirect(other, received.elapsed()),
-                    _ => CtapReply::failure(Ctap2Error::Other, received.elapsed()),
-                },
-                None => CtapReply::failure(Ctap2Error::Other, received.elapsed()),
-            };
-        }
         for _ in 0..MAX_DELIVERY_ATTEMPTS {
+            // Checked on every attempt: a call queued behind the hand-over
+            // must not take the lease back or start an actor here.
+            if self.handed_over.load(Ordering::Acquire) {
+                return self.elsewhere(received).await;
+            }
             match self.take_lease(user).await {
                 Ok(()) => {}
                 Err(Some(owner)) => return CtapReply::redirect(owner, received.elapsed()),
@@ -149,6 +145,18 @@ impl Registry {
             }
         }
         CtapReply::failure(Ctap2Error::Other, received.elapsed())
+    }
+
+    /// A call this draining pod no longer takes: sent on to another live
+    /// signer, which takes the user's lease.
+    async fn elsewhere(&self, received: Instant) -> CtapReply {
+        match self.placement.as_ref() {
+            Some(placement) => match placement.another_member().await {
+                Ok(Some(other)) => CtapReply::redirect(other, received.elapsed()),
+                _ => CtapReply::failure(Ctap2Error::Other, received.elapsed()),
+            },
+            None => CtapReply::failure(Ctap2Error::Other, received.elapsed()),
+        }
     }
 
     /// Delete one of `user`'s credentials through the user's actor (the
@@ -246,7 +254,7 @@ impl Registry {
     /// The address of `user`'s actor, started if there is none (or the one
     /// recorded has stopped).
     fn activate(self: &Arc<Self>, user: &UserId) -> Result<Addr<UserKey>, SignerError> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || self.handed_over.load(Ordering::Acquire) {
             return Err(SignerError::ShutDown);
         }
         let mut actors = self.lock();

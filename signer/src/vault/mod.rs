@@ -455,7 +455,7 @@ fn refuse_if_readable_by_others(path: &Path) -> Result<(), KekError> {
         source,
     })?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if !crate::key_file_is_private(&meta) {
         return Err(KekError::NotPrivate {
             path: path.to_owned(),
             mode,
