@@ -67,7 +67,7 @@ pub use crate::call::{
     ApprovalNeeded, CreatedCredential, CredentialInfo, CtapCall, CtapReply, ObrActing,
     ObrAssertion, ObrRecord, Operation, UserApproval,
 };
-pub use crate::config::{KeyFileError, SignerConfig, key_file_is_private, load_key_file};
+pub use crate::config::{KeyFileError, SignerConfig, load_key_file};
 pub use crate::ctap::attestation::{AttestationCa, AttestationConfig, AttestationError};
 pub use crate::direct::DirectKey;
 pub use crate::error::SignerError;
@@ -80,6 +80,7 @@ pub use crate::service::{
 pub use crate::store::{
     DEFAULT_ROTATION_BATCH, RotationError, RotationProgress, RotationReport, StoreError, rotate_kek,
 };
+pub use crate::vault::key_file_is_private;
 pub use crate::vault::{KEK_LEN, Kek, KekError, VaultError};
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! - [`raw_agent`] — a hand-driven agent socket for hostile peers.
 //! - [`processes`] — start relay/signer/agent binaries on free ports in a
 //!   scratch directory, wait until they are ready, stop them on drop.
+//! - [`registrations`] — steady registrations through an agent, counted.
 
 pub mod api;
 pub mod browser;
@@ -26,5 +27,6 @@ pub mod python;
 pub mod raw_agent;
 pub mod real_clients;
 pub mod redis_server;
+pub mod registrations;
 pub mod rp;
 pub mod scratch;

@@ -8,18 +8,13 @@
 //! and the relay exits cleanly well within its grace. Then readiness
 //! follows the session store: Redis gone, `/readyz` says so.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use obr_tests::api::Api;
-use obr_tests::hid_client::HidClient;
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc};
 use obr_tests::redis_server::RedisServer;
-use obr_tests::rp;
+use obr_tests::registrations::Registrations;
 use obr_tests::scratch::Scratch;
-
-const CTAP2_OK: u8 = 0x00;
 
 #[test]
 fn a_draining_relay_moves_its_agent_without_failing_a_request() -> anyhow::Result<()> {
@@ -56,33 +51,9 @@ fn a_draining_relay_moves_its_agent_without_failing_a_request() -> anyhow::Resul
     assert_eq!(first_api.call("GET", "/readyz", None, None)?.status, 200);
 
     // Registrations back to back, while the first relay is told to stop.
-    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
-        let socket = agent.hid_socket.clone();
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut hid = HidClient::open(&socket)?;
-            let request = rp::registration_request("bob")?;
-            while !stop.load(Ordering::Relaxed) {
-                match hid.cbor(&request)?.first() {
-                    Some(&CTAP2_OK) => done.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-            Ok(())
-        })
-    };
-    let wait_for = |n: usize| -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while done.load(Ordering::Relaxed) < n {
-            anyhow::ensure!(Instant::now() < deadline, "registrations stalled");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    };
-    wait_for(10)?;
-    let before = done.load(Ordering::Relaxed);
+    let load = Registrations::start(&agent.hid_socket, "bob");
+    load.wait_for(10)?;
+    let before = load.done();
     let started = Instant::now();
     let status = first.proc.stop()?;
     let took = started.elapsed();
@@ -90,12 +61,8 @@ fn a_draining_relay_moves_its_agent_without_failing_a_request() -> anyhow::Resul
     assert!(took < Duration::from_secs(5), "draining took {took:?}");
     // Ten more, on the second relay (the agent moved within the drain).
     agent.wait_status(&second.url.replace("http", "ws"), Duration::from_secs(5))?;
-    wait_for(done.load(Ordering::Relaxed).max(before) + 10)?;
-    stop.store(true, Ordering::Relaxed);
-    load.join()
-        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
-
-    let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    load.wait_for(load.done().max(before) + 10)?;
+    let (done, failed, _) = load.stop()?;
     assert_eq!(
         failed,
         0,

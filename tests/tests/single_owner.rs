@@ -9,8 +9,6 @@
 //! membership, hands bob over at once and exits; not one request fails.
 
 use std::ffi::OsStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use obr_proto::signer::signer_client::SignerClient;
@@ -19,6 +17,7 @@ use obr_tests::api::Api;
 use obr_tests::hid_client::HidClient;
 use obr_tests::processes::{AgentProc, RelayOptions, RelayProc, SignerProc, admin_at_agent};
 use obr_tests::redis_server::RedisServer;
+use obr_tests::registrations::Registrations;
 use obr_tests::rp;
 use obr_tests::scratch::Scratch;
 
@@ -372,37 +371,8 @@ fn a_draining_signer_hands_its_users_over_without_failing_a_request() -> anyhow:
     let bob = relay.user("bob@demo.obr")?.clone();
     agent.select_as_obr(&api, &admin, &bob)?;
 
-    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let longest_wait = Arc::new(std::sync::Mutex::new(Duration::ZERO));
-    let load = {
-        let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
-        let longest_wait = longest_wait.clone();
-        let socket = agent.hid_socket.clone();
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut hid = HidClient::open(&socket)?;
-            let request = rp::registration_request("bob")?;
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                match hid.cbor(&request)?.first() {
-                    Some(&0x00) => done.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                let mut longest = longest_wait.lock().unwrap_or_else(|p| p.into_inner());
-                *longest = (*longest).max(started.elapsed());
-            }
-            Ok(())
-        })
-    };
-    let wait_for = |n: usize| -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while done.load(Ordering::Relaxed) < n {
-            anyhow::ensure!(Instant::now() < deadline, "registrations stalled");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
-    };
-    wait_for(10)?;
+    let load = Registrations::start(&agent.hid_socket, "bob");
+    load.wait_for(10)?;
     let owner_of_bob = || -> anyhow::Result<Option<String>> {
         let client = redis::Client::open(redis.url())?;
         let mut conn = client.get_connection()?;
@@ -433,7 +403,7 @@ fn a_draining_signer_hands_its_users_over_without_failing_a_request() -> anyhow:
     };
     const SERVING: i32 = 1;
     assert_eq!(status_of(health)?, SERVING);
-    let before = done.load(Ordering::Relaxed);
+    let before = load.done();
     let started = Instant::now();
     std::process::Command::new("kill")
         .args(["-TERM", &draining.proc.pid().to_string()])
@@ -446,12 +416,8 @@ fn a_draining_signer_hands_its_users_over_without_failing_a_request() -> anyhow:
     let status = draining.proc.stop()?;
     let took = started.elapsed();
     assert!(status.success(), "the draining signer exited with {status}");
-    wait_for(before + 10)?;
-    stop.store(true, Ordering::Relaxed);
-    load.join()
-        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
-
-    let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    load.wait_for(before + 10)?;
+    let (done, failed, longest) = load.stop()?;
     assert_eq!(
         failed,
         0,
@@ -459,7 +425,6 @@ fn a_draining_signer_hands_its_users_over_without_failing_a_request() -> anyhow:
         done + failed
     );
     assert_eq!(owner_of_bob()?.as_deref(), Some(survivor.endpoint.as_str()));
-    let longest = *longest_wait.lock().unwrap_or_else(|p| p.into_inner());
     println!("signer drained in {took:?}; {done} registrations, none failed; longest {longest:?}");
     assert!(took < Duration::from_secs(5), "draining took {took:?}");
     Ok(())

@@ -447,6 +447,22 @@ fn open(
         .map_err(|_| VaultError::Authentication)
 }
 
+/// Whether a key file is private to this process: no one but its owner may
+/// read it (`0600`, `0400`) — or, as Kubernetes mounts a Secret for a pod
+/// with an `fsGroup`, it belongs to root, only root and this process's own
+/// group may read it (`0440`), and nobody may write it. Anything else is
+/// refused (`chmod 600`).
+pub fn key_file_is_private(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return true;
+    }
+    // The process's effective group: Linux makes /proc/self its owner's.
+    let own_group = std::fs::metadata("/proc/self").map(|m| m.gid()).ok();
+    meta.uid() == 0 && mode & 0o337 == 0 && own_group == Some(meta.gid())
+}
+
 #[cfg(unix)]
 fn refuse_if_readable_by_others(path: &Path) -> Result<(), KekError> {
     use std::os::unix::fs::PermissionsExt as _;
@@ -455,7 +471,7 @@ fn refuse_if_readable_by_others(path: &Path) -> Result<(), KekError> {
         source,
     })?;
     let mode = meta.permissions().mode() & 0o777;
-    if !crate::key_file_is_private(&meta) {
+    if !key_file_is_private(&meta) {
         return Err(KekError::NotPrivate {
             path: path.to_owned(),
             mode,
@@ -471,3 +487,34 @@ fn refuse_if_readable_by_others(_path: &Path) -> Result<(), KekError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod key_file_tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::key_file_is_private;
+
+    #[test]
+    fn only_the_owner_or_a_kubernetes_secret_mount_is_private() {
+        let dir = std::env::temp_dir().join(format!("obr-key-modes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("key");
+        std::fs::write(&file, "00").expect("key file");
+        let private = |mode: u32| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            key_file_is_private(&std::fs::metadata(&file).expect("metadata"))
+        };
+        assert!(private(0o600));
+        assert!(private(0o400));
+        for open in [0o644, 0o604, 0o660, 0o620, 0o444, 0o640 | 0o002] {
+            assert!(!private(open), "{open:o} passed");
+        }
+        // 0440 passes only for a root-owned file in this process's group
+        // (a Secret mounted with an fsGroup).
+        let meta = std::fs::metadata(&file).expect("metadata");
+        let own_group = std::fs::metadata("/proc/self").expect("/proc").gid();
+        let kubernetes_like = meta.uid() == 0 && meta.gid() == own_group;
+        assert_eq!(private(0o440), kubernetes_like);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
