@@ -203,15 +203,7 @@ impl Api {
         let mut all: Vec<Value> = Vec::new();
         loop {
             let after = all.last().and_then(|n| n["id"].as_i64()).unwrap_or(0);
-            let page = self
-                .call(
-                    "GET",
-                    &format!("/api/me/notifications?after={after}"),
-                    Some(device_token),
-                    None,
-                )?
-                .ok()?;
-            let page = page.as_array().cloned().unwrap_or_default();
+            let page = self.inbox_page(device_token, after)?;
             if page.is_empty() {
                 return Ok(all);
             }
@@ -306,18 +298,9 @@ impl Api {
     ) -> anyhow::Result<String> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let inbox = self
-                .call(
-                    "GET",
-                    &format!("/api/me/notifications?after={after}"),
-                    Some(device_token),
-                    None,
-                )?
-                .ok()?;
-            if let Some(request) = inbox
-                .as_array()
+            if let Some(request) = self
+                .inbox_page(device_token, after)?
                 .into_iter()
-                .flatten()
                 .find(|n| n["kind"] == "approval.requested")
             {
                 let id = request["detail"]["approval_id"]
@@ -338,6 +321,19 @@ impl Api {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// One page (up to 200) of the inbox: the notifications after `after`.
+    fn inbox_page(&self, device_token: &str, after: i64) -> anyhow::Result<Vec<Value>> {
+        let page = self
+            .call(
+                "GET",
+                &format!("/api/me/notifications?after={after}"),
+                Some(device_token),
+                None,
+            )?
+            .ok()?;
+        Ok(page.as_array().cloned().unwrap_or_default())
     }
 
     /// The id of the newest notification in the device's inbox (0 if none).

@@ -30,6 +30,15 @@ fn start_signer(dir: &std::path::Path, redis: &str) -> anyhow::Result<SignerProc
     SignerProc::start_with(dir, &extra)
 }
 
+/// The signer that holds `user_id`'s lease, as Redis says.
+fn lease_holder(redis: &RedisServer, user_id: &str) -> anyhow::Result<Option<String>> {
+    let client = redis::Client::open(redis.url())?;
+    let mut conn = client.get_connection()?;
+    Ok(redis::cmd("GET")
+        .arg(format!("obr:lease:{user_id}"))
+        .query(&mut conn)?)
+}
+
 #[test]
 fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
     let redis =
@@ -67,13 +76,7 @@ fn a_frozen_owner_is_replaced_and_can_never_sign_again() -> anyhow::Result<()> {
         counters.push(sign(&mut hid)?);
     }
     let rt = tokio::runtime::Runtime::new()?;
-    let owner_of_bob = || -> anyhow::Result<Option<String>> {
-        let client = redis::Client::open(redis.url())?;
-        let mut conn = client.get_connection()?;
-        Ok(redis::cmd("GET")
-            .arg(format!("obr:lease:{}", bob.id))
-            .query(&mut conn)?)
-    };
+    let owner_of_bob = || lease_holder(&redis, &bob.id);
     let first_owner = owner_of_bob()?.expect("bob has a lease");
     let (frozen, survivor) = if first_owner == a.endpoint {
         (&a, &b)
@@ -373,13 +376,7 @@ fn a_draining_signer_hands_its_users_over_without_failing_a_request() -> anyhow:
 
     let load = Registrations::start(&agent.hid_socket, "bob");
     load.wait_for(10)?;
-    let owner_of_bob = || -> anyhow::Result<Option<String>> {
-        let client = redis::Client::open(redis.url())?;
-        let mut conn = client.get_connection()?;
-        Ok(redis::cmd("GET")
-            .arg(format!("obr:lease:{}", bob.id))
-            .query(&mut conn)?)
-    };
+    let owner_of_bob = || lease_holder(&redis, &bob.id);
     let owner = owner_of_bob()?.expect("bob has a lease");
     let ((draining, health), survivor) = if owner == a.endpoint {
         ((a, a_health), b)
